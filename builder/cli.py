@@ -1,0 +1,110 @@
+"""Command-line entry point: ``python -m builder COMMAND``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from builder import __version__, log
+from builder.commands import targets
+from builder.errors import BuilderError, Interrupted
+
+COMMANDS = (targets,)
+
+DESCRIPTION = """\
+Build DRBD userland and kernel-module RPMs for Xen dom0 kernels (XCP, XenServer, XCP-ng)
+in a container that matches dom0, and publish them as a signed yum repository.
+"""
+
+EPILOG = """\
+examples:
+  python -m builder targets
+  python -m builder kernel --xcp 1.5 --iso ./binpkg.iso
+  python -m builder build --xcp 1.5 --drbd 8.4.1 --dry-run
+
+Exit codes: 0 success, 1 other error, 2 bad configuration or arguments, 3 download failed,
+4 checksum mismatch, 5 malformed input, 6 kernel mismatch, 7 external command failed,
+8 Docker unavailable, 9 build failed, 10 post-build check failed, 11 publish failed,
+12 signing failed, 13 unsafe deployment, 14 locked by another process, 130 interrupted.
+"""
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "xcp-drbd-builder"
+
+
+def common_parser() -> argparse.ArgumentParser:
+    """Options every subcommand accepts (placed after the subcommand name)."""
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("common options")
+    group.add_argument(
+        "--specs",
+        metavar="DIR",
+        action="append",
+        type=Path,
+        default=[],
+        help="extra directory of target/DRBD spec files (*.yaml); repeatable; later wins",
+    )
+    group.add_argument(
+        "--cache",
+        metavar="DIR",
+        type=Path,
+        default=None,
+        help="download and extraction cache (default: $XDG_CACHE_HOME/xcp-drbd-builder)",
+    )
+    group.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    group.add_argument("-q", "--quiet", action="store_true", help="only print errors and results")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m builder",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = common_parser()
+    for module in COMMANDS:
+        module.register(sub, common)
+    return parser
+
+
+def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(
+        f"Stopped by signal {signal.Signals(signum).name}; partial work was cleaned up."
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "cache", None) is None and hasattr(args, "cache"):
+        args.cache = default_cache_dir()
+    log.set_quiet(bool(getattr(args, "quiet", False)))
+    # SIGTERM becomes an exception so that every `finally` (containers, *.partial) runs.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        result: int = args.func(args)
+        return result
+    except BuilderError as exc:
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        print("error: interrupted; partial work was cleaned up.", file=sys.stderr)
+        return Interrupted.exit_code
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,76 @@
+"""``targets``: list the dom0 targets and DRBD versions the registry knows."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from builder.specs import Registry, Target, load_registry
+
+
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    parser = sub.add_parser(
+        "targets",
+        parents=[common],
+        help="list dom0 targets and DRBD versions",
+        description="List the dom0 targets and DRBD versions from specs/ and any --specs DIR.",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON for machines")
+    parser.set_defaults(func=run)
+
+
+def target_dict(target: Target) -> dict[str, Any]:
+    source = target.kernel_source
+    return {
+        "id": target.id,
+        "name": target.name,
+        "aliases": list(target.aliases),
+        "arch": target.arch,
+        "basearch": target.basearch,
+        "consumer": target.consumer.value,
+        "container_family": target.container_family,
+        "kernel": {
+            "package": target.kernel_package,
+            "release": target.kernel_release,
+            "source": {
+                "kind": source.kind.value,
+                "url": source.url,
+                "path": source.path,
+                "repos": list(source.repos),
+                "evr": source.evr,
+                "sha256": source.sha256,
+            },
+        },
+    }
+
+
+def registry_dict(registry: Registry) -> dict[str, Any]:
+    return {
+        "targets": [target_dict(t) for t in registry.targets.values()],
+        "drbd": [
+            {"version": v.version, "family": v.family.value, "url": v.url, "sha256": v.sha256}
+            for v in registry.drbd.values()
+        ],
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    registry = load_registry(args.specs)
+    if args.json:
+        print(json.dumps(registry_dict(registry), indent=2))
+        return 0
+    print("Targets (use the id or an alias with --xcp):")
+    for target in registry.targets.values():
+        aliases = f" [{', '.join(target.aliases)}]" if target.aliases else ""
+        print(f"  {target.id}{aliases}: {target.name}")
+        print(
+            f"      {target.kernel_package} for kernel {target.kernel_release} "
+            f"({target.arch}, {target.consumer.value}, from {target.kernel_source.kind.value})"
+        )
+    print("DRBD versions (use with --drbd):")
+    for version in registry.drbd.values():
+        print(f"  {version.version}: family {version.family.value}")
+    return 0

@@ -1,0 +1,45 @@
+"""Developer sessions: ``nox -s lint typecheck tests integration bench``.
+
+Sessions reuse the current interpreter's packages (``venv_backend="none"``): the RPM, ISO and
+Docker tooling the tests drive is installed system-wide by ``.ci/run``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.default_venv_backend = "none"
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    session.run("mypy")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Fast unit tests: no Docker, no external tools."""
+    session.run("python", "-m", "pytest", "-m", "not integration and not docker", *session.posargs)
+
+
+@nox.session
+def integration(session: nox.Session) -> None:
+    """Tests against real rpm, xorriso, gpg, dnf, drbdadm and the Docker engine."""
+    session.run("python", "-m", "pytest", "-m", "integration or docker", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks named in the issues; figures are printed, goals are asserted."""
+    scripts = session.posargs or sorted(str(p) for p in Path("tests/bench").glob("bench_*.py"))
+    for script in scripts:
+        session.run("python", script)
