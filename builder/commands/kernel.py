@@ -1,0 +1,93 @@
+"""``kernel``: fetch, verify and extract a target's dom0 kernel build tree."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+
+from builder import log
+from builder.commands.common import add_input_options, fetch_settings
+from builder.errors import ConfigError
+from builder.kernel import KernelInputs, KernelTree, prepare_kernel
+from builder.specs import load_registry
+
+DESCRIPTION = """\
+Fetch the target's kernel-devel package (from its ISO, RPM URL or yum repository, or from the
+files you give), verify its sha256 against the pinned or locked value, extract it safely into
+the cache, find the kernel build tree, and check that the tree's kernel release is the one
+dom0 runs. Prints the release and the build tree's path.
+"""
+
+
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    parser = sub.add_parser(
+        "kernel",
+        parents=[common],
+        help="fetch, verify and extract a dom0 kernel build tree",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--xcp",
+        "--target",
+        dest="target",
+        metavar="TARGET",
+        required=True,
+        help="target id or alias (see `targets`), e.g. 1.5 or xcp-ng-8.2",
+    )
+    add_input_options(parser)
+    parser.add_argument(
+        "--output",
+        metavar="DIR",
+        type=Path,
+        help="also copy the extracted tree here (DIR must not exist yet)",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON for machines")
+    parser.set_defaults(func=run)
+
+
+def copy_tree(tree: KernelTree, output: Path) -> KernelTree:
+    if output.exists():
+        raise ConfigError(f"--output {output} already exists; choose a new directory.")
+    partial = output.with_name(output.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        with log.step(f"copying the tree to {output}"):
+            shutil.copytree(tree.root, partial, symlinks=True)
+        os.replace(partial, output)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return KernelTree(
+        release=tree.release,
+        root=output,
+        build_dir=output / tree.build_dir.relative_to(tree.root),
+        rpm=tree.rpm,
+        rpm_nvra=tree.rpm_nvra,
+        rpm_sha256=tree.rpm_sha256,
+        source=tree.source,
+        source_sha256=tree.source_sha256,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    registry = load_registry(args.specs)
+    target = registry.target(args.target)
+    tree = prepare_kernel(
+        target,
+        fetch_settings(args),
+        KernelInputs(iso=args.iso, kernel_rpm=args.kernel_rpm),
+    )
+    if args.output is not None:
+        tree = copy_tree(tree, args.output)
+    if args.json:
+        print(json.dumps({"target": target.id, **tree.to_json()}, indent=2))
+    else:
+        print(f"kernel release: {tree.release}")
+        print(f"build tree:     {tree.build_dir}")
+    return 0

@@ -1,0 +1,306 @@
+"""Downloads done once, right: cache, resume, retry, verify.
+
+Every input (ISO, kernel RPM, DRBD tarball, repo metadata) comes through :func:`fetch`:
+
+* a local file (``--iso PATH``, a ``file://`` URL, or a ``--mirror DIR`` holding the file by
+  name) is used in place, never copied;
+* an HTTP(S) URL streams to ``<cache>/downloads/<url hash>/<name>.part``, resumes an interrupted
+  ``.part`` with a Range request, retries with exponential backoff on network errors and 5xx
+  (never on 4xx), and is renamed into place only after its sha256 and the caller's structural
+  check pass;
+* the sha256 must match the pinned or locked value; a download that does not match is deleted
+  and the error names both hashes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from builder import log
+from builder.checksums import ChecksumLock, HashCache, mismatch
+from builder.errors import ChecksumError, FetchError, InputError
+
+if TYPE_CHECKING:
+    import requests
+
+CHUNK = 1 << 20
+RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+
+
+@dataclass(frozen=True, kw_only=True)
+class FetchSettings:
+    cache_dir: Path
+    mirror: Path | None = None
+    retries: int = 4
+    backoff: float = 1.0  # seconds before the first retry; doubles each time
+    timeout: float = 60.0  # seconds without data before a connection is given up
+
+    @property
+    def hashes(self) -> HashCache:
+        return HashCache(self.cache_dir / "hashes")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Input:
+    """What to fetch: the caller's description of one input."""
+
+    what: str  # human name, e.g. "kernel ISO for xcp-1.5"
+    url: str | None
+    file_name: str
+    key: str  # key in checksums.lock
+    pinned: str | None = None
+    lock: ChecksumLock | None = None
+    local: Path | None = None  # a user-given file that replaces the URL
+    note: str | None = None  # how to get the file when there is no URL
+
+
+@dataclass(frozen=True)
+class Fetched:
+    path: Path
+    sha256: str
+    origin: str
+
+
+Verifier = Callable[[Path], object]  # raises InputError; the result is ignored
+
+
+def _local_path(url: str) -> Path | None:
+    if url.startswith("file://"):
+        return Path(urllib.parse.unquote(urllib.parse.urlparse(url).path))
+    if "://" not in url:
+        return Path(url)
+    return None
+
+
+def _expected(item: Input) -> tuple[str | None, str]:
+    if item.pinned:
+        return item.pinned, "pinned in the spec file"
+    if item.lock is not None:
+        value = item.lock.get(item.key)
+        if value:
+            return value, f"recorded in {item.lock.path}"
+    return None, ""
+
+
+def fetch(
+    item: Input, settings: FetchSettings, *, verify: Verifier | None = None, fresh: bool = False
+) -> Fetched:
+    """Return a verified local copy of ``item``, downloading it if needed.
+
+    ``fresh`` downloads again even when a cached copy exists (mutable files such as a yum
+    repository's repomd.xml), falling back to the cached copy when the download fails.
+    """
+    expected, source = _expected(item)
+    local = item.local
+    if local is None and settings.mirror is not None:
+        candidate = settings.mirror / item.file_name
+        if candidate.is_file():
+            local = candidate
+    if local is None and item.url is not None:
+        local = _local_path(item.url)
+    if local is not None:
+        return _use_local(
+            item, local, expected=expected, source=source, settings=settings, verify=verify
+        )
+    if item.url is None:
+        raise FetchError(
+            f"No download URL is known for the {item.what} ({item.file_name}).",
+            hint=item.note or "Pass the file on the command line or put it in a --mirror DIR.",
+        )
+    if fresh:
+        dest = cache_path(settings, item.url, item.file_name)
+        try:
+            return _use_download(
+                item,
+                item.url,
+                expected=expected,
+                source=source,
+                settings=settings,
+                verify=verify,
+                refresh=True,
+            )
+        except FetchError as exc:
+            if not dest.is_file():
+                raise
+            log.warn(f"{exc.message} Using the cached copy from an earlier run.")
+    return _use_download(
+        item, item.url, expected=expected, source=source, settings=settings, verify=verify
+    )
+
+
+def _use_local(
+    item: Input,
+    path: Path,
+    *,
+    expected: str | None,
+    source: str,
+    settings: FetchSettings,
+    verify: Verifier | None,
+) -> Fetched:
+    if not path.is_file():
+        raise FetchError(
+            f"The {item.what} {path} does not exist or is not a regular file.",
+            hint="Check the path given on the command line, in the spec, or in --mirror.",
+        )
+    hashes = settings.hashes
+    cached = hashes.lookup(path)
+    actual = cached or hashes.sha256(path)
+    if expected and actual != expected:
+        raise ChecksumError(
+            f"The {item.what} {path} has sha256 {actual}, but {expected} was expected ({source}).",
+            hint="Your file was left in place. Use the right file, or update the spec's sha256 "
+            "or checksums.lock if this file is legitimately different.",
+        )
+    if cached is None and verify is not None:
+        verify(path)
+    _record(item, expected, actual)
+    return Fetched(path=path, sha256=actual, origin=str(path))
+
+
+def _record(item: Input, expected: str | None, actual: str) -> None:
+    if expected is None and item.lock is not None:
+        item.lock.record(item.key, actual)
+        log.info(f"recorded sha256 {actual} of {item.file_name} in {item.lock.path}")
+
+
+def cache_path(settings: FetchSettings, url: str, file_name: str) -> Path:
+    bucket = hashlib.sha256(url.encode()).hexdigest()[:16]
+    return settings.cache_dir / "downloads" / bucket / file_name
+
+
+def _use_download(
+    item: Input,
+    url: str,
+    *,
+    expected: str | None,
+    source: str,
+    settings: FetchSettings,
+    verify: Verifier | None,
+    refresh: bool = False,
+) -> Fetched:
+    dest = cache_path(settings, url, item.file_name)
+    hashes = settings.hashes
+    if dest.is_file() and not refresh:
+        actual = hashes.sha256(dest)
+        if expected is None or actual == expected:
+            _record(item, expected, actual)
+            return Fetched(path=dest, sha256=actual, origin=url)
+        log.warn(f"cached {dest.name} does not match its expected sha256; downloading it again")
+        dest.unlink()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    actual = download(url, part, settings, what=item.what)
+    if expected and actual != expected:
+        part.unlink(missing_ok=True)
+        raise mismatch(dest, f"The downloaded {item.what}", expected, actual, source)
+    if verify is not None:
+        try:
+            verify(part)
+        except InputError:
+            part.unlink(missing_ok=True)
+            raise
+    os.replace(part, dest)
+    hashes.store(dest, actual)
+    _record(item, expected, actual)
+    return Fetched(path=dest, sha256=actual, origin=url)
+
+
+def _session() -> requests.Session:
+    import requests
+
+    session = requests.Session()
+    session.headers["User-Agent"] = "xcp-drbd-builder"
+    return session
+
+
+def download(url: str, part: Path, settings: FetchSettings, *, what: str) -> str:
+    """Download ``url`` into ``part`` (resuming what is there) and return its sha256."""
+    import requests
+
+    session = _session()
+    attempt = 0
+    while True:
+        try:
+            return _download_once(session, url, part, settings, what)
+        except _Retryable as exc:
+            attempt += 1
+            if attempt > settings.retries:
+                raise FetchError(
+                    f"Downloading the {what} from {url} failed after {attempt} attempts: {exc}.",
+                    hint="Check the network or the URL; the partial file is kept and the next "
+                    "run resumes it. Air-gapped: pass the file or a --mirror DIR.",
+                ) from None
+            delay = settings.backoff * 2 ** (attempt - 1)
+            log.warn(f"{exc}; retrying in {delay:.1f} s ({attempt}/{settings.retries})")
+            time.sleep(delay)
+        except requests.exceptions.InvalidURL as exc:
+            raise FetchError(f"Invalid URL for the {what}: {url} ({exc}).") from None
+        finally:
+            session.close()
+
+
+class _Retryable(Exception):
+    pass
+
+
+def _download_once(
+    session: requests.Session, url: str, part: Path, settings: FetchSettings, what: str
+) -> str:
+    import requests
+
+    have = part.stat().st_size if part.exists() else 0
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    try:
+        response = session.get(url, headers=headers, stream=True, timeout=settings.timeout)
+    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+        raise _Retryable(f"cannot connect: {type(exc).__name__}") from None
+    with contextlib.closing(response):
+        status = response.status_code
+        if status == 416 and have:
+            # The partial file is as long as (or longer than) the remote one: start again.
+            part.unlink()
+            raise _Retryable("the partial download did not fit the remote file")
+        if status in RETRY_STATUS:
+            raise _Retryable(f"HTTP {status} {response.reason}")
+        if status >= 400:
+            raise FetchError(
+                f"Downloading the {what} failed: HTTP {status} {response.reason} for {url}.",
+                hint="The URL is wrong or the file was removed upstream. Fix the spec's URL, "
+                "or pass a local copy of the file (air-gapped: --mirror DIR).",
+            )
+        digest = hashlib.sha256()
+        if status == 206 and have:
+            with part.open("rb") as existing:
+                while chunk := existing.read(CHUNK):
+                    digest.update(chunk)
+            mode = "ab"
+            log.info(f"resuming {part.name[:-5]} at {log.format_bytes(have)}")
+        else:
+            have = 0
+            mode = "wb"
+        length = response.headers.get("Content-Length")
+        total = have + int(length) if length and length.isdigit() else None
+        progress = log.Progress(f"downloading {part.name[:-5]}", total, done=have)
+        received = have
+        try:
+            with part.open(mode) as out:
+                for chunk in response.iter_content(CHUNK):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    received += len(chunk)
+                    progress.advance(len(chunk))
+        except (requests.exceptions.RequestException, OSError) as exc:
+            raise _Retryable(f"transfer interrupted: {type(exc).__name__}") from None
+        finally:
+            progress.finish()
+        if total is not None and received < total:
+            raise _Retryable(f"transfer ended early at {received} of {total} bytes")
+        return digest.hexdigest()

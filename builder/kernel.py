@@ -1,0 +1,319 @@
+"""From a target to a verified dom0 kernel build tree on disk.
+
+source (ISO | RPM URL | yum repo)  ──fetch, verify──►  kernel-devel RPM  ──safe extract──►
+<cache>/kernels/<rpm sha256>/tree  ──find build dir, derive release──►  compare with target
+
+The extracted tree is cached by the RPM's sha256 with a marker written last, so a second call
+only stats the inputs.  The kernel release is read from the tree itself, never from the RPM's
+file name: on the 2.6.32 dom0s `uname -r` carries a ``xen`` suffix the RPM release lacks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from builder import log
+from builder.checksums import ChecksumLock, write_atomic
+from builder.errors import ChecksumError, InputError, KernelMismatchError
+from builder.fetch import Fetched, FetchSettings, Input, fetch
+from builder.iso import extract as extract_from_iso
+from builder.iso import locate
+from builder.rpm import RpmInfo, extract_payload, read_info, verify_integrity
+from builder.specs import SourceKind, Target
+
+MARKER = "tree.json"
+UTS_RELEASE = re.compile(rb'#define\s+UTS_RELEASE\s+"([^"]+)"')
+
+
+@dataclass(frozen=True, kw_only=True)
+class KernelTree:
+    release: str  # derived from the tree
+    root: Path  # extraction root (mount this: the build dir may link into siblings)
+    build_dir: Path  # the kernel build directory, passed as kdir
+    rpm: Path
+    rpm_nvra: str
+    rpm_sha256: str
+    source: str  # where the RPM came from (URL or path)
+    source_sha256: str  # sha256 of the ISO or RPM that was fetched
+
+    def to_json(self) -> dict[str, str]:
+        return {key: str(value) for key, value in asdict(self).items()}
+
+
+@dataclass(frozen=True, kw_only=True)
+class KernelInputs:
+    """User-given files that replace the target's download."""
+
+    iso: Path | None = None
+    kernel_rpm: Path | None = None
+
+
+def _rpm_file_name(target: Target) -> str:
+    source = target.kernel_source
+    if source.kind is SourceKind.ISO and source.path:
+        return source.path.rsplit("/", 1)[-1]
+    if source.kind is SourceKind.RPM:
+        return source.file_name
+    return f"{target.kernel_package}.rpm"
+
+
+def _check_rpm(path: Path) -> RpmInfo:
+    info = read_info(path)
+    verify_integrity(path, info)
+    return info
+
+
+def _fetch_rpm(
+    target: Target, settings: FetchSettings, inputs: KernelInputs
+) -> tuple[Fetched, Fetched]:
+    """The kernel-devel RPM for ``target`` as a verified local file, and the file it came from."""
+    source = target.kernel_source
+    lock = ChecksumLock(target.lock_file)
+    rpm_name = _rpm_file_name(target)
+    if inputs.kernel_rpm is not None:
+        key = source.lock_key if source.kind is SourceKind.RPM else f"file:{rpm_name}"
+        pinned = source.sha256 if source.kind is SourceKind.RPM else None
+        rpm = fetch(
+            Input(
+                what=f"{target.kernel_package} RPM for {target.id}",
+                url=None,
+                file_name=rpm_name,
+                key=key,
+                pinned=pinned,
+                lock=lock,
+                local=inputs.kernel_rpm,
+            ),
+            settings,
+            verify=_check_rpm,
+        )
+        return rpm, rpm
+    if source.kind is SourceKind.RPM:
+        rpm = fetch(
+            Input(
+                what=f"{target.kernel_package} RPM for {target.id}",
+                url=source.url,
+                file_name=source.file_name,
+                key=source.lock_key,
+                pinned=source.sha256,
+                lock=lock,
+                note=source.note,
+            ),
+            settings,
+            verify=_check_rpm,
+        )
+        return rpm, rpm
+    if source.kind is SourceKind.ISO:
+        return _rpm_from_iso(target, settings, inputs, lock)
+    rpm = _rpm_from_yum(target, settings)
+    return rpm, rpm
+
+
+def _rpm_from_iso(
+    target: Target, settings: FetchSettings, inputs: KernelInputs, lock: ChecksumLock
+) -> tuple[Fetched, Fetched]:
+    source = target.kernel_source
+    inner = source.path or ""
+    iso = fetch(
+        Input(
+            what=f"ISO for {target.id}",
+            url=source.url,
+            file_name=source.file_name,
+            key=source.lock_key,
+            pinned=source.sha256,
+            lock=lock,
+            local=inputs.iso,
+            note=source.note,
+        ),
+        settings,
+        verify=lambda path: locate(path, inner),
+    )
+    rpm_name = inner.rsplit("/", 1)[-1]
+    dest = settings.cache_dir / "rpms" / iso.sha256[:32] / rpm_name
+    hashes = settings.hashes
+    if dest.is_file() and hashes.lookup(dest) is not None:
+        sha = hashes.sha256(dest)
+    else:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with log.step(f"reading {rpm_name} from {iso.path.name}"):
+            extract_from_iso(iso.path, inner, dest)
+            try:
+                _check_rpm(dest)
+            except InputError:
+                dest.unlink(missing_ok=True)
+                raise
+        sha = hashes.sha256(dest)
+    # A verified ISO vouches for the RPM inside it: record it so --kernel-rpm can be checked.
+    key = f"file:{rpm_name}"
+    expected_rpm = lock.get(key)
+    if expected_rpm is None:
+        lock.record(key, sha)
+    elif expected_rpm != sha:
+        dest.unlink(missing_ok=True)
+        raise ChecksumError(
+            f"{rpm_name} read from {iso.path} has sha256 {sha}, but {lock.path} records "
+            f"{expected_rpm}.",
+            hint="The ISO differs from the one first used; check which one is right.",
+        )
+    return Fetched(path=dest, sha256=sha, origin=f"{iso.origin}!/{inner}"), iso
+
+
+def _rpm_from_yum(target: Target, settings: FetchSettings) -> Fetched:
+    from builder.yumrepo import find_package
+
+    source = target.kernel_source
+    package = find_package(
+        source.repos,
+        name=target.kernel_package,
+        arch=target.arch,
+        evr_glob=source.evr,
+        settings=settings,
+    )
+    log.info(f"newest match in the repositories: {package.name}-{package.evr}.{package.arch}")
+    pinned = package.checksum if package.checksum_type == "sha256" else None
+
+    def verify(path: Path) -> None:
+        if pinned is None and package.checksum_type in ("sha", "sha1", "sha512", "md5"):
+            algorithm = "sha1" if package.checksum_type == "sha" else package.checksum_type
+            digest = hashlib.new(algorithm, path.read_bytes()).hexdigest()
+            if digest != package.checksum:
+                raise InputError(
+                    f"{path.name} does not match its {package.checksum_type} in the repository "
+                    "metadata; the download was deleted."
+                )
+        _check_rpm(path)
+
+    return fetch(
+        Input(
+            what=f"{target.kernel_package} RPM for {target.id}",
+            url=package.url,
+            file_name=package.file_name,
+            key=package.url,
+            pinned=pinned,
+            lock=ChecksumLock(target.lock_file),
+        ),
+        settings,
+        verify=verify,
+    )
+
+
+def read_release(build_dir: Path) -> str | None:
+    """The kernel release a build tree was configured for, as `uname -r` would print it.
+
+    UTS_RELEASE is what a module's vermagic is made of, so it wins; include/config/kernel.release
+    is the fallback (Debian writes the upstream version there, not the ABI name).
+    """
+    for header in (
+        "include/generated/utsrelease.h",
+        "include/linux/utsrelease.h",
+        "include/linux/version.h",
+    ):
+        with contextlib.suppress(OSError):
+            match = UTS_RELEASE.search((build_dir / header).read_bytes())
+            if match:
+                return match.group(1).decode("utf-8", "replace")
+    with contextlib.suppress(OSError):
+        text = (build_dir / "include" / "config" / "kernel.release").read_text(
+            encoding="utf-8", errors="replace"
+        )
+        if text.strip():
+            return text.strip()
+    return None
+
+
+def find_build_dirs(root: Path) -> dict[Path, str]:
+    """Directories under ``root`` that look like a configured kernel build tree, with release."""
+    found: dict[Path, str] = {}
+    for directory, subdirs, files in os.walk(root):
+        here = Path(directory)
+        depth = len(here.relative_to(root).parts)
+        if "Makefile" in files and (".config" in files or "include" in subdirs):
+            release = read_release(here)
+            if release is not None:
+                found[here] = release
+                subdirs.clear()
+                continue
+        if depth >= 5:
+            subdirs.clear()
+        else:
+            # Build trees live under usr/src or lib/modules; skip the bulk of other trees.
+            subdirs[:] = [d for d in subdirs if depth > 0 or d in ("usr", "lib", "src", "opt")]
+    return found
+
+
+def _extract_tree(rpm: Fetched, info: RpmInfo, settings: FetchSettings) -> dict[str, str]:
+    """Extract (or reuse) the payload of ``rpm`` and return its marker data."""
+    base = settings.cache_dir / "kernels" / rpm.sha256
+    marker = base / MARKER
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads(marker.read_text(encoding="utf-8"))
+        if isinstance(data, dict) and (base / "tree").is_dir():
+            return {str(k): str(v) for k, v in data.items()}
+    partial = base.with_name(f"{base.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        (partial / "tree").mkdir(parents=True)
+        with log.step(f"extracting {info.nvra}"):
+            count = extract_payload(rpm.path, info, partial / "tree")
+            log.info(f"{count} files")
+        builds = find_build_dirs(partial / "tree")
+        if not builds:
+            raise InputError(
+                f"{rpm.path.name} holds no kernel build tree (a directory with a Makefile and a "
+                "configured include/config/kernel.release or utsrelease.h).",
+                hint="Check that the target names the kernel-devel package of dom0's kernel.",
+            )
+        data = {
+            "nvra": info.nvra,
+            "builds": json.dumps(
+                {str(path.relative_to(partial / "tree")): rel for path, rel in builds.items()}
+            ),
+        }
+        write_atomic(partial / MARKER, json.dumps(data).encode())
+        shutil.rmtree(base, ignore_errors=True)
+        os.replace(partial, base)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return data
+
+
+def prepare_kernel(target: Target, settings: FetchSettings, inputs: KernelInputs) -> KernelTree:
+    """Fetch, verify and extract ``target``'s kernel-devel; check its release."""
+    with log.step(f"kernel-devel for {target.id}"):
+        rpm, source = _fetch_rpm(target, settings, inputs)
+        info = read_info(rpm.path)
+        if info.name != target.kernel_package:
+            raise InputError(
+                f"{rpm.path.name} is the package {info.name}, not {target.kernel_package} as the "
+                f"target {target.id} expects.",
+                hint="Pass the target's kernel-devel package, or fix the target's spec.",
+            )
+        data = _extract_tree(rpm, info, settings)
+    builds: dict[str, str] = json.loads(data["builds"])
+    matching = [path for path, release in builds.items() if release == target.kernel_release]
+    if not matching:
+        found = ", ".join(f"{release} (in {path})" for path, release in builds.items())
+        raise KernelMismatchError(
+            f"The kernel tree in {rpm.path.name} is for kernel release {found}, but target "
+            f"{target.id} runs {target.kernel_release}.",
+            hint="A module built from this tree would not load on dom0. Use the kernel-devel "
+            "package of dom0's running kernel, or correct kernel.release in the target's spec.",
+        )
+    root = settings.cache_dir / "kernels" / rpm.sha256 / "tree"
+    return KernelTree(
+        release=target.kernel_release,
+        root=root,
+        build_dir=root / matching[0],
+        rpm=rpm.path,
+        rpm_nvra=data["nvra"],
+        rpm_sha256=rpm.sha256,
+        source=rpm.origin,
+        source_sha256=source.sha256,
+    )

@@ -1,0 +1,83 @@
+"""The pure planner: which builds to run, grouped so that one target's builds share its work.
+
+``plan()`` turns the selected targets and DRBD versions into frozen :class:`BuildStep` values,
+deterministically and without touching the network, Docker or the disk.  ``build --dry-run``
+prints it and ``matrix`` emits it as JSON for an external CI engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder.specs import DrbdVersion, Registry, SourceKind, Target
+
+CONTAINERS_DIR = Path(__file__).resolve().parent.parent / "containers"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildStep:
+    target: Target
+    drbd: DrbdVersion
+    output_dir: Path  # artifacts/<target>/<version>
+
+    @property
+    def build_context(self) -> Path:
+        return self.target.build_context or CONTAINERS_DIR / self.target.container_family
+
+    def describe(self) -> list[str]:
+        target, source = self.target, self.target.kernel_source
+        if source.kind is SourceKind.ISO:
+            kernel_from = f"{source.path} inside {source.url or source.file_name}"
+        elif source.kind is SourceKind.RPM:
+            kernel_from = source.url or source.file_name
+        else:
+            kernel_from = f"newest {target.kernel_package} {source.evr or ''} in " + ", ".join(
+                source.repos
+            )
+        image = f"build context {self.build_context}"
+        if target.base_image:
+            image += f" on base image {target.base_image}"
+        return [
+            f"{target.id} / DRBD {self.drbd.version} ({self.drbd.family.value} recipe)",
+            f"  kernel:  {target.kernel_package} from {kernel_from}",
+            f"           build tree must report release {target.kernel_release}",
+            f"  source:  {self.drbd.url}",
+            f"  image:   {image}",
+            f"  build:   {target.arch} RPMs with kernelversion={target.kernel_release} and kdir "
+            "set explicitly, network off",
+            f"  checks:  vermagic starts with {target.kernel_release}; drbd-km requires drbd "
+            f"{self.drbd.version}; arch {target.arch}/{target.basearch}/noarch",
+            f"  output:  {self.output_dir}",
+        ]
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "target": self.target.id,
+            "drbd": self.drbd.version,
+            "family": self.drbd.family.value,
+            "kernel_release": self.target.kernel_release,
+            "output": str(self.output_dir),
+        }
+
+
+def plan(
+    registry: Registry, targets: Sequence[str], versions: Sequence[str], artifacts: Path
+) -> list[BuildStep]:
+    """One step per (target, version), targets in the order given, duplicates dropped."""
+    resolved_targets: list[Target] = []
+    for name in targets:
+        target = registry.target(name)
+        if target not in resolved_targets:
+            resolved_targets.append(target)
+    resolved_versions: list[DrbdVersion] = []
+    for version in versions:
+        entry = registry.drbd_version(version)
+        if entry not in resolved_versions:
+            resolved_versions.append(entry)
+    return [
+        BuildStep(target=t, drbd=v, output_dir=artifacts / t.id / v.version)
+        for t in resolved_targets
+        for v in resolved_versions
+    ]

@@ -1,0 +1,136 @@
+"""Find a package in yum repositories by reading their metadata (repomd.xml, primary.xml).
+
+Used for kernel sources published as yum repositories (XCP-ng).  createrepo_c parses the
+metadata (any compression), so no XML is handled here.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from builder.errors import InputError
+from builder.fetch import FetchSettings, Input, fetch
+from builder.rpm import vercmp
+
+
+@dataclass(frozen=True)
+class RepoPackage:
+    name: str
+    arch: str
+    version: str
+    release: str
+    url: str
+    checksum_type: str
+    checksum: str
+
+    @property
+    def evr(self) -> str:
+        return f"{self.version}-{self.release}"
+
+    @property
+    def file_name(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+
+def _join(base: str, href: str) -> str:
+    return urllib.parse.urljoin(base if base.endswith("/") else base + "/", href)
+
+
+def _primary_location(repomd: Path, base: str) -> str:
+    import createrepo_c as cr
+
+    try:
+        records = cr.Repomd(str(repomd)).records
+    except Exception as exc:  # createrepo_c raises its own error type for bad XML
+        raise InputError(
+            f"The repository metadata {base}repodata/repomd.xml cannot be parsed: {exc}."
+        ) from None
+    for record in records:
+        if record.type == "primary" and record.location_href:
+            return _join(base, record.location_href)
+    raise InputError(f"The repository {base} has no primary metadata in repomd.xml.")
+
+
+def _packages(primary: Path, base: str) -> list[RepoPackage]:
+    """Stream primary.xml (any compression) through createrepo_c's parser."""
+    import createrepo_c as cr
+
+    found: list[RepoPackage] = []
+
+    def keep(package: Any) -> bool:
+        found.append(
+            RepoPackage(
+                name=package.name,
+                arch=package.arch,
+                version=package.version,
+                release=package.release,
+                url=_join(package.location_base or base, package.location_href),
+                checksum_type=package.checksum_type,
+                checksum=package.pkgId,
+            )
+        )
+        return True
+
+    try:
+        cr.xml_parse_primary(str(primary), pkgcb=keep, do_files=0)
+    except Exception as exc:
+        raise InputError(f"The primary metadata of {base} cannot be parsed: {exc}.") from None
+    return found
+
+
+def find_package(
+    repos: tuple[str, ...],
+    *,
+    name: str,
+    arch: str,
+    evr_glob: str | None,
+    settings: FetchSettings,
+) -> RepoPackage:
+    """The newest package called ``name`` for ``arch`` whose version-release matches the glob."""
+    candidates: list[RepoPackage] = []
+    for base in repos:
+        base_url = base if base.endswith("/") else base + "/"
+        # Metadata is fetched without a lock: the repository signs and checksums it itself.
+        repomd = fetch(
+            Input(
+                what=f"repository metadata of {base_url}",
+                url=_join(base_url, "repodata/repomd.xml"),
+                file_name="repomd.xml",
+                key=base_url,
+            ),
+            settings,
+            fresh=True,
+        )
+        primary_url = _primary_location(repomd.path, base_url)
+        primary = fetch(
+            Input(
+                what=f"primary metadata of {base_url}",
+                url=primary_url,
+                file_name=primary_url.rsplit("/", 1)[-1],
+                key=primary_url,
+            ),
+            settings,
+        )
+        for package in _packages(primary.path, base_url):
+            if package.name != name or package.arch not in (arch, "noarch"):
+                continue
+            if evr_glob and not fnmatch.fnmatchcase(package.evr, evr_glob):
+                continue
+            candidates.append(package)
+    if not candidates:
+        wanted = f"{name}.{arch}" + (f" matching {evr_glob}" if evr_glob else "")
+        raise InputError(
+            f"No {wanted} in the repositories {', '.join(repos)}.",
+            hint="Check the target's yum: and evr: in its spec, or pass the RPM with "
+            "--kernel-rpm PATH.",
+        )
+
+    def order(a: RepoPackage, b: RepoPackage) -> int:
+        return vercmp(a.version, b.version) or vercmp(a.release, b.release)
+
+    return max(candidates, key=functools.cmp_to_key(order))
