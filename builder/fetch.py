@@ -67,6 +67,15 @@ class Fetched:
     path: Path
     sha256: str
     origin: str
+    untrusted: Input | None = None  # no pinned or locked hash yet: see trust()
+
+    def trust(self) -> None:
+        """Record the hash of a first download in its lock file, once the caller has checked
+        everything it can (a package that is then refused must not be trusted on later runs)."""
+        item = self.untrusted
+        if item is not None and item.lock is not None and item.lock.get(item.key) is None:
+            item.lock.record(item.key, self.sha256)
+            log.info(f"recorded sha256 {self.sha256} of {item.file_name} in {item.lock.path}")
 
 
 Verifier = Callable[[Path], object]  # raises InputError; the result is ignored
@@ -161,14 +170,7 @@ def _use_local(
         )
     if cached is None and verify is not None:
         verify(path)
-    _record(item, expected, actual)
-    return Fetched(path=path, sha256=actual, origin=str(path))
-
-
-def _record(item: Input, expected: str | None, actual: str) -> None:
-    if expected is None and item.lock is not None:
-        item.lock.record(item.key, actual)
-        log.info(f"recorded sha256 {actual} of {item.file_name} in {item.lock.path}")
+    return Fetched(path=path, sha256=actual, origin=str(path), untrusted=None if expected else item)
 
 
 def cache_path(settings: FetchSettings, url: str, file_name: str) -> Path:
@@ -191,8 +193,9 @@ def _use_download(
     if dest.is_file() and not refresh:
         actual = hashes.sha256(dest)
         if expected is None or actual == expected:
-            _record(item, expected, actual)
-            return Fetched(path=dest, sha256=actual, origin=url)
+            return Fetched(
+                path=dest, sha256=actual, origin=url, untrusted=None if expected else item
+            )
         log.warn(f"cached {dest.name} does not match its expected sha256; downloading it again")
         dest.unlink()
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -209,8 +212,7 @@ def _use_download(
             raise
     os.replace(part, dest)
     hashes.store(dest, actual)
-    _record(item, expected, actual)
-    return Fetched(path=dest, sha256=actual, origin=url)
+    return Fetched(path=dest, sha256=actual, origin=url, untrusted=None if expected else item)
 
 
 def _session() -> requests.Session:

@@ -149,19 +149,25 @@ def _rpm_from_iso(
                 dest.unlink(missing_ok=True)
                 raise
         sha = hashes.sha256(dest)
-    # A verified ISO vouches for the RPM inside it: record it so --kernel-rpm can be checked.
+    # A verified ISO vouches for the RPM inside it: its hash is recorded (with the ISO's, once
+    # the tree checks out) so that a later --kernel-rpm can be checked against it.
     key = f"file:{rpm_name}"
+    inner_item = Input(what=rpm_name, url=None, file_name=rpm_name, key=key, lock=lock)
     expected_rpm = lock.get(key)
-    if expected_rpm is None:
-        lock.record(key, sha)
-    elif expected_rpm != sha:
+    if expected_rpm is not None and expected_rpm != sha:
         dest.unlink(missing_ok=True)
         raise ChecksumError(
             f"{rpm_name} read from {iso.path} has sha256 {sha}, but {lock.path} records "
             f"{expected_rpm}.",
             hint="The ISO differs from the one first used; check which one is right.",
         )
-    return Fetched(path=dest, sha256=sha, origin=f"{iso.origin}!/{inner}"), iso
+    rpm = Fetched(
+        path=dest,
+        sha256=sha,
+        origin=f"{iso.origin}!/{inner}",
+        untrusted=inner_item if expected_rpm is None else None,
+    )
+    return rpm, iso
 
 
 def _rpm_from_yum(target: Target, settings: FetchSettings) -> Fetched:
@@ -306,6 +312,8 @@ def prepare_kernel(target: Target, settings: FetchSettings, inputs: KernelInputs
             hint="A module built from this tree would not load on dom0. Use the kernel-devel "
             "package of dom0's running kernel, or correct kernel.release in the target's spec.",
         )
+    rpm.trust()
+    source.trust()
     root = settings.cache_dir / "kernels" / rpm.sha256 / "tree"
     return KernelTree(
         release=target.kernel_release,

@@ -29,7 +29,9 @@ class HeadersTree:
 def installed_headers() -> HeadersTree:
     flavours = sorted(glob.glob("/usr/src/linux-headers-*-amd64"))
     if not flavours:
-        raise RuntimeError("no linux-headers-*-amd64 installed (apt-get install linux-headers-amd64)")
+        raise RuntimeError(
+            "no linux-headers-*-amd64 installed (apt-get install linux-headers-amd64)"
+        )
     flavour = Path(flavours[-1])
     makefile = (flavour / "Makefile").read_text()
     match = re.search(r"include (\S+)/Makefile", makefile)
@@ -114,7 +116,9 @@ def build_kernel_devel_rpm(workdir: Path, *, name: str = "kernel-xen-devel") -> 
     return rpm
 
 
-def build_small_rpm(workdir: Path, *, name: str, files: dict[str, str], links: dict[str, str]) -> Path:
+def build_small_rpm(
+    workdir: Path, *, name: str, files: dict[str, str], links: dict[str, str]
+) -> Path:
     """A tiny RPM with the given files and symlinks (paths absolute inside the package)."""
     workdir.mkdir(parents=True, exist_ok=True)
     install = ["mkdir -p %{buildroot}"]
@@ -130,7 +134,11 @@ def build_small_rpm(workdir: Path, *, name: str, files: dict[str, str], links: d
     spec = workdir / f"{name}.spec"
     spec.write_text(
         f"Name: {name}\nVersion: 1\nRelease: 1\nSummary: test\nLicense: MIT\nAutoReqProv: no\n"
-        "%description\ntest\n%install\n" + "\n".join(install) + "\n%files\n" + "\n".join(listed) + "\n"
+        "%description\ntest\n%install\n"
+        + "\n".join(install)
+        + "\n%files\n"
+        + "\n".join(listed)
+        + "\n"
     )
     (rpm,) = rpmbuild(spec, workdir / "top")
     return rpm
@@ -143,7 +151,9 @@ def make_iso(workdir: Path, files: dict[str, Path], *, padding: int = 0) -> Path
     for inner, source in files.items():
         dest = root / inner
         dest.parent.mkdir(parents=True, exist_ok=True)
-        os.link(source, dest) if source.stat().st_dev == dest.parent.stat().st_dev else shutil.copy(source, dest)
+        os.link(source, dest) if source.stat().st_dev == dest.parent.stat().st_dev else shutil.copy(
+            source, dest
+        )
     if padding:
         # Incompressible filler ahead of the package, like the many RPMs of a real binpkg.iso.
         filler = root / "domain0" / "RPMS" / "filler.bin"

@@ -1,0 +1,82 @@
+"""A small HTTP file server on 127.0.0.1 with Range support and fault injection."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+@dataclass
+class ServerState:
+    root: Path
+    requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range)
+    cut_after: int | None = None  # close the connection after this many body bytes, once
+    fail_first: int = 0  # answer this many requests with 503 first
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _handler(state: ServerState) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            with state.lock:
+                state.requests.append((self.path, self.headers.get("Range")))
+                if state.fail_first > 0:
+                    state.fail_first -= 1
+                    self.send_error(503, "busy")
+                    return
+                cut, state.cut_after = state.cut_after, None
+            path = state.root / self.path.lstrip("/")
+            if not path.is_file():
+                self.send_error(404, "Not Found")
+                return
+            size = path.stat().st_size
+            start = 0
+            match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
+            if match:
+                start = int(match.group(1))
+                if start >= size:
+                    self.send_error(416, "Range Not Satisfiable")
+                    return
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
+            else:
+                self.send_response(200)
+            self.send_header("Content-Length", str(size - start))
+            self.end_headers()
+            with path.open("rb") as stream:
+                stream.seek(start)
+                sent = 0
+                while chunk := stream.read(1 << 16):
+                    if cut is not None and sent + len(chunk) > cut:
+                        self.wfile.write(chunk[: cut - sent])
+                        self.wfile.flush()
+                        self.close_connection = True
+                        return
+                    self.wfile.write(chunk)
+                    sent += len(chunk)
+
+    return Handler
+
+
+@contextmanager
+def serve(root: Path) -> Iterator[tuple[str, ServerState]]:
+    """Serve ``root`` on 127.0.0.1; yields the base URL and the server's state."""
+    state = ServerState(root=root)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", state
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

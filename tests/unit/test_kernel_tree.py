@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from builder.kernel import find_build_dirs, read_release
+
+
+def make_tree(root: Path, rel: str, files: dict[str, str]) -> Path:
+    base = root / rel
+    for name, text in files.items():
+        (base / name).parent.mkdir(parents=True, exist_ok=True)
+        (base / name).write_text(text)
+    return base
+
+
+def test_uts_release_wins_over_kernel_release_file(tmp_path: Path) -> None:
+    # Debian writes the upstream version in kernel.release; vermagic uses UTS_RELEASE.
+    tree = make_tree(
+        tmp_path,
+        "t",
+        {
+            "include/config/kernel.release": "6.1.192\n",
+            "include/generated/utsrelease.h": '#define UTS_RELEASE "6.1.0-56-amd64"\n',
+        },
+    )
+    assert read_release(tree) == "6.1.0-56-amd64"
+
+
+def test_old_kernels_use_linux_utsrelease_h(tmp_path: Path) -> None:
+    release = "2.6.32.12-0.7.1.xs1.4.90.530.170661xen"
+    header = f'#define UTS_RELEASE "{release}"'
+    tree = make_tree(tmp_path, "t", {"include/linux/utsrelease.h": header})
+    assert read_release(tree) == release
+    assert read_release(tmp_path / "empty") is None
+
+
+def test_find_build_dirs_in_a_red_hat_layout(tmp_path: Path) -> None:
+    release = "2.6.32.43-0.4.1.xs1.6.10.734.170748xen"
+    make_tree(
+        tmp_path,
+        f"usr/src/kernels/{release}-i686",
+        {
+            "Makefile": "",
+            ".config": "",
+            "include/linux/utsrelease.h": f'#define UTS_RELEASE "{release}"',
+        },
+    )
+    make_tree(tmp_path, "usr/share/doc/kernel", {"Makefile": ""})
+    found = find_build_dirs(tmp_path)
+    assert found == {tmp_path / f"usr/src/kernels/{release}-i686": release}

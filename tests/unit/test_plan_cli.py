@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from builder.cli import main
+from builder.plan import plan
+from builder.specs import load_registry
+
+
+def test_plan_is_the_cross_product_in_order_without_duplicates(tmp_path: Path) -> None:
+    steps = plan(
+        load_registry(), ["1.5", "xcp-1.6", "xcp-1.5"], ["8.4.1", "8.3.16", "8.4.1"], tmp_path
+    )
+    assert [(s.target.id, s.drbd.version) for s in steps] == [
+        ("xcp-1.5", "8.4.1"),
+        ("xcp-1.5", "8.3.16"),
+        ("xcp-1.6", "8.4.1"),
+        ("xcp-1.6", "8.3.16"),
+    ]
+    assert steps[0].output_dir == tmp_path / "xcp-1.5" / "8.4.1"
+    assert steps[0].build_context.name == "centos5-i686"
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    artifacts = tmp_path / "artifacts"
+    code = main(
+        ["build", "--xcp", "1.5", "--drbd", "8.4.1", "--dry-run", "--artifacts", str(artifacts)]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "xcp-1.5 / DRBD 8.4.1" in out
+    assert "2.6.32.12-0.7.1.xs1.4.90.530.170661xen" in out
+    assert "binpkg.iso" in out
+    assert str(artifacts / "xcp-1.5" / "8.4.1") in out
+    assert not artifacts.exists()
+
+
+def test_matrix_is_json_for_ci(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["matrix", "--xcp", "1.5", "1.6", "--drbd", "8.4.1"]) == 0
+    matrix = json.loads(capsys.readouterr().out)
+    assert [(e["target"], e["drbd"]) for e in matrix["include"]] == [
+        ("xcp-1.5", "8.4.1"),
+        ("xcp-1.6", "8.4.1"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "text"),
+    [
+        (["build", "--xcp", "9.9", "--drbd", "8.4.1", "--dry-run"], 2, "Valid targets: xcp-1.5"),
+        (["build", "--xcp", "1.5", "--drbd", "7.0", "--dry-run"], 2, "Valid versions: 8.3.16"),
+        (["build", "--xcp", "1.5;reboot", "--drbd", "8.4.1", "--dry-run"], 2, "only letters"),
+        (["kernel", "--xcp", "$(id)"], 2, "only letters"),
+        (["targets", "--specs", "/nonexistent"], 2, "does not exist"),
+    ],
+)
+def test_errors_are_one_paragraph_with_distinct_exit_codes(
+    argv: list[str], code: int, text: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert err.startswith("error: ")
+    assert text in err
+    assert "Traceback" not in err
+
+
+def test_targets_json_lists_every_target(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["targets", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    ids = [t["id"] for t in data["targets"]]
+    assert {"xcp-1.5", "xcp-1.6", "xenserver-6.2", "xcp-ng-8.2", "xcp-ng-8.3"} <= set(ids)
+    assert {"8.3.16", "8.4.0", "8.4.4"} <= {v["version"] for v in data["drbd"]}
+
+
+def test_xenserver_without_url_explains_how_to_get_the_iso(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["kernel", "--xcp", "6.2", "--cache", str(tmp_path)]) == 3
+    assert "--iso PATH" in capsys.readouterr().err

@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+import gzip
+import stat
+from pathlib import Path
+
+import pytest
+
+from builder.errors import InputError
+from builder.rpm import RpmInfo, extract_payload, vercmp
+
+
+def cpio(entries: list[tuple[str, int, bytes, int, int]]) -> bytes:
+    """newc archive from (name, mode, data, inode, nlink) entries, with the trailer."""
+    out = bytearray()
+
+    def pad() -> None:
+        out.extend(b"\0" * ((-len(out)) % 4))
+
+    for name, mode, data, inode, nlink in [*entries, ("TRAILER!!!", 0, b"", 0, 1)]:
+        encoded = name.encode() + b"\0"
+        fields = [inode, mode, 0, 0, nlink, 0, len(data), 0, 0, 0, 0, len(encoded), 0]
+        out.extend(b"070701" + b"".join(b"%08x" % f for f in fields))
+        out.extend(encoded)
+        pad()
+        out.extend(data)
+        pad()
+    return bytes(out)
+
+
+REG = stat.S_IFREG | 0o644
+DIR = stat.S_IFDIR | 0o755
+LNK = stat.S_IFLNK | 0o777
+
+
+def fake_rpm(
+    tmp_path: Path, entries: list[tuple[str, int, bytes, int, int]]
+) -> tuple[Path, RpmInfo]:
+    path = tmp_path / "payload.rpm"
+    path.write_bytes(gzip.compress(cpio(entries)))
+    info = RpmInfo(
+        name="x",
+        version="1",
+        release="1",
+        arch="noarch",
+        compressor="gzip",
+        payload_offset=0,
+        header_offset=0,
+        sigmd5=None,
+        payload_digest=None,
+    )
+    return path, info
+
+
+def test_extracts_files_dirs_in_tree_symlinks_and_hardlinks(tmp_path: Path) -> None:
+    path, info = fake_rpm(
+        tmp_path,
+        [
+            ("./usr/src/k", DIR, b"", 1, 2),
+            ("./usr/src/k/Makefile", REG, b"all:\n", 2, 1),
+            ("./usr/src/k/scripts", LNK, b"../../lib/kbuild/scripts", 3, 1),
+            ("./lib/modules/1/build", LNK, b"/usr/src/k", 4, 1),
+            ("./usr/src/k/a", REG, b"", 5, 2),
+            ("./usr/src/k/b", REG, b"shared", 5, 2),
+        ],
+    )
+    root = tmp_path / "root"
+    root.mkdir()
+    assert extract_payload(path, info, root) == 5
+    assert (root / "usr/src/k/Makefile").read_text() == "all:\n"
+    assert (root / "usr/src/k/scripts").readlink() == Path("../../lib/kbuild/scripts")
+    # An absolute in-package symlink is rebased onto the extraction root.
+    assert (root / "lib/modules/1/build").resolve() == (root / "usr/src/k").resolve()
+    assert (root / "usr/src/k/a").read_text() == "shared"
+    assert (root / "usr/src/k/a").stat().st_ino == (root / "usr/src/k/b").stat().st_ino
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        ([("/etc/passwd", REG, b"x", 1, 1)], "absolute path"),
+        ([("./usr/../../etc/passwd", REG, b"x", 1, 1)], "climbs out"),
+        ([("./usr/evil", LNK, b"../../outside", 1, 1)], "outside the package's tree"),
+        ([("./a/b/evil", LNK, b"../../../../etc", 1, 1)], "outside the package's tree"),
+    ],
+)
+def test_escaping_payloads_are_refused_and_nothing_escapes(
+    tmp_path: Path, entries: list[tuple[str, int, bytes, int, int]], message: str
+) -> None:
+    path, info = fake_rpm(tmp_path, entries)
+    root = tmp_path / "deep" / "root"
+    root.mkdir(parents=True)
+    with pytest.raises(InputError, match=message):
+        extract_payload(path, info, root)
+    assert not (tmp_path / "etc").exists()
+    assert not (tmp_path / "deep" / "outside").exists()
+
+
+def test_absolute_symlink_cannot_climb_above_the_root(tmp_path: Path) -> None:
+    path, info = fake_rpm(tmp_path, [("./usr/up", LNK, b"/../../../etc", 1, 1)])
+    root = tmp_path / "root"
+    root.mkdir()
+    extract_payload(path, info, root)
+    assert (root / "usr/up").resolve() == (root / "etc").resolve()
+
+
+def test_truncated_payload_is_reported_as_corrupt(tmp_path: Path) -> None:
+    path, info = fake_rpm(tmp_path, [("./f", REG, b"x" * 5000, 1, 1)])
+    path.write_bytes(path.read_bytes()[:-40])
+    root = tmp_path / "root"
+    root.mkdir()
+    with pytest.raises(InputError, match="not a valid RPM"):
+        extract_payload(path, info, root)
+
+
+@pytest.mark.parametrize(
+    ("left", "right", "expected"),
+    [
+        ("1.0", "1.0", 0),
+        ("1.10", "1.9", 1),
+        ("7.0.10", "7.0.9", 1),
+        ("2.6.32.43", "2.6.32.12", 1),
+        ("1.0~rc1", "1.0", -1),
+        ("1.0a", "1.0", 1),
+        ("1.0", "1.0.1", -1),
+        ("a", "1", -1),
+    ],
+)
+def test_vercmp_follows_rpm(left: str, right: str, expected: int) -> None:
+    assert vercmp(left, right) == expected
+    assert vercmp(right, left) == -expected
