@@ -212,9 +212,16 @@ def _safe_link_target(relative: str, target: str, path: Path) -> str:
     return target
 
 
-def _check_parent(root: Path, relative: str, path: Path) -> Path:
-    """Return root/relative after checking that no symlink on the way leaves the root."""
+def _check_parent(root: Path, relative: str, path: Path, symlinks: set[str]) -> Path:
+    """Return root/relative after checking that no symlink on the way leaves the root.
+
+    Directories the extraction made itself are safe; only a path that passes through one of
+    the package's own symlinks needs resolving.
+    """
     dest = root / relative
+    parts = relative.split("/")[:-1]
+    if not any("/".join(parts[: i + 1]) in symlinks for i in range(len(parts))):
+        return dest
     real_parent = dest.parent.resolve()
     real_root = root.resolve()
     if real_parent != real_root and real_root not in real_parent.parents:
@@ -225,9 +232,24 @@ def _check_parent(root: Path, relative: str, path: Path) -> Path:
     return dest
 
 
+def _check_symlinks(root: Path, symlinks: set[str], path: Path) -> None:
+    """Resolve every symlink for real: a chain of links can leave the tree where each looks fine."""
+    real_root = root.resolve()
+    for relative in sorted(symlinks):
+        real = Path(os.path.realpath(root / relative))
+        if real != real_root and real_root not in real.parents:
+            raise InputError(
+                f"{path} has an unsafe payload: the symlink {relative!r} resolves to {real}, "
+                "outside the package's tree.",
+                hint="The package was refused; nothing outside the extraction directory was "
+                "written.",
+            )
+
+
 def extract_payload(path: Path, info: RpmInfo, root: Path) -> int:
     """Extract the payload of ``path`` under ``root`` (which must exist); return file count."""
     links: dict[tuple[int, int], list[Path]] = {}
+    symlinks: set[str] = set()
     count = 0
     with path.open("rb") as raw:
         raw.seek(info.payload_offset)
@@ -239,7 +261,7 @@ def extract_payload(path: Path, info: RpmInfo, root: Path) -> int:
                 if not relative:
                     _read_exact(data, entry.size, path)
                     continue
-                dest = _check_parent(root, relative, path)
+                dest = _check_parent(root, relative, path, symlinks)
                 if kind == stat.S_IFDIR:
                     dest.mkdir(parents=True, exist_ok=True)
                     _read_exact(data, entry.size, path)
@@ -249,6 +271,7 @@ def extract_payload(path: Path, info: RpmInfo, root: Path) -> int:
                     if dest.is_symlink() or dest.exists():
                         dest.unlink()
                     os.symlink(_safe_link_target(relative, target, path), dest)
+                    symlinks.add(relative)
                     count += 1
                 elif kind == stat.S_IFREG:
                     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -265,6 +288,7 @@ def extract_payload(path: Path, info: RpmInfo, root: Path) -> int:
                     _read_exact(data, entry.size, path)
         except (OSError, EOFError, lzma.LZMAError, ValueError) as exc:
             raise corrupt(path, f"its payload cannot be decompressed ({exc})") from None
+    _check_symlinks(root, symlinks, path)
     _complete_hardlinks(links)
     return count
 

@@ -96,6 +96,36 @@ def test_escaping_payloads_are_refused_and_nothing_escapes(
     assert not (tmp_path / "deep" / "outside").exists()
 
 
+def test_a_chain_of_symlinks_that_leaves_the_tree_is_refused(tmp_path: Path) -> None:
+    # Each link looks in-tree on its own; followed for real, the second climbs above the root.
+    path, info = fake_rpm(
+        tmp_path,
+        [
+            ("./deep/a/b/s", LNK, b"../../..", 1, 1),
+            ("./deep/a/b/t", LNK, b"s/../..", 2, 1),
+        ],
+    )
+    root = tmp_path / "root"
+    root.mkdir()
+    with pytest.raises(InputError, match="resolves to"):
+        extract_payload(path, info, root)
+
+
+def test_writing_through_an_in_tree_symlink_stays_in_the_tree(tmp_path: Path) -> None:
+    path, info = fake_rpm(
+        tmp_path,
+        [
+            ("./real", DIR, b"", 1, 2),
+            ("./alias", LNK, b"real", 2, 1),
+            ("./alias/f", REG, b"x", 3, 1),
+        ],
+    )
+    root = tmp_path / "root"
+    root.mkdir()
+    extract_payload(path, info, root)
+    assert (root / "real" / "f").read_text() == "x"
+
+
 def test_absolute_symlink_cannot_climb_above_the_root(tmp_path: Path) -> None:
     path, info = fake_rpm(tmp_path, [("./usr/up", LNK, b"/../../../etc", 1, 1)])
     root = tmp_path / "root"
