@@ -97,7 +97,8 @@ def register(
         action="append",
         default=[],
         choices=CHECK_IDS,
-        help="render despite this failed check (repeatable; the files record it)",
+        help="render despite this failed check (repeatable; the files record it). "
+        f"CHECK is one of: {', '.join(CHECK_IDS)}",
     )
     render.set_defaults(func=run_render)
 
