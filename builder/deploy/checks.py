@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from builder.deploy.pool import RECOMMENDED_AFTER_SB, Fencing, Pool, Syntax
-from builder.deploy.repo import Package, RepoUnreachable, read_packages
+from builder.deploy.repo import Package, RepoNotFound, RepoUnreachable, local_path, read_packages
 
 
 class Severity(enum.StrEnum):
@@ -284,16 +284,50 @@ def check_packages(
     base = pool.repo_baseurl
     try:
         packages = reader(base)
+    except RepoNotFound as exc:
+        if _root_is_reachable(pool.repo.url):
+            return [
+                Finding(
+                    id="drbd-packages-missing",
+                    severity=Severity.ERROR,
+                    message=(
+                        f"The repository {pool.repo.url} has nothing for {pool.target.id} "
+                        f"({pool.target.consumer.value}/{pool.target.basearch}): {exc}."
+                    ),
+                    reason="yum on the hosts would find no DRBD packages.",
+                    fix=(
+                        f"Publish DRBD {pool.drbd.version} built for {pool.target.id}, or "
+                        "correct repo.url or target."
+                    ),
+                )
+            ]
+        return [_unreachable(pool, base, exc)]
     except RepoUnreachable as exc:
-        return [
-            Finding(
-                id="repo-unreachable",
-                severity=Severity.WARNING,
-                message=f"Could not read the repository at {base}: {exc}.",
-                reason=f"Whether it carries DRBD {pool.drbd.version} for the hosts is unchecked.",
-                fix="Run the check where the repository is reachable, or check it by hand.",
-            )
-        ]
+        return [_unreachable(pool, base, exc)]
+    return _check_package_list(pool, base, packages)
+
+
+def _root_is_reachable(url: str) -> bool:
+    """A 404 answer means the server is there; a missing local file counts if its root exists."""
+    if url.startswith(("http://", "https://")):
+        return True
+    try:
+        return local_path(url).is_dir()
+    except RepoUnreachable:
+        return False
+
+
+def _unreachable(pool: Pool, base: str, exc: Exception) -> Finding:
+    return Finding(
+        id="repo-unreachable",
+        severity=Severity.WARNING,
+        message=f"Could not read the repository at {base}: {exc}.",
+        reason=f"Whether it carries DRBD {pool.drbd.version} for the hosts is unchecked.",
+        fix="Run the check where the repository is reachable, or check it by hand.",
+    )
+
+
+def _check_package_list(pool: Pool, base: str, packages: Sequence[Package]) -> list[Finding]:
     module = kernel_module_package(pool)
     version = pool.drbd.version
     findings: list[Finding] = []

@@ -28,6 +28,10 @@ class RepoUnreachable(Exception):
     """The repository metadata could not be read; the message says why."""
 
 
+class RepoNotFound(RepoUnreachable):
+    """The server or directory answered, but this repository is not there (HTTP 404, no file)."""
+
+
 @dataclass(frozen=True, kw_only=True, order=True)
 class Package:
     name: str
@@ -51,21 +55,28 @@ def _read(base: str, relative: str) -> bytes:
             if len(reason) > 200:
                 reason = reason[:200] + "…"
             raise RepoUnreachable(f"cannot fetch {url}: {reason}") from exc
+        if response.status_code == 404:
+            raise RepoNotFound(f"{url} does not exist (HTTP 404)")
         if response.status_code != 200:
             raise RepoUnreachable(f"cannot fetch {url}: HTTP {response.status_code}")
         return response.content
-    if base.startswith("file://"):
-        parsed = urllib.parse.urlparse(base)
-        if parsed.netloc not in ("", "localhost"):
-            raise RepoUnreachable(f"{base}: file:// URLs must name a local path")
-        root = Path(urllib.parse.unquote(parsed.path))
-    else:
-        root = Path(base)
-    path = root / relative
+    path = local_path(base) / relative
     try:
         return path.read_bytes()
+    except FileNotFoundError as exc:
+        raise RepoNotFound(f"{path} does not exist") from exc
     except OSError as exc:
         raise RepoUnreachable(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def local_path(base: str) -> Path:
+    """The directory a local path or ``file://`` URL names."""
+    if not base.startswith("file://"):
+        return Path(base)
+    parsed = urllib.parse.urlparse(base)
+    if parsed.netloc not in ("", "localhost"):
+        raise RepoUnreachable(f"{base}: file:// URLs must name a local path")
+    return Path(urllib.parse.unquote(parsed.path))
 
 
 def _decompress(name: str, data: bytes) -> bytes:
@@ -77,7 +88,10 @@ def _decompress(name: str, data: bytes) -> bytes:
         if name.endswith(".xz"):
             return lzma.decompress(data)
         if name.endswith(".zst"):
-            import zstandard  # noqa: PLC0415 (only newer createrepo_c defaults use zstd)
+            try:
+                import zstandard  # noqa: PLC0415 (only newer createrepo_c defaults use zstd)
+            except ImportError as exc:
+                raise RepoUnreachable(f"{name} is zstd-compressed; install zstandard") from exc
 
             return bytes(
                 zstandard.ZstdDecompressor().decompress(data, max_output_size=MAX_METADATA_BYTES)
