@@ -19,6 +19,8 @@ BASE_POOL: dict[str, Any] = {
         "port": 7789,
         "resync_rate": "40M",
         "initial_sync_from": "xcp1",
+        # drbd-utils' crm-fence-peer needs Pacemaker; a site's own handler is the safe baseline.
+        "fence_peer_handler": "/usr/local/sbin/fence-drbd-peer --ipmi",
     },
     "hosts": [
         {

@@ -182,6 +182,13 @@ def run_render(args: argparse.Namespace) -> int:
         raise DeployError(f"{output} exists and is not a directory.")
     with log.step(f"Writing {len(files)} files into {output}"):
         changed = write_files(output, files)
+    hosts = {host.name for host in pool.hosts}
+    for runbook in sorted(output.glob("*/runbook.sh")):
+        if runbook.parent.name not in hosts:
+            log.warn(
+                f"{runbook.parent} is from an earlier render for a host no longer in the pool; "
+                "remove it so nobody runs it."
+            )
     if changed:
         for name in changed:
             print(output / name)

@@ -44,10 +44,16 @@ CHECK_IDS = (
     "unstable-disk-name",
     "fencing-missing",
     "fence-handler-missing",
+    "fence-handler-needs-cluster-manager",
     "split-brain-handler-missing",
     "split-brain-policy",
     "drbd-packages-missing",
     "repo-unreachable",
+)
+
+# fence-peer handlers from drbd-utils that only work with Pacemaker (crm, stonith) or cman (rhcs).
+CLUSTER_FENCE_HANDLER = re.compile(
+    r"/(?:crm-fence-peer[^/ ]*|stonith_admin-fence-peer\.sh|rhcs_fence)(?: |$)"
 )
 
 # Kernel names such as /dev/sdb are handed out in probe order and can change between boots.
@@ -208,6 +214,25 @@ def check_safety_policies(pool: Pool) -> list[Finding]:
                 message=f"drbd.fencing is {drbd.fencing.value} but no fence_peer_handler is set.",
                 reason="Fencing without a handler cannot outdate the peer.",
                 fix="Set drbd.fence_peer_handler (the default is drbd-utils' crm-fence-peer).",
+            )
+        )
+    elif CLUSTER_FENCE_HANDLER.search(drbd.fence_peer_handler):
+        findings.append(
+            Finding(
+                id="fence-handler-needs-cluster-manager",
+                severity=Severity.WARNING,
+                message=(
+                    f"drbd.fence_peer_handler {drbd.fence_peer_handler} needs a cluster manager."
+                ),
+                reason=(
+                    "The crm/stonith/rhcs handlers drive Pacemaker or cman, which dom0 does not "
+                    "run by default; without one the handler fails and DRBD only logs it, so a "
+                    "lost peer is not really fenced."
+                ),
+                fix=(
+                    "Run a cluster manager on both hosts, or point fence_peer_handler at a script "
+                    "that can outdate or power off the peer in your setup (IPMI, PDU)."
+                ),
             )
         )
     if drbd.split_brain_handler is None:

@@ -436,6 +436,8 @@ drbd:
   initial_sync_from: xcp1
   # Safety settings. The defaults are the recipe's; `deploy check` explains any change.
   # fencing: resource-only
+  # The default handler drives Pacemaker, which dom0 does not run by default: point it at a
+  # script that can outdate or power off the peer in your setup (IPMI, PDU).
   # fence_peer_handler: /usr/lib/drbd/crm-fence-peer.sh
   # split_brain_handler: /usr/lib/drbd/notify-split-brain.sh root
   # after_sb_0pri: discard-zero-changes

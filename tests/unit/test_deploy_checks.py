@@ -21,6 +21,12 @@ GOOD_REPO = [
 ]
 
 
+KMOD9 = [
+    Package(name="drbd-utils", version="9.22.0", release="1", arch="x86_64"),
+    Package(name="kmod-drbd", version="9.2.5_4.19.0+1", release="1", arch="x86_64"),
+]
+
+
 def parse(data: dict[str, Any]) -> Pool:
     return parse_pool(Path("/srv/pool.yaml"), yaml.safe_dump(data), load_registry())
 
@@ -102,6 +108,18 @@ def test_risky_but_workable_settings_are_warnings(changes: dict[str, Any], warni
     assert ids(found, Severity.ERROR) == set()
 
 
+@pytest.mark.parametrize("version", ["8.4.1", "9.2.5"])
+def test_default_fence_handler_warns_that_it_needs_a_cluster_manager(version: str) -> None:
+    data = pool_data(**{"drbd.fence_peer_handler": ..., "drbd.version": version})
+    pool = parse(data)
+    assert pool.drbd.fence_peer_handler is not None
+    assert "crm-fence-peer" in pool.drbd.fence_peer_handler
+    found = run_checks(pool, reader=repo([*GOOD_REPO, *KMOD9]))
+    assert [(f.id, f.severity) for f in found] == [
+        ("fence-handler-needs-cluster-manager", Severity.WARNING)
+    ]
+
+
 def test_same_kernel_disk_name_on_both_hosts_is_not_a_shared_disk() -> None:
     found = findings(pool_data(**{"hosts.0.disk": "/dev/sdb", "hosts.1.disk": "/dev/sdb"}))
     assert "same-disk" not in {f.id for f in found}
@@ -145,11 +163,7 @@ def test_short_version_matches_any_release_of_that_series() -> None:
 def test_drbd9_needs_kmod_drbd() -> None:
     pool = parse(pool_data(**{"drbd.version": "9.2.5"}))
     assert kernel_module_package(pool) == "kmod-drbd"
-    repo9 = [
-        Package(name="drbd-utils", version="9.22.0", release="1", arch="x86_64"),
-        Package(name="kmod-drbd", version="9.2.5_4.19.0+1", release="1", arch="x86_64"),
-    ]
-    assert run_checks(pool, reader=repo(repo9)) == []
+    assert run_checks(pool, reader=repo(KMOD9)) == []
 
 
 def test_unreachable_repo_is_a_warning_not_an_error() -> None:

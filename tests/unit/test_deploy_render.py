@@ -129,3 +129,17 @@ def test_lvm_snippet_rejects_the_backing_disk_and_keeps_drbd(tmp_path: Path) -> 
     assert '"r|^/dev/disk/by-id/ata-X[.]Y[+]1$|"' in snippet
     assert "write_cache_state = 0" in snippet
     assert '"a|.*|"' not in snippet
+
+
+def test_renaming_a_host_warns_about_its_old_runbook(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = render(tmp_path)
+    capsys.readouterr()
+    renamed = pool_data(**{"hosts.1.name": "xcp3"})
+    pool = write_pool(tmp_path, renamed)
+    argv = ["deploy", "render", "--pool", str(pool), "--output", str(output), "--no-repo-check"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"{output / 'xcp2'} is from an earlier render" in err
+    assert (output / "xcp3" / "runbook.sh").exists()
