@@ -223,6 +223,8 @@ def render_runbook(pool: Pool, host: Host, header: str) -> str:
         "RESOURCE": drbd.resource,
         "DEVICE": drbd.device,
         "DISK": host.disk,
+        "REPLICATION_ADDRESS": str(host.replication.ip),
+        "REPLICATION_INTERFACE": host.replication_interface,
         "SR_NAME": pool.sr_name,
         "GPGKEY_URL": pool.repo.gpgkey,
         "KEY_FILE": KEY_FILE,
@@ -279,6 +281,12 @@ def render_runbook(pool: Pool, host: Host, header: str) -> str:
 # Run one step at a time as root on {host.name}:  sh runbook.sh STEP
 # The two hosts' runbooks interleave; this is the order:
 {order_text}#
+# Before step 1: {host.name} needs {host.replication} on {host.replication_interface}, configured
+#   as a dedicated storage interface, as the XCP documentation describes:
+#     xe pif-reconfigure-ip uuid=<PIF> mode=static IP={host.replication.ip} \\
+#         netmask={host.replication.netmask}
+#     xe pif-param-set uuid=<PIF> disallow-unplug=true other-config:management_purpose=Storage
+#
 # Read before running:
 # - VMs whose disks are on {pool.sr_name} should all run on ONE host. Run them on both hosts only
 #   for the time of a live migration. Two hosts writing through dual-primary DRBD are safe for
@@ -303,11 +311,18 @@ require_host() {{
     [ "$(uname -n)" = "$HOST" ] || die "this runbook is for $HOST, but this is $(uname -n)"
 }}
 
+require_replication_address() {{
+    # DRBD binds to this address; without it `up` fails, or worse, the address is elsewhere.
+    ip -o -4 addr show dev "$REPLICATION_INTERFACE" | grep -q " $REPLICATION_ADDRESS/" ||
+        die "$REPLICATION_ADDRESS is not on $REPLICATION_INTERFACE (see the top of this file)"
+}}
+
 require_disk() {{
     [ -b "$DISK" ] || die "$DISK is not a block device on $HOST; fix hosts[].disk in the pool file"
 }}
 
 step_install() {{
+    require_replication_address
     # The key first: yum checks the repository metadata and every package against it.
     mkdir -p "$(dirname "$KEY_FILE")"
     curl -fsS -o "$KEY_FILE.part" "$GPGKEY_URL"
@@ -358,6 +373,7 @@ step_metadata() {{
 }}
 
 step_up() {{
+    require_replication_address
     drbdadm up "$RESOURCE"
     echo "Waiting for $PEER is normal until its \\`up\\` step has run."
 }}

@@ -297,3 +297,21 @@ def test_runbooks_are_valid_shell(tmp_path: Path, shell: str) -> None:
     assert usage.returncode == 2
     assert "1. install" in usage.stderr
     assert "7. sr" in usage.stderr
+
+
+def test_runbook_up_step_needs_the_replication_address(tmp_path: Path) -> None:
+    output = render(tmp_path, pool_data())
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    calls = tmp_path / "calls"
+    stub(stubs, "uname", "echo xcp2")
+    stub(stubs, "drbdadm", f'echo "drbdadm $*" >> {calls}')
+    # Only the management address is up: DRBD must not be started.
+    stub(stubs, "ip", 'echo "5: $4    inet 192.168.1.12/24 brd 192.168.1.255 scope global"')
+    missing = run_runbook(output / "xcp2" / "runbook.sh", "up", stubs, {}, check=False)
+    assert missing.returncode == 1
+    assert "10.0.0.2 is not on xenbr1" in missing.stderr
+    assert not calls.exists()
+    stub(stubs, "ip", 'echo "6: $4    inet 10.0.0.2/24 brd 10.0.0.255 scope global $4"')
+    run_runbook(output / "xcp2" / "runbook.sh", "up", stubs, {})
+    assert calls.read_text() == "drbdadm up r0\n"
