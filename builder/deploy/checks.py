@@ -79,16 +79,23 @@ def _same_link(a: str, b: str) -> bool:
 def check_networks(pool: Pool) -> list[Finding]:
     findings: list[Finding] = []
     for host in pool.hosts:
-        management_networks = {h.management.network for h in pool.hosts}
-        if any(host.replication.ip in net for net in management_networks):
+        # Overlap, not only membership: a wide replication prefix that covers the management
+        # network makes the kernel route replication traffic over management, too.
+        overlapping = sorted(
+            {
+                h.management.network
+                for h in pool.hosts
+                if host.replication.network.overlaps(h.management.network)
+            }
+        )
+        if overlapping:
             findings.append(
                 Finding(
                     id="replication-on-management-network",
                     severity=Severity.ERROR,
                     message=(
-                        f"{host.name}: replication address {host.replication.ip} is on the "
-                        f"management network "
-                        f"{next(n for n in management_networks if host.replication.ip in n)}."
+                        f"{host.name}: replication address {host.replication} is on the "
+                        f"management network {overlapping[0]}."
                     ),
                     reason=(
                         "Moving the pool master (or any management reconfiguration) bounces the "

@@ -83,7 +83,7 @@ def served(published: Path) -> Iterator[str]:
     """The published tree over HTTP on 127.0.0.1."""
     handler = functools.partial(QuietHandler, directory=str(published.parent))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/{published.name}"

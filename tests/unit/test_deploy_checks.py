@@ -65,6 +65,14 @@ def test_safe_pool_has_no_findings() -> None:
             },
             "replication-on-management-network",
         ),
+        # A replication prefix so wide that it covers the management network.
+        (
+            {
+                "hosts.0.replication.address": "192.168.200.1/16",
+                "hosts.1.replication.address": "192.168.200.2/16",
+            },
+            "replication-on-management-network",
+        ),
         ({"hosts.1.replication.interface": "xenbr0"}, "replication-on-management-interface"),
         # xenbr0 is the bridge on eth0: same NIC under another name.
         ({"hosts.1.replication.interface": "eth0"}, "replication-on-management-interface"),
