@@ -169,7 +169,7 @@ def run_render(args: argparse.Namespace) -> int:
             blocking.append(finding)
     if blocking:
         for finding in blocking:
-            print(f"error: {finding.format()}", file=sys.stderr)
+            print(finding.format(), file=sys.stderr)
         ids = " ".join(f"--override {i}" for i in sorted({f.id for f in blocking}))
         raise DeployError(
             f"Not rendering: {len(blocking)} safety check(s) failed for {args.pool}; "

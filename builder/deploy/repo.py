@@ -51,10 +51,7 @@ def _read(base: str, relative: str) -> bytes:
         try:
             response = requests.get(url, timeout=TIMEOUT_SECONDS)
         except requests.RequestException as exc:
-            reason = str(exc)
-            if len(reason) > 200:
-                reason = reason[:200] + "…"
-            raise RepoUnreachable(f"cannot fetch {url}: {reason}") from exc
+            raise RepoUnreachable(f"cannot fetch {url}: {_short_reason(exc)}") from exc
         if response.status_code == 404:
             raise RepoNotFound(f"{url} does not exist (HTTP 404)")
         if response.status_code != 200:
@@ -67,6 +64,21 @@ def _read(base: str, relative: str) -> bytes:
         raise RepoNotFound(f"{path} does not exist") from exc
     except OSError as exc:
         raise RepoUnreachable(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def _short_reason(exc: requests.RequestException) -> str:
+    """requests' messages nest three exceptions deep; say what happened in a few words."""
+    text = str(exc)
+    for marker, reason in (
+        ("NameResolutionError", "the host name does not resolve"),
+        ("Name or service not known", "the host name does not resolve"),
+        ("Connection refused", "connection refused"),
+        ("timed out", "timed out"),
+        ("CERTIFICATE_VERIFY_FAILED", "TLS certificate verification failed"),
+    ):
+        if marker in text:
+            return reason
+    return text if len(text) <= 200 else text[:200] + "…"
 
 
 def local_path(base: str) -> Path:

@@ -181,3 +181,4 @@ def test_unreachable_http_repo_is_a_warning(
     out = capsys.readouterr().out
     assert "warning [repo-unreachable]" in out
     assert f"127.0.0.1:{port}" in out
+    assert "connection refused" in out
