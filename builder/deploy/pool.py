@@ -1,0 +1,466 @@
+"""``pool.yaml``: the two hosts, their disks and networks, and the DRBD resource between them.
+
+The file is read once and validated into frozen dataclasses.  Every problem is a
+:class:`ConfigError` that names the file and the key (``hosts[1].replication.address``), and
+nothing is written before the whole file has been validated.
+
+Every value ends up in a DRBD resource file, ``lvm.conf`` or a shell runbook, so names, paths and
+URLs are held to plain characters: no quotes, spaces, ``$``, ``;`` or other shell
+metacharacters.  Whether a valid pool is also a *safe* one is the job of ``checks.py``.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from builder.errors import ConfigError
+from builder.specs import Registry, Target
+
+HOST_NAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+RESOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+SR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
+INTERFACE = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]{0,14}$")
+DISK = re.compile(r"^/dev/[A-Za-z0-9_.:+@/-]+$")
+RATE = re.compile(r"^[1-9][0-9]*[KMG]?$")
+HANDLER = re.compile(r"^/[A-Za-z0-9_./+-]+(?: [A-Za-z0-9_.@+/=-]+)*$")
+URL = re.compile(r"^(?:https?|file)://[A-Za-z0-9._~:/%@+=,-]+$")
+DRBD_VERSION = re.compile(r"^(\d+)(?:\.(\d+))?(?:\.\d+)*$")
+
+MIN_PORT = 1
+MAX_PORT = 65535
+MAX_MINOR = 255  # DRBD 8.3's minor_count limit; the oldest syntax sets the bound for all
+
+
+class Syntax(enum.StrEnum):
+    """DRBD configuration file syntax: the three generations differ (see design notes)."""
+
+    V83 = "8.3"
+    V84 = "8.4"
+    V9 = "9"
+
+
+class Fencing(enum.StrEnum):
+    DONT_CARE = "dont-care"
+    RESOURCE_ONLY = "resource-only"
+    RESOURCE_AND_STONITH = "resource-and-stonith"
+
+
+AFTER_SB_0PRI = (
+    "disconnect",
+    "discard-younger-primary",
+    "discard-older-primary",
+    "discard-zero-changes",
+    "discard-least-changes",
+)
+AFTER_SB_1PRI = (
+    "disconnect",
+    "consensus",
+    "violently-as0p",
+    "discard-secondary",
+    "call-pri-lost-after-sb",
+)
+AFTER_SB_2PRI = ("disconnect", "violently-as0p", "call-pri-lost-after-sb")
+
+RECOMMENDED_AFTER_SB = {
+    "after_sb_0pri": "discard-zero-changes",
+    "after_sb_1pri": "discard-secondary",
+    "after_sb_2pri": "disconnect",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Host:
+    name: str  # `uname -n` on the host: DRBD matches its `on NAME` sections against it
+    management: ipaddress.IPv4Interface
+    management_interface: str
+    replication: ipaddress.IPv4Interface
+    replication_interface: str
+    disk: str  # the backing block device under DRBD
+
+
+@dataclass(frozen=True, kw_only=True)
+class Drbd:
+    version: str
+    syntax: Syntax
+    resource: str
+    minor: int
+    port: int
+    resync_rate: str
+    fencing: Fencing
+    fence_peer_handler: str | None
+    split_brain_handler: str | None
+    after_sb_0pri: str
+    after_sb_1pri: str
+    after_sb_2pri: str
+    initial_sync_from: str  # the host whose disk content becomes the content of both
+
+    @property
+    def device(self) -> str:
+        return f"/dev/drbd{self.minor}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Repo:
+    url: str  # the base URL given to `publish`; consumers live under <url>/<consumer>/<basearch>/
+    gpgkey: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pool:
+    file: Path
+    sha256: str  # of the pool file's bytes: generated files name it, so they can be traced back
+    target: Target
+    sr_name: str
+    repo: Repo
+    drbd: Drbd
+    hosts: tuple[Host, Host]
+
+    def host(self, name: str) -> Host:
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        raise KeyError(name)
+
+    @property
+    def first(self) -> Host:
+        """The host that supplies the initial content and creates the SR."""
+        return self.host(self.drbd.initial_sync_from)
+
+    @property
+    def second(self) -> Host:
+        return next(h for h in self.hosts if h.name != self.drbd.initial_sync_from)
+
+    def peer(self, host: Host) -> Host:
+        return next(h for h in self.hosts if h.name != host.name)
+
+    @property
+    def repo_baseurl(self) -> str:
+        return f"{self.repo.url.rstrip('/')}/{self.target.consumer.value}/{self.target.basearch}/"
+
+
+def syntax_of(version: str) -> Syntax | None:
+    """The config syntax of a DRBD version such as ``8.4.1``, ``8.3`` or ``9.2.5``."""
+    match = DRBD_VERSION.match(version)
+    if not match:
+        return None
+    major, minor = match.group(1), match.group(2)
+    if major == "9":
+        return Syntax.V9
+    return {"8.3": Syntax.V83, "8.4": Syntax.V84}.get(f"{major}.{minor}")
+
+
+class _Reader:
+    """Typed access to one YAML mapping; errors name the file and the full key path."""
+
+    def __init__(self, file: Path, data: Mapping[str, Any], where: str) -> None:
+        self.file = file
+        self.data = data
+        self.where = where
+        self._used: set[str] = set()
+
+    def path(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def fail(self, key: str, problem: str, *, hint: str | None = None) -> ConfigError:
+        return ConfigError(f"{self.file}: {self.path(key)}: {problem}", hint=hint)
+
+    def raw(self, key: str, *, required: bool = True) -> Any:
+        self._used.add(key)
+        value = self.data.get(key)
+        if value is None and required:
+            raise self.fail(key, "is required but missing")
+        return value
+
+    def text(
+        self,
+        key: str,
+        pattern: re.Pattern[str],
+        *,
+        required: bool = True,
+        default: str | None = None,
+        explain: str = "",
+    ) -> Any:
+        value = self.raw(key, required=required and default is None)
+        if value is None:
+            return default
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str) or not value:
+            raise self.fail(key, f"must be a non-empty string, not {value!r}")
+        if not pattern.match(value):
+            raise self.fail(key, f"{value!r} is not valid{': ' + explain if explain else ''}")
+        return value
+
+    def integer(self, key: str, low: int, high: int, *, default: int | None = None) -> int:
+        value = self.raw(key, required=default is None)
+        if value is None and default is not None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(key, f"must be a whole number, not {value!r}")
+        if not low <= value <= high:
+            raise self.fail(key, f"{value} is out of range ({low} to {high})")
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.raw(key, required=False)
+        if value is None:
+            return default
+        if not isinstance(value, str) or value not in choices:
+            raise self.fail(key, f"{value!r} is not one of: {', '.join(choices)}")
+        return value
+
+    def interface(self, key: str) -> ipaddress.IPv4Interface:
+        value = self.raw(key)
+        if not isinstance(value, str) or "/" not in value:
+            raise self.fail(
+                key,
+                f"{value!r} must be an IPv4 address with its prefix length, e.g. 10.0.0.1/24",
+                hint="The prefix tells which network the address is on.",
+            )
+        try:
+            iface = ipaddress.IPv4Interface(value)
+        except ValueError as exc:
+            raise self.fail(key, f"{value!r} is not an IPv4 address with prefix: {exc}") from None
+        if iface.network.prefixlen >= 31 or iface.ip in (
+            iface.network.network_address,
+            iface.network.broadcast_address,
+        ):
+            raise self.fail(key, f"{value} is not a usable host address on its network")
+        if iface.ip.is_loopback or iface.ip.is_multicast or iface.ip.is_unspecified:
+            raise self.fail(key, f"{value} is not a host address another machine can reach")
+        return iface
+
+    def mapping(self, key: str) -> _Reader:
+        value = self.raw(key)
+        if not isinstance(value, dict):
+            raise self.fail(key, f"must be a mapping, not {type(value).__name__}")
+        return _Reader(self.file, value, self.path(key))
+
+    def done(self) -> None:
+        unknown = sorted(str(k) for k in set(self.data) - self._used)
+        if unknown:
+            raise self.fail(unknown[0], "unknown key (check its spelling)")
+
+
+def _host(reader: _Reader) -> Host:
+    management = reader.mapping("management")
+    replication = reader.mapping("replication")
+    host = Host(
+        name=reader.text(
+            "name", HOST_NAME, explain="use the host name `uname -n` prints (letters, digits, -, .)"
+        ),
+        management=management.interface("address"),
+        management_interface=management.text(
+            "interface", INTERFACE, explain="a network interface name such as xenbr0"
+        ),
+        replication=replication.interface("address"),
+        replication_interface=replication.text(
+            "interface", INTERFACE, explain="a network interface name such as xenbr1"
+        ),
+        disk=reader.text("disk", DISK, explain="a block device path under /dev/ (no spaces)"),
+    )
+    if ".." in host.disk.split("/"):
+        raise reader.fail("disk", "must not contain '..'")
+    management.done()
+    replication.done()
+    reader.done()
+    return host
+
+
+def _drbd(reader: _Reader, host_names: tuple[str, str]) -> Drbd:
+    version = reader.text("version", re.compile(r"^[0-9][0-9A-Za-z.-]*$"))
+    syntax = syntax_of(version)
+    if syntax is None:
+        raise reader.fail(
+            "version",
+            f"{version!r} is not a DRBD version this tool can configure",
+            hint="Use an 8.3.x, 8.4.x or 9.x version (it picks the resource file syntax).",
+        )
+    fencing = Fencing(reader.choice("fencing", tuple(f.value for f in Fencing), "resource-only"))
+    default_fence = (
+        "/usr/lib/drbd/crm-fence-peer.9.sh"
+        if syntax is Syntax.V9
+        else "/usr/lib/drbd/crm-fence-peer.sh"
+    )
+    handlers = {"fence_peer_handler": default_fence}
+    handlers["split_brain_handler"] = "/usr/lib/drbd/notify-split-brain.sh root"
+    values: dict[str, str | None] = {}
+    for key, default in handlers.items():
+        # An explicit empty value (``split_brain_handler: ""``) means "none": checks object to it.
+        if key in reader.data and reader.data[key] in (None, "", False):
+            reader.raw(key, required=False)
+            values[key] = None
+        else:
+            values[key] = reader.text(
+                key, HANDLER, default=default, explain="an absolute path and plain arguments"
+            )
+    sb0 = reader.choice("after_sb_0pri", AFTER_SB_0PRI, RECOMMENDED_AFTER_SB["after_sb_0pri"])
+    sb1 = reader.choice("after_sb_1pri", AFTER_SB_1PRI, RECOMMENDED_AFTER_SB["after_sb_1pri"])
+    sb2 = reader.choice("after_sb_2pri", AFTER_SB_2PRI, RECOMMENDED_AFTER_SB["after_sb_2pri"])
+    first = reader.text("initial_sync_from", HOST_NAME)
+    if first not in host_names:
+        raise reader.fail(
+            "initial_sync_from",
+            f"{first!r} is not one of the hosts ({', '.join(host_names)})",
+            hint="Name the host whose disk content should be copied to the other one.",
+        )
+    drbd = Drbd(
+        version=version,
+        syntax=syntax,
+        resource=reader.text(
+            "resource", RESOURCE_NAME, default="r0", explain="letters, digits, _ . -"
+        ),
+        minor=reader.integer("minor", 0, MAX_MINOR, default=1),
+        port=reader.integer("port", MIN_PORT, MAX_PORT, default=7789),
+        resync_rate=reader.text(
+            "resync_rate", RATE, default="40M", explain="a number with optional K, M or G"
+        ),
+        fencing=fencing,
+        fence_peer_handler=values["fence_peer_handler"],
+        split_brain_handler=values["split_brain_handler"],
+        after_sb_0pri=sb0,
+        after_sb_1pri=sb1,
+        after_sb_2pri=sb2,
+        initial_sync_from=first,
+    )
+    reader.done()
+    return drbd
+
+
+def parse_pool(file: Path, text: str, registry: Registry) -> Pool:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{file}: the top level must be a mapping with target, sr_name, repo, drbd and hosts",
+            hint="Run `python -m builder deploy init` for a commented example.",
+        )
+    top = _Reader(file, data, "")
+    target_name = top.text("target", re.compile(r"^.+$"))
+    try:
+        target = registry.target(target_name)
+    except ConfigError as exc:
+        raise top.fail("target", exc.message, hint=exc.hint) from None
+    raw_hosts = top.raw("hosts")
+    if not isinstance(raw_hosts, list) or not all(isinstance(h, dict) for h in raw_hosts):
+        raise top.fail("hosts", "must be a list of two host mappings")
+    if len(raw_hosts) != 2:
+        raise top.fail(
+            "hosts",
+            f"lists {len(raw_hosts)} host(s); a dual-primary DRBD resource has exactly two",
+        )
+    hosts = (
+        _host(_Reader(file, raw_hosts[0], "hosts[0]")),
+        _host(_Reader(file, raw_hosts[1], "hosts[1]")),
+    )
+    if hosts[0].name == hosts[1].name:
+        raise top.fail("hosts[1].name", f"{hosts[1].name!r} is also the name of hosts[0]")
+    repo_reader = top.mapping("repo")
+    url = repo_reader.text("url", URL, explain="an http://, https:// or file:// URL").rstrip("/")
+    repo = Repo(
+        url=url,
+        gpgkey=repo_reader.text(
+            "gpgkey",
+            URL,
+            default=f"{url}/RPM-GPG-KEY-xcp-drbd-builder",
+            explain="an http://, https:// or file:// URL",
+        ),
+    )
+    repo_reader.done()
+    drbd = _drbd(top.mapping("drbd"), (hosts[0].name, hosts[1].name))
+    pool = Pool(
+        file=file,
+        sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        target=target,
+        sr_name=top.text("sr_name", SR_NAME, explain="letters, digits and _ . + - (no spaces)"),
+        repo=repo,
+        drbd=drbd,
+        hosts=hosts,
+    )
+    top.done()
+    return pool
+
+
+def load_pool(file: Path, registry: Registry) -> Pool:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"Pool file {file} does not exist.",
+            hint="Write one with `python -m builder deploy init --output pool.yaml`.",
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file}: cannot read pool file: {exc}") from exc
+    return parse_pool(file.resolve(), text, registry)
+
+
+EXAMPLE_POOL = """\
+# pool.yaml: two dom0 hosts sharing one dual-primary DRBD device as an LVM storage repository.
+# Check it with `python -m builder deploy check --pool pool.yaml`, then
+# render with `python -m builder deploy render --pool pool.yaml --output deploy/`.
+
+# The dom0 target both hosts run (see `python -m builder targets`): it decides the kernel module
+# package and the yum repository directory (<repo>/<consumer>/<basearch>/).
+target: xcp-1.5
+
+# The name-label of the storage repository in XCP.
+sr_name: drbd-sr
+
+repo:
+  # The base URL `publish` served the signed repository at.
+  url: http://repo.example.lan/xcp-drbd
+  # The public key published beside the repository (default: <url>/RPM-GPG-KEY-xcp-drbd-builder).
+  # gpgkey: http://repo.example.lan/xcp-drbd/RPM-GPG-KEY-xcp-drbd-builder
+
+drbd:
+  # 8.3.x, 8.4.x or 9.x: picks the resource file syntax; its packages must be in the repo.
+  version: 8.4.1
+  resource: r0          # DRBD resource name
+  minor: 1              # the device is /dev/drbd<minor>
+  port: 7789            # TCP port on the replication network
+  resync_rate: 40M      # resync bandwidth; leave room for the replication traffic itself
+  # The host whose disk content is kept: the first sync overwrites the other host's disk.
+  initial_sync_from: xcp1
+  # Safety settings. The defaults are the recipe's; `deploy check` explains any change.
+  # fencing: resource-only
+  # The default handler drives Pacemaker, which dom0 does not run by default: point it at a
+  # script that can outdate or power off the peer in your setup (IPMI, PDU).
+  # fence_peer_handler: /usr/lib/drbd/crm-fence-peer.sh
+  # split_brain_handler: /usr/lib/drbd/notify-split-brain.sh root
+  # after_sb_0pri: discard-zero-changes
+  # after_sb_1pri: discard-secondary
+  # after_sb_2pri: disconnect
+
+# Exactly two hosts. Replicate over a dedicated interface and subnet: moving the pool master
+# bounces the management interface, and replication over it would break.
+hosts:
+  - name: xcp1                   # must equal `uname -n` on the host
+    management:
+      address: 192.168.1.11/24   # with the prefix length: checks compare networks
+      interface: xenbr0
+    replication:
+      address: 10.0.0.1/24
+      interface: xenbr1
+    disk: /dev/disk/by-id/ata-EXAMPLE-DISK-1   # backing disk; its content is replaced
+  - name: xcp2
+    management:
+      address: 192.168.1.12/24
+      interface: xenbr0
+    replication:
+      address: 10.0.0.2/24
+      interface: xenbr1
+    disk: /dev/disk/by-id/ata-EXAMPLE-DISK-2
+"""

@@ -1,0 +1,145 @@
+from __future__ import annotations
+
+import configparser
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from builder import __version__
+from builder.cli import main
+from builder.deploy.render import RenderedFile, write_files
+from tests.deploy_support import pool_data, write_pool
+
+HOST_FILES = ("r0.res", "lvm.conf.snippet", "xcp-drbd-builder.repo", "runbook.sh")
+
+
+def render(tmp_path: Path, data: dict[str, Any] | None = None, *extra: str) -> Path:
+    pool = write_pool(tmp_path, data or pool_data())
+    output = tmp_path / "out"
+    argv = ["deploy", "render", "--pool", str(pool), "--output", str(output), "--no-repo-check"]
+    assert main([*argv, "-q", *extra]) == 0
+    return output
+
+
+def snapshot(directory: Path) -> dict[str, tuple[int, int, bytes]]:
+    return {
+        str(p.relative_to(directory)): (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_render_writes_every_file_per_host_with_provenance(tmp_path: Path) -> None:
+    output = render(tmp_path)
+    pool = tmp_path / "pool.yaml"
+    names = {str(p.relative_to(output)) for p in output.rglob("*") if p.is_file()}
+    assert names == {"README.txt"} | {f"{h}/{f}" for h in ("xcp1", "xcp2") for f in HOST_FILES}
+    for name in names:
+        text = (output / name).read_text()
+        assert f"xcp-drbd-builder {__version__}" in text
+        assert f"from pool file {pool.resolve()}" in text
+    assert os.access(output / "xcp1" / "runbook.sh", os.X_OK)
+
+
+def test_rerendering_an_unchanged_pool_changes_nothing_on_disk(tmp_path: Path) -> None:
+    output = render(tmp_path)
+    before = snapshot(output)
+    render(tmp_path)
+    assert snapshot(output) == before
+
+
+def test_changed_pool_replaces_only_the_files_that_change(tmp_path: Path) -> None:
+    output = render(tmp_path)
+    before = snapshot(output)
+    render(tmp_path, pool_data(**{"hosts.1.disk": "/dev/disk/by-id/ata-DISK-THREE"}))
+    after = snapshot(output)
+    # The provenance header (pool sha256) changes everywhere; the new disk is where it belongs.
+    assert all(after[name][2] != before[name][2] for name in before)
+    assert "ata-DISK-THREE" in (output / "xcp2" / "lvm.conf.snippet").read_text()
+    assert "ata-DISK-THREE" not in (output / "xcp1" / "lvm.conf.snippet").read_text()
+    assert not list(output.rglob("*.partial"))
+
+
+def test_write_files_is_atomic_and_cleans_up_on_failure(tmp_path: Path) -> None:
+    (tmp_path / "a").write_text("old\n")
+    blocker = tmp_path / "sub"
+    blocker.write_text("a file where a directory should be")
+    files = {"a": RenderedFile("new\n"), "sub/b": RenderedFile("b\n")}
+    with pytest.raises(Exception, match="Cannot write into"):
+        write_files(tmp_path, files)
+    assert (tmp_path / "a").read_text() == "new\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "sub"]
+
+
+def test_output_that_is_a_file_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pool = write_pool(tmp_path, pool_data())
+    (tmp_path / "out").write_text("x")
+    argv = ["deploy", "render", "--pool", str(pool), "--output", str(tmp_path / "out")]
+    assert main([*argv, "--no-repo-check", "-q"]) == 13
+    assert "not a directory" in capsys.readouterr().err
+
+
+def test_repo_file_points_at_the_targets_consumer_directory_and_checks_signatures(
+    tmp_path: Path,
+) -> None:
+    output = render(tmp_path, pool_data(**{"repo.url": "http://repo.lan/drbd/"}))
+    parser = configparser.ConfigParser()
+    parser.read_string((output / "xcp1" / "xcp-drbd-builder.repo").read_text())
+    section = parser["xcp-drbd-builder"]
+    assert section["baseurl"] == "http://repo.lan/drbd/el5/i386/"
+    assert section["gpgcheck"] == "1"
+    assert section["repo_gpgcheck"] == "1"
+    assert section["gpgkey"] == "file:///etc/pki/rpm-gpg/RPM-GPG-KEY-xcp-drbd-builder"
+    runbook = (output / "xcp1" / "runbook.sh").read_text()
+    assert "GPGKEY_URL=http://repo.lan/drbd/RPM-GPG-KEY-xcp-drbd-builder" in runbook
+    assert "PACKAGES='drbd drbd-km-2.6.32.12_0.7.1.xs1.4.90.530.170661xen'" in runbook
+
+
+def test_runbooks_split_the_sr_steps_between_the_hosts(tmp_path: Path) -> None:
+    output = render(tmp_path, pool_data(**{"drbd.initial_sync_from": "xcp2"}))
+    first = (output / "xcp2" / "runbook.sh").read_text()
+    second = (output / "xcp1" / "runbook.sh").read_text()
+    assert "xe sr-create" in first
+    assert "shared=true" in first
+    assert "drbdadm primary --force" in first
+    assert "xe sr-create" not in second
+    assert "xe pbd-create" in second
+    assert "xe pbd-plug" in second
+    assert "drbdadm primary --force" not in second
+    for text in (first, second):
+        assert "should all run on ONE host" in text
+        assert "live migration" in text
+        assert "DEVICE=/dev/drbd1" in text
+
+
+def test_drbd83_initial_sync_uses_its_own_syntax(tmp_path: Path) -> None:
+    output = render(tmp_path, pool_data(**{"drbd.version": "8.3.16"}))
+    runbook = (output / "xcp1" / "runbook.sh").read_text()
+    assert "drbdadm -- --overwrite-data-of-peer primary r0" in runbook
+
+
+def test_lvm_snippet_rejects_the_backing_disk_and_keeps_drbd(tmp_path: Path) -> None:
+    output = render(tmp_path, pool_data(**{"hosts.0.disk": "/dev/disk/by-id/ata-X.Y+1"}))
+    snippet = (output / "xcp1" / "lvm.conf.snippet").read_text()
+    assert '"a|^/dev/drbd[0-9]+$|"' in snippet
+    assert '"r|^/dev/disk/by-id/ata-X[.]Y[+]1$|"' in snippet
+    assert "write_cache_state = 0" in snippet
+    assert '"a|.*|"' not in snippet
+
+
+def test_renaming_a_host_warns_about_its_old_runbook(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = render(tmp_path)
+    capsys.readouterr()
+    renamed = pool_data(**{"hosts.1.name": "xcp3"})
+    pool = write_pool(tmp_path, renamed)
+    argv = ["deploy", "render", "--pool", str(pool), "--output", str(output), "--no-repo-check"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"{output / 'xcp2'} is from an earlier render" in err
+    assert (output / "xcp3" / "runbook.sh").exists()
