@@ -12,10 +12,10 @@ from pathlib import Path
 from types import FrameType
 
 from builder import __version__, log
-from builder.commands import targets
+from builder.commands import keygen, publish, targets
 from builder.errors import BuilderError, Interrupted
 
-COMMANDS = (targets,)
+COMMANDS = (targets, publish, keygen)
 
 DESCRIPTION = """\
 Build DRBD userland and kernel-module RPMs for Xen dom0 kernels (XCP, XenServer, XCP-ng)
