@@ -475,6 +475,9 @@ def find_createrepo(consumer: Consumer, explicit: str | None = None) -> str:
     checksum = checksum_for(consumer)
     if explicit:
         candidates = [explicit]
+    elif checksum == "sha256":
+        # Every createrepo_c writes SHA-256: no probe needed.
+        return proc.which("createrepo_c", hint="apt-get install createrepo-c")
     else:
         candidates = []
         for directory in [*os.environ.get("PATH", "").split(os.pathsep), "/usr/bin"]:
