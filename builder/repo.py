@@ -584,6 +584,12 @@ def publish(options: PublishOptions, registry: Callable[[], Registry]) -> Publis
                 f"{len(builds)} build(s), {len(plan.incoming)} new package(s), "
                 f"{len(plan.state.packages)} in the repository after publishing"
             )
+        if previous is None and not plan.incoming:
+            raise PublishError(
+                f"Nothing to publish: {options.artifacts} holds no finished build with RPMs.",
+                hint="Run `python -m builder build` first; see the warnings above for skipped "
+                "directories.",
+            )
         if previous is not None and not plan.incoming:
             log.info(f"nothing new: {options.repo / 'current'} stays at {previous.name}")
             return PublishResult(

@@ -211,6 +211,8 @@ def test_dnf_downloads_and_verifies_the_published_packages(
         result = dnf_fetch(tmp_path / "dnf", url, "drbd-kmod")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Importing GPG key" in result.stdout + result.stderr
+    # keygen's key says what it is wherever it shows up.
+    assert "TEST signing key - not for production" in result.stdout + result.stderr
     downloaded = tmp_path / "dnf" / "downloads" / "drbd-kmod-9.0-1.x86_64.rpm"
     assert downloaded.is_file()
     key = sign.find_key(keys.fingerprint, keys.home)
@@ -445,6 +447,14 @@ def test_interrupted_publish_leaves_the_served_repo_as_it_was(
     assert after.returncode == 0, after.stderr
     assert not list((target / "versions").glob("*.partial"))
     assert "drbd-kmod-9.0-2.x86_64.rpm" in _published_names(target)
+
+
+def test_nothing_to_publish_is_a_clear_error(tmp_path: Path, keys: Keys) -> None:
+    (tmp_path / "artifacts" / "xcp-1.5" / "8.4.1.partial").mkdir(parents=True)
+    result = run_publish(tmp_path / "artifacts", tmp_path / "repo", keys)
+    assert result.returncode == 11
+    assert "Nothing to publish" in result.stderr
+    assert not (tmp_path / "repo" / "current").exists()
 
 
 def test_a_second_publish_waits_or_fails_clearly(tmp_path: Path, keys: Keys, rpms: Rpms) -> None:
