@@ -166,6 +166,15 @@ def dnf_fetch(work: Path, base_url: str, package: str) -> subprocess.CompletedPr
     assert "gpgcheck=1" in repo_file
     assert "repo_gpgcheck=1" in repo_file
     (repos / "xcp-drbd-el7.repo").write_text(repo_file)
+    try:
+        return _run_dnf(work, repos, package)
+    finally:
+        # repo_gpgcheck makes dnf start a gpg-agent for each repo's keyring: stop them.
+        for keyring in work.glob("cache/*/pubring"):
+            _kill_agent(keyring)
+
+
+def _run_dnf(work: Path, repos: Path, package: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             "dnf",
