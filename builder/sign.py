@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -64,7 +65,9 @@ def _gpg() -> str:
 def _pinentry_args(key: SigningKey) -> list[str]:
     args = ["--batch", "--pinentry-mode", "loopback"]
     if key.passphrase_file is not None:
-        args += ["--passphrase-file", str(key.passphrase_file)]
+        if not key.passphrase_file.is_file():
+            raise ConfigError(f"Passphrase file {key.passphrase_file} does not exist.")
+        args += ["--passphrase-file", str(key.passphrase_file.absolute())]
     return args
 
 
@@ -173,7 +176,8 @@ def sign_rpms(files: Sequence[Path], key: SigningKey, consumer: Consumer) -> Non
         return
     gpg = _gpg()
     rpmsign = proc.which("rpmsign", hint="Install rpm: apt-get install rpm")
-    extra = " ".join(_pinentry_args(key))
+    # rpm splits this macro like a shell would: quote paths that may hold spaces.
+    extra = " ".join(shlex.quote(arg) for arg in _pinentry_args(key))
     # Debian's rpm points %__gpg at /usr/bin/gpg2, which does not exist: name gpg explicitly.
     cmd: list[str] = [
         rpmsign,

@@ -458,6 +458,47 @@ def test_interrupted_publish_leaves_the_served_repo_as_it_was(
     assert "drbd-kmod-9.0-2.x86_64.rpm" in _published_names(target)
 
 
+def test_a_protected_key_needs_its_passphrase_file(tmp_path: Path, rpms: Rpms) -> None:
+    home = tmp_path / "protected home"
+    home.mkdir(mode=0o700)
+    uid = "Protected test key <protected@xcp-drbd-builder.invalid>"
+    try:
+        subprocess.run(
+            [
+                "gpg",
+                "--homedir",
+                str(home),
+                "--batch",
+                "--pinentry-mode",
+                "loopback",
+                "--passphrase",
+                "s3cret",
+                "--quick-gen-key",
+                uid,
+                "rsa2048",
+                "sign",
+                "1d",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        artifacts = make_artifacts(tmp_path, rpms)
+        cmd = [sys.executable, "-m", "builder", "publish", "--artifacts", str(artifacts)]
+        cmd += ["--repo", str(tmp_path / "repo"), "--key", uid, "--gnupg-home", str(home)]
+        refused = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+        assert refused.returncode == 12, refused.stderr
+        assert "rpmsign could not sign" in refused.stderr
+        assert not (tmp_path / "repo" / "current").exists()
+        secret = tmp_path / "pass phrase"
+        secret.write_text("s3cret\n")
+        env = {**os.environ, "XDB_PASSPHRASE_FILE": str(secret)}
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False, env=env)
+        assert done.returncode == 0, done.stderr
+        assert "published 4 new package(s)" in done.stdout
+    finally:
+        _kill_agent(home)
+
+
 def test_nothing_to_publish_is_a_clear_error(tmp_path: Path, keys: Keys) -> None:
     (tmp_path / "artifacts" / "xcp-1.5" / "8.4.1.partial").mkdir(parents=True)
     result = run_publish(tmp_path / "artifacts", tmp_path / "repo", keys)
