@@ -12,10 +12,10 @@ from pathlib import Path
 from types import FrameType
 
 from builder import __version__, log
-from builder.commands import build, deploy, kernel, targets
+from builder.commands import build, deploy, kernel, keygen, publish, targets
 from builder.errors import BuilderError, Interrupted
 
-COMMANDS = (targets, kernel, build, deploy)
+COMMANDS = (targets, kernel, build, publish, keygen, deploy)
 
 DESCRIPTION = """\
 Build DRBD userland and kernel-module RPMs for Xen dom0 kernels (XCP, XenServer, XCP-ng)

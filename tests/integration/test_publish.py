@@ -1,0 +1,555 @@
+"""Publishing against real gpg, rpmsign, rpmkeys, createrepo_c and dnf as the consumer."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import gzip
+import http.server
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from builder import repo, sign
+from builder.errors import SigningError
+from builder.specs import Consumer
+from tests.rpmfactory import build_rpms, write_build
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+REPO_NS = "{http://linux.duke.edu/metadata/repo}"
+COMMON_NS = "{http://linux.duke.edu/metadata/common}"
+
+
+@dataclass(frozen=True)
+class Keys:
+    home: Path
+    fingerprint: str
+    other_home: Path
+    other_fingerprint: str
+
+
+def _kill_agent(home: Path) -> None:
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], check=False)
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
+    base = tmp_path_factory.mktemp("keys")
+    homes = [base / "signer", base / "other"]
+    fingerprints = []
+    for home in homes:
+        result = subprocess.run(
+            [sys.executable, "-m", "builder", "keygen", "--gnupg-home", str(home)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        fingerprints.append(result.stdout.strip())
+    try:
+        yield Keys(homes[0], fingerprints[0], homes[1], fingerprints[1])
+    finally:
+        for home in homes:
+            _kill_agent(home)
+
+
+@dataclass(frozen=True)
+class Rpms:
+    el5: list[Path]
+    el7: list[Path]
+    el7_update: list[Path]
+
+
+@pytest.fixture(scope="module")
+def rpms(tmp_path_factory: pytest.TempPathFactory) -> Rpms:
+    work = tmp_path_factory.mktemp("rpms")
+    return Rpms(
+        el5=build_rpms(work, ["drbd", "drbd-km-xen"], version="8.4.1", arch="i686"),
+        el7=build_rpms(work, ["drbd-kmod", "drbd-kmod-doc"], version="9.0", arch="x86_64"),
+        el7_update=build_rpms(work, ["drbd-kmod"], version="9.0", release="2", arch="x86_64"),
+    )
+
+
+def make_artifacts(base: Path, rpms: Rpms) -> Path:
+    artifacts = base / "artifacts"
+    write_build(artifacts, "xcp-1.5", "8.4.1", rpms.el5, consumer=None, basearch=None)
+    write_build(artifacts, "xcp-ng-8.2", "9.0", rpms.el7, consumer="el7", basearch="x86_64")
+    return artifacts
+
+
+def publish_cmd(artifacts: Path, target: Path, keys: Keys, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "builder",
+        "publish",
+        "--artifacts",
+        str(artifacts),
+        "--repo",
+        str(target),
+        "--key",
+        keys.fingerprint,
+        "--gnupg-home",
+        str(keys.home),
+        *extra,
+    ]
+
+
+def run_publish(
+    artifacts: Path, target: Path, keys: Keys, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        publish_cmd(artifacts, target, keys, *extra),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def served(directory: Path) -> Iterator[str]:
+    handler = functools.partial(_QuietHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def dnf_fetch(work: Path, base_url: str, package: str) -> subprocess.CompletedProcess[str]:
+    """``dnf install --downloadonly`` from the el7 repo with gpgcheck and repo_gpgcheck on."""
+    if work.exists():
+        shutil.rmtree(work)
+    repos = work / "repos"
+    repos.mkdir(parents=True)
+    repo_file = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "builder",
+            "publish",
+            "--print-repo-file",
+            base_url,
+            "--consumer",
+            "el7",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "gpgcheck=1" in repo_file
+    assert "repo_gpgcheck=1" in repo_file
+    (repos / "xcp-drbd-el7.repo").write_text(repo_file)
+    try:
+        return _run_dnf(work, repos, package)
+    finally:
+        # repo_gpgcheck makes dnf start a gpg-agent for each repo's keyring: stop them.
+        for keyring in work.glob("cache/*/pubring"):
+            _kill_agent(keyring)
+
+
+def _run_dnf(work: Path, repos: Path, package: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            "dnf",
+            "-y",
+            f"--installroot={work / 'root'}",
+            f"--setopt=reposdir={repos}",
+            f"--setopt=cachedir={work / 'cache'}",
+            "--releasever=7",
+            "--disablerepo=*",
+            "--enablerepo=xcp-drbd-el7",
+            "install",
+            "--downloadonly",
+            f"--downloaddir={work / 'downloads'}",
+            package,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def published(
+    tmp_path_factory: pytest.TempPathFactory, keys: Keys, rpms: Rpms
+) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("published")
+    artifacts = make_artifacts(base, rpms)
+    (artifacts / "xcp-1.6" / "8.4.1.partial").mkdir(parents=True)
+    (artifacts / "xcp-1.6" / "8.4.0").mkdir(parents=True)
+    result = run_publish(artifacts, base / "repo", keys)
+    assert result.returncode == 0, result.stderr
+    assert "skipping xcp-1.6/8.4.1.partial: an unfinished build" in result.stderr
+    assert "skipping xcp-1.6/8.4.0: no manifest.json" in result.stderr
+    return artifacts, base / "repo"
+
+
+def test_dnf_downloads_and_verifies_the_published_packages(
+    published: tuple[Path, Path], tmp_path: Path, keys: Keys
+) -> None:
+    _, target = published
+    with served(target) as url:
+        result = dnf_fetch(tmp_path / "dnf", url, "drbd-kmod")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Importing GPG key" in result.stdout + result.stderr
+    # keygen's key says what it is wherever it shows up.
+    assert "TEST signing key - not for production" in result.stdout + result.stderr
+    downloaded = tmp_path / "dnf" / "downloads" / "drbd-kmod-9.0-1.x86_64.rpm"
+    assert downloaded.is_file()
+    key = sign.find_key(keys.fingerprint, keys.home)
+    sign.check_signatures([downloaded], key, Consumer.EL7)
+
+
+def test_repo_files_and_key_sit_next_to_the_repos(published: tuple[Path, Path]) -> None:
+    _, target = published
+    assert "BEGIN PGP PUBLIC KEY BLOCK" in (target / repo.KEY_FILE_NAME).read_text()
+    el5 = (target / "xcp-drbd-el5.repo").read_text()
+    assert f"baseurl={target.resolve().as_uri()}/el5/$basearch/" in el5
+    assert "repo_gpgcheck=1" in el5
+    assert (target / "el5" / "i386" / "repodata" / "repomd.xml.asc").is_file()
+    assert sorted(p.name for p in (target / "el7" / "x86_64").glob("*.rpm")) == [
+        "drbd-kmod-9.0-1.x86_64.rpm",
+        "drbd-kmod-doc-9.0-1.x86_64.rpm",
+    ]
+
+
+def test_el5_repo_has_what_rpm_44_and_yum_3_need(published: tuple[Path, Path]) -> None:
+    _, target = published
+    el5 = target / "el5" / "i386"
+    repomd = ET.parse(el5 / "repodata" / "repomd.xml").getroot()  # noqa: S314 - our own output
+    kinds = {checksum.get("type") for checksum in repomd.iter(f"{REPO_NS}checksum")} | {
+        checksum.get("type") for checksum in repomd.iter(f"{REPO_NS}open-checksum")
+    }
+    assert kinds == {"sha"}
+    primary_href = next(
+        data.find(f"{REPO_NS}location").get("href")  # type: ignore[union-attr]
+        for data in repomd.iter(f"{REPO_NS}data")
+        if data.get("type") == "primary"
+    )
+    assert primary_href is not None
+    primary = ET.fromstring(gzip.decompress((el5 / primary_href).read_bytes()))  # noqa: S314
+    package_sums = {c.get("type") for c in primary.iter(f"{COMMON_NS}checksum")}
+    assert package_sums == {"sha"}
+    for rpm in sorted(el5.glob("*.rpm")):
+        out = subprocess.run(
+            ["rpm", "-qp", "--qf", "%{RSAHEADER:pgpsig}|%{DSAHEADER:pgpsig}|%{SIGPGP:pgpsig}", rpm],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        header, dsa, legacy = out.split("|")
+        assert header.startswith("RSA/SHA1,"), out
+        assert legacy.startswith("RSA/SHA1,"), out  # header+payload signature for rpm 4.4
+        assert dsa == "(none)"
+    el7_rpm = next((target / "el7" / "x86_64").glob("*.rpm"))
+    out = subprocess.run(
+        ["rpm", "-qp", "--qf", "%{RSAHEADER:pgpsig}", el7_rpm],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out.startswith("RSA/SHA256,")
+
+
+def copy_served_tree(target: Path, destination: Path) -> Path:
+    """A private copy of the current version, for tampering."""
+    shutil.copytree(target / "current", destination, symlinks=False)
+    return destination
+
+
+def test_dnf_refuses_repomd_changed_after_signing(
+    published: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, target = published
+    tree = copy_served_tree(target, tmp_path / "tampered")
+    repomd = tree / "el7" / "x86_64" / "repodata" / "repomd.xml"
+    text = repomd.read_text()
+    repomd.write_text(text.replace("<revision>", "<revision>1"))
+    assert repomd.read_text() != text
+    with served(tree) as url:
+        result = dnf_fetch(tmp_path / "dnf", url, "drbd-kmod")
+    assert result.returncode != 0
+    assert "GPG" in result.stdout + result.stderr
+
+
+def test_dnf_refuses_repo_without_signature(published: tuple[Path, Path], tmp_path: Path) -> None:
+    _, target = published
+    tree = copy_served_tree(target, tmp_path / "unsigned")
+    (tree / "el7" / "x86_64" / "repodata" / "repomd.xml.asc").unlink()
+    with served(tree) as url:
+        result = dnf_fetch(tmp_path / "dnf", url, "drbd-kmod")
+    assert result.returncode != 0
+    assert "repomd.xml.asc" in result.stdout + result.stderr
+
+
+def test_dnf_refuses_package_signed_by_another_key(
+    published: tuple[Path, Path], tmp_path: Path, keys: Keys, rpms: Rpms
+) -> None:
+    _, target = published
+    tree = copy_served_tree(target, tmp_path / "foreign")
+    folder = tree / "el7" / "x86_64"
+    shutil.rmtree(folder / "repodata")
+    foreign = folder / "drbd-kmod-9.0-1.x86_64.rpm"
+    shutil.copyfile(rpms.el7[0], foreign)
+    other = sign.find_key(keys.other_fingerprint, keys.other_home)
+    sign.sign_rpms([foreign], other, Consumer.EL7)
+    # Metadata and repomd.xml.asc are genuine: only the package's signature is foreign.
+    good = sign.find_key(keys.fingerprint, keys.home)
+    repo.make_metadata(folder, Consumer.EL7, None, None)
+    sign.detach_sign(folder / "repodata" / "repomd.xml", good, Consumer.EL7)
+    with served(tree) as url:
+        refused = dnf_fetch(tmp_path / "dnf", url, "drbd-kmod")
+        accepted = dnf_fetch(tmp_path / "dnf2", url, "drbd-kmod-doc")
+    assert refused.returncode != 0
+    assert "GPG" in refused.stdout + refused.stderr or "signature" in refused.stderr
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+
+
+def test_publish_refuses_unsigned_or_foreign_packages(
+    tmp_path: Path, keys: Keys, rpms: Rpms
+) -> None:
+    good = sign.find_key(keys.fingerprint, keys.home)
+    other = sign.find_key(keys.other_fingerprint, keys.other_home)
+    unsigned = tmp_path / "unsigned.rpm"
+    foreign = tmp_path / "foreign.rpm"
+    shutil.copyfile(rpms.el7[0], unsigned)
+    shutil.copyfile(rpms.el7[0], foreign)
+    sign.sign_rpms([foreign], other, Consumer.EL7)
+    with sign.public_key_file(good) as public_key:
+        for package in (unsigned, foreign):
+            with pytest.raises(SigningError, match="Signature check failed"):
+                sign.verify_rpms([package], public_key)
+    with pytest.raises(SigningError, match="not " + good.key_id):
+        sign.check_signatures([foreign], good, Consumer.EL7)
+    with pytest.raises(SigningError, match="has no RSAHEADER signature"):
+        sign.check_signatures([unsigned], good, Consumer.EL7)
+    el7_signed = tmp_path / "el7.rpm"
+    shutil.copyfile(rpms.el7[0], el7_signed)
+    sign.sign_rpms([el7_signed], good, Consumer.EL7)
+    with pytest.raises(SigningError, match="needs SHA1"):
+        sign.check_signatures([el7_signed], good, Consumer.EL5)
+
+
+def test_publish_is_incremental(tmp_path: Path, keys: Keys, rpms: Rpms) -> None:
+    artifacts = make_artifacts(tmp_path, rpms)
+    target = tmp_path / "repo"
+    assert run_publish(artifacts, target, keys).returncode == 0
+    first = (target / "current").resolve()
+    again = run_publish(artifacts, target, keys)
+    assert again.returncode == 0, again.stderr
+    assert "unchanged" in again.stdout
+    assert (target / "current").resolve() == first
+
+    write_build(
+        artifacts, "xcp-ng-8.2", "9.0-2", rpms.el7_update, consumer="el7", basearch="x86_64"
+    )
+    third = run_publish(artifacts, target, keys)
+    assert third.returncode == 0, third.stderr
+    assert "published 1 new package(s), 5 in total" in third.stdout
+    second = (target / "current").resolve()
+    assert second != first
+    for old in first.rglob("*.rpm"):
+        # The very same signed file: hard-linked, not re-signed.
+        assert (second / old.relative_to(first)).stat().st_ino == old.stat().st_ino
+    with served(target) as url:
+        result = dnf_fetch(tmp_path / "dnf", url, "drbd-kmod-9.0-2")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_same_nvr_with_other_content_is_refused(tmp_path: Path, keys: Keys, rpms: Rpms) -> None:
+    artifacts = make_artifacts(tmp_path, rpms)
+    target = tmp_path / "repo"
+    assert run_publish(artifacts, target, keys).returncode == 0
+    before = (target / "current").resolve()
+    rebuilt = build_rpms(tmp_path, ["drbd-kmod"], version="9.0", arch="x86_64", payload="changed")
+    shutil.rmtree(artifacts / "xcp-ng-8.2")
+    write_build(artifacts, "xcp-ng-8.2", "9.0", rebuilt, consumer="el7", basearch="x86_64")
+    result = run_publish(artifacts, target, keys)
+    assert result.returncode == 11, result.stderr
+    assert "already published with different content" in result.stderr
+    assert (target / "current").resolve() == before
+
+
+def _published_names(target: Path) -> set[str]:
+    return {p.name for p in (target / "current").resolve().rglob("*.rpm")}
+
+
+@pytest.mark.parametrize(
+    ("step", "sig"),
+    [
+        ("Reuse the previous", signal.SIGKILL),
+        ("Sign 1 new", signal.SIGKILL),
+        ("Make metadata", signal.SIGKILL),
+        ("Sign and verify", signal.SIGKILL),
+        ("Make metadata", signal.SIGINT),
+    ],
+)
+def test_interrupted_publish_leaves_the_served_repo_as_it_was(
+    tmp_path: Path, keys: Keys, rpms: Rpms, step: str, sig: signal.Signals
+) -> None:
+    artifacts = make_artifacts(tmp_path, rpms)
+    target = tmp_path / "repo"
+    assert run_publish(artifacts, target, keys).returncode == 0
+    before = (target / "current").resolve()
+    names_before = _published_names(target)
+    write_build(
+        artifacts, "xcp-ng-8.2", "9.0-2", rpms.el7_update, consumer="el7", basearch="x86_64"
+    )
+
+    seen = []
+    with subprocess.Popen(
+        publish_cmd(artifacts, target, keys),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        assert process.stderr is not None
+        for line in process.stderr:
+            seen.append(line)
+            if line.strip().startswith(f"▸ {step}"):
+                process.send_signal(sig)
+                break
+        seen.append(process.stderr.read())
+        code = process.wait(timeout=60)
+    assert code != 0, "".join(seen)
+    assert (target / "current").resolve() == before
+    assert _published_names(target) == names_before
+    if sig == signal.SIGINT:
+        assert not list((target / "versions").glob("*.partial"))
+    with served(target) as url:
+        result = dnf_fetch(tmp_path / "dnf", url, "drbd-kmod-9.0-1")
+        missing = dnf_fetch(tmp_path / "dnf-new", url, "drbd-kmod-9.0-2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert missing.returncode != 0
+
+    # The next publish cleans up and completes.
+    after = run_publish(artifacts, target, keys)
+    assert after.returncode == 0, after.stderr
+    assert not list((target / "versions").glob("*.partial"))
+    assert "drbd-kmod-9.0-2.x86_64.rpm" in _published_names(target)
+
+
+def test_a_protected_key_needs_its_passphrase_file(tmp_path: Path, rpms: Rpms) -> None:
+    home = tmp_path / "protected home"
+    home.mkdir(mode=0o700)
+    uid = "Protected test key <protected@xcp-drbd-builder.invalid>"
+    try:
+        subprocess.run(
+            [
+                "gpg",
+                "--homedir",
+                str(home),
+                "--batch",
+                "--pinentry-mode",
+                "loopback",
+                "--passphrase",
+                "s3cret",
+                "--quick-gen-key",
+                uid,
+                "rsa2048",
+                "sign",
+                "1d",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        artifacts = make_artifacts(tmp_path, rpms)
+        cmd = [sys.executable, "-m", "builder", "publish", "--artifacts", str(artifacts)]
+        cmd += ["--repo", str(tmp_path / "repo"), "--key", uid, "--gnupg-home", str(home)]
+        refused = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+        assert refused.returncode == 12, refused.stderr
+        assert "rpmsign could not sign" in refused.stderr
+        assert not (tmp_path / "repo" / "current").exists()
+        secret = tmp_path / "pass phrase"
+        secret.write_text("s3cret\n")
+        env = {**os.environ, "XDB_PASSPHRASE_FILE": str(secret)}
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False, env=env)
+        assert done.returncode == 0, done.stderr
+        assert "published 4 new package(s)" in done.stdout
+    finally:
+        _kill_agent(home)
+
+
+def test_nothing_to_publish_is_a_clear_error(tmp_path: Path, keys: Keys) -> None:
+    (tmp_path / "artifacts" / "xcp-1.5" / "8.4.1.partial").mkdir(parents=True)
+    result = run_publish(tmp_path / "artifacts", tmp_path / "repo", keys)
+    assert result.returncode == 11
+    assert "Nothing to publish" in result.stderr
+    assert not (tmp_path / "repo" / "current").exists()
+
+
+def test_a_second_publish_waits_or_fails_clearly(tmp_path: Path, keys: Keys, rpms: Rpms) -> None:
+    artifacts = make_artifacts(tmp_path, rpms)
+    target = tmp_path / "repo"
+    target.mkdir()
+    with (target / ".lock").open("a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("4242\n")
+        held.flush()
+        failed = run_publish(artifacts, target, keys, "--lock-timeout", "0")
+        assert failed.returncode == 14
+        assert "Another publish (pid 4242)" in failed.stderr
+        waiting = subprocess.Popen(
+            publish_cmd(artifacts, target, keys, "--lock-timeout", "60"),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(1.0)
+        assert waiting.poll() is None  # still waiting for the lock
+        fcntl.flock(held, fcntl.LOCK_UN)
+    _out, err = waiting.communicate(timeout=120)
+    assert waiting.returncode == 0, err
+    assert "waiting for another publish (pid 4242)" in err
+
+    # Two real publishes at once, each adding its own package: both land, the result verifies.
+    write_build(
+        artifacts, "xcp-ng-8.2", "9.0-2", rpms.el7_update, consumer="el7", basearch="x86_64"
+    )
+    procs = [
+        subprocess.Popen(
+            publish_cmd(artifacts, target, keys),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    assert sum("unchanged" in out for out, _ in results) == 1
+    with served(target) as url:
+        result = dnf_fetch(tmp_path / "dnf", url, "drbd-kmod-9.0-2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert os.path.isfile(tmp_path / "dnf" / "downloads" / "drbd-kmod-9.0-2.x86_64.rpm")

@@ -1,0 +1,223 @@
+"""Publishing logic without external tools: artifacts, planning, locking, pointers, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from builder import cli, repo
+from builder.commands import publish
+from builder.errors import ConfigError, InputError, LockedError, PublishError
+from builder.specs import Consumer, load_registry
+
+FPR = "8491801EA5E36A6613E10D71C5E71C6396DBB809"
+
+
+def make_build(
+    artifacts: Path, target: str, version: str, files: dict[str, bytes], **manifest: object
+) -> Path:
+    directory = artifacts / target / version
+    directory.mkdir(parents=True)
+    outputs = []
+    for name, content in files.items():
+        (directory / name).write_bytes(content)
+        outputs.append({"file": name, "sha256": repo.sha256_file(directory / name)})
+    data = {"target": target, "drbd_version": version, "outputs": outputs, **manifest}
+    (directory / "manifest.json").write_text(json.dumps(data))
+    return directory
+
+
+def fake_nevras(files: Sequence[Path]) -> dict[Path, str]:
+    """NEVRA from the file name, as rpm would read it from these test names."""
+    return {f: f.name.removesuffix(".rpm") for f in files}
+
+
+def test_scan_skips_unfinished_builds_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_build(tmp_path, "xcp-1.5", "8.4.1", {"drbd-8.4.1-1.i686.rpm": b"a"})
+    (tmp_path / "xcp-1.5" / "8.4.2.partial").mkdir()
+    (tmp_path / "xcp-1.6" / "8.4.1").mkdir(parents=True)
+    builds = repo.scan_artifacts(tmp_path, load_registry)
+    assert [b.directory.name for b in builds] == ["8.4.1"]
+    err = capsys.readouterr().err
+    assert "skipping xcp-1.5/8.4.2.partial: an unfinished build" in err
+    assert "skipping xcp-1.6/8.4.1: no manifest.json" in err
+
+
+def test_consumer_comes_from_manifest_or_the_target_registry(tmp_path: Path) -> None:
+    make_build(tmp_path, "xcp-1.5", "8.4.1", {"a-1-1.i686.rpm": b"a"})
+    make_build(
+        tmp_path, "custom", "9.0", {"b-1-1.x86_64.rpm": b"b"}, consumer="el7", basearch="x86_64"
+    )
+    builds = {b.target: b for b in repo.scan_artifacts(tmp_path, load_registry)}
+    assert builds["xcp-1.5"].family == "el5/i386"
+    assert builds["custom"].family == "el7/x86_64"
+
+
+def test_unknown_target_without_consumer_names_the_target(tmp_path: Path) -> None:
+    make_build(tmp_path, "mystery", "9.0", {"b-1-1.x86_64.rpm": b"b"})
+    with pytest.raises(ConfigError, match="Unknown target 'mystery'"):
+        repo.scan_artifacts(tmp_path, load_registry)
+
+
+def test_bad_manifests_are_input_errors(tmp_path: Path) -> None:
+    directory = make_build(tmp_path, "xcp-1.5", "8.4.1", {"a-1-1.i686.rpm": b"a"})
+    (directory / "manifest.json").write_text("{not json")
+    with pytest.raises(InputError, match="not valid JSON"):
+        repo.scan_artifacts(tmp_path, load_registry)
+    (directory / "manifest.json").write_text(
+        json.dumps({"consumer": "el6", "basearch": "i386", "outputs": []})
+    )
+    with pytest.raises(InputError, match="consumer 'el6' is not one of"):
+        repo.scan_artifacts(tmp_path, load_registry)
+    (directory / "manifest.json").write_text(
+        json.dumps({"target": "xcp-1.5", "outputs": [{"file": "../x.rpm", "sha256": "0" * 64}]})
+    )
+    with pytest.raises(InputError, match="not a plain name"):
+        repo.scan_artifacts(tmp_path, load_registry)
+
+
+def plan(artifacts: Path, previous: repo.State | None, key: str = FPR) -> repo.Plan:
+    builds = repo.scan_artifacts(artifacts, load_registry)
+    return repo.plan_publish(builds, previous, key, nevras=fake_nevras)
+
+
+def test_plan_reuses_unchanged_packages_and_adds_new_ones(tmp_path: Path) -> None:
+    make_build(tmp_path, "xcp-1.5", "8.4.1", {"a-1-1.i686.rpm": b"a", "b-1-1.i686.rpm": b"b"})
+    first = plan(tmp_path, None)
+    assert [i.path for i in first.incoming] == [
+        "el5/i386/a-1-1.i686.rpm",
+        "el5/i386/b-1-1.i686.rpm",
+    ]
+    again = plan(tmp_path, first.state)
+    assert again.incoming == ()
+    make_build(tmp_path, "xcp-1.5", "8.4.2", {"c-1-1.i686.rpm": b"c"})
+    third = plan(tmp_path, first.state)
+    assert [i.path for i in third.incoming] == ["el5/i386/c-1-1.i686.rpm"]
+    assert len(third.state.packages) == 3
+    assert third.families == {"el5/i386": Consumer.EL5}
+
+
+def test_plan_refuses_same_file_with_other_content(tmp_path: Path) -> None:
+    make_build(tmp_path, "xcp-1.5", "8.4.1", {"a-1-1.i686.rpm": b"a"})
+    first = plan(tmp_path, None)
+    (tmp_path / "xcp-1.5" / "8.4.1").rename(tmp_path / "old")
+    make_build(tmp_path, "xcp-1.5", "8.4.1", {"a-1-1.i686.rpm": b"changed"})
+    with pytest.raises(PublishError, match="already published with different content"):
+        plan(tmp_path, first.state)
+
+
+def test_plan_refuses_same_nevra_under_another_file_name(tmp_path: Path) -> None:
+    previous = repo.State(
+        key=FPR,
+        packages=(
+            repo.Published(path="el5/i386/x.rpm", nevra="a-1-1.i686", source_sha256="0" * 64),
+        ),
+    )
+    make_build(tmp_path, "xcp-1.5", "8.4.1", {"a-1-1.i686.rpm": b"a"})
+    with pytest.raises(PublishError, match=r"already holds as el5/i386/x\.rpm"):
+        plan(tmp_path, previous)
+
+
+def test_plan_refuses_two_inputs_with_one_name_and_two_contents(tmp_path: Path) -> None:
+    make_build(tmp_path, "xcp-1.5", "8.4.1", {"drbd-8-1.i686.rpm": b"one"})
+    make_build(tmp_path, "xcp-1.6", "8.4.1", {"drbd-8-1.i686.rpm": b"two"})
+    with pytest.raises(PublishError, match="same name but different content"):
+        plan(tmp_path, None)
+
+
+def test_plan_checks_the_manifest_hash(tmp_path: Path) -> None:
+    directory = make_build(tmp_path, "xcp-1.5", "8.4.1", {"a-1-1.i686.rpm": b"a"})
+    (directory / "a-1-1.i686.rpm").write_bytes(b"tampered")
+    with pytest.raises(InputError, match="but its manifest records"):
+        plan(tmp_path, None)
+
+
+def test_plan_refuses_to_mix_keys(tmp_path: Path) -> None:
+    make_build(tmp_path, "xcp-1.5", "8.4.1", {"a-1-1.i686.rpm": b"a"})
+    first = plan(tmp_path, None)
+    with pytest.raises(PublishError, match="refusing to mix"):
+        plan(tmp_path, first.state, key="0" * 40)
+
+
+def test_state_round_trips_and_rejects_garbage(tmp_path: Path) -> None:
+    state = repo.State(
+        key=FPR,
+        packages=(repo.Published(path="el7/x86_64/a.rpm", nevra="a", source_sha256="1" * 64),),
+    )
+    path = tmp_path / "state.json"
+    path.write_text(state.to_json())
+    assert repo.State.from_file(path) == state
+    path.write_text('{"format": 99}')
+    with pytest.raises(PublishError, match="unreadable"):
+        repo.State.from_file(path)
+
+
+def test_repo_file_checks_package_and_metadata_signatures() -> None:
+    text = repo.render_repo_file("https://example.org/drbd/", Consumer.EL5)
+    assert text.splitlines() == [
+        "[xcp-drbd-el5]",
+        "name=DRBD for Xen dom0 (el5, $basearch)",
+        "baseurl=https://example.org/drbd/el5/$basearch/",
+        "enabled=1",
+        "gpgcheck=1",
+        "repo_gpgcheck=1",
+        "gpgkey=https://example.org/drbd/RPM-GPG-KEY-xcp-drbd-builder",
+        "metadata_expire=1h",
+    ]
+
+
+def test_lock_fails_clearly_when_held(tmp_path: Path) -> None:
+    with (
+        repo.publish_lock(tmp_path, timeout=0),
+        pytest.raises(LockedError, match=f"pid {os.getpid()}"),
+        repo.publish_lock(tmp_path, timeout=0.2),
+    ):
+        pass
+    with repo.publish_lock(tmp_path, timeout=0):
+        pass  # released
+
+
+def test_prune_keeps_the_newest_and_the_current(tmp_path: Path) -> None:
+    versions = tmp_path / "versions"
+    for name in ("20260101T000000Z", "20260102T000000Z", "20260103T000000Z", "20260104T000000Z"):
+        (versions / name).mkdir(parents=True)
+    os.symlink("versions/20260101T000000Z", tmp_path / "current")
+    removed = repo.prune_versions(tmp_path, keep=2)
+    assert [p.name for p in removed] == ["20260102T000000Z"]
+    assert sorted(p.name for p in versions.iterdir()) == [
+        "20260101T000000Z",
+        "20260103T000000Z",
+        "20260104T000000Z",
+    ]
+
+
+def test_cli_reads_ci_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDB_ARTIFACTS", str(tmp_path / "a"))
+    monkeypatch.setenv("XDB_REPO", str(tmp_path / "r"))
+    monkeypatch.setenv("XDB_SIGNING_KEY", FPR)
+    monkeypatch.setenv("GNUPGHOME", str(tmp_path / "g"))
+    args = cli.build_parser().parse_args(["publish"])
+    options = publish.options_from_args(args)
+    assert options.artifacts == tmp_path / "a"
+    assert options.repo == tmp_path / "r"
+    assert options.key == FPR
+    assert options.gnupg_home == tmp_path / "g"
+
+
+def test_cli_names_the_missing_option(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("XDB_ARTIFACTS", "XDB_REPO", "XDB_SIGNING_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    assert cli.main(["publish", "--repo", "/tmp/r", "--key", FPR]) == 2
+    assert "--artifacts is required" in capsys.readouterr().err
+    assert cli.main(["publish", "--print-repo-file", "http://h/"]) == 2
+    assert "needs --consumer" in capsys.readouterr().err
+    assert cli.main(["publish", "--print-repo-file", "http://h/", "--consumer", "el7"]) == 0
+    assert "baseurl=http://h/el7/$basearch/" in capsys.readouterr().out
