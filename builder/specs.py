@@ -16,11 +16,11 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from builder.errors import ConfigError
+from builder.yamlreader import YamlReader
 
 DEFAULT_SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
 LOCK_FILE_NAME = "checksums.lock"
@@ -28,7 +28,6 @@ LOCK_FILE_NAME = "checksums.lock"
 # Names end up in file names, container names, rpm macros and shell runbooks: keep them plain.
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]*$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
-URL_SCHEMES = ("http://", "https://", "file://")
 
 
 class SourceKind(enum.StrEnum):
@@ -150,86 +149,7 @@ def check_safe_name(value: str, what: str) -> str:
     return value
 
 
-class _Reader:
-    """Typed access to one YAML mapping, with errors that name the file and the key path."""
-
-    def __init__(self, file: Path, data: Mapping[str, Any], where: str) -> None:
-        self.file = file
-        self.data = data
-        self.where = where
-        self._used: set[str] = set()
-
-    def fail(self, key: str | None, problem: str) -> ConfigError:
-        location = f"{self.where}.{key}" if key else self.where
-        return ConfigError(f"{self.file}: {location}: {problem}")
-
-    def _get(self, key: str, required: bool) -> Any:
-        self._used.add(key)
-        if key not in self.data:
-            if required:
-                raise self.fail(key, "is required but missing")
-            return None
-        return self.data[key]
-
-    def text(
-        self, key: str, *, required: bool = True, pattern: re.Pattern[str] | None = None
-    ) -> Any:
-        value = self._get(key, required)
-        if value is None:
-            if required:
-                raise self.fail(key, "must not be empty")
-            return None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = str(value)
-        if not isinstance(value, str) or not value:
-            raise self.fail(key, f"must be a non-empty string, not {value!r}")
-        if pattern is not None and not pattern.match(value):
-            raise self.fail(key, f"{value!r} is not valid (expected {pattern.pattern})")
-        return value
-
-    def url(self, key: str, *, required: bool = True) -> Any:
-        value: str | None = self.text(key, required=required)
-        if value is not None and not value.startswith(URL_SCHEMES):
-            raise self.fail(key, f"{value!r} is not an http://, https:// or file:// URL")
-        return value
-
-    def str_list(self, key: str, *, pattern: re.Pattern[str] | None = None) -> tuple[str, ...]:
-        value = self._get(key, False)
-        if value is None:
-            return ()
-        if not isinstance(value, list):
-            raise self.fail(key, f"must be a list, not {type(value).__name__}")
-        items = []
-        for index, raw in enumerate(value):
-            item = str(raw) if isinstance(raw, (int, float)) and not isinstance(raw, bool) else raw
-            if not isinstance(item, str) or not item:
-                raise self.fail(f"{key}[{index}]", f"must be a non-empty string, not {item!r}")
-            if pattern is not None and not pattern.match(item):
-                raise self.fail(f"{key}[{index}]", f"{item!r} is not valid")
-            items.append(item)
-        return tuple(items)
-
-    def mapping(self, key: str) -> _Reader:
-        value = self._get(key, True)
-        if not isinstance(value, dict):
-            raise self.fail(key, f"must be a mapping, not {type(value).__name__}")
-        return _Reader(self.file, value, f"{self.where}.{key}")
-
-    def choice(self, key: str, enum_type: type[enum.StrEnum]) -> Any:
-        value = self.text(key)
-        try:
-            return enum_type(value)
-        except ValueError:
-            valid = ", ".join(member.value for member in enum_type)
-            raise self.fail(key, f"{value!r} is not one of: {valid}") from None
-
-    def done(self) -> None:
-        unknown = sorted(set(self.data) - self._used)
-        if unknown:
-            raise self.fail(unknown[0], "unknown key (check its spelling)")
-
-
-def _kernel_source(reader: _Reader) -> KernelSource:
+def _kernel_source(reader: YamlReader) -> KernelSource:
     kinds = [kind for kind in SourceKind if kind.value in reader.data]
     if len(kinds) != 1:
         raise reader.fail(None, "must have exactly one of the keys iso, rpm or yum")
@@ -250,11 +170,11 @@ def _kernel_source(reader: _Reader) -> KernelSource:
     else:
         if sha256 is not None:
             raise reader.fail("sha256", "is not used with yum: the repo metadata carries checksums")
-        repos = reader.str_list("yum")
+        repos = reader.text_list("yum")
         if not repos:
             raise reader.fail("yum", "must list at least one repository base URL")
         for index, repo in enumerate(repos):
-            if not repo.startswith(URL_SCHEMES):
+            if not repo.startswith(("http://", "https://", "file://")):
                 raise reader.fail(f"yum[{index}]", f"{repo!r} is not a URL")
         evr = reader.text("evr", required=False)
         source = KernelSource(kind=kind, repos=repos, evr=evr)
@@ -262,7 +182,7 @@ def _kernel_source(reader: _Reader) -> KernelSource:
     return source
 
 
-def _target(file: Path, target_id: str, reader: _Reader) -> Target:
+def _target(file: Path, target_id: str, reader: YamlReader) -> Target:
     check = SAFE_NAME
     if not check.match(target_id):
         raise reader.fail(None, "target names may only use letters, digits and . _ + ~ -")
@@ -281,7 +201,7 @@ def _target(file: Path, target_id: str, reader: _Reader) -> Target:
     target = Target(
         id=target_id,
         name=reader.text("name"),
-        aliases=reader.str_list("aliases", pattern=SAFE_NAME),
+        aliases=reader.text_list("aliases", SAFE_NAME),
         arch=arch,
         basearch=reader.text("basearch", required=False, pattern=SAFE_NAME) or arch,
         kernel_package=package,
@@ -290,19 +210,19 @@ def _target(file: Path, target_id: str, reader: _Reader) -> Target:
         container_family=family,
         base_image=image,
         build_context=context,
-        consumer=reader.choice("consumer", Consumer),
+        consumer=Consumer(reader.choice("consumer", [c.value for c in Consumer])),
         spec_file=file,
     )
     reader.done()
     return target
 
 
-def _drbd(file: Path, version: str, reader: _Reader) -> DrbdVersion:
+def _drbd(file: Path, version: str, reader: YamlReader) -> DrbdVersion:
     if not SAFE_NAME.match(version):
         raise reader.fail(None, "versions may only use letters, digits and . _ + ~ -")
     entry = DrbdVersion(
         version=version,
-        family=reader.choice("family", DrbdFamily),
+        family=DrbdFamily(reader.choice("family", [f.value for f in DrbdFamily])),
         url=reader.url("url"),
         sha256=reader.text("sha256", required=False, pattern=SHA256),
         spec_file=file,
@@ -322,20 +242,20 @@ def _load_file(file: Path) -> tuple[dict[str, Target], dict[str, DrbdVersion]]:
         return {}, {}
     if not isinstance(data, dict):
         raise ConfigError(f"{file}: the top level must be a mapping with targets: and/or drbd:")
-    top = _Reader(file, data, "")
+    top = YamlReader(file, data, "")
     targets: dict[str, Target] = {}
     versions: dict[str, DrbdVersion] = {}
     for section in ("targets", "drbd"):
         value = data.get(section)
         if value is None:
-            top._used.add(section)
+            top.mark_used(section)
             continue
         sub = top.mapping(section)
         for raw_key, entry in sub.data.items():
             key = str(raw_key)
             if not isinstance(entry, dict):
                 raise ConfigError(f"{file}: {section}.{key}: must be a mapping")
-            reader = _Reader(file, entry, f"{section}.{key}")
+            reader = YamlReader(file, entry, f"{section}.{key}")
             if section == "targets":
                 targets[key] = _target(file, key, reader)
             else:

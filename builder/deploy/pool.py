@@ -15,15 +15,14 @@ import enum
 import hashlib
 import ipaddress
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from builder.errors import ConfigError
 from builder.specs import Registry, Target
+from builder.yamlreader import YamlReader
 
 HOST_NAME = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
@@ -160,65 +159,8 @@ def syntax_of(version: str) -> Syntax | None:
     return {"8.3": Syntax.V83, "8.4": Syntax.V84}.get(f"{major}.{minor}")
 
 
-class _Reader:
-    """Typed access to one YAML mapping; errors name the file and the full key path."""
-
-    def __init__(self, file: Path, data: Mapping[str, Any], where: str) -> None:
-        self.file = file
-        self.data = data
-        self.where = where
-        self._used: set[str] = set()
-
-    def path(self, key: str) -> str:
-        return f"{self.where}.{key}" if self.where else key
-
-    def fail(self, key: str, problem: str, *, hint: str | None = None) -> ConfigError:
-        return ConfigError(f"{self.file}: {self.path(key)}: {problem}", hint=hint)
-
-    def raw(self, key: str, *, required: bool = True) -> Any:
-        self._used.add(key)
-        value = self.data.get(key)
-        if value is None and required:
-            raise self.fail(key, "is required but missing")
-        return value
-
-    def text(
-        self,
-        key: str,
-        pattern: re.Pattern[str],
-        *,
-        required: bool = True,
-        default: str | None = None,
-        explain: str = "",
-    ) -> Any:
-        value = self.raw(key, required=required and default is None)
-        if value is None:
-            return default
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = str(value)
-        if not isinstance(value, str) or not value:
-            raise self.fail(key, f"must be a non-empty string, not {value!r}")
-        if not pattern.match(value):
-            raise self.fail(key, f"{value!r} is not valid{': ' + explain if explain else ''}")
-        return value
-
-    def integer(self, key: str, low: int, high: int, *, default: int | None = None) -> int:
-        value = self.raw(key, required=default is None)
-        if value is None and default is not None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(key, f"must be a whole number, not {value!r}")
-        if not low <= value <= high:
-            raise self.fail(key, f"{value} is out of range ({low} to {high})")
-        return value
-
-    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
-        value = self.raw(key, required=False)
-        if value is None:
-            return default
-        if not isinstance(value, str) or value not in choices:
-            raise self.fail(key, f"{value!r} is not one of: {', '.join(choices)}")
-        return value
+class _Reader(YamlReader):
+    """The shared YAML reader, plus the pool file's own kind of value."""
 
     def interface(self, key: str) -> ipaddress.IPv4Interface:
         value = self.raw(key)
@@ -240,17 +182,6 @@ class _Reader:
         if iface.ip.is_loopback or iface.ip.is_multicast or iface.ip.is_unspecified:
             raise self.fail(key, f"{value} is not a host address another machine can reach")
         return iface
-
-    def mapping(self, key: str) -> _Reader:
-        value = self.raw(key)
-        if not isinstance(value, dict):
-            raise self.fail(key, f"must be a mapping, not {type(value).__name__}")
-        return _Reader(self.file, value, self.path(key))
-
-    def done(self) -> None:
-        unknown = sorted(str(k) for k in set(self.data) - self._used)
-        if unknown:
-            raise self.fail(unknown[0], "unknown key (check its spelling)")
 
 
 def _host(reader: _Reader) -> Host:
