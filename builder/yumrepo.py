@@ -41,7 +41,8 @@ def _join(base: str, href: str) -> str:
     return urllib.parse.urljoin(base if base.endswith("/") else base + "/", href)
 
 
-def _primary_location(repomd: Path, base: str) -> str:
+def primary_href(repomd: Path, base: str = "") -> str:
+    """Where ``repomd.xml`` says the primary metadata is, relative to the repository."""
     import createrepo_c as cr
 
     try:
@@ -52,12 +53,13 @@ def _primary_location(repomd: Path, base: str) -> str:
         ) from None
     for record in records:
         if record.type == "primary" and record.location_href:
-            return _join(base, record.location_href)
+            href: str = record.location_href
+            return href
     raise InputError(f"The repository {base} has no primary metadata in repomd.xml.")
 
 
-def _packages(primary: Path, base: str) -> list[RepoPackage]:
-    """Stream primary.xml (any compression) through createrepo_c's parser."""
+def read_primary(primary: Path, base: str = "") -> list[RepoPackage]:
+    """Every package in primary.xml (any compression), parsed by createrepo_c as a stream."""
     import createrepo_c as cr
 
     found: list[RepoPackage] = []
@@ -106,7 +108,7 @@ def find_package(
             settings,
             fresh=True,
         )
-        primary_url = _primary_location(repomd.path, base_url)
+        primary_url = _join(base_url, primary_href(repomd.path, base_url))
         primary = fetch(
             Input(
                 what=f"primary metadata of {base_url}",
@@ -116,7 +118,7 @@ def find_package(
             ),
             settings,
         )
-        for package in _packages(primary.path, base_url):
+        for package in read_primary(primary.path, base_url):
             if package.name != name or package.arch not in (arch, "noarch"):
                 continue
             if evr_glob and not fnmatch.fnmatchcase(package.evr, evr_glob):

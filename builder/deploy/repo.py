@@ -8,19 +8,13 @@ reports as a warning (the repository may simply not be reachable from where ``ch
 
 from __future__ import annotations
 
-import bz2
-import gzip
-import lzma
+import tempfile
 import urllib.parse
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
 
-REPO_NS = "{http://linux.duke.edu/metadata/repo}"
-COMMON_NS = "{http://linux.duke.edu/metadata/common}"
-MAX_METADATA_BYTES = 256 * 1024 * 1024
 TIMEOUT_SECONDS = 15
 
 
@@ -91,65 +85,27 @@ def local_path(base: str) -> Path:
     return Path(urllib.parse.unquote(parsed.path))
 
 
-def _decompress(name: str, data: bytes) -> bytes:
-    try:
-        if name.endswith(".gz"):
-            return gzip.decompress(data)
-        if name.endswith(".bz2"):
-            return bz2.decompress(data)
-        if name.endswith(".xz"):
-            return lzma.decompress(data)
-        if name.endswith(".zst"):
-            try:
-                import zstandard
-            except ImportError as exc:
-                raise RepoUnreachable(f"{name} is zstd-compressed; install zstandard") from exc
-
-            return bytes(
-                zstandard.ZstdDecompressor().decompress(data, max_output_size=MAX_METADATA_BYTES)
-            )
-    except (OSError, EOFError, lzma.LZMAError, ValueError) as exc:
-        raise RepoUnreachable(f"{name} is not valid compressed data: {exc}") from exc
-    return data
-
-
-def primary_location(repomd: bytes) -> str:
-    try:
-        root = ET.fromstring(repomd)  # noqa: S314 (repomd.xml from a repo the user names)
-    except ET.ParseError as exc:
-        raise RepoUnreachable(f"repodata/repomd.xml is not valid XML: {exc}") from exc
-    for data in root.findall(f"{REPO_NS}data"):
-        if data.get("type") == "primary":
-            location = data.find(f"{REPO_NS}location")
-            href = location.get("href") if location is not None else None
-            if href:
-                return href
-    raise RepoUnreachable("repodata/repomd.xml names no primary metadata")
-
-
 def read_packages(base: str) -> list[Package]:
     """Every package the repository at ``base`` (directory holding ``repodata/``) lists."""
-    href = primary_location(_read(base, "repodata/repomd.xml"))
-    if href.startswith("/") or ".." in href.split("/"):
-        raise RepoUnreachable(f"repomd.xml points outside the repository: {href!r}")
-    primary = _decompress(href, _read(base, href))
-    try:
-        root = ET.fromstring(primary)  # noqa: S314
-    except ET.ParseError as exc:
-        raise RepoUnreachable(f"{href} is not valid XML: {exc}") from exc
-    packages = []
-    for element in root.findall(f"{COMMON_NS}package"):
-        name = element.findtext(f"{COMMON_NS}name")
-        arch = element.findtext(f"{COMMON_NS}arch")
-        version = element.find(f"{COMMON_NS}version")
-        if not name or not arch or version is None:
-            continue
-        packages.append(
-            Package(
-                name=name,
-                version=version.get("ver", ""),
-                release=version.get("rel", ""),
-                arch=arch,
-            )
-        )
+    from builder.errors import InputError
+    from builder.yumrepo import primary_href, read_primary
+
+    with tempfile.TemporaryDirectory(prefix="xdb-repo-") as temp:
+        repomd = Path(temp) / "repomd.xml"
+        repomd.write_bytes(_read(base, "repodata/repomd.xml"))
+        try:
+            href = primary_href(repomd)
+        except InputError as exc:
+            raise RepoUnreachable(f"repodata/repomd.xml: {exc.message}") from exc
+        if href.startswith("/") or ".." in href.split("/"):
+            raise RepoUnreachable(f"repomd.xml points outside the repository: {href!r}")
+        primary = Path(temp) / href.rsplit("/", 1)[-1]
+        primary.write_bytes(_read(base, href))
+        try:
+            listed = read_primary(primary)
+        except InputError as exc:
+            raise RepoUnreachable(f"{href}: {exc.message}") from exc
+    packages = [
+        Package(name=p.name, version=p.version, release=p.release, arch=p.arch) for p in listed
+    ]
     return sorted(packages)
