@@ -153,7 +153,8 @@ def _list(value: Any) -> list[Any]:
 def read_package(path: Path) -> PackageInfo:
     """Headers, file list and kernel modules' vermagic of one binary RPM."""
     try:
-        with rpmfile.open(str(path)) as rpm:
+        # Our own file object: rpmfile leaks its own when the header is malformed.
+        with path.open("rb") as stream, rpmfile.open(fileobj=stream) as rpm:
             headers = rpm.headers
             names = [_text(n) for n in _list(headers.get("requirename"))]
             flags = [int(f) for f in _list(headers.get("requireflags"))]
@@ -187,7 +188,7 @@ def read_package(path: Path) -> PackageInfo:
                 files=files,
                 modules=modules,
             )
-    except (OSError, KeyError, ValueError, EOFError) as exc:
+    except (OSError, KeyError, ValueError, EOFError, struct.error, NotImplementedError) as exc:
         raise CheckError(f"Cannot read built package {path}: {exc}") from exc
 
 

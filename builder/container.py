@@ -49,13 +49,22 @@ def engine_address() -> str:
 
 def connect() -> docker.DockerClient:
     """Return a client for a Docker engine that answered a ping, or raise :class:`DockerError`."""
+    address = engine_address()
+    hint = "Start dockerd (for example `systemctl start docker`) or set DOCKER_HOST."
+    if address.startswith("unix://") and not Path(address.removeprefix("unix://")).exists():
+        # Checked first: docker-py leaks its socket when connecting to a missing path fails.
+        raise DockerError(
+            f"The Docker engine is not reachable at {address} (no such socket).", hint=hint
+        )
+    client: docker.DockerClient | None = None
     try:
         client = docker.from_env()
         client.ping()
     except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        if client is not None:
+            client.close()
         raise DockerError(
-            f"The Docker engine is not reachable at {engine_address()} ({exc}).",
-            hint="Start dockerd (for example `systemctl start docker`) or set DOCKER_HOST.",
+            f"The Docker engine is not reachable at {address} ({exc}).", hint=hint
         ) from exc
     return client
 
