@@ -214,21 +214,30 @@ try:
 except BuilderError as exc:
     print(f"error: {exc}", file=sys.stderr)
     sys.exit(exc.exit_code)
+except KeyboardInterrupt:
+    print("error: interrupted", file=sys.stderr)
+    sys.exit(130)
 """
 
 
-def test_sigterm_mid_build_removes_the_container(
+def slow_down(source: Path) -> None:
+    makefile = source / "Makefile"
+    text = makefile.read_text().replace("tools: user/drbdadm\n", "tools:\n\tsleep 600\n")
+    makefile.write_text(text)
+
+
+@pytest.mark.parametrize(
+    "stop",
+    [(signal.SIGTERM, "stopped by SIGTERM"), (signal.SIGINT, "interrupted")],
+    ids=["SIGTERM", "Ctrl-C"],
+)
+def test_signal_mid_build_removes_the_container(
+    stop: tuple[int, str],
     tmp_path: Path,
     standin_image: str,
     kernel_tree: buildenv.KernelTree,
     docker_client: docker.DockerClient,
 ) -> None:
-    def slow_down(source: Path) -> None:
-        makefile = source / "Makefile"
-        makefile.write_text(
-            makefile.read_text().replace("tools: user/drbdadm\n", "tools:\n\tsleep 600\n")
-        )
-
     tarball = buildenv.make_drbd_source(tmp_path, VERSION, slow_down)
     output = tmp_path / "out.partial"
     output.mkdir()
@@ -265,14 +274,14 @@ def test_sigterm_mid_build_removes_the_container(
         ]
         assert len(running) == 1
         assert running[0].status == "running"
-        runner.send_signal(signal.SIGTERM)
+        runner.send_signal(stop[0])
         _, stderr = runner.communicate(timeout=60)
     finally:
         if runner.poll() is None:
             runner.kill()
             runner.wait()
     assert runner.returncode == 130
-    assert "stopped by SIGTERM" in stderr
+    assert stop[1] in stderr
     left = [
         c.name
         for c in container.labelled_containers(docker_client)
@@ -281,3 +290,33 @@ def test_sigterm_mid_build_removes_the_container(
     assert left == []
     assert list(output.iterdir()) == []
     assert os.path.exists(log_file)
+
+
+def test_build_that_runs_too_long_is_stopped(
+    tmp_path: Path,
+    standin_image: str,
+    kernel_tree: buildenv.KernelTree,
+    docker_client: docker.DockerClient,
+    own_containers: None,
+) -> None:
+    tarball = buildenv.make_drbd_source(tmp_path, VERSION, slow_down)
+    output = tmp_path / "out.partial"
+    output.mkdir()
+    started = time.monotonic()
+    with pytest.raises(BuildError, match=r"failed \(timed out after 8 s\)"):
+        rpmbuild.build_drbd(
+            image=standin_image,
+            source_tarball=tarball,
+            kernel_root=kernel_tree.root,
+            kernel_build_dir=kernel_tree.build_dir,
+            kernel_release=kernel_tree.release,
+            family=DrbdFamily.V84_EARLY,
+            version=VERSION,
+            arch="x86_64",
+            output_dir=output,
+            log_file=tmp_path / "build.log",
+            timeout=8,
+            client=docker_client,
+        )
+    assert time.monotonic() - started < 60
+    assert list(output.iterdir()) == []
