@@ -20,10 +20,10 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import docker
 import docker.errors
@@ -312,7 +312,7 @@ def run_logged(
     *,
     log_file: Path,
     timeout: float | None = None,
-    on_line: Any = None,
+    on_line: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Run ``spec`` to completion, appending its output to ``log_file`` as it arrives.
 
@@ -343,6 +343,10 @@ def run_logged(
                         for line in complete:
                             on_line(line.decode("utf-8", "replace"))
             status = container.wait()
+        except requests.exceptions.RequestException as exc:
+            raise DockerError(
+                f"Lost the connection to the Docker engine while container {name} ran: {exc}"
+            ) from exc
         finally:
             if timer is not None:
                 timer.cancel()

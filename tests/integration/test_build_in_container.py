@@ -143,6 +143,37 @@ def test_module_built_for_another_kernel_is_rejected(built: Built) -> None:
     assert other in message
 
 
+def test_kernel_tree_of_another_release_stops_the_module_build(
+    tmp_path: Path,
+    standin_image: str,
+    kernel_tree: buildenv.KernelTree,
+    docker_client: docker.DockerClient,
+    own_containers: None,
+) -> None:
+    """drbd-km.spec's %prep compares kdir's release with kernelversion before compiling."""
+    tarball = buildenv.make_drbd_source(tmp_path, VERSION)
+    output = tmp_path / "out.partial"
+    output.mkdir()
+    with pytest.raises(BuildError) as caught:
+        rpmbuild.build_drbd(
+            image=standin_image,
+            source_tarball=tarball,
+            kernel_root=kernel_tree.root,
+            kernel_build_dir=kernel_tree.build_dir,
+            kernel_release="2.6.32.12-0.7.1.xs1.4.90.530.170661xen",
+            family=DrbdFamily.V84_EARLY,
+            version=VERSION,
+            arch="x86_64",
+            output_dir=output,
+            log_file=tmp_path / "build.log",
+            client=docker_client,
+        )
+    message = str(caught.value)
+    assert f"test {kernel_tree.release} = 2.6.32.12-0.7.1.xs1.4.90.530.170661xen" in message
+    assert "(%prep)" in message
+    assert list(output.iterdir()) == []
+
+
 def test_image_is_reused_while_its_context_is_unchanged(
     standin_image: str, standin_target: Target, docker_client: docker.DockerClient
 ) -> None:
