@@ -20,10 +20,10 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import docker
 import docker.errors
@@ -146,32 +146,45 @@ def build_image(
                 decode=True,
                 labels={LABEL: "1"},
             )
-            for chunk in stream:
-                text = chunk.get("stream") or chunk.get("status") or ""
-                if text:
-                    lines.extend(text.rstrip("\n").splitlines())
-                    if sink is not None:
-                        sink.write(text if text.endswith("\n") else text + "\n")
-                if "error" in chunk:
-                    detail = str(chunk["error"]).strip()
-                    tail = "\n".join(lines[-20:])
-                    where = f"\nFull log: {log_file}" if log_file else ""
-                    raise DockerError(
-                        f"Building image {tag} from {context} failed: {detail}\n{tail}{where}",
-                        hint="Check the Dockerfile and that its base image can be pulled "
-                        "(or name a local one with the target's container.image).",
-                    )
+            error = _read_build_output(stream, lines, sink)
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise DockerError(f"Building image {tag} from {context} failed: {exc}") from exc
         finally:
             if sink is not None:
                 sink.close()
+        if error is not None:
+            tail = "\n".join(lines[-20:])
+            where = f"\nFull log: {log_file}" if log_file else ""
+            raise DockerError(
+                f"Building image {tag} from {context} failed: {error}\n{tail}{where}",
+                hint="Check the Dockerfile and that its base image can be pulled "
+                "(or name a local one with the target's container.image).",
+            )
         try:
             image = client.images.get(tag)
         except docker.errors.DockerException as exc:
             raise DockerError(f"Image {tag} was built but cannot be found: {exc}") from exc
         log.info(f"image {tag} is {_short(image.id)}")
         return str(image.id)
+
+
+def _read_build_output(
+    stream: Iterable[dict[str, Any]], lines: list[str], sink: IO[str] | None
+) -> str | None:
+    """Collect the build's output lines; return its first error, if any.
+
+    Reads to the end even after an error, so that the engine's response is released.
+    """
+    error = None
+    for chunk in stream:
+        text = chunk.get("stream") or chunk.get("status") or ""
+        if text:
+            lines.extend(text.rstrip("\n").splitlines())
+            if sink is not None:
+                sink.write(text if text.endswith("\n") else text + "\n")
+        if "error" in chunk and error is None:
+            error = str(chunk["error"]).strip()
+    return error
 
 
 def _short(image_id: str | None) -> str:

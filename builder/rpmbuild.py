@@ -253,6 +253,7 @@ def ensure_image(
 class BuildResult:
     rpms: tuple[Path, ...]  # in output_dir, sorted
     commands: tuple[str, ...]  # the in-container commands, as shell lines
+    shell: str  # what ran them: "/bin/sh -c", under "linux32" for 32-bit targets
     image: str
     source_date_epoch: int
     kdir: str
@@ -302,6 +303,7 @@ def build_drbd(
     )
     commands = recipe.commands(inputs)
     epoch = tarball_epoch(source_tarball) if source_date_epoch is None else source_date_epoch
+    shell = [*personality(arch), "/bin/sh", "-c"]
     staging = output_dir / ".from-container"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
@@ -309,7 +311,7 @@ def build_drbd(
     os.chmod(staging, 0o777)  # noqa: S103
     spec = container.RunSpec(
         image=image,
-        command=[*personality(arch), "/bin/sh", "-c", shell_script(commands)],
+        command=[*shell, shell_script(commands)],
         user=BUILD_USER,
         mounts=[
             container.BindMount(source_tarball, f"{INPUT_DIR}/{source_tarball.name}"),
@@ -364,6 +366,7 @@ def build_drbd(
     return BuildResult(
         rpms=tuple(rpms),
         commands=tuple(shlex.join(c) for c in commands),
+        shell=shlex.join(shell),
         image=image,
         source_date_epoch=epoch,
         kdir=kdir,

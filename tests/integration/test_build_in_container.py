@@ -8,14 +8,14 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import docker
 import pytest
 
 from builder import checks, container, proc, rpmbuild
-from builder.errors import BuildError, CheckError
+from builder.errors import BuildError, CheckError, DockerError
 from builder.specs import DrbdFamily, Target
 from tests.integration import buildenv
 
@@ -121,6 +121,7 @@ def test_build_is_recorded_for_the_manifest(built: Built) -> None:
     assert result.kdir == "/" + built.kernel.build_dir.relative_to(built.kernel.root).as_posix()
     assert result.source_date_epoch == buildenv.SOURCE_MTIME
     assert result.image.startswith("sha256:")
+    assert result.shell == "/bin/sh -c"  # x86_64: no linux32
     # the build time inside the RPM header is SOURCE_DATE_EPOCH, not the wall clock
     assert query(result.rpms[0], "%{BUILDTIME}") == str(buildenv.SOURCE_MTIME)
     assert query(result.rpms[0], "%{BUILDHOST}") == rpmbuild.BUILD_HOST
@@ -180,6 +181,18 @@ def test_image_is_reused_while_its_context_is_unchanged(
     started = time.monotonic()
     assert rpmbuild.ensure_image(standin_target, client=docker_client) == standin_image
     assert time.monotonic() - started < 5
+
+
+def test_image_whose_base_cannot_be_had_fails_with_a_docker_error(
+    standin_target: Target, docker_client: docker.DockerClient
+) -> None:
+    missing = replace(standin_target, base_image="xcp-drbd-builder-test/no-such-root:0")
+    with pytest.raises(DockerError) as caught:
+        rpmbuild.ensure_image(missing, client=docker_client)
+    assert "Building image xcp-drbd-builder/standin-context:" in str(caught.value)
+    assert "container.image" in str(caught.value)
+    tags = [t for image in docker_client.images.list() for t in image.tags]
+    assert not any("no-such-root" in t for t in tags)
 
 
 def test_source_that_fails_to_compile_gives_a_readable_error(
