@@ -37,6 +37,7 @@ from builder.errors import DockerError
 LABEL = "io.xcp-drbd-builder"
 LABEL_HOST = f"{LABEL}.host"
 LABEL_PID = f"{LABEL}.pid"
+LABEL_KEEP = f"{LABEL}.keep"
 KEEP_ENV = "XDB_KEEP_CONTAINER"
 IMAGE_REPOSITORY = "xcp-drbd-builder"
 # Files that never belong to an image's content (editor and VCS litter).
@@ -221,8 +222,11 @@ class RunResult:
     container_name: str
 
 
-def _owner_labels() -> dict[str, str]:
-    return {LABEL: "1", LABEL_HOST: socket.gethostname(), LABEL_PID: str(os.getpid())}
+def _owner_labels(*, keep: bool) -> dict[str, str]:
+    labels = {LABEL: "1", LABEL_HOST: socket.gethostname(), LABEL_PID: str(os.getpid())}
+    if keep:
+        labels[LABEL_KEEP] = "1"  # kept on purpose: reaping leaves it for the user
+    return labels
 
 
 def _pid_alive(pid: int) -> bool:
@@ -238,8 +242,9 @@ def _pid_alive(pid: int) -> bool:
 def reap_leftovers(client: docker.DockerClient) -> list[str]:
     """Remove containers of earlier runs on this machine whose process is gone.
 
-    Containers of a run that is still going (same machine, live process) and containers started
-    from another machine on a shared engine are left alone.
+    Containers of a run that is still going (same machine, live process), containers started
+    from another machine on a shared engine, and containers kept on purpose with
+    ``XDB_KEEP_CONTAINER=1`` are left alone.
     """
     removed: list[str] = []
     try:
@@ -249,7 +254,7 @@ def reap_leftovers(client: docker.DockerClient) -> list[str]:
     host = socket.gethostname()
     for container in containers:
         labels = container.labels or {}
-        if labels.get(LABEL_HOST) != host:
+        if labels.get(LABEL_HOST) != host or labels.get(LABEL_KEEP) == "1":
             continue
         pid_text = labels.get(LABEL_PID, "")
         if pid_text.isdigit() and _pid_alive(int(pid_text)):
@@ -281,7 +286,7 @@ def started_container(client: docker.DockerClient, spec: RunSpec) -> Iterator[Co
             spec.image,
             list(spec.command),
             name=name,
-            labels=_owner_labels(),
+            labels=_owner_labels(keep=keep),
             network_mode="none",
             user=spec.user,
             mounts=mounts,

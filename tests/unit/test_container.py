@@ -113,7 +113,8 @@ def test_reaping_removes_only_this_machines_orphans() -> None:
     orphan = FakeContainer("orphan", labels(host, dead_pid()))
     live = FakeContainer("live", labels(host, os.getpid()))
     remote = FakeContainer("remote", labels("another-builder", dead_pid()))
-    client = FakeClient(FakeContainers([orphan, live, remote]))
+    kept = FakeContainer("kept", {**labels(host, dead_pid()), container.LABEL_KEEP: "1"})
+    client = FakeClient(FakeContainers([orphan, live, remote, kept]))
 
     removed = container.reap_leftovers(client)  # type: ignore[arg-type]
 
@@ -121,4 +122,5 @@ def test_reaping_removes_only_this_machines_orphans() -> None:
     assert orphan.removed
     assert not live.removed
     assert not remote.removed
+    assert not kept.removed
     assert client.containers.filters == [{"label": container.LABEL}]
