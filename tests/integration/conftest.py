@@ -1,12 +1,94 @@
-"""Shared real inputs for integration tests: a kernel-devel RPM and a binpkg-shaped ISO."""
+"""Fixtures for integration tests: real inputs (a kernel-devel RPM, a binpkg-shaped ISO) and
+real containers.
+
+Without a reachable Docker engine these tests skip, saying why, except in CI (``CI`` set),
+where a missing engine is a failure: the CI script starts one.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
+import docker
 import pytest
 
+from builder import container, rpmbuild
+from builder.errors import DockerError
+from builder.specs import Consumer, KernelSource, SourceKind, Target
+from tests.integration import buildenv
 from tests.support.kernelrpm import build_kernel_devel_rpm, installed_headers, make_iso
+
+
+def unavailable(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    try:
+        client = container.connect()
+    except DockerError as exc:
+        unavailable(f"no Docker engine: {exc.message}")
+        raise AssertionError("unreachable") from exc
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def kernel_tree(tmp_path_factory: pytest.TempPathFactory) -> buildenv.KernelTree:
+    """A real kernel build tree (Debian's 6.1 headers + kbuild) in a root of its own."""
+    try:
+        return buildenv.copy_kernel_tree(tmp_path_factory.mktemp("kernel-root"))
+    except buildenv.Unavailable as exc:
+        unavailable(str(exc))
+        raise AssertionError("unreachable") from exc
+
+
+@pytest.fixture(scope="session")
+def standin_target(docker_client: docker.DockerClient, kernel_tree: buildenv.KernelTree) -> Target:
+    """A target whose build context is the Debian stand-in under tests/integration/."""
+    try:
+        base = buildenv.standin_root_image(docker_client)
+    except buildenv.Unavailable as exc:
+        unavailable(str(exc))
+        raise AssertionError("unreachable") from exc
+    return Target(
+        id="standin-debian12",
+        name="Debian 12 stand-in for a dom0 build root",
+        aliases=(),
+        arch="x86_64",
+        basearch="x86_64",
+        kernel_package="linux-headers",
+        kernel_release=kernel_tree.release,
+        kernel_source=KernelSource(kind=SourceKind.RPM, file="kernel-devel.rpm"),
+        container_family="standin-debian12",
+        base_image=base,
+        build_context=buildenv.STANDIN_CONTEXT,
+        consumer=Consumer.EL7,
+        spec_file=buildenv.STANDIN_CONTEXT / "target.yaml",
+    )
+
+
+@pytest.fixture(scope="session")
+def standin_image(docker_client: docker.DockerClient, standin_target: Target) -> str:
+    """The stand-in build image, made through the same code path as the real images."""
+    return rpmbuild.ensure_image(standin_target, client=docker_client)
+
+
+@pytest.fixture
+def own_containers(docker_client: docker.DockerClient) -> Iterator[None]:
+    """Fails a test that leaves a container of this process behind."""
+    yield
+    leftovers = [
+        c.name
+        for c in container.labelled_containers(docker_client)
+        if (c.labels or {}).get(container.LABEL_PID) == str(os.getpid())
+    ]
+    assert leftovers == [], f"containers left behind: {leftovers}"
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,269 @@
+"""Post-build checks on the RPMs a build produced.
+
+A build that exits 0 can still be wrong for dom0: a module compiled against the build host's
+kernel, a module package that would accept any userland, an i386 package where dom0 wants
+i686.  These checks read the RPMs themselves (headers and payload, in Python, no ``rpm`` on the
+host) and fail the build with one message listing every problem.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import rpmfile
+
+from builder.errors import CheckError
+
+RPMSENSE_LESS = 0x02
+RPMSENSE_GREATER = 0x04
+RPMSENSE_EQUAL = 0x08
+MODULE_SUFFIX = ".ko"
+
+
+@dataclass(frozen=True)
+class Requirement:
+    name: str
+    flags: int = 0
+    version: str = ""
+
+    @property
+    def is_exact(self) -> bool:
+        sense = self.flags & (RPMSENSE_LESS | RPMSENSE_GREATER | RPMSENSE_EQUAL)
+        return sense == RPMSENSE_EQUAL
+
+    def __str__(self) -> str:
+        if not self.version:
+            return self.name
+        op = ""
+        if self.flags & RPMSENSE_LESS:
+            op += "<"
+        if self.flags & RPMSENSE_GREATER:
+            op += ">"
+        if self.flags & RPMSENSE_EQUAL:
+            op += "="
+        return f"{self.name} {op} {self.version}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PackageInfo:
+    """What the checks need to know about one binary RPM."""
+
+    file_name: str
+    name: str
+    version: str
+    release: str
+    arch: str
+    requires: tuple[Requirement, ...] = ()
+    files: tuple[str, ...] = ()
+    # path of each kernel module in the payload -> its vermagic ("" when it has none)
+    modules: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Expectation:
+    """What a correct build for one target and DRBD version produces."""
+
+    kernel_release: str
+    arch: str
+    version: str
+    packages: frozenset[str]  # names that must be present
+    module_package: str  # e.g. drbd-km-2.6.32.12_0.7.1.xs1.4.90.530.170661xen
+    userland_package: str = "drbd-utils"
+
+
+def km_package_name(kernel_release: str, prefix: str = "drbd-km") -> str:
+    """drbd-km.spec names its subpackage after the kernel release with ``-`` turned into ``_``."""
+    return f"{prefix}-{kernel_release.replace('-', '_')}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading kernel modules
+
+
+def modinfo(elf: bytes) -> dict[str, str]:
+    """The key=value pairs of an ELF object's ``.modinfo`` section (what ``modinfo`` prints)."""
+    section = _elf_section(elf, ".modinfo")
+    info: dict[str, str] = {}
+    for entry in section.split(b"\0"):
+        if b"=" in entry:
+            key, _, value = entry.decode("utf-8", "replace").partition("=")
+            info.setdefault(key, value)
+    return info
+
+
+def _elf_section(elf: bytes, wanted: str) -> bytes:
+    if len(elf) < 0x34 or elf[:4] != b"\x7fELF":
+        raise ValueError("not an ELF file")
+    elf_class, data = elf[4], elf[5]
+    if elf_class not in (1, 2) or data not in (1, 2):
+        raise ValueError("unknown ELF class or byte order")
+    endian = "<" if data == 1 else ">"
+    if elf_class == 2:
+        shoff = struct.unpack_from(endian + "Q", elf, 0x28)[0]
+        shentsize, shnum, shstrndx = struct.unpack_from(endian + "HHH", elf, 0x3A)
+        header = endian + "IIQQQQ"
+    else:
+        shoff = struct.unpack_from(endian + "I", elf, 0x20)[0]
+        shentsize, shnum, shstrndx = struct.unpack_from(endian + "HHH", elf, 0x2E)
+        header = endian + "IIIIII"
+    if shoff == 0 or shnum == 0 or shstrndx >= shnum:
+        raise ValueError("ELF file has no section headers")
+
+    def section(index: int) -> tuple[int, int, int]:
+        start = shoff + index * shentsize
+        if start + struct.calcsize(header) > len(elf):
+            raise ValueError("ELF section header table is truncated")
+        name, _type, _flags, _addr, offset, size = struct.unpack_from(header, elf, start)
+        if offset + size > len(elf):
+            raise ValueError("ELF section runs past the end of the file")
+        return name, offset, size
+
+    _, names_offset, names_size = section(shstrndx)
+    names = elf[names_offset : names_offset + names_size]
+    for index in range(shnum):
+        name_index, offset, size = section(index)
+        end = names.find(b"\0", name_index)
+        if names[name_index:end].decode("ascii", "replace") == wanted:
+            return elf[offset : offset + size]
+    raise ValueError(f"no {wanted} section")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading RPMs
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, list) and value:
+        return _text(value[0])
+    return "" if value is None else str(value)
+
+
+def _list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def read_package(path: Path) -> PackageInfo:
+    """Headers, file list and kernel modules' vermagic of one binary RPM."""
+    try:
+        # Our own file object: rpmfile leaks its own when the header is malformed.
+        with path.open("rb") as stream, rpmfile.open(fileobj=stream) as rpm:
+            headers = rpm.headers
+            names = [_text(n) for n in _list(headers.get("requirename"))]
+            flags = [int(f) for f in _list(headers.get("requireflags"))]
+            versions = [_text(v) for v in _list(headers.get("requireversion"))]
+            flags += [0] * (len(names) - len(flags))
+            versions += [""] * (len(names) - len(versions))
+            requires = tuple(
+                Requirement(n, f, v) for n, f, v in zip(names, flags, versions, strict=True)
+            )
+            dirs = [_text(d) for d in _list(headers.get("dirnames"))]
+            bases = [_text(b) for b in _list(headers.get("basenames"))]
+            indexes = [int(i) for i in _list(headers.get("dirindexes"))]
+            files = tuple(dirs[i] + b for i, b in zip(indexes, bases, strict=True))
+            modules: dict[str, str] = {}
+            for member in rpm.getmembers():
+                member_name = member.name.removeprefix(".")
+                if not member_name.endswith(MODULE_SUFFIX):
+                    continue
+                extracted = rpm.extractfile(member)
+                try:
+                    modules[member_name] = modinfo(extracted.read()).get("vermagic", "")
+                except ValueError:
+                    modules[member_name] = ""
+            return PackageInfo(
+                file_name=path.name,
+                name=_text(headers.get("name")),
+                version=_text(headers.get("version")),
+                release=_text(headers.get("release")),
+                arch=_text(headers.get("arch")),
+                requires=requires,
+                files=files,
+                modules=modules,
+            )
+    except (OSError, KeyError, ValueError, EOFError, struct.error, NotImplementedError) as exc:
+        raise CheckError(f"Cannot read built package {path}: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# The checks
+
+
+def problems(packages: Sequence[PackageInfo], expect: Expectation) -> list[str]:
+    """Every way ``packages`` differ from a correct build; empty when they are fine."""
+    found: list[str] = []
+    by_name = {p.name: p for p in packages}
+    missing = sorted(expect.packages - set(by_name))
+    if missing:
+        have = ", ".join(sorted(by_name)) or "none"
+        found.append(f"expected packages are missing: {', '.join(missing)} (built: {have})")
+    for package in packages:
+        if package.arch not in (expect.arch, "noarch"):
+            found.append(
+                f"{package.file_name}: architecture is {package.arch}, the target needs "
+                f"{expect.arch} (or noarch)"
+            )
+        if package.name.startswith("drbd") and package.version != expect.version:
+            found.append(
+                f"{package.file_name}: version is {package.version}, expected {expect.version}"
+            )
+    module_package = by_name.get(expect.module_package)
+    if module_package is not None:
+        found.extend(_module_problems(module_package, expect))
+        found.extend(_requires_problems(module_package, by_name, expect))
+    return found
+
+
+def _module_problems(package: PackageInfo, expect: Expectation) -> list[str]:
+    if not package.modules:
+        return [f"{package.file_name}: contains no kernel module (*{MODULE_SUFFIX})"]
+    found = []
+    for path, vermagic in sorted(package.modules.items()):
+        words = vermagic.split()
+        if not words:
+            found.append(f"{package.file_name}: {path} has no vermagic in its .modinfo section")
+        elif words[0] != expect.kernel_release:
+            found.append(
+                f"{package.file_name}: {path} was built for kernel {words[0]} "
+                f"(vermagic {vermagic.strip()!r}), not for the target's {expect.kernel_release}"
+            )
+    return found
+
+
+def _requires_problems(
+    package: PackageInfo, by_name: Mapping[str, PackageInfo], expect: Expectation
+) -> list[str]:
+    wanted = expect.userland_package
+    userland = by_name.get(wanted)
+    accepted = {expect.version}
+    if userland is not None:
+        accepted.add(f"{userland.version}-{userland.release}")
+    exact = [r for r in package.requires if r.name == wanted and r.is_exact]
+    if any(r.version.split(":", 1)[-1] in accepted for r in exact):
+        return []
+    have = ", ".join(str(r) for r in package.requires if r.name == wanted) or "nothing"
+    return [
+        f"{package.file_name}: must require {wanted} = {expect.version} so that dom0 installs "
+        f"the matching userland, but requires {have}"
+    ]
+
+
+def check_packages(paths: Iterable[Path], expect: Expectation) -> list[PackageInfo]:
+    """Read the built RPMs and raise :class:`CheckError` listing every problem found."""
+    packages = [read_package(path) for path in sorted(paths)]
+    found = problems(packages, expect)
+    if found:
+        listing = "\n".join(f"  - {p}" for p in found)
+        raise CheckError(
+            f"The built packages failed {len(found)} post-build check(s):\n{listing}",
+            hint="The RPMs were not published. Check the kernel tree, the target's arch and "
+            "kernel release, and the DRBD spec files.",
+        )
+    return packages

@@ -1,0 +1,171 @@
+"""Build inputs for the container tests, all made locally (no registry).
+
+- a Debian 12 root made with debootstrap and ``docker import``-ed, cached by a tag that hashes
+  what went into it, so reruns skip the 40-second debootstrap;
+- a real kernel build tree: the installed Debian linux-headers packages and linux-kbuild,
+  copied into a temporary root with their relative layout (the headers' ``scripts`` and
+  ``tools`` are symlinks into the kbuild package, and the Makefile includes ``-common`` by its
+  absolute path);
+- a DRBD-shaped source tarball from ``drbd-src/``, optionally altered by a test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from builder import proc
+
+HERE = Path(__file__).resolve().parent
+SOURCE_TEMPLATE = HERE / "drbd-src"
+STANDIN_CONTEXT = HERE / "standin-context"
+ROOT_REPOSITORY = "xcp-drbd-builder-test/debian12-root"
+SUITE = "bookworm"
+ROOT_PACKAGES = ("rpm", "gcc", "make", "flex", "libc6-dev", "libelf1")
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+# Sources' newest mtime, hence SOURCE_DATE_EPOCH: 2011-12-20, DRBD 8.4.1's release day.
+SOURCE_MTIME = 1324339200
+
+
+class Unavailable(Exception):
+    """Something the tests need is missing on this machine (message says what)."""
+
+
+def debian_mirror() -> str:
+    """The Debian archive this machine's apt uses (deb822 or one-line format)."""
+    for sources in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
+        text = sources.read_text(encoding="utf-8", errors="replace")
+        for stanza in text.split("\n\n"):
+            if re.search(rf"^Suites:.*\b{SUITE}\b", stanza, re.M):
+                match = re.search(r"^URIs:\s*(\S+)", stanza, re.M)
+                if match and "security" not in match.group(1):
+                    return match.group(1).rstrip("/")
+    listing = Path("/etc/apt/sources.list")
+    if listing.is_file():
+        for line in listing.read_text(encoding="utf-8", errors="replace").splitlines():
+            words = line.split()
+            if len(words) >= 3 and words[0] == "deb" and words[2] == SUITE:
+                return words[1].rstrip("/")
+    return DEFAULT_MIRROR
+
+
+def standin_root_image(client: docker.DockerClient) -> str:
+    """Tag of the debootstrapped Debian root image, made and imported if it is missing."""
+    mirror = debian_mirror()
+    recipe = f"{SUITE} minbase {','.join(ROOT_PACKAGES)} {mirror}"
+    tag = hashlib.sha256(recipe.encode()).hexdigest()[:12]
+    reference = f"{ROOT_REPOSITORY}:{tag}"
+    try:
+        client.images.get(reference)
+    except docker.errors.ImageNotFound:
+        pass
+    else:
+        return reference
+    if os.geteuid() != 0:
+        raise Unavailable("debootstrap needs root to make the stand-in build root")
+    if shutil.which("debootstrap") is None:
+        raise Unavailable("debootstrap is not installed (apt-get install debootstrap)")
+    with tempfile.TemporaryDirectory(prefix="xdb-root-", dir="/var/tmp") as work:
+        root = Path(work) / "root"
+        proc.run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                f"--include={','.join(ROOT_PACKAGES)}",
+                SUITE,
+                root,
+                mirror,
+            ],
+            timeout=1800,
+        )
+        archive = Path(work) / "root.tar"
+        proc.run(["tar", "-C", root, "--numeric-owner", "-cf", archive, "."], timeout=600)
+        client.api.import_image_from_file(str(archive), repository=ROOT_REPOSITORY, tag=tag)
+    return reference
+
+
+@dataclass(frozen=True)
+class KernelTree:
+    root: Path  # extraction root, laid out like /
+    build_dir: Path  # kdir inside it
+    release: str
+
+
+def installed_kernel_headers() -> tuple[Path, Path, Path]:
+    """(arch headers, common headers, kbuild) of the newest installed Debian kernel headers."""
+    candidates = sorted(Path("/usr/src").glob("linux-headers-*-amd64"))
+    for arch_dir in reversed(candidates):
+        makefile = arch_dir / "Makefile"
+        if not makefile.is_file():
+            continue
+        include = re.search(r"^include\s+(\S+)/Makefile", makefile.read_text(), re.M)
+        scripts = arch_dir / "scripts"
+        if include is None or not scripts.is_symlink():
+            continue
+        common = Path(include.group(1))
+        kbuild = scripts.resolve().parent
+        if common.is_dir() and kbuild.is_dir():
+            return arch_dir, common, kbuild
+    raise Unavailable(
+        "no Debian kernel headers are installed (apt-get install linux-headers-amd64)"
+    )
+
+
+def copy_kernel_tree(destination: Path) -> KernelTree:
+    """Copy the installed headers and kbuild into ``destination`` keeping their layout."""
+    arch_dir, common, kbuild = installed_kernel_headers()
+    for directory in (arch_dir, common, kbuild):
+        target = destination / directory.relative_to("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(directory, target, symlinks=True)
+    build_dir = destination / arch_dir.relative_to("/")
+    header = build_dir / "include" / "generated" / "utsrelease.h"
+    match = re.search(r'UTS_RELEASE "([^"]+)"', header.read_text())
+    if match is None:
+        raise Unavailable(f"{header} names no UTS_RELEASE")
+    return KernelTree(root=destination, build_dir=build_dir, release=match.group(1))
+
+
+def make_drbd_source(
+    directory: Path,
+    version: str = "8.4.1",
+    alter: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write ``drbd-<version>.tar.gz`` (with ``.filelist``, like a DRBD release) into directory.
+
+    ``alter`` receives the unpacked source directory before it is packed, to break or slow it.
+    """
+    with tempfile.TemporaryDirectory(prefix="xdb-src-") as work:
+        top = f"drbd-{version}"
+        source = Path(work) / top
+        shutil.copytree(SOURCE_TEMPLATE, source)
+        (source / "VERSION").write_text(f"{version}\n")
+        (source / "ChangeLog").write_text(f"{version} (api:genl1/proto:86-100)\n * Test source\n")
+        if alter is not None:
+            alter(source)
+        files = sorted(
+            p.relative_to(source).as_posix() for p in source.rglob("*") if not p.is_dir()
+        )
+        listing = [f"{top}/{name}" for name in [*files, ".filelist"]]
+        (source / ".filelist").write_text("\n".join(listing) + "\n")
+        tarball = directory / f"{top}.tar.gz"
+        with tarfile.open(tarball, "w:gz") as archive:
+            for name in [".filelist", *files]:
+                path = source / name
+                info = archive.gettarinfo(str(path), arcname=f"{top}/{name}")
+                info.mtime = SOURCE_MTIME
+                info.uid = info.gid = 0
+                info.uname = info.gname = "root"
+                with path.open("rb") as stream:
+                    archive.addfile(info, stream)
+    return tarball

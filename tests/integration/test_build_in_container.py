@@ -1,0 +1,366 @@
+"""DRBD RPMs built in a real container from a real kernel tree, checked with rpm and modinfo."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import docker
+import pytest
+
+from builder import checks, container, proc, rpmbuild
+from builder.errors import BuildError, CheckError, DockerError
+from builder.specs import DrbdFamily, Target
+from tests.integration import buildenv
+
+pytestmark = [pytest.mark.integration, pytest.mark.docker]
+
+VERSION = "8.4.1"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Built:
+    result: rpmbuild.BuildResult
+    output: Path
+    kernel: buildenv.KernelTree
+
+
+def build(
+    image: str,
+    kernel: buildenv.KernelTree,
+    work: Path,
+    tarball: Path,
+    client: docker.DockerClient,
+) -> rpmbuild.BuildResult:
+    output = work / "out.partial"
+    output.mkdir(exist_ok=True)
+    return rpmbuild.build_drbd(
+        image=image,
+        source_tarball=tarball,
+        kernel_root=kernel.root,
+        kernel_build_dir=kernel.build_dir,
+        kernel_release=kernel.release,
+        family=DrbdFamily.V84_EARLY,
+        version=VERSION,
+        arch="x86_64",
+        output_dir=output,
+        log_file=work / "build.log",
+        timeout=900,
+        client=client,
+    )
+
+
+@pytest.fixture(scope="module")
+def built(
+    tmp_path_factory: pytest.TempPathFactory,
+    standin_image: str,
+    kernel_tree: buildenv.KernelTree,
+    docker_client: docker.DockerClient,
+) -> Built:
+    work = tmp_path_factory.mktemp("build")
+    tarball = buildenv.make_drbd_source(work, VERSION)
+    result = build(standin_image, kernel_tree, work, tarball, docker_client)
+    return Built(result=result, output=work / "out.partial", kernel=kernel_tree)
+
+
+def query(rpm: Path, fmt: str) -> str:
+    return proc.run(["rpm", "-qp", "--qf", fmt, rpm], echo=False).stdout
+
+
+def by_name(built: Built) -> dict[str, Path]:
+    return {query(path, "%{NAME}"): path for path in built.result.rpms}
+
+
+def test_build_gives_the_drbd_packages_for_the_target(built: Built) -> None:
+    km = checks.km_package_name(built.kernel.release)
+    packages = by_name(built)
+    assert {"drbd", "drbd-utils", "drbd-xen", "drbd-udev", km} <= set(packages)
+    for path in packages.values():
+        assert path.parent == built.output
+        assert query(path, "%{VERSION}-%{RELEASE}") == f"{VERSION}-1"
+        assert query(path, "%{ARCH}") in ("x86_64", "noarch")
+    assert query(packages[km], "%{ARCH}") == "x86_64"
+    assert list(built.output.glob(".*")) == [], "the staging directory was left behind"
+
+
+def test_module_package_requires_the_same_userland_and_holds_the_module(built: Built) -> None:
+    km = by_name(built)[checks.km_package_name(built.kernel.release)]
+    requires = proc.run(["rpm", "-qp", "--requires", km], echo=False).stdout.splitlines()
+    assert f"drbd-utils = {VERSION}" in requires
+    files = proc.run(["rpm", "-qpl", km], echo=False).stdout.splitlines()
+    module = f"/lib/modules/{built.kernel.release}/kernel/drivers/block/drbd.ko"
+    assert module in files
+    utils = proc.run(["rpm", "-qpl", by_name(built)["drbd-utils"]], echo=False).stdout
+    assert "/sbin/drbdadm" in utils.splitlines()
+
+
+def test_module_vermagic_is_the_target_kernel(built: Built, tmp_path: Path) -> None:
+    km = by_name(built)[checks.km_package_name(built.kernel.release)]
+    proc.run(["sh", "-c", 'rpm2cpio "$0" | cpio -idm --quiet', km], cwd=tmp_path, echo=False)
+    module = tmp_path / f"lib/modules/{built.kernel.release}/kernel/drivers/block/drbd.ko"
+    vermagic = proc.run(["modinfo", "-F", "vermagic", module], echo=False).stdout
+    assert vermagic.split()[0] == built.kernel.release
+    assert "DRBD-shaped" in proc.run(["modinfo", "-F", "description", module], echo=False).stdout
+
+
+def test_build_is_recorded_for_the_manifest(built: Built) -> None:
+    result = built.result
+    log_text = result.log_file.read_text()
+    assert "rpmbuild -bb" in log_text
+    assert "Wrote:" in log_text  # rpmbuild's own output is in the full log
+    joined = "\n".join(result.commands)
+    assert f"kernelversion {built.kernel.release}" in joined
+    assert f"kdir {result.kdir}" in joined
+    assert result.kdir == "/" + built.kernel.build_dir.relative_to(built.kernel.root).as_posix()
+    assert result.source_date_epoch == buildenv.SOURCE_MTIME
+    assert result.image.startswith("sha256:")
+    assert result.shell == "/bin/sh -c"  # x86_64: no linux32
+    # the build time inside the RPM header is SOURCE_DATE_EPOCH, not the wall clock
+    assert query(result.rpms[0], "%{BUILDTIME}") == str(buildenv.SOURCE_MTIME)
+    assert query(result.rpms[0], "%{BUILDHOST}") == rpmbuild.BUILD_HOST
+
+
+def test_module_built_for_another_kernel_is_rejected(built: Built) -> None:
+    km = checks.km_package_name(built.kernel.release)
+    other = "2.6.32.12-0.7.1.xs1.4.90.530.170661xen"
+    expect = checks.Expectation(
+        kernel_release=other,
+        arch="x86_64",
+        version=VERSION,
+        packages=frozenset({"drbd-utils", km}),
+        module_package=km,
+    )
+    with pytest.raises(CheckError) as caught:
+        checks.check_packages(built.result.rpms, expect)
+    message = str(caught.value)
+    assert f"built for kernel {built.kernel.release}" in message
+    assert other in message
+
+
+def test_kernel_tree_of_another_release_stops_the_module_build(
+    tmp_path: Path,
+    standin_image: str,
+    kernel_tree: buildenv.KernelTree,
+    docker_client: docker.DockerClient,
+    own_containers: None,
+) -> None:
+    """drbd-km.spec's %prep compares kdir's release with kernelversion before compiling."""
+    tarball = buildenv.make_drbd_source(tmp_path, VERSION)
+    output = tmp_path / "out.partial"
+    output.mkdir()
+    with pytest.raises(BuildError) as caught:
+        rpmbuild.build_drbd(
+            image=standin_image,
+            source_tarball=tarball,
+            kernel_root=kernel_tree.root,
+            kernel_build_dir=kernel_tree.build_dir,
+            kernel_release="2.6.32.12-0.7.1.xs1.4.90.530.170661xen",
+            family=DrbdFamily.V84_EARLY,
+            version=VERSION,
+            arch="x86_64",
+            output_dir=output,
+            log_file=tmp_path / "build.log",
+            client=docker_client,
+        )
+    message = str(caught.value)
+    assert f"test {kernel_tree.release} = 2.6.32.12-0.7.1.xs1.4.90.530.170661xen" in message
+    assert "(%prep)" in message
+    assert list(output.iterdir()) == []
+
+
+def test_image_is_reused_while_its_context_is_unchanged(
+    standin_image: str, standin_target: Target, docker_client: docker.DockerClient
+) -> None:
+    started = time.monotonic()
+    assert rpmbuild.ensure_image(standin_target, client=docker_client) == standin_image
+    assert time.monotonic() - started < 5
+
+
+def test_image_whose_base_cannot_be_had_fails_with_a_docker_error(
+    standin_target: Target, docker_client: docker.DockerClient
+) -> None:
+    missing = replace(standin_target, base_image="xcp-drbd-builder-test/no-such-root:0")
+    with pytest.raises(DockerError) as caught:
+        rpmbuild.ensure_image(missing, client=docker_client)
+    assert "Building image xcp-drbd-builder/standin-context:" in str(caught.value)
+    assert "container.image" in str(caught.value)
+    tags = [t for image in docker_client.images.list() for t in image.tags]
+    assert not any("no-such-root" in t for t in tags)
+
+
+def test_source_that_fails_to_compile_gives_a_readable_error(
+    tmp_path: Path,
+    standin_image: str,
+    kernel_tree: buildenv.KernelTree,
+    docker_client: docker.DockerClient,
+    own_containers: None,
+) -> None:
+    def break_userland(source: Path) -> None:
+        program = source / "user" / "drbdadm.c"
+        program.write_text(program.read_text().replace("return 0;", "return 0"))
+
+    tarball = buildenv.make_drbd_source(tmp_path, VERSION, break_userland)
+    with pytest.raises(BuildError) as caught:
+        build(standin_image, kernel_tree, tmp_path, tarball, docker_client)
+    message = str(caught.value)
+    assert "Building DRBD 8.4.1 failed (exit status" in message
+    assert "drbdadm.c" in message
+    assert "error:" in message
+    assert f"The whole log is {tmp_path / 'build.log'}" in message
+    assert list((tmp_path / "out.partial").iterdir()) == []
+
+
+def test_missing_build_requirement_stops_rpmbuild(
+    tmp_path: Path,
+    standin_image: str,
+    kernel_tree: buildenv.KernelTree,
+    docker_client: docker.DockerClient,
+    own_containers: None,
+) -> None:
+    """Dependency checks stay on: a BuildRequires nobody provides fails the build."""
+
+    def require_more(source: Path) -> None:
+        spec = source / "drbd.spec.in"
+        spec.write_text(spec.read_text().replace("BuildRequires: udev", "BuildRequires: docbook"))
+
+    tarball = buildenv.make_drbd_source(tmp_path, VERSION, require_more)
+    with pytest.raises(BuildError) as caught:
+        build(standin_image, kernel_tree, tmp_path, tarball, docker_client)
+    assert "docbook is needed by drbd-8.4.1-1" in str(caught.value)
+
+
+RUNNER = """
+import json, signal, sys
+from pathlib import Path
+from builder import rpmbuild
+from builder.errors import BuilderError, Interrupted
+from builder.specs import DrbdFamily, Target
+
+def stop(signum, frame):
+    raise Interrupted("stopped by SIGTERM")
+
+signal.signal(signal.SIGTERM, stop)
+args = json.loads(sys.argv[1])
+try:
+    rpmbuild.build_drbd(
+        image=args["image"], source_tarball=Path(args["tarball"]),
+        kernel_root=Path(args["root"]), kernel_build_dir=Path(args["kdir"]),
+        kernel_release=args["release"], family=DrbdFamily.V84_EARLY, version="8.4.1",
+        arch="x86_64", output_dir=Path(args["output"]), log_file=Path(args["log"]),
+    )
+except BuilderError as exc:
+    print(f"error: {exc}", file=sys.stderr)
+    sys.exit(exc.exit_code)
+except KeyboardInterrupt:
+    print("error: interrupted", file=sys.stderr)
+    sys.exit(130)
+"""
+
+
+def slow_down(source: Path) -> None:
+    makefile = source / "Makefile"
+    text = makefile.read_text().replace("tools: user/drbdadm\n", "tools:\n\tsleep 600\n")
+    makefile.write_text(text)
+
+
+@pytest.mark.parametrize(
+    "stop",
+    [(signal.SIGTERM, "stopped by SIGTERM"), (signal.SIGINT, "interrupted")],
+    ids=["SIGTERM", "Ctrl-C"],
+)
+def test_signal_mid_build_removes_the_container(
+    stop: tuple[int, str],
+    tmp_path: Path,
+    standin_image: str,
+    kernel_tree: buildenv.KernelTree,
+    docker_client: docker.DockerClient,
+) -> None:
+    tarball = buildenv.make_drbd_source(tmp_path, VERSION, slow_down)
+    output = tmp_path / "out.partial"
+    output.mkdir()
+    log_file = tmp_path / "build.log"
+    args = {
+        "image": standin_image,
+        "tarball": str(tarball),
+        "root": str(kernel_tree.root),
+        "kdir": str(kernel_tree.build_dir),
+        "release": kernel_tree.release,
+        "output": str(output),
+        "log": str(log_file),
+    }
+    runner = subprocess.Popen(
+        [sys.executable, "-c", RUNNER, json.dumps(args)],
+        cwd=REPO_ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        mine = {container.LABEL_PID: str(runner.pid)}
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if log_file.is_file() and "sleep 600" in log_file.read_text():
+                break
+            assert runner.poll() is None, runner.stderr.read() if runner.stderr else ""
+            time.sleep(0.5)
+        else:
+            pytest.fail("the build never reached its slow step")
+        running = [
+            c
+            for c in container.labelled_containers(docker_client)
+            if all((c.labels or {}).get(k) == v for k, v in mine.items())
+        ]
+        assert len(running) == 1
+        assert running[0].status == "running"
+        runner.send_signal(stop[0])
+        _, stderr = runner.communicate(timeout=60)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait()
+    assert runner.returncode == 130
+    assert stop[1] in stderr
+    left = [
+        c.name
+        for c in container.labelled_containers(docker_client)
+        if (c.labels or {}).get(container.LABEL_PID) == str(runner.pid)
+    ]
+    assert left == []
+    assert list(output.iterdir()) == []
+    assert os.path.exists(log_file)
+
+
+def test_build_that_runs_too_long_is_stopped(
+    tmp_path: Path,
+    standin_image: str,
+    kernel_tree: buildenv.KernelTree,
+    docker_client: docker.DockerClient,
+    own_containers: None,
+) -> None:
+    tarball = buildenv.make_drbd_source(tmp_path, VERSION, slow_down)
+    output = tmp_path / "out.partial"
+    output.mkdir()
+    started = time.monotonic()
+    with pytest.raises(BuildError, match=r"failed \(timed out after 8 s\)"):
+        rpmbuild.build_drbd(
+            image=standin_image,
+            source_tarball=tarball,
+            kernel_root=kernel_tree.root,
+            kernel_build_dir=kernel_tree.build_dir,
+            kernel_release=kernel_tree.release,
+            family=DrbdFamily.V84_EARLY,
+            version=VERSION,
+            arch="x86_64",
+            output_dir=output,
+            log_file=tmp_path / "build.log",
+            timeout=8,
+            client=docker_client,
+        )
+    assert time.monotonic() - started < 60
+    assert list(output.iterdir()) == []

@@ -1,0 +1,198 @@
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+
+from builder import checks
+from builder.checks import Expectation, PackageInfo, Requirement
+from builder.errors import CheckError
+
+RELEASE = "2.6.32.12-0.7.1.xs1.4.90.530.170661xen"
+KM = "drbd-km-2.6.32.12_0.7.1.xs1.4.90.530.170661xen"
+MODULE = f"/lib/modules/{RELEASE}/kernel/drivers/block/drbd.ko"
+
+
+def make_elf(sections: dict[str, bytes], *, bits: int = 64, little: bool = True) -> bytes:
+    """A minimal relocatable ELF file holding ``sections`` (what a .ko looks like to modinfo)."""
+    endian = "<" if little else ">"
+    names = b"\0" + b"".join(name.encode() + b"\0" for name in [*sections, ".shstrtab"])
+    header_size = 64 if bits == 64 else 52
+    entry_size = 64 if bits == 64 else 40
+    body = b""
+    placed: list[tuple[int, int, int]] = [(0, 0, 0)]  # (name offset, data offset, size)
+    name_offset = 1
+    for name, data in [*sections.items(), (".shstrtab", names)]:
+        placed.append((name_offset, header_size + len(body), len(data)))
+        body += data
+        name_offset += len(name) + 1
+    shoff = header_size + len(body)
+    ident = b"\x7fELF" + bytes([2 if bits == 64 else 1, 1 if little else 2, 1]) + bytes(9)
+    if bits == 64:
+        header = ident + struct.pack(
+            endian + "HHIQQQIHHHHHH", 1, 62, 1, 0, 0, shoff, 0, 64, 0, 0, 64, len(placed),
+            len(placed) - 1,
+        )  # fmt: skip
+        table = b"".join(
+            struct.pack(endian + "IIQQQQIIQQ", n, 1, 0, 0, o, s, 0, 0, 1, 0) for n, o, s in placed
+        )
+    else:
+        header = ident + struct.pack(
+            endian + "HHIIIIIHHHHHH", 1, 3, 1, 0, 0, shoff, 0, 52, 0, 0, 40, len(placed),
+            len(placed) - 1,
+        )  # fmt: skip
+        table = b"".join(
+            struct.pack(endian + "IIIIIIIIII", n, 1, 0, 0, o, s, 0, 0, 1, 0) for n, o, s in placed
+        )
+    assert len(header) == header_size
+    assert len(table) == entry_size * len(placed)
+    return header + body + table
+
+
+def modinfo_section(vermagic: str) -> bytes:
+    return f"license=GPL\0vermagic={vermagic}\0srcversion=ABC\0".encode()
+
+
+@pytest.mark.parametrize(("bits", "little"), [(64, True), (32, True), (32, False)])
+def test_modinfo_reads_vermagic_from_the_modinfo_section(bits: int, little: bool) -> None:
+    elf = make_elf(
+        {".text": b"\x90" * 7, ".modinfo": modinfo_section(f"{RELEASE} SMP mod_unload 686 ")},
+        bits=bits,
+        little=little,
+    )
+    info = checks.modinfo(elf)
+    assert info["vermagic"] == f"{RELEASE} SMP mod_unload 686 "
+    assert info["license"] == "GPL"
+
+
+def test_modinfo_rejects_files_that_are_not_modules() -> None:
+    with pytest.raises(ValueError, match="not an ELF"):
+        checks.modinfo(b"#!/bin/sh\necho not a module\n" * 4)
+    with pytest.raises(ValueError, match=r"no \.modinfo section"):
+        checks.modinfo(make_elf({".text": b"\xc3"}))
+
+
+def package(name: str, **overrides: object) -> PackageInfo:
+    fields: dict[str, object] = {
+        "file_name": f"{name}-8.4.1-1.i686.rpm",
+        "name": name,
+        "version": "8.4.1",
+        "release": "1",
+        "arch": "i686",
+    }
+    fields.update(overrides)
+    return PackageInfo(**fields)  # type: ignore[arg-type]
+
+
+def good_build() -> list[PackageInfo]:
+    return [
+        package("drbd"),
+        package("drbd-utils"),
+        package("drbd-xen"),
+        package("drbd-udev", arch="noarch"),
+        package(
+            KM,
+            requires=(Requirement("drbd-utils", checks.RPMSENSE_EQUAL, "8.4.1"),),
+            modules={MODULE: f"{RELEASE} SMP mod_unload modversions 686 "},
+        ),
+    ]
+
+
+EXPECT = Expectation(
+    kernel_release=RELEASE,
+    arch="i686",
+    version="8.4.1",
+    packages=frozenset({"drbd", "drbd-utils", "drbd-xen", "drbd-udev", KM}),
+    module_package=KM,
+)
+
+
+def replace(packages: list[PackageInfo], new: PackageInfo) -> list[PackageInfo]:
+    return [new if p.name == new.name else p for p in packages]
+
+
+def test_a_correct_build_has_no_problems() -> None:
+    assert checks.problems(good_build(), EXPECT) == []
+
+
+def test_km_package_name_follows_drbd_km_spec() -> None:
+    assert checks.km_package_name(RELEASE) == KM
+    assert checks.km_package_name("6.1.0-56-amd64") == "drbd-km-6.1.0_56_amd64"
+
+
+def test_module_for_another_kernel_is_named_with_both_releases() -> None:
+    other = replace(
+        good_build(),
+        package(
+            KM,
+            requires=(Requirement("drbd-utils", checks.RPMSENSE_EQUAL, "8.4.1"),),
+            modules={MODULE: "6.1.0-56-amd64 SMP preempt mod_unload modversions "},
+        ),
+    )
+    [problem] = checks.problems(other, EXPECT)
+    assert "built for kernel 6.1.0-56-amd64" in problem
+    assert RELEASE in problem
+
+
+def test_a_release_that_only_starts_like_the_target_is_not_accepted() -> None:
+    other = replace(
+        good_build(),
+        package(
+            KM,
+            requires=(Requirement("drbd-utils", checks.RPMSENSE_EQUAL, "8.4.1"),),
+            modules={MODULE: f"{RELEASE}-debug SMP mod_unload 686 "},
+        ),
+    )
+    assert len(checks.problems(other, EXPECT)) == 1
+
+
+def test_module_package_without_module_or_vermagic_fails() -> None:
+    requires = (Requirement("drbd-utils", checks.RPMSENSE_EQUAL, "8.4.1"),)
+    empty = replace(good_build(), package(KM, requires=requires))
+    assert "contains no kernel module" in checks.problems(empty, EXPECT)[0]
+    blank = replace(good_build(), package(KM, requires=requires, modules={MODULE: ""}))
+    assert "has no vermagic" in checks.problems(blank, EXPECT)[0]
+
+
+@pytest.mark.parametrize(
+    "requires",
+    [
+        (),
+        (Requirement("drbd-utils"),),
+        (Requirement("drbd-utils", checks.RPMSENSE_EQUAL | checks.RPMSENSE_GREATER, "8.4.1"),),
+        (Requirement("drbd-utils", checks.RPMSENSE_EQUAL, "8.4.0"),),
+    ],
+)
+def test_module_package_must_require_exactly_this_userland(
+    requires: tuple[Requirement, ...],
+) -> None:
+    modules = {MODULE: f"{RELEASE} SMP "}
+    loose = replace(good_build(), package(KM, requires=requires, modules=modules))
+    [problem] = checks.problems(loose, EXPECT)
+    assert "must require drbd-utils = 8.4.1" in problem
+
+
+def test_version_release_and_epoch_forms_of_the_requirement_are_accepted() -> None:
+    for version in ("8.4.1-1", "0:8.4.1"):
+        requires = (Requirement("drbd-utils", checks.RPMSENSE_EQUAL, version),)
+        exact = replace(good_build(), package(KM, requires=requires, modules={MODULE: RELEASE}))
+        assert checks.problems(exact, EXPECT) == []
+
+
+def test_wrong_arch_missing_packages_and_other_versions_are_all_reported() -> None:
+    packages = [p for p in good_build() if p.name != "drbd-xen"]
+    packages = replace(packages, package("drbd-utils", arch="i386", version="8.4.2"))
+    found = checks.problems(packages, EXPECT)
+    assert any("missing: drbd-xen" in p for p in found)
+    assert any("architecture is i386, the target needs i686" in p for p in found)
+    assert any("version is 8.4.2" in p for p in found)
+    assert len(found) == 3
+
+
+def test_check_packages_raises_with_every_problem(tmp_path: Path) -> None:
+    not_rpm = tmp_path / "drbd-8.4.1-1.i686.rpm"
+    not_rpm.write_bytes(b"this is not an rpm")
+    with pytest.raises(CheckError, match=r"Cannot read built package"):
+        checks.check_packages([not_rpm], EXPECT)
+    assert str(Requirement("drbd-utils", checks.RPMSENSE_EQUAL, "8.4.1")) == "drbd-utils = 8.4.1"
