@@ -275,6 +275,7 @@ def build_drbd(
     log_file: Path,
     timeout: float | None = None,
     source_date_epoch: int | None = None,
+    kernel_requires: str = "kernel",
     client: docker.DockerClient | None = None,
 ) -> BuildResult:
     """Build DRBD ``version`` for ``kernel_release`` in ``image`` and check the RPMs.
@@ -320,6 +321,8 @@ def build_drbd(
         ],
         environment={
             "SOURCE_DATE_EPOCH": str(epoch),
+            # DRBD's drbd-km.spec makes the module require this package (default "kernel").
+            "DRBD_KMOD_REQUIRES": kernel_requires,
             "HOME": WORK_DIR,
             "LC_ALL": "C",
             "TZ": "UTC",

@@ -82,6 +82,7 @@ class Target:
     basearch: str  # yum $basearch of the consumer repo
     kernel_package: str
     kernel_release: str  # `uname -r` on dom0, as derived from the build tree
+    kernel_runtime: str = "kernel"  # dom0's kernel package, which drbd-km must require
     kernel_source: KernelSource
     container_family: str
     base_image: str | None
@@ -190,6 +191,7 @@ def _target(file: Path, target_id: str, reader: YamlReader) -> Target:
     source = _kernel_source(kernel.mapping("source"))
     package = kernel.text("package", pattern=SAFE_NAME)
     release = kernel.text("release", pattern=SAFE_NAME)
+    runtime = kernel.text("runtime", pattern=SAFE_NAME, default="kernel")
     kernel.done()
     container = reader.mapping("container")
     family = container.text("family", pattern=SAFE_NAME)
@@ -205,6 +207,7 @@ def _target(file: Path, target_id: str, reader: YamlReader) -> Target:
         arch=arch,
         basearch=reader.text("basearch", required=False, pattern=SAFE_NAME) or arch,
         kernel_package=package,
+        kernel_runtime=runtime,
         kernel_release=release,
         kernel_source=source,
         container_family=family,

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from builder.commands.common import add_input_options
+from builder.commands.common import add_input_options, fetch_settings
 from builder.plan import BuildStep, plan
 from builder.specs import load_registry
 
@@ -68,6 +68,13 @@ def register(
                 help="the DRBD source tarball as a local file (with a single --drbd)",
             )
             parser.add_argument(
+                "--timeout",
+                metavar="SECONDS",
+                type=float,
+                default=None,
+                help="stop a build (and remove its container) after this long",
+            )
+            parser.add_argument(
                 "--dry-run", action="store_true", help="print the plan and do nothing"
             )
             parser.set_defaults(func=run)
@@ -95,9 +102,20 @@ def run(args: argparse.Namespace) -> int:
             for line in lines[1:]:
                 print(f"   {line}")
         return 0
-    from builder.errors import ConfigError
+    from builder.kernel import KernelInputs
+    from builder.pipeline import BuildOptions, run_builds
 
-    raise ConfigError(
-        "Building needs the container stage, which is not available in this version; "
-        "use --dry-run to see the plan."
+    options = BuildOptions(
+        settings=fetch_settings(args),
+        kernel_inputs=KernelInputs(iso=args.iso, kernel_rpm=args.kernel_rpm),
+        source=args.source,
+        timeout=args.timeout,
     )
+    outcomes = run_builds(steps, options)
+    for outcome in outcomes:
+        state = "built" if outcome.built else "up to date"
+        print(
+            f"{outcome.step.target.id} / DRBD {outcome.step.drbd.version}: {state}: "
+            f"{outcome.step.output_dir}"
+        )
+    return 0
