@@ -13,8 +13,6 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
-
 TIMEOUT_SECONDS = 15
 
 
@@ -41,6 +39,8 @@ class Package:
 def _read(base: str, relative: str) -> bytes:
     """Read ``relative`` below the repository ``base`` (a path or a URL)."""
     if base.startswith(("http://", "https://")):
+        import requests
+
         url = urllib.parse.urljoin(base.rstrip("/") + "/", relative)
         try:
             response = requests.get(url, timeout=TIMEOUT_SECONDS)
@@ -60,7 +60,7 @@ def _read(base: str, relative: str) -> bytes:
         raise RepoUnreachable(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
-def _short_reason(exc: requests.RequestException) -> str:
+def _short_reason(exc: Exception) -> str:
     """requests' messages nest three exceptions deep; say what happened in a few words."""
     text = str(exc)
     for marker, reason in (

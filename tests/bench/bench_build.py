@@ -1,0 +1,149 @@
+"""Benchmark: the overhead of `python -m builder build` over the bare rpmbuild commands.
+
+Same run, same image, same inputs, image and kernel tree cached:
+  * A: `python -m builder build` from scratch output (fetch checks, container, RPM checks,
+    manifest), wall time of the whole process;
+  * B: the same in-container commands (taken from A's manifest) run by hand with
+    `docker run --rm --network none` and the same mounts.
+Two sources: the minimal DRBD-shaped test source (a one-file module: the tool's fixed cost
+dominates, reported only), and the same source with a module of DRBD 8.4's size (its drbd.ko
+is built from about 20 translation units), which is what a real build looks like.
+Goals (the script exits 1 when one is missed): on the DRBD-sized source A is less than 10 %
+slower than B; a no-op rebuild with all inputs unchanged takes under 1 s.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from builder import container, rpmbuild  # noqa: E402
+from tests.integration import buildenv  # noqa: E402
+from tests.integration.test_build_cli import write_specs  # noqa: E402
+from tests.support.kernelrpm import build_kernel_devel_rpm, installed_headers, make_iso  # noqa: E402
+
+ROUNDS = 5
+MODULE_UNITS = 20
+
+
+def drbd_sized_module(source: Path) -> None:
+    """Grow the test module to DRBD 8.4's number of translation units."""
+    module = source / "drbd"
+    names = []
+    for index in range(MODULE_UNITS):
+        name = f"drbd_part{index}"
+        (module / f"{name}.c").write_text(
+            "#include <linux/module.h>\n#include <linux/blkdev.h>\n#include <linux/net.h>\n"
+            f"int drbd_part{index}(int value) {{ return value + {index}; }}\n"
+        )
+        names.append(f"{name}.o")
+    kbuild = module / "Kbuild"
+    kbuild.write_text(kbuild.read_text().rstrip("\n") + " " + " ".join(names) + "\n")
+
+
+def measure(
+    work: Path, tarball: Path, specs: Path, rounds: int, client_label: str
+) -> tuple[float, float, list[str]]:
+    """Median wall time of the tool and of the same commands by hand, and any problems."""
+    problems: list[str] = []
+    artifacts, cache = work / "artifacts", work / "cache"
+    build = build_command(specs, cache, artifacts)
+    wall(build)  # warm: image, kernel tree, page cache
+    manifest = json.loads((artifacts / "lab" / "8.4.1" / "manifest.json").read_text())
+    tree = next((cache / "kernels").iterdir()) / "tree"
+    mounts, kdir = rpmbuild.kernel_mounts(tree, tree / manifest["kdir"].lstrip("/"))
+    if kdir != manifest["kdir"]:
+        problems.append(f"{client_label}: by hand, kdir would be {kdir}, not {manifest['kdir']}")
+    out = work / "by-hand"
+    by_hand = [
+        "docker", "run", "--rm", "--network", "none", "--user", rpmbuild.BUILD_USER,
+        "-e", f"SOURCE_DATE_EPOCH={manifest['source_date_epoch']}",
+        "-e", "DRBD_KMOD_REQUIRES=kernel-xen", "-e", f"HOME={rpmbuild.WORK_DIR}",
+        "-v", f"{tarball}:{rpmbuild.INPUT_DIR}/{tarball.name}:ro",
+        *[arg for m in mounts for arg in ("-v", f"{m.source}:{m.target}:ro")],
+        "-v", f"{out}:{rpmbuild.OUTPUT_DIR}",
+        manifest["image"], *manifest["shell"].split(),
+        rpmbuild.shell_script([shlex.split(c) for c in manifest["commands"]]),
+    ]  # fmt: skip
+    ours_times, theirs_times = [], []
+    for _ in range(rounds):
+        shutil.rmtree(artifacts)
+        ours_times.append(wall(build))
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir()
+        out.chmod(0o777)
+        theirs_times.append(wall(by_hand))
+        if len(list(out.glob("*.rpm"))) != len(manifest["outputs"]):
+            problems.append(f"{client_label}: the by-hand build did not make the same RPMs")
+    return statistics.median(ours_times), statistics.median(theirs_times), problems
+
+
+def build_command(specs: Path, cache: Path, artifacts: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "builder", "build", "--xcp", "lab", "--drbd", "8.4.1",
+        "--specs", str(specs), "--cache", str(cache), "--artifacts", str(artifacts),
+    ]  # fmt: skip
+
+
+def wall(cmd: list[str], **kwargs: object) -> float:
+    started = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, cwd=REPO, **kwargs)  # type: ignore[call-overload]
+    return time.perf_counter() - started
+
+
+def main() -> int:
+    client = container.connect()
+    failures: list[str] = []
+    results: dict[str, tuple[float, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-build-") as temp:
+        work = Path(temp)
+        rpm = build_kernel_devel_rpm(work / "rpm")
+        iso = make_iso(work / "iso", {f"domain0/RPMS/{rpm.parent.name}/{rpm.name}": rpm})
+        base = buildenv.standin_root_image(client)
+        for label, alter, rounds in (
+            ("minimal test source", None, ROUNDS),
+            (f"DRBD-sized module ({MODULE_UNITS} units)", drbd_sized_module, 3),
+        ):
+            case = work / label.split()[0]
+            case.mkdir()
+            tarball = buildenv.make_drbd_source(case, "8.4.1", alter)
+            specs = write_specs(
+                case / "specs", iso=iso, rpm=rpm, release=installed_headers().release,
+                base_image=base, tarball=tarball,
+            )  # fmt: skip
+            ours, theirs, problems = measure(case, tarball, specs, rounds, label)
+            failures += problems
+            results[label] = (ours, theirs)
+        noop_cmd = build_command(specs, case / "cache", case / "artifacts")
+        noop = statistics.median(wall(noop_cmd) for _ in range(ROUNDS))
+    for label, (ours, theirs) in results.items():
+        print(f"{label}:")
+        print(f"  python -m builder build (image, kernel tree cached): median {ours:6.2f} s")
+        print(f"  same commands by hand with docker run:               median {theirs:6.2f} s")
+        print(f"  overhead: {ours - theirs:+.2f} s, {(ours / theirs - 1) * 100:+.1f} %")
+    print(f"no-op rebuild, inputs unchanged: median {noop * 1000:.0f} ms of {ROUNDS}")
+    ours, theirs = results[f"DRBD-sized module ({MODULE_UNITS} units)"]
+    if ours / theirs - 1 >= 0.10:
+        failures.append(
+            f"overhead {(ours / theirs - 1) * 100:.1f} % >= 10 % on the DRBD-sized build"
+        )
+    if noop >= 1.0:
+        failures.append(f"no-op rebuild took {noop:.2f} s >= 1 s")
+    for failure in failures:
+        print(f"GOAL MISSED: {failure}")
+    print("all goals met" if not failures else f"{len(failures)} goal(s) missed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
