@@ -244,3 +244,42 @@ def test_sigterm_mid_build_leaves_no_container_and_no_artifacts(
     assert mine(docker_client) == []
     assert not (tmp / "artifacts" / "lab" / VERSION).exists()
     assert not list((tmp / "artifacts" / "lab").glob("*.partial"))
+
+
+def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return run([sys.executable, "-m", "builder", *map(str, args)])
+
+
+def test_built_artifacts_publish_and_satisfy_the_deploy_check(
+    lab: Lab, kernel_release: str
+) -> None:
+    """The CI job's chain: build, then publish what was built, then check a pool against it."""
+    tmp = lab.tmp
+    specs = lab.specs()
+    built = run(build_cmd(specs, tmp))
+    assert built.returncode == 0, built.stderr[-3000:]
+
+    gnupg, repo = tmp / "gnupg", tmp / "repo"
+    key = cli("keygen", "--gnupg-home", gnupg)
+    assert key.returncode == 0, key.stderr[-3000:]
+    fingerprint = key.stdout.split()[-1]
+    published = cli(
+        "publish", "--specs", specs, "--artifacts", tmp / "artifacts", "--repo", repo,
+        "--key", fingerprint, "--gnupg-home", gnupg,
+    )  # fmt: skip
+    assert published.returncode == 0, published.stderr[-3000:]
+    krelver = kernel_release.replace("-", "_")
+    assert any((repo / "el7" / "x86_64").glob(f"drbd-km-{krelver}-{VERSION}-*.rpm"))
+
+    pool = tmp / "pool.yaml"
+    assert cli("deploy", "init", "--output", pool).returncode == 0
+    text = pool.read_text().replace("target: xcp-1.5", "target: lab")
+    pool.write_text(text.replace("http://repo.example.lan/xcp-drbd", f"file://{repo}"))
+    check = cli("deploy", "check", "--pool", pool, "--specs", specs)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+    # A DRBD version the repository does not carry is an error for the pool.
+    pool.write_text(pool.read_text().replace(f"version: {VERSION}", "version: 8.4.0"))
+    missing = cli("deploy", "check", "--pool", pool, "--specs", specs)
+    assert missing.returncode == 13, missing.stdout + missing.stderr
+    assert "8.4.0" in missing.stdout + missing.stderr
