@@ -93,8 +93,18 @@ def build_cmd(specs: Path, tmp: Path) -> list[str]:
     ]  # fmt: skip
 
 
+# Pids of the tool processes this module started: their containers carry the pid as a label,
+# so leftovers are told apart from other users' containers on the same engine.
+STARTED: list[int] = []
+
+
 def run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=900, check=False)
+    with subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as process:
+        STARTED.append(process.pid)
+        stdout, stderr = process.communicate(timeout=900)
+    return subprocess.CompletedProcess(cmd, process.returncode, stdout, stderr)
 
 
 def rpm_query(path: Path, fmt: str) -> str:
@@ -110,7 +120,12 @@ def rpm_requires(path: Path) -> list[str]:
 
 
 def mine(client: docker.DockerClient) -> list[str]:
-    return [str(c.name) for c in container.labelled_containers(client)]
+    """Containers left by the tool processes this module started."""
+    return [
+        str(c.name)
+        for c in container.labelled_containers(client)
+        if (c.labels or {}).get(container.LABEL_PID) in {str(pid) for pid in STARTED}
+    ]
 
 
 def test_build_produces_checked_rpms_and_a_manifest_then_does_nothing_again(
@@ -222,6 +237,7 @@ def test_sigterm_mid_build_leaves_no_container_and_no_artifacts(
     process = subprocess.Popen(
         build_cmd(specs, tmp), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
+    STARTED.append(process.pid)
     log_path = tmp / "artifacts" / "lab" / f"{VERSION}.build.log"
     try:
         deadline = time.monotonic() + 300

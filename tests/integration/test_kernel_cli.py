@@ -278,3 +278,55 @@ def test_shell_metacharacters_in_target(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "only letters" in result.stderr
     assert not os.path.exists("/tmp/pwned")
+
+
+def test_kernel_from_a_yum_repository_picks_the_newest_matching_package(
+    tmp_path: Path, kernel_release: str
+) -> None:
+    """XCP-ng style: the target names yum repositories and a version-release glob."""
+    from tests.support.kernelrpm import build_kernel_devel_rpm
+
+    base_repo, updates_repo = tmp_path / "www" / "base", tmp_path / "www" / "updates"
+    real = build_kernel_devel_rpm(tmp_path / "real", name="kernel-devel")
+    older = build_small_rpm(
+        tmp_path / "older", name="kernel-devel", files={"/usr/src/x": "x"}, links={},
+        version="6.1.0", release="1",
+    )  # fmt: skip
+    outside_glob = build_small_rpm(
+        tmp_path / "newer", name="kernel-devel", files={"/usr/src/y": "y"}, links={},
+        version="9.9.9", release="1",
+    )  # fmt: skip
+    for repo, rpms in ((base_repo, [older]), (updates_repo, [real, outside_glob])):
+        repo.mkdir(parents=True)
+        for rpm in rpms:
+            shutil.copy(rpm, repo / rpm.name)
+        subprocess.run(["createrepo_c", "--quiet", str(repo)], check=True)
+    cache = tmp_path / "cache"
+    with serve(tmp_path / "www") as (base, state):
+        specs = tmp_path / "specs"
+        specs.mkdir()
+        (specs / "ng.yaml").write_text(
+            f"""targets:
+  ng:
+    name: XCP-ng style
+    arch: x86_64
+    kernel:
+      package: kernel-devel
+      release: {kernel_release}
+      source:
+        yum:
+          - {base}/base/
+          - {base}/updates/
+        evr: "6.1.0-*"
+    container:
+      family: centos7-x86_64
+    consumer: el7
+"""
+        )
+        result = run_cli("kernel", "--xcp", "ng", "--specs", str(specs), "--json", cache=cache)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["rpm_nvra"] == real.name.removesuffix(".rpm")
+        fetched = [path for path, _ in state.requests]
+    assert f"/updates/{real.name}" in fetched
+    assert f"/updates/{outside_glob.name}" not in fetched
+    assert f"/base/{older.name}" not in fetched

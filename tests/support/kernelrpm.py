@@ -117,7 +117,13 @@ def build_kernel_devel_rpm(workdir: Path, *, name: str = "kernel-xen-devel") -> 
 
 
 def build_small_rpm(
-    workdir: Path, *, name: str, files: dict[str, str], links: dict[str, str]
+    workdir: Path,
+    *,
+    name: str,
+    files: dict[str, str],
+    links: dict[str, str],
+    version: str = "1",
+    release: str = "1",
 ) -> Path:
     """A tiny RPM with the given files and symlinks (paths absolute inside the package)."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -133,7 +139,8 @@ def build_small_rpm(
         listed.append(path)
     spec = workdir / f"{name}.spec"
     spec.write_text(
-        f"Name: {name}\nVersion: 1\nRelease: 1\nSummary: test\nLicense: MIT\nAutoReqProv: no\n"
+        f"Name: {name}\nVersion: {version}\nRelease: {release}\nSummary: test\nLicense: MIT\n"
+        "AutoReqProv: no\n"
         "%description\ntest\n%install\n"
         + "\n".join(install)
         + "\n%files\n"

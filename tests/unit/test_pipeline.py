@@ -1,0 +1,130 @@
+"""run_builds with the container stage faked: grouping, artifacts layout, no-op and failure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from builder import pipeline
+from builder.errors import BuildError, ConfigError
+from builder.fetch import Fetched, FetchSettings
+from builder.kernel import KernelInputs, KernelTree
+from builder.plan import plan
+from builder.rpmbuild import BuildResult
+from builder.specs import load_registry
+
+
+class Fakes:
+    def __init__(self, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.tmp = tmp
+        self.kernels: list[str] = []
+        self.images: list[str] = []
+        self.builds: list[tuple[str, str]] = []
+        self.fail = False
+        source = tmp / "drbd.tar.gz"
+        source.write_bytes(b"source")
+        self.source = Fetched(path=source, sha256="s" * 64, origin=str(source))
+        monkeypatch.setattr(pipeline, "prepare_kernel", self.prepare_kernel)
+        monkeypatch.setattr(pipeline, "_context_sha256", lambda t: (tmp, "c" * 64))
+        monkeypatch.setattr(pipeline, "fetch_source", lambda v, o: self.source)
+        monkeypatch.setattr(pipeline, "ensure_image", self.ensure_image)
+        monkeypatch.setattr(pipeline, "build_drbd", self.build_drbd)
+
+    def prepare_kernel(self, target: Any, settings: Any, inputs: Any) -> KernelTree:
+        self.kernels.append(target.id)
+        return KernelTree(
+            release=target.kernel_release, root=self.tmp, build_dir=self.tmp, rpm=self.tmp,
+            rpm_nvra="k", rpm_sha256="r" * 64, source="iso", source_sha256="i" * 64,
+        )  # fmt: skip
+
+    def ensure_image(self, target: Any) -> str:
+        self.images.append(target.id)
+        return f"sha256:{target.id}"
+
+    def build_drbd(self, **kwargs: Any) -> BuildResult:
+        self.builds.append((kwargs["kernel_release"], kwargs["version"]))
+        kwargs["log_file"].write_text("log\n")
+        if self.fail:
+            raise BuildError("compiler said no")
+        rpm = kwargs["output_dir"] / f"drbd-{kwargs['version']}.rpm"
+        rpm.write_bytes(kwargs["version"].encode())
+        fields: dict[str, Any] = {
+            "rpms": (rpm,), "commands": ("rpmbuild -bb drbd.spec",), "shell": "/bin/sh -c",
+            "image": kwargs["image"], "source_date_epoch": 1, "kdir": "/k",
+            "log_file": kwargs["log_file"], "seconds": 0.1,
+        }  # fmt: skip
+        return BuildResult(**fields)
+
+
+@pytest.fixture
+def fakes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Fakes:
+    return Fakes(tmp_path, monkeypatch)
+
+
+def options(tmp: Path) -> pipeline.BuildOptions:
+    return pipeline.BuildOptions(
+        settings=FetchSettings(cache_dir=tmp / "cache"), kernel_inputs=KernelInputs()
+    )
+
+
+def test_builds_of_one_target_share_its_kernel_tree_and_image(fakes: Fakes, tmp_path: Path) -> None:
+    steps = plan(load_registry(), ["1.5", "1.6"], ["8.4.1", "8.3.16"], tmp_path / "artifacts")
+    outcomes = pipeline.run_builds(steps, options(tmp_path))
+    assert fakes.kernels == ["xcp-1.5", "xcp-1.6"]
+    assert fakes.images == ["xcp-1.5", "xcp-1.6"]
+    assert len(fakes.builds) == 4
+    assert all(o.built for o in outcomes)
+    manifest = json.loads((tmp_path / "artifacts/xcp-1.6/8.3.16/manifest.json").read_text())
+    assert manifest["image"] == "sha256:xcp-1.6"
+    assert manifest["consumer"] == "el5"
+    assert manifest["basearch"] == "i386"
+    assert manifest["outputs"][0]["file"] == "drbd-8.3.16.rpm"
+    assert (tmp_path / "artifacts/xcp-1.6/8.3.16/build.log").read_text() == "log\n"
+
+
+def test_unchanged_inputs_do_no_work_and_changed_ones_rebuild(fakes: Fakes, tmp_path: Path) -> None:
+    steps = plan(load_registry(), ["1.5"], ["8.4.1"], tmp_path / "artifacts")
+    pipeline.run_builds(steps, options(tmp_path))
+    again = pipeline.run_builds(steps, options(tmp_path))
+    assert [o.built for o in again] == [False]
+    assert len(fakes.builds) == 1
+    assert fakes.images == ["xcp-1.5"]  # nothing to build: no image needed either
+    fakes.source = Fetched(path=fakes.source.path, sha256="t" * 64, origin="changed")
+    third = pipeline.run_builds(steps, options(tmp_path))
+    assert [o.built for o in third] == [True]
+
+
+def test_a_failed_build_leaves_only_its_log(fakes: Fakes, tmp_path: Path) -> None:
+    fakes.fail = True
+    steps = plan(load_registry(), ["1.5"], ["8.4.1"], tmp_path / "artifacts")
+    with pytest.raises(BuildError):
+        pipeline.run_builds(steps, options(tmp_path))
+    target_dir = tmp_path / "artifacts" / "xcp-1.5"
+    assert sorted(p.name for p in target_dir.iterdir()) == ["8.4.1.build.log"]
+
+
+def test_a_failed_rebuild_keeps_the_previous_complete_artifacts(
+    fakes: Fakes, tmp_path: Path
+) -> None:
+    steps = plan(load_registry(), ["1.5"], ["8.4.1"], tmp_path / "artifacts")
+    pipeline.run_builds(steps, options(tmp_path))
+    fakes.source = Fetched(path=fakes.source.path, sha256="t" * 64, origin="changed")
+    fakes.fail = True
+    with pytest.raises(BuildError):
+        pipeline.run_builds(steps, options(tmp_path))
+    previous = tmp_path / "artifacts" / "xcp-1.5" / "8.4.1"
+    assert (previous / "manifest.json").is_file()
+    assert (previous / "drbd-8.4.1.rpm").read_bytes() == b"8.4.1"
+
+
+def test_one_source_file_cannot_serve_several_versions(tmp_path: Path) -> None:
+    steps = plan(load_registry(), ["1.5"], ["8.4.1", "8.4.2"], tmp_path)
+    opts = pipeline.BuildOptions(
+        settings=FetchSettings(cache_dir=tmp_path), kernel_inputs=KernelInputs(),
+        source=tmp_path / "drbd.tar.gz",
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="single --drbd"):
+        pipeline.run_builds(steps, opts)
