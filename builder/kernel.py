@@ -76,42 +76,29 @@ def _fetch_rpm(
     """The kernel-devel RPM for ``target`` as a verified local file, and the file it came from."""
     source = target.kernel_source
     lock = ChecksumLock(target.lock_file)
-    rpm_name = _rpm_file_name(target)
-    if inputs.kernel_rpm is not None:
-        key = source.lock_key if source.kind is SourceKind.RPM else f"file:{rpm_name}"
-        pinned = source.sha256 if source.kind is SourceKind.RPM else None
-        rpm = fetch(
-            Input(
-                what=f"{target.kernel_package} RPM for {target.id}",
-                url=None,
-                file_name=rpm_name,
-                key=key,
-                pinned=pinned,
-                lock=lock,
-                local=inputs.kernel_rpm,
-            ),
-            settings,
-            verify=_check_rpm,
-        )
-        return rpm, rpm
-    if source.kind is SourceKind.RPM:
-        rpm = fetch(
-            Input(
-                what=f"{target.kernel_package} RPM for {target.id}",
-                url=source.url,
-                file_name=source.file_name,
-                key=source.lock_key,
-                pinned=source.sha256,
-                lock=lock,
-                note=source.note,
-            ),
-            settings,
-            verify=_check_rpm,
-        )
-        return rpm, rpm
-    if source.kind is SourceKind.ISO:
+    if inputs.kernel_rpm is None and source.kind is SourceKind.ISO:
         return _rpm_from_iso(target, settings, inputs, lock)
-    rpm = _rpm_from_yum(target, settings)
+    if inputs.kernel_rpm is None and source.kind is SourceKind.YUM:
+        rpm = _rpm_from_yum(target, settings)
+        return rpm, rpm
+    # The RPM itself: the target's RPM URL, or the user's file (checked against what a verified
+    # source recorded for it, when the target's source is an ISO or a repository).
+    direct = source.kind is SourceKind.RPM
+    rpm_name = _rpm_file_name(target)
+    rpm = fetch(
+        Input(
+            what=f"{target.kernel_package} RPM for {target.id}",
+            url=source.url if direct else None,
+            file_name=rpm_name,
+            key=source.lock_key if direct else f"file:{rpm_name}",
+            pinned=source.sha256 if direct else None,
+            lock=lock,
+            local=inputs.kernel_rpm,
+            note=source.note,
+        ),
+        settings,
+        verify=_check_rpm,
+    )
     return rpm, rpm
 
 
