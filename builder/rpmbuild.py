@@ -13,6 +13,7 @@ staging directory, then moved into the caller's output directory and checked.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import tarfile
@@ -85,7 +86,9 @@ class Recipe:
             ["tar", "-xzf", f"{INPUT_DIR}/{inputs.tarball_name}", "-C", WORK_DIR],
             ["cd", f"{WORK_DIR}/{inputs.source_dir}"],
             ["./configure", "--with-km"],
-            ["make", "tgz", *self.specs],
+            # FORCE=1: without it `tgz` first rebuilds the release's man pages, which needs
+            # xsltproc and DocBook stylesheets fetched over the network, which is off here.
+            ["make", "tgz", *self.specs, "FORCE=1"],
             ["cp", tgz, f"{TOP_DIR}/SOURCES/{tgz}"],
             *([*rpmbuild, spec] for spec in self.specs),
             ["find", f"{TOP_DIR}/RPMS", "-name", "*.rpm", "-exec", "cp", "{}", OUTPUT_DIR, ";"],
@@ -378,14 +381,30 @@ def build_drbd(
     )
 
 
+# Lines that name the cause of a failed build, which rpmbuild's closing summary of warnings
+# can push out of the log's last lines.
+ERROR_LINE = re.compile(
+    r"(\berror:|\*\*\*|undefined reference|multiple definition|No such file or directory)"
+)
+ERROR_LINES = 12
+
+
 def _build_error(reason: str, version: str, log_file: Path) -> BuildError:
     try:
         text = log_file.read_text(encoding="utf-8", errors="replace")
     except OSError:
         text = ""
-    tail = "\n".join("    " + line for line in text.rstrip("\n").splitlines()[-LOG_TAIL_LINES:])
+    lines = text.rstrip("\n").splitlines()
+    tail = lines[-LOG_TAIL_LINES:]
+    earlier = [line for line in lines[: -LOG_TAIL_LINES or None] if ERROR_LINE.search(line)]
+    causes = ""
+    if earlier:
+        shown = "\n".join("    " + line for line in earlier[:ERROR_LINES])
+        causes = f"Errors earlier in the build log:\n{shown}\n"
+    shown_tail = "\n".join("    " + line for line in tail)
     return BuildError(
-        f"Building DRBD {version} failed ({reason}). Last lines of the build log:\n{tail}\n"
+        f"Building DRBD {version} failed ({reason}). {causes}"
+        f"Last lines of the build log:\n{shown_tail}\n"
         f"The whole log is {log_file}",
         hint=f"Set {container.KEEP_ENV}=1 to keep the build container for inspection.",
     )
