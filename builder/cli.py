@@ -106,5 +106,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print("error: interrupted; partial work was cleaned up.", file=sys.stderr)
         return Interrupted.exit_code
+    except OSError as exc:
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if getattr(args, "debug", False):
+            raise
+        print(
+            f"error: unexpected {type(exc).__name__}: {exc}\n"
+            "This is a bug; run again with --debug for the traceback and report it.",
+            file=sys.stderr,
+        )
+        return 1
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -159,16 +159,16 @@ def _use_local(
             f"The {item.what} {path} does not exist or is not a regular file.",
             hint="Check the path given on the command line, in the spec, or in --mirror.",
         )
-    hashes = settings.hashes
-    cached = hashes.lookup(path)
-    actual = cached or hashes.sha256(path)
+    actual = settings.hashes.sha256(path)
     if expected and actual != expected:
         raise ChecksumError(
             f"The {item.what} {path} has sha256 {actual}, but {expected} was expected ({source}).",
             hint="Your file was left in place. Use the right file, or update the spec's sha256 "
             "or checksums.lock if this file is legitimately different.",
         )
-    if cached is None and verify is not None:
+    # Only a pinned or locked hash vouches for the content: a file that merely was hashed
+    # before (perhaps as another kind of input, or by a run that then refused it) is checked.
+    if expected is None and verify is not None:
         verify(path)
     return Fetched(path=path, sha256=actual, origin=str(path), untrusted=None if expected else item)
 

@@ -16,6 +16,7 @@ import lzma
 import os
 import posixpath
 import stat
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -286,7 +287,11 @@ def extract_payload(path: Path, info: RpmInfo, root: Path) -> int:
                 else:
                     # Device nodes, fifos and sockets have no place in a build tree.
                     _read_exact(data, entry.size, path)
-        except (OSError, EOFError, lzma.LZMAError, ValueError) as exc:
+        except (OSError, EOFError, lzma.LZMAError, ValueError, zlib.error) as exc:
+            raise corrupt(path, f"its payload cannot be decompressed ({exc})") from None
+        except Exception as exc:
+            if type(exc).__name__ != "ZstdError":  # zstandard is imported only when needed
+                raise
             raise corrupt(path, f"its payload cannot be decompressed ({exc})") from None
     _check_symlinks(root, symlinks, path)
     _complete_hardlinks(links)

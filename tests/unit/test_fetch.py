@@ -137,3 +137,22 @@ def test_no_url_explains_how_to_get_the_file(tmp_path: Path) -> None:
     with pytest.raises(FetchError, match="No download URL") as caught:
         fetch(missing, settings(tmp_path))
     assert "Log in." in str(caught.value)
+
+
+def test_a_refused_local_file_is_checked_again_on_the_next_run(
+    tmp_path: Path, payload: tuple[Path, bytes]
+) -> None:
+    root, _ = payload
+    lock = ChecksumLock(tmp_path / "checksums.lock")
+    calls: list[Path] = []
+
+    def reject(path: Path) -> None:
+        calls.append(path)
+        raise InputError("corrupt")
+
+    local = root / "file.bin"
+    for _ in range(2):
+        with pytest.raises(InputError):
+            fetch(item(str(local), lock), settings(tmp_path), verify=reject)
+    assert len(calls) == 2  # the hash cache does not stand in for the check
+    assert lock.get(str(local)) is None

@@ -82,3 +82,24 @@ def test_xenserver_without_url_explains_how_to_get_the_iso(
 ) -> None:
     assert main(["kernel", "--xcp", "6.2", "--cache", str(tmp_path)]) == 3
     assert "--iso PATH" in capsys.readouterr().err
+
+
+def test_an_os_error_is_an_error_line_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    rpm = tmp_path / "k.rpm"
+    rpm.write_bytes(b"not read: the cache fails first")
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "t.yaml").write_text(
+        "targets:\n  t:\n    name: T\n    arch: x86_64\n    kernel:\n      package: k\n"
+        f"      release: r\n      source:\n        rpm: file://{rpm}\n"
+        "    container:\n      family: centos7-x86_64\n    consumer: el7\n"
+    )
+    code = main(["kernel", "--xcp", "t", "--specs", str(specs), "--cache", str(not_a_dir)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "Not a directory" in err
+    assert "Traceback" not in err

@@ -159,3 +159,17 @@ def test_truncated_payload_is_reported_as_corrupt(tmp_path: Path) -> None:
 def test_vercmp_follows_rpm(left: str, right: str, expected: int) -> None:
     assert vercmp(left, right) == expected
     assert vercmp(right, left) == -expected
+
+
+def test_damaged_compressed_payload_is_reported_as_corrupt(tmp_path: Path) -> None:
+    path, info = fake_rpm(
+        tmp_path, [(f"./f{i}", REG, bytes(range(256)) * 64, i, 1) for i in range(20)]
+    )
+    data = bytearray(path.read_bytes())
+    for offset in range(40, 200):
+        data[offset] ^= 0x5A
+    path.write_bytes(bytes(data))
+    root = tmp_path / "root"
+    root.mkdir()
+    with pytest.raises(InputError, match="not a valid RPM"):
+        extract_payload(path, info, root)
