@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from builder import log
-from builder.checksums import ChecksumLock, write_atomic
+from builder.checksums import ChecksumLock, file_lock, write_atomic
 from builder.errors import ChecksumError, InputError, KernelMismatchError
 from builder.fetch import Fetched, FetchSettings, Input, fetch
 from builder.iso import extract as extract_from_iso
@@ -240,40 +240,54 @@ def find_build_dirs(root: Path) -> dict[Path, str]:
     return found
 
 
-def _extract_tree(rpm: Fetched, info: RpmInfo, settings: FetchSettings) -> dict[str, str]:
-    """Extract (or reuse) the payload of ``rpm`` and return its marker data."""
-    base = settings.cache_dir / "kernels" / rpm.sha256
-    marker = base / MARKER
+def _read_marker(base: Path) -> dict[str, str] | None:
     with contextlib.suppress(OSError, ValueError):
-        data = json.loads(marker.read_text(encoding="utf-8"))
+        data = json.loads((base / MARKER).read_text(encoding="utf-8"))
         if isinstance(data, dict) and (base / "tree").is_dir():
             return {str(k): str(v) for k, v in data.items()}
-    partial = base.with_name(f"{base.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
-        (partial / "tree").mkdir(parents=True)
-        with log.step(f"extracting {info.nvra}"):
-            count = extract_payload(rpm.path, info, partial / "tree")
-            log.info(f"{count} files")
-        builds = find_build_dirs(partial / "tree")
-        if not builds:
-            raise InputError(
-                f"{rpm.path.name} holds no kernel build tree (a directory with a Makefile and a "
-                "configured include/config/kernel.release or utsrelease.h).",
-                hint="Check that the target names the kernel-devel package of dom0's kernel.",
-            )
-        data = {
-            "nvra": info.nvra,
-            "builds": json.dumps(
-                {str(path.relative_to(partial / "tree")): rel for path, rel in builds.items()}
-            ),
-        }
-        write_atomic(partial / MARKER, json.dumps(data).encode())
-        shutil.rmtree(base, ignore_errors=True)
-        os.replace(partial, base)
-    except BaseException:
+    return None
+
+
+def _extract_tree(rpm: Fetched, info: RpmInfo, settings: FetchSettings) -> dict[str, str]:
+    """Extract (or reuse) the payload of ``rpm`` and return its marker data.
+
+    A finished tree (its marker written last) is never removed: parallel builds sharing the
+    cache may have it mounted. A lock makes concurrent first extractions take turns.
+    """
+    base = settings.cache_dir / "kernels" / rpm.sha256
+    done = _read_marker(base)
+    if done is not None:
+        return done
+    with file_lock(base.with_name(f"{base.name}.lock")):
+        done = _read_marker(base)
+        if done is not None:
+            return done
+        partial = base.with_name(f"{base.name}.partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
-        raise
+        try:
+            (partial / "tree").mkdir(parents=True)
+            with log.step(f"extracting {info.nvra}"):
+                count = extract_payload(rpm.path, info, partial / "tree")
+                log.info(f"{count} files")
+            builds = find_build_dirs(partial / "tree")
+            if not builds:
+                raise InputError(
+                    f"{rpm.path.name} holds no kernel build tree (a directory with a Makefile "
+                    "and a configured include/config/kernel.release or utsrelease.h).",
+                    hint="Check that the target names the kernel-devel package of dom0's kernel.",
+                )
+            tree = partial / "tree"
+            data = {
+                "nvra": info.nvra,
+                "builds": json.dumps({str(p.relative_to(tree)): r for p, r in builds.items()}),
+            }
+            write_atomic(partial / MARKER, json.dumps(data).encode())
+            # Only an unfinished tree (no marker: a killed run) can be in the way.
+            shutil.rmtree(base, ignore_errors=True)
+            os.replace(partial, base)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
     return data
 
 

@@ -1,8 +1,18 @@
 from __future__ import annotations
 
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
+from builder import kernel
+from builder.fetch import Fetched, FetchSettings
 from builder.kernel import find_build_dirs, read_release
+from builder.rpm import RpmInfo
+
+UTS = {"include/generated/utsrelease.h": '#define UTS_RELEASE "6.1.0-1-amd64"'}
 
 
 def make_tree(root: Path, rel: str, files: dict[str, str]) -> Path:
@@ -48,3 +58,28 @@ def test_find_build_dirs_in_a_red_hat_layout(tmp_path: Path) -> None:
     make_tree(tmp_path, "usr/share/doc/kernel", {"Makefile": ""})
     found = find_build_dirs(tmp_path)
     assert found == {tmp_path / f"usr/src/kernels/{release}-i686": release}
+
+
+def test_concurrent_first_extractions_take_turns_and_extract_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+
+    def fake_extract(path: Path, info: RpmInfo, root: Path) -> int:
+        calls.append(1)
+        time.sleep(0.3)
+        make_tree(root, "usr/src/k", {"Makefile": "", ".config": "", **UTS})
+        return 3
+
+    monkeypatch.setattr(kernel, "extract_payload", fake_extract)
+    rpm = Fetched(path=tmp_path / "k.rpm", sha256="a" * 64, origin="k.rpm")
+    info = RpmInfo(
+        name="k", version="1", release="1", arch="x86_64", compressor="gzip",
+        payload_offset=0, header_offset=0, sigmd5=None, payload_digest=None,
+    )  # fmt: skip
+    settings = FetchSettings(cache_dir=tmp_path / "cache")
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: kernel._extract_tree(rpm, info, settings), range(2)))
+    assert len(calls) == 1
+    assert results[0] == results[1]
+    assert json.loads(results[0]["builds"]) == {"usr/src/k": "6.1.0-1-amd64"}
