@@ -91,6 +91,13 @@ class ChecksumLock:
             data = self._read()
             if data.get(key) == sha256:
                 return
+            if key in data:
+                raise ChecksumError(
+                    f"{key} has sha256 {sha256} here, but another run recorded {data[key]} in "
+                    f"{self.path} meanwhile.",
+                    hint="Two different files were fetched for one input; find out which one "
+                    "is right before trusting either.",
+                )
             data[key] = sha256
             text = json.dumps(dict(sorted(data.items())), indent=2) + "\n"
             write_atomic(self.path, text.encode())

@@ -299,8 +299,13 @@ def _download_once(
                     digest.update(chunk)
                     received += len(chunk)
                     progress.advance(len(chunk))
-        except (requests.exceptions.RequestException, OSError) as exc:
+        except requests.exceptions.RequestException as exc:
             raise _Retryable(f"transfer interrupted: {type(exc).__name__}") from None
+        except OSError as exc:  # writing, not the network: retrying would not help
+            raise FetchError(
+                f"Cannot write {part}: {exc.strerror or exc}.",
+                hint="Free some disk space or choose another --cache DIR; the next run resumes.",
+            ) from None
         finally:
             progress.finish()
         if total is not None and received < total:

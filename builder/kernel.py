@@ -21,7 +21,7 @@ from pathlib import Path
 
 from builder import log
 from builder.checksums import ChecksumLock, file_lock, write_atomic
-from builder.errors import ChecksumError, InputError, KernelMismatchError
+from builder.errors import ChecksumError, ConfigError, InputError, KernelMismatchError
 from builder.fetch import Fetched, FetchSettings, Input, fetch
 from builder.iso import extract as extract_from_iso
 from builder.iso import locate
@@ -258,7 +258,7 @@ def _extract_tree(rpm: Fetched, info: RpmInfo, settings: FetchSettings) -> dict[
     done = _read_marker(base)
     if done is not None:
         return done
-    with file_lock(base.with_name(f"{base.name}.lock")):
+    with file_lock(settings.cache_dir / "locks" / f"kernel-{rpm.sha256}.lock"):
         done = _read_marker(base)
         if done is not None:
             return done
@@ -293,6 +293,15 @@ def _extract_tree(rpm: Fetched, info: RpmInfo, settings: FetchSettings) -> dict[
 
 def prepare_kernel(target: Target, settings: FetchSettings, inputs: KernelInputs) -> KernelTree:
     """Fetch, verify and extract ``target``'s kernel-devel; check its release."""
+    kind = target.kernel_source.kind
+    if inputs.iso is not None and inputs.kernel_rpm is not None:
+        raise ConfigError("Give either --iso or --kernel-rpm, not both.")
+    if inputs.iso is not None and kind is not SourceKind.ISO:
+        raise ConfigError(
+            f"--iso is for targets whose kernel-devel comes from an ISO; {target.id} takes it "
+            f"from {'an RPM URL' if kind is SourceKind.RPM else 'yum repositories'}.",
+            hint="Pass the kernel-devel RPM itself with --kernel-rpm PATH.",
+        )
     with log.step(f"kernel-devel for {target.id}"):
         rpm, source = _fetch_rpm(target, settings, inputs)
         info = read_info(rpm.path)

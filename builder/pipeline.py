@@ -97,9 +97,15 @@ def _up_to_date(step: BuildStep, inputs: dict[str, Any], settings: FetchSettings
         return False
     if not isinstance(manifest, dict) or manifest.get("inputs") != inputs:
         return False
+    outputs = manifest.get("outputs")
+    if not isinstance(outputs, list) or not outputs:
+        return False
     hashes = settings.hashes
-    for output in manifest.get("outputs", []):
-        path = step.output_dir / str(output.get("file", ""))
+    for output in outputs:
+        name = output.get("file") if isinstance(output, dict) else None
+        if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+            return False
+        path = step.output_dir / name
         if not path.is_file() or hashes.sha256(path) != output.get("sha256"):
             return False
     return True
@@ -130,6 +136,15 @@ def _manifest(
             for path in result.rpms
         ],
     }
+
+
+def _recover(final: Path) -> None:
+    """Undo what a run killed between the two renames of :func:`_replace_dir` left behind."""
+    for old in sorted(final.parent.glob(f"{final.name}.old-*")):
+        if not final.exists() and (old / MANIFEST).is_file():
+            os.replace(old, final)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _replace_dir(partial: Path, final: Path) -> None:
@@ -196,6 +211,7 @@ def run_builds(steps: Sequence[BuildStep], options: BuildOptions) -> list[Outcom
         for step in target_steps:
             source = fetch_source(step.drbd, options)
             inputs = _inputs(step, tree, source, context, context_sha)
+            _recover(step.output_dir)
             if _up_to_date(step, inputs, options.settings):
                 log.info(
                     f"{target.id} / DRBD {step.drbd.version}: up to date in {step.output_dir}; "

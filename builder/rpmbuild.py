@@ -16,6 +16,7 @@ import os
 import re
 import shlex
 import shutil
+import stat
 import tarfile
 import time
 from collections.abc import Sequence
@@ -308,10 +309,13 @@ def build_drbd(
     commands = recipe.commands(inputs)
     epoch = tarball_epoch(source_tarball) if source_date_epoch is None else source_date_epoch
     shell = [*personality(arch), "/bin/sh", "-c"]
-    staging = output_dir / ".from-container"
-    shutil.rmtree(staging, ignore_errors=True)
+    # The build user's uid is the image's, not ours, so the directory it writes to is open to
+    # everyone; its parent is ours alone, so no other local user can reach into it.
+    private = output_dir / ".from-container"
+    shutil.rmtree(private, ignore_errors=True)
+    private.mkdir(mode=0o700)
+    staging = private / "out"
     staging.mkdir()
-    # The build user's uid is the image's, not ours: let it write, and only flat files.
     os.chmod(staging, 0o777)  # noqa: S103
     spec = container.RunSpec(
         image=image,
@@ -350,15 +354,22 @@ def build_drbd(
                 raise _build_error(f"exit status {result.exit_code}", version, log_file)
         rpms = []
         for built in sorted(staging.glob("*.rpm")):
+            # What the container left is not trusted: a symlink or hard link there would make
+            # this (often root) process copy a file of the host into the artifacts.
+            info = built.lstat()
+            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+                raise _build_error(
+                    f"{built.name} in the output is not a plain file", version, log_file
+                )
             # A copy, not a rename: the files then belong to the user running the tool, not to
             # whichever uid the image's build user has on this host.
             destination = output_dir / built.name
-            shutil.copy2(built, destination)
+            shutil.copy2(built, destination, follow_symlinks=False)
             rpms.append(destination)
         if not rpms:
             raise _build_error("no RPMs were produced", version, log_file)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(private, ignore_errors=True)
     expect = checks.Expectation(
         kernel_release=kernel_release,
         arch=arch,

@@ -41,8 +41,15 @@ def _join(base: str, href: str) -> str:
     return urllib.parse.urljoin(base if base.endswith("/") else base + "/", href)
 
 
-def primary_href(repomd: Path, base: str = "") -> str:
-    """Where ``repomd.xml`` says the primary metadata is, relative to the repository."""
+@dataclass(frozen=True)
+class MetadataFile:
+    href: str  # relative to the repository
+    checksum_type: str
+    checksum: str
+
+
+def primary_metadata(repomd: Path, base: str = "") -> MetadataFile:
+    """Where ``repomd.xml`` says the primary metadata is, and its checksum."""
     import createrepo_c as cr
 
     try:
@@ -53,8 +60,11 @@ def primary_href(repomd: Path, base: str = "") -> str:
         ) from None
     for record in records:
         if record.type == "primary" and record.location_href:
-            href: str = record.location_href
-            return href
+            return MetadataFile(
+                href=str(record.location_href),
+                checksum_type=str(record.checksum_type or ""),
+                checksum=str(record.checksum or ""),
+            )
     raise InputError(f"The repository {base} has no primary metadata in repomd.xml.")
 
 
@@ -108,13 +118,17 @@ def find_package(
             settings,
             fresh=True,
         )
-        primary_url = _join(base_url, primary_href(repomd.path, base_url))
+        listed = primary_metadata(repomd.path, base_url)
+        primary_url = _join(base_url, listed.href)
+        # repomd.xml names the primary metadata's checksum: a stale or truncated cached copy
+        # (some repositories reuse file names) is fetched again.
         primary = fetch(
             Input(
                 what=f"primary metadata of {base_url}",
                 url=primary_url,
                 file_name=primary_url.rsplit("/", 1)[-1],
                 key=primary_url,
+                pinned=listed.checksum if listed.checksum_type == "sha256" else None,
             ),
             settings,
         )

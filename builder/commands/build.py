@@ -70,7 +70,7 @@ def register(
             parser.add_argument(
                 "--timeout",
                 metavar="SECONDS",
-                type=float,
+                type=positive_seconds,
                 default=None,
                 help="stop a build (and remove its container) after this long",
             )
@@ -80,6 +80,16 @@ def register(
             parser.set_defaults(func=run)
         else:
             parser.set_defaults(func=run_matrix)
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} must be more than 0 seconds")
+    return value
 
 
 def _steps(args: argparse.Namespace) -> list[BuildStep]:

@@ -88,13 +88,13 @@ def local_path(base: str) -> Path:
 def read_packages(base: str) -> list[Package]:
     """Every package the repository at ``base`` (directory holding ``repodata/``) lists."""
     from builder.errors import InputError
-    from builder.yumrepo import primary_href, read_primary
+    from builder.yumrepo import primary_metadata, read_primary
 
     with tempfile.TemporaryDirectory(prefix="xdb-repo-") as temp:
         repomd = Path(temp) / "repomd.xml"
         repomd.write_bytes(_read(base, "repodata/repomd.xml"))
         try:
-            href = primary_href(repomd)
+            href = primary_metadata(repomd).href
         except InputError as exc:
             raise RepoUnreachable(f"repodata/repomd.xml: {exc.message}") from exc
         if href.startswith("/") or ".." in href.split("/"):

@@ -156,3 +156,12 @@ def test_a_refused_local_file_is_checked_again_on_the_next_run(
             fetch(item(str(local), lock), settings(tmp_path), verify=reject)
     assert len(calls) == 2  # the hash cache does not stand in for the check
     assert lock.get(str(local)) is None
+
+
+def test_a_lock_entry_is_never_silently_replaced(tmp_path: Path) -> None:
+    lock = ChecksumLock(tmp_path / "checksums.lock")
+    lock.record("https://x/a.iso", "a" * 64)
+    lock.record("https://x/a.iso", "a" * 64)  # the same value again is fine
+    with pytest.raises(ChecksumError, match="another run recorded"):
+        lock.record("https://x/a.iso", "b" * 64)
+    assert lock.get("https://x/a.iso") == "a" * 64

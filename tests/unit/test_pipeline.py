@@ -128,3 +128,26 @@ def test_one_source_file_cannot_serve_several_versions(tmp_path: Path) -> None:
     )  # fmt: skip
     with pytest.raises(ConfigError, match="single --drbd"):
         pipeline.run_builds(steps, opts)
+
+
+def test_a_run_killed_between_the_two_renames_is_recovered(fakes: Fakes, tmp_path: Path) -> None:
+    steps = plan(load_registry(), ["1.5"], ["8.4.1"], tmp_path / "artifacts")
+    pipeline.run_builds(steps, options(tmp_path))
+    final = tmp_path / "artifacts" / "xcp-1.5" / "8.4.1"
+    final.rename(final.with_name("8.4.1.old-4242"))  # as if killed right after moving it aside
+    again = pipeline.run_builds(steps, options(tmp_path))
+    assert [o.built for o in again] == [False]  # the complete previous build was put back
+    assert sorted(p.name for p in final.parent.iterdir()) == ["8.4.1"]
+
+
+@pytest.mark.parametrize(
+    "outputs", [[], ["drbd.rpm"], [{"file": "../../etc/passwd", "sha256": "x"}], None]
+)
+def test_a_malformed_manifest_means_rebuild(fakes: Fakes, tmp_path: Path, outputs: Any) -> None:
+    steps = plan(load_registry(), ["1.5"], ["8.4.1"], tmp_path / "artifacts")
+    pipeline.run_builds(steps, options(tmp_path))
+    manifest_path = tmp_path / "artifacts" / "xcp-1.5" / "8.4.1" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["outputs"] = outputs
+    manifest_path.write_text(json.dumps(manifest))
+    assert [o.built for o in pipeline.run_builds(steps, options(tmp_path))] == [True]

@@ -103,3 +103,23 @@ def test_an_os_error_is_an_error_line_not_a_traceback(
     assert code == 1
     assert "Not a directory" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "text"),
+    [
+        (["build", "--xcp", "1.5", "--drbd", "8.4.1", "--timeout", "0"], "more than 0"),
+        (["build", "--xcp", "1.5", "--drbd", "8.4.1", "--timeout", "-5"], "more than 0"),
+        (["kernel", "--xcp", "1.6", "--iso", "/x.iso"], "--iso is for targets"),
+        (["kernel", "--xcp", "1.5", "--iso", "/x.iso", "--kernel-rpm", "/x.rpm"], "not both"),
+    ],
+)
+def test_inputs_that_would_be_ignored_are_refused(
+    argv: list[str], text: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        code = main([*argv, "--cache", str(tmp_path)])
+    except SystemExit as exc:  # argparse's own usage errors
+        code = int(exc.code or 0)
+    assert code == 2
+    assert text in capsys.readouterr().err
