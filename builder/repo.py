@@ -163,14 +163,19 @@ def query_nevras(files: Sequence[Path]) -> dict[Path, str]:
     """name-epoch:version-release.arch of each RPM, read from its header."""
     found: dict[Path, str] = {}
     fmt = r"%{NAME}-%{EPOCHNUM}:%{VERSION}-%{RELEASE}.%{ARCH}\n"
+    # A missing rpm program is the host's problem (CommandError), not a bad input file.
+    rpm = proc.which("rpm", hint="Install rpm: apt-get install rpm")
     for start in range(0, len(files), sign.CHUNK):
         chunk = files[start : start + sign.CHUNK]
-        try:
-            result = proc.run(
-                ["rpm", "-qp", "--nosignature", "--nodigest", "--qf", fmt, *chunk], echo=False
+        cmd: list[str | os.PathLike[str]] = [rpm, "-qp", "--nosignature", "--nodigest"]
+        cmd += ["--qf", fmt, *chunk]
+        result = proc.run(cmd, echo=False, check=False)
+        if result.returncode != 0:
+            raise InputError(
+                f"Cannot read an RPM header (rpm -qp exited with {result.returncode}).\n"
+                f"{proc.tail(result.stdout + result.stderr)}".rstrip(),
+                hint="An artifact is not a valid RPM; rebuild it.",
             )
-        except CommandError as exc:
-            raise InputError(f"Cannot read an RPM header.\n{exc.message}") from exc
         lines = result.stdout.splitlines()
         if len(lines) != len(chunk):
             raise InputError(f"rpm printed {len(lines)} headers for {len(chunk)} packages.")

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from builder import repo, sign
-from builder.errors import SigningError
+from builder.errors import InputError, SigningError
 from builder.specs import Consumer
 from tests.rpmfactory import build_rpms, write_build
 
@@ -553,3 +553,12 @@ def test_a_second_publish_waits_or_fails_clearly(tmp_path: Path, keys: Keys, rpm
         result = dnf_fetch(tmp_path / "dnf", url, "drbd-kmod-9.0-2")
     assert result.returncode == 0, result.stdout + result.stderr
     assert os.path.isfile(tmp_path / "dnf" / "downloads" / "drbd-kmod-9.0-2.x86_64.rpm")
+
+
+def test_a_file_that_is_not_an_rpm_is_an_input_error(tmp_path: Path, rpms: Rpms) -> None:
+    garbage = tmp_path / "drbd-9.0-1.x86_64.rpm"
+    garbage.write_bytes(b"this is not an RPM package\n")
+    with pytest.raises(InputError, match="Cannot read an RPM header") as raised:
+        repo.query_nevras([rpms.el7[0], garbage])
+    assert raised.value.exit_code == 5
+    assert repo.query_nevras(rpms.el7[:1]) == {rpms.el7[0]: "drbd-kmod-0:9.0-1.x86_64"}

@@ -11,7 +11,7 @@ import pytest
 
 from builder import cli, repo
 from builder.commands import publish
-from builder.errors import ConfigError, InputError, LockedError, PublishError
+from builder.errors import CommandError, ConfigError, InputError, LockedError, PublishError
 from builder.specs import Consumer, load_registry
 
 FPR = "8491801EA5E36A6613E10D71C5E71C6396DBB809"
@@ -221,3 +221,16 @@ def test_cli_names_the_missing_option(
     assert "needs --consumer" in capsys.readouterr().err
     assert cli.main(["publish", "--print-repo-file", "http://h/", "--consumer", "el7"]) == 0
     assert "baseurl=http://h/el7/$basearch/" in capsys.readouterr().out
+
+
+def test_missing_rpm_program_is_a_command_error_not_a_bad_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package = tmp_path / "drbd-8.4.1-1.i686.rpm"
+    package.write_bytes(b"not looked at")
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    with pytest.raises(CommandError, match="'rpm' is not installed") as raised:
+        repo.query_nevras([package])
+    assert raised.value.exit_code == 7
