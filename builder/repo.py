@@ -147,8 +147,27 @@ def scan_artifacts(artifacts: Path, registry: Callable[[], Registry]) -> list[Bu
             if not (build_dir / "manifest.json").is_file():
                 log.warn(f"skipping {where}: no manifest.json, so not a finished build")
                 continue
+            recorded = _recorded_version(build_dir / "manifest.json")
+            if recorded is not None and recorded != build_dir.name:
+                # The build stage moves a finished build aside as <version>.old-<pid> before
+                # putting the new one in place; an interrupt can leave that copy behind.
+                log.warn(
+                    f"skipping {where}: its manifest.json is for DRBD {recorded}, so it is a "
+                    "leftover or a copy, not a finished build"
+                )
+                continue
             builds.append(read_build(build_dir, registry))
     return builds
+
+
+def _recorded_version(manifest: Path) -> str | None:
+    """The manifest's drbd_version, or None when it has none (read_build reports bad ones)."""
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    version = data.get("drbd_version") if isinstance(data, dict) else None
+    return version if isinstance(version, str) and version else None
 
 
 def sha256_file(path: Path) -> str:

@@ -49,6 +49,25 @@ def test_scan_skips_unfinished_builds_and_says_so(
     assert "skipping xcp-1.6/8.4.1: no manifest.json" in err
 
 
+def test_scan_skips_build_directories_named_unlike_their_manifest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    finished = make_build(tmp_path, "xcp-1.5", "8.4.1", {"drbd-8.4.1-2.i686.rpm": b"new"})
+    # What the build stage leaves when interrupted between its two renames, and a hand copy.
+    left = make_build(tmp_path, "xcp-1.5", "8.4.1.old-4242", {"drbd-8.4.1-1.i686.rpm": b"old"})
+    copied = make_build(tmp_path, "xcp-1.5", "8.4.1 copy", {"drbd-8.4.1-1.i686.rpm": b"old"})
+    for directory in (left, copied):
+        data = json.loads((directory / "manifest.json").read_text())
+        data["drbd_version"] = "8.4.1"
+        (directory / "manifest.json").write_text(json.dumps(data))
+    builds = repo.scan_artifacts(tmp_path, load_registry)
+    assert [b.directory for b in builds] == [finished]
+    assert [name for b in builds for name, _ in b.outputs] == [finished / "drbd-8.4.1-2.i686.rpm"]
+    err = capsys.readouterr().err
+    assert "skipping xcp-1.5/8.4.1.old-4242: its manifest.json is for DRBD 8.4.1" in err
+    assert "skipping xcp-1.5/8.4.1 copy: its manifest.json is for DRBD 8.4.1" in err
+
+
 def test_consumer_comes_from_manifest_or_the_target_registry(tmp_path: Path) -> None:
     make_build(tmp_path, "xcp-1.5", "8.4.1", {"a-1-1.i686.rpm": b"a"})
     make_build(
