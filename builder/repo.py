@@ -699,20 +699,37 @@ def _assemble(
 
 
 def _keep_previous_metadata(folder: Path, prior: Path | None) -> None:
-    """Keep last version's metadata files one more round.
+    """Keep last version's metadata files one more round, and no older ones.
 
     A client that fetched the old ``repomd.xml`` just before the switch then asks for the old
     ``…-primary.xml.gz``; with unique file names that file is still there, instead of a 404.
+    Only the files the previous ``repomd.xml`` lists are kept: the previous ``repodata/`` also
+    holds the generation before it, and copying all of it would keep every generation forever.
     """
     if prior is None:
         return
-    old = prior / "repodata"
-    for file in old.iterdir():
-        if file.name.startswith("repomd.xml"):
-            continue
-        target = folder / "repodata" / file.name
-        if not target.exists():
-            _link_or_copy(file, target)
+    for href in metadata_files(prior / "repodata" / "repomd.xml"):
+        target = folder / href
+        if not target.exists() and (prior / href).is_file():
+            _link_or_copy(prior / href, target)
+
+
+def metadata_files(repomd: Path) -> list[str]:
+    """The ``repodata/…`` files a ``repomd.xml`` lists, relative to its repository."""
+    import createrepo_c as cr
+
+    try:
+        records = cr.Repomd(str(repomd)).records
+    except Exception as exc:  # createrepo_c raises its own error type for bad XML
+        raise PublishError(f"The published metadata {repomd} cannot be parsed: {exc}.") from None
+    hrefs: list[str] = []
+    for record in records:
+        href = str(record.location_href or "")
+        parts = href.split("/")
+        if len(parts) != 2 or parts[0] != "repodata" or parts[1] in ("", ".", ".."):
+            raise PublishError(f"{repomd} lists {href!r}, which is not a file in repodata/.")
+        hrefs.append(href)
+    return hrefs
 
 
 def _stable_links(repo: Path, families: dict[str, Consumer]) -> None:

@@ -384,6 +384,40 @@ def test_publish_is_incremental(tmp_path: Path, keys: Keys, rpms: Rpms) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def _generations(repodata: Path) -> dict[str, int]:
+    kinds = ("primary", "filelists", "other")
+    return {kind: len(list(repodata.glob(f"*-{kind}.xml.gz"))) for kind in kinds}
+
+
+def test_old_metadata_is_kept_one_round_not_forever(tmp_path: Path, keys: Keys, rpms: Rpms) -> None:
+    artifacts = make_artifacts(tmp_path, rpms)
+    target = tmp_path / "repo"
+    third = build_rpms(tmp_path, ["drbd-kmod"], version="9.0", release="3", arch="x86_64")
+    updates = [("9.0-2", rpms.el7_update), ("9.0-3", third)]
+    assert run_publish(artifacts, target, keys).returncode == 0
+    listed = []
+    for version, packages in updates:
+        listed.append(
+            repo.metadata_files((target / "el7" / "x86_64" / "repodata" / "repomd.xml").resolve())
+        )
+        write_build(artifacts, "xcp-ng-8.2", version, packages, consumer="el7", basearch="x86_64")
+        result = run_publish(artifacts, target, keys)
+        assert result.returncode == 0, result.stderr
+    el7 = (target / "current" / "el7" / "x86_64").resolve()
+    assert _generations(el7 / "repodata") == {"primary": 2, "filelists": 2, "other": 2}
+    newest = repo.metadata_files(el7 / "repodata" / "repomd.xml")
+    # The previous generation stays for clients that read the old repomd.xml; the first goes.
+    assert {p.name for p in (el7 / "repodata").iterdir()} == {
+        "repomd.xml",
+        "repomd.xml.asc",
+        *(href.removeprefix("repodata/") for href in newest + listed[1]),
+    }
+    assert not any((el7 / href).exists() for href in set(listed[0]) - set(listed[1]) - set(newest))
+    with served(target) as url:
+        result = dnf_fetch(tmp_path / "dnf", url, "drbd-kmod-9.0-3")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_same_nvr_with_other_content_is_refused(tmp_path: Path, keys: Keys, rpms: Rpms) -> None:
     artifacts = make_artifacts(tmp_path, rpms)
     target = tmp_path / "repo"
