@@ -592,6 +592,12 @@ class PublishResult:
 
 def publish(options: PublishOptions, registry: Callable[[], Registry]) -> PublishResult:
     key = sign.find_key(options.key, options.gnupg_home, options.passphrase_file)
+    if key.is_subkey:
+        log.warn(
+            f"signing with subkey {key.signing_fingerprint} of key {key.fingerprint}: rpm before "
+            "4.13 (EL5's rpm 4.4) trusts only primary keys and will report these packages as "
+            "NOKEY; use a key whose primary can sign for such hosts"
+        )
     builds = scan_artifacts(options.artifacts, registry)
     options.repo.mkdir(parents=True, exist_ok=True)
     versions = options.repo / "versions"

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from builder import repo, sign
-from builder.errors import InputError, SigningError
+from builder.errors import ConfigError, InputError, SigningError
 from builder.specs import Consumer
 from tests.rpmfactory import build_rpms, write_build
 
@@ -529,6 +529,82 @@ def test_a_protected_key_needs_its_passphrase_file(tmp_path: Path, rpms: Rpms) -
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False, env=env)
         assert done.returncode == 0, done.stderr
         assert "published 4 new package(s)" in done.stdout
+    finally:
+        _kill_agent(home)
+
+
+_NO_PASS = ("--passphrase", "")
+
+
+def _gpg(home: Path, *args: str) -> str:
+    return subprocess.run(
+        ["gpg", "--homedir", str(home), "--batch", "--pinentry-mode", "loopback", *_NO_PASS, *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+
+
+def _fingerprints(home: Path, record: str, *args: str) -> list[str]:
+    """Fingerprints of the ``record`` ("sec", "ssb", "pub", "sub") lines, in listed order."""
+    found, last = [], ""
+    for line in _gpg(home, "--with-colons", *args).splitlines():
+        fields = line.split(":")
+        if fields[0] == "fpr" and last == record:
+            found.append(fields[9])
+        last = fields[0] if fields[0] != "grp" else last
+    return found
+
+
+def test_a_certify_only_key_signs_with_its_signing_subkey(tmp_path: Path, rpms: Rpms) -> None:
+    """The usual production layout: primary [C], signing subkey [S], encryption subkey [E]."""
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+    try:
+        uid = "Subkey signer <sub@xcp-drbd-builder.invalid>"
+        _gpg(home, "--quick-gen-key", uid, "rsa2048", "cert", "never")
+        (primary,) = _fingerprints(home, "sec", "--list-secret-keys")
+        with pytest.raises(ConfigError, match="has no usable signing key"):
+            sign.find_key(primary, home)
+
+        _gpg(home, "--quick-add-key", primary, "rsa2048", "encr", "never")
+        with pytest.raises(ConfigError, match="has no usable signing key"):
+            sign.find_key(primary, home)
+        for _ in range(2):
+            _gpg(home, "--quick-add-key", primary, "rsa2048", "sign", "never")
+        subkeys = _fingerprints(home, "ssb", "--list-secret-keys", primary)
+        newest = subkeys[-1]
+        key = sign.find_key(primary, home)
+        assert (key.fingerprint, key.signing_fingerprint) == (primary, newest)
+        assert key.key_id == newest[-16:].lower()
+        assert sign.find_key(subkeys[1], home).signing_fingerprint == subkeys[1]
+
+        artifacts = make_artifacts(tmp_path, rpms)
+        target = tmp_path / "repo"
+        cmd = [sys.executable, "-m", "builder", "publish", "--artifacts", str(artifacts)]
+        cmd += ["--repo", str(target), "--key", primary, "--gnupg-home", str(home)]
+        result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stderr
+        assert f"signing with subkey {newest} of key {primary}" in result.stderr
+        for package in (target / "current").resolve().rglob("*.rpm"):
+            header = subprocess.run(
+                ["rpm", "-qp", "--qf", "%{RSAHEADER:pgpsig}", package],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            assert header.endswith(f"Key ID {key.key_id}"), header
+
+        # The published key is the whole key, so the subkey's signatures verify with it.
+        exported = tmp_path / "imported"
+        exported.mkdir(mode=0o700)
+        _gpg(exported, "--import", str(target / repo.KEY_FILE_NAME))
+        assert _fingerprints(exported, "pub", "--list-keys") == [primary]
+        assert _fingerprints(exported, "sub", "--list-keys") == subkeys
+        _kill_agent(exported)
+        with served(target) as url:
+            fetched = dnf_fetch(tmp_path / "dnf", url, "drbd-kmod")
+        assert fetched.returncode == 0, fetched.stdout + fetched.stderr
     finally:
         _kill_agent(home)
 
