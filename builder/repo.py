@@ -147,8 +147,27 @@ def scan_artifacts(artifacts: Path, registry: Callable[[], Registry]) -> list[Bu
             if not (build_dir / "manifest.json").is_file():
                 log.warn(f"skipping {where}: no manifest.json, so not a finished build")
                 continue
+            recorded = _recorded_version(build_dir / "manifest.json")
+            if recorded is not None and recorded != build_dir.name:
+                # The build stage moves a finished build aside as <version>.old-<pid> before
+                # putting the new one in place; an interrupt can leave that copy behind.
+                log.warn(
+                    f"skipping {where}: its manifest.json is for DRBD {recorded}, so it is a "
+                    "leftover or a copy, not a finished build"
+                )
+                continue
             builds.append(read_build(build_dir, registry))
     return builds
+
+
+def _recorded_version(manifest: Path) -> str | None:
+    """The manifest's drbd_version, or None when it has none (read_build reports bad ones)."""
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    version = data.get("drbd_version") if isinstance(data, dict) else None
+    return version if isinstance(version, str) and version else None
 
 
 def sha256_file(path: Path) -> str:
@@ -163,14 +182,19 @@ def query_nevras(files: Sequence[Path]) -> dict[Path, str]:
     """name-epoch:version-release.arch of each RPM, read from its header."""
     found: dict[Path, str] = {}
     fmt = r"%{NAME}-%{EPOCHNUM}:%{VERSION}-%{RELEASE}.%{ARCH}\n"
+    # A missing rpm program is the host's problem (CommandError), not a bad input file.
+    rpm = proc.which("rpm", hint="Install rpm: apt-get install rpm")
     for start in range(0, len(files), sign.CHUNK):
         chunk = files[start : start + sign.CHUNK]
-        try:
-            result = proc.run(
-                ["rpm", "-qp", "--nosignature", "--nodigest", "--qf", fmt, *chunk], echo=False
+        cmd: list[str | os.PathLike[str]] = [rpm, "-qp", "--nosignature", "--nodigest"]
+        cmd += ["--qf", fmt, *chunk]
+        result = proc.run(cmd, echo=False, check=False)
+        if result.returncode != 0:
+            raise InputError(
+                f"Cannot read an RPM header (rpm -qp exited with {result.returncode}).\n"
+                f"{proc.tail(result.stdout + result.stderr)}".rstrip(),
+                hint="An artifact is not a valid RPM; rebuild it.",
             )
-        except CommandError as exc:
-            raise InputError(f"Cannot read an RPM header.\n{exc.message}") from exc
         lines = result.stdout.splitlines()
         if len(lines) != len(chunk):
             raise InputError(f"rpm printed {len(lines)} headers for {len(chunk)} packages.")
@@ -568,6 +592,12 @@ class PublishResult:
 
 def publish(options: PublishOptions, registry: Callable[[], Registry]) -> PublishResult:
     key = sign.find_key(options.key, options.gnupg_home, options.passphrase_file)
+    if key.is_subkey:
+        log.warn(
+            f"signing with subkey {key.signing_fingerprint} of key {key.fingerprint}: rpm before "
+            "4.13 (EL5's rpm 4.4) trusts only primary keys and will report these packages as "
+            "NOKEY; use a key whose primary can sign for such hosts"
+        )
     builds = scan_artifacts(options.artifacts, registry)
     options.repo.mkdir(parents=True, exist_ok=True)
     versions = options.repo / "versions"
@@ -675,20 +705,37 @@ def _assemble(
 
 
 def _keep_previous_metadata(folder: Path, prior: Path | None) -> None:
-    """Keep last version's metadata files one more round.
+    """Keep last version's metadata files one more round, and no older ones.
 
     A client that fetched the old ``repomd.xml`` just before the switch then asks for the old
     ``…-primary.xml.gz``; with unique file names that file is still there, instead of a 404.
+    Only the files the previous ``repomd.xml`` lists are kept: the previous ``repodata/`` also
+    holds the generation before it, and copying all of it would keep every generation forever.
     """
     if prior is None:
         return
-    old = prior / "repodata"
-    for file in old.iterdir():
-        if file.name.startswith("repomd.xml"):
-            continue
-        target = folder / "repodata" / file.name
-        if not target.exists():
-            _link_or_copy(file, target)
+    for href in metadata_files(prior / "repodata" / "repomd.xml"):
+        target = folder / href
+        if not target.exists() and (prior / href).is_file():
+            _link_or_copy(prior / href, target)
+
+
+def metadata_files(repomd: Path) -> list[str]:
+    """The ``repodata/…`` files a ``repomd.xml`` lists, relative to its repository."""
+    import createrepo_c as cr
+
+    try:
+        records = cr.Repomd(str(repomd)).records
+    except Exception as exc:  # createrepo_c raises its own error type for bad XML
+        raise PublishError(f"The published metadata {repomd} cannot be parsed: {exc}.") from None
+    hrefs: list[str] = []
+    for record in records:
+        href = str(record.location_href or "")
+        parts = href.split("/")
+        if len(parts) != 2 or parts[0] != "repodata" or parts[1] in ("", ".", ".."):
+            raise PublishError(f"{repomd} lists {href!r}, which is not a file in repodata/.")
+        hrefs.append(href)
+    return hrefs
 
 
 def _stable_links(repo: Path, families: dict[str, Consumer]) -> None:

@@ -37,16 +37,141 @@ _PGPSIG = re.compile(r"^(?P<algo>[A-Z]+)/(?P<digest>[A-Z0-9]+), .*Key ID (?P<key
 
 @dataclass(frozen=True, kw_only=True)
 class SigningKey:
-    """A secret key in a GnuPG home, identified by its full fingerprint."""
+    """A secret key in a GnuPG home: the key (primary fingerprint) and the (sub)key that signs.
+
+    ``fingerprint`` names the whole key: it is what gets exported for consumers and recorded in
+    the published state.  ``signing_fingerprint`` is the primary itself or one of its signing
+    subkeys; signatures carry its key id and ``algorithm`` is its algorithm.
+    """
 
     fingerprint: str
+    signing_fingerprint: str
     algorithm: str  # "RSA" or "DSA"
     gnupg_home: Path
     passphrase_file: Path | None = None
 
     @property
     def key_id(self) -> str:
-        return self.fingerprint[-16:].lower()
+        """The key id signatures carry: the signing (sub)key's."""
+        return self.signing_fingerprint[-16:].lower()
+
+    @property
+    def is_subkey(self) -> bool:
+        return self.signing_fingerprint != self.fingerprint
+
+    @property
+    def signer(self) -> str:
+        """The signing (sub)key for gpg ``-u``; the ``!`` stops gpg from picking another one."""
+        return f"{self.signing_fingerprint}!"
+
+
+@dataclass(frozen=True, kw_only=True)
+class _GpgKey:
+    """One ``sec`` or ``ssb`` record of ``gpg --with-colons`` with its fingerprint."""
+
+    fingerprint: str
+    algorithm: str  # OpenPGP number, "1" = RSA
+    created: int
+    usable: bool  # valid (not expired, revoked, invalid, disabled) and its secret is present
+    can_sign: bool
+
+
+def _parse_secret_keys(colons: str) -> list[tuple[_GpgKey, list[_GpgKey]]]:
+    """Primary keys with their subkeys from ``gpg --with-colons --list-secret-keys``."""
+    blocks: list[tuple[_GpgKey, list[_GpgKey]]] = []
+    pending: list[str] | None = None
+    for line in colons.splitlines():
+        fields = line.split(":")
+        if fields[0] in ("sec", "ssb"):
+            pending = fields + [""] * (15 - len(fields))
+        elif fields[0] == "fpr" and pending is not None and len(fields) > 9:
+            record, pending = pending, None
+            caps = record[11]
+            key = _GpgKey(
+                fingerprint=fields[9],
+                algorithm=record[3],
+                created=int(record[5] or 0),
+                # i/d/r/e: invalid, disabled, revoked, expired; "#": only a stub of the secret.
+                usable=record[1] not in ("i", "d", "r", "e")
+                and "D" not in caps
+                and record[14] != "#",
+                can_sign="s" in caps,  # lower case: this (sub)key's own capability
+            )
+            if record[0] == "sec":
+                blocks.append((key, []))
+            elif blocks:
+                blocks[-1][1].append(key)
+    return blocks
+
+
+def _choose_signer(primary: _GpgKey, subkeys: list[_GpgKey], wanted: str) -> _GpgKey | None:
+    """The (sub)key to sign with: one named explicitly, else the primary, else the newest."""
+    named = wanted.upper().removeprefix("0X").rstrip("!")
+    if re.fullmatch(r"[0-9A-F]{8,40}", named):
+        for sub in subkeys:
+            if sub.fingerprint.endswith(named) and sub.usable and sub.can_sign:
+                return sub
+    if primary.usable and primary.can_sign:
+        return primary
+    # Newest by creation time; of two made in the same second, the one listed (added) last.
+    signing = [
+        (sub.created, n, sub) for n, sub in enumerate(subkeys) if sub.usable and sub.can_sign
+    ]
+    return max(signing)[2] if signing else None
+
+
+def find_key(key: str, gnupg_home: Path, passphrase_file: Path | None = None) -> SigningKey:
+    """Resolve a key id, fingerprint or user id to exactly one secret key usable by rpm 4.4.
+
+    The key signs with its primary when the primary can sign (rpm before 4.13 knows only
+    primary keys), otherwise with its newest valid signing subkey, or with the subkey named.
+    """
+    if not gnupg_home.is_dir():
+        raise ConfigError(
+            f"GnuPG home {gnupg_home} does not exist.",
+            hint="Pass --gnupg-home DIR (or set GNUPGHOME), or make a test key with "
+            "`python -m builder keygen --gnupg-home DIR`.",
+        )
+    result = proc.run(
+        [_gpg(), "--homedir", gnupg_home, "--batch", "--with-colons", "--list-secret-keys", key],
+        echo=False,
+        check=False,
+    )
+    blocks = _parse_secret_keys(result.stdout)
+    if not blocks:
+        raise ConfigError(
+            f"No secret key {key!r} in GnuPG home {gnupg_home}.",
+            hint="List keys with `gpg --homedir DIR --list-secret-keys`, or make a test key with "
+            "`python -m builder keygen`.",
+        )
+    if len(blocks) > 1:
+        found = ", ".join(primary.fingerprint for primary, _ in blocks)
+        raise ConfigError(
+            f"Key {key!r} matches {len(blocks)} secret keys ({found}); pass a full fingerprint."
+        )
+    primary, subkeys = blocks[0]
+    signer = _choose_signer(primary, subkeys, key)
+    if signer is None:
+        raise ConfigError(
+            f"Key {primary.fingerprint} has no usable signing key: its primary key cannot sign "
+            "and no subkey with the signing capability is valid and has its secret part here.",
+            hint="Add a signing subkey (`gpg --quick-add-key FPR rsa3072 sign`), or import its "
+            "secret part into this GnuPG home.",
+        )
+    if signer.algorithm not in RPM44_KEY_ALGOS:
+        which = "Subkey" if signer is not primary else "Key"
+        raise ConfigError(
+            f"{which} {signer.fingerprint} uses OpenPGP algorithm {signer.algorithm}; rpm 4.4 on "
+            "EL5 dom0 can only verify RSA or DSA signatures.",
+            hint="Use an RSA signing key (`python -m builder keygen` makes one for testing).",
+        )
+    return SigningKey(
+        fingerprint=primary.fingerprint,
+        signing_fingerprint=signer.fingerprint,
+        algorithm=RPM44_KEY_ALGOS[signer.algorithm],
+        gnupg_home=gnupg_home,
+        passphrase_file=passphrase_file,
+    )
 
 
 def digest_for(consumer: Consumer) -> str:
@@ -69,58 +194,6 @@ def _pinentry_args(key: SigningKey) -> list[str]:
             raise ConfigError(f"Passphrase file {key.passphrase_file} does not exist.")
         args += ["--passphrase-file", str(key.passphrase_file.absolute())]
     return args
-
-
-def find_key(key: str, gnupg_home: Path, passphrase_file: Path | None = None) -> SigningKey:
-    """Resolve a key id, fingerprint or user id to exactly one secret key usable by rpm 4.4."""
-    if not gnupg_home.is_dir():
-        raise ConfigError(
-            f"GnuPG home {gnupg_home} does not exist.",
-            hint="Pass --gnupg-home DIR (or set GNUPGHOME), or make a test key with "
-            "`python -m builder keygen --gnupg-home DIR`.",
-        )
-    result = proc.run(
-        [_gpg(), "--homedir", gnupg_home, "--batch", "--with-colons", "--list-secret-keys", key],
-        echo=False,
-        check=False,
-    )
-    keys: list[tuple[str, str]] = []
-    algo = ""
-    expect_fpr = False
-    for line in result.stdout.splitlines():
-        fields = line.split(":")
-        if fields[0] == "sec":
-            algo = fields[3]
-            expect_fpr = True
-        elif fields[0] == "fpr" and expect_fpr:
-            keys.append((fields[9], algo))
-            expect_fpr = False
-        elif fields[0] in ("ssb", "sub"):
-            expect_fpr = False
-    if not keys:
-        raise ConfigError(
-            f"No secret key {key!r} in GnuPG home {gnupg_home}.",
-            hint="List keys with `gpg --homedir DIR --list-secret-keys`, or make a test key with "
-            "`python -m builder keygen`.",
-        )
-    if len(keys) > 1:
-        found = ", ".join(fpr for fpr, _ in keys)
-        raise ConfigError(
-            f"Key {key!r} matches {len(keys)} secret keys ({found}); pass a full fingerprint."
-        )
-    fingerprint, algo = keys[0]
-    if algo not in RPM44_KEY_ALGOS:
-        raise ConfigError(
-            f"Key {fingerprint} uses OpenPGP algorithm {algo}; rpm 4.4 on EL5 dom0 can only "
-            "verify RSA or DSA signatures.",
-            hint="Use an RSA signing key (`python -m builder keygen` makes one for testing).",
-        )
-    return SigningKey(
-        fingerprint=fingerprint,
-        algorithm=RPM44_KEY_ALGOS[algo],
-        gnupg_home=gnupg_home,
-        passphrase_file=passphrase_file,
-    )
 
 
 def generate_test_key(gnupg_home: Path, *, name: str = TEST_KEY_UID) -> str:
@@ -187,7 +260,7 @@ def sign_rpms(files: Sequence[Path], key: SigningKey, consumer: Consumer) -> Non
         "--define",
         f"_gpg_path {key.gnupg_home}",
         "--define",
-        f"_gpg_name {key.fingerprint}",
+        f"_gpg_name {key.signer}",
         "--define",
         f"_gpg_digest_algo {digest_for(consumer)}",
         "--define",
@@ -200,7 +273,8 @@ def sign_rpms(files: Sequence[Path], key: SigningKey, consumer: Consumer) -> Non
             proc.run([*cmd, *chunk], env={"GNUPGHOME": str(key.gnupg_home)}, echo=False)
         except CommandError as exc:
             raise SigningError(
-                f"rpmsign could not sign {len(chunk)} package(s) with key {key.fingerprint}.\n"
+                f"rpmsign could not sign {len(chunk)} package(s) with key "
+                f"{key.signing_fingerprint}.\n"
                 f"{exc.message}",
                 hint="Check that the key is usable without a prompt (--passphrase-file) and "
                 "that gpg-agent allows loopback pinentry.",
@@ -294,7 +368,7 @@ def detach_sign(file: Path, key: SigningKey, consumer: Consumer) -> Path:
                 *_pinentry_args(key),
                 "--yes",
                 "--local-user",
-                f"{key.fingerprint}!",
+                key.signer,
                 "--digest-algo",
                 digest_for(consumer),
                 "--armor",

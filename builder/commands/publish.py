@@ -73,7 +73,8 @@ def register(
         "--key",
         metavar="ID",
         default=env("XDB_SIGNING_KEY"),
-        help="signing key: fingerprint preferred (default: $XDB_SIGNING_KEY)",
+        help="signing key: fingerprint preferred; a key whose primary cannot sign signs with "
+        "its newest signing subkey, or with the subkey named (default: $XDB_SIGNING_KEY)",
     )
     parser.add_argument(
         "--gnupg-home",

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from builder import repo, sign
-from builder.errors import SigningError
+from builder.errors import ConfigError, InputError, SigningError
 from builder.specs import Consumer
 from tests.rpmfactory import build_rpms, write_build
 
@@ -384,6 +384,40 @@ def test_publish_is_incremental(tmp_path: Path, keys: Keys, rpms: Rpms) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def _generations(repodata: Path) -> dict[str, int]:
+    kinds = ("primary", "filelists", "other")
+    return {kind: len(list(repodata.glob(f"*-{kind}.xml.gz"))) for kind in kinds}
+
+
+def test_old_metadata_is_kept_one_round_not_forever(tmp_path: Path, keys: Keys, rpms: Rpms) -> None:
+    artifacts = make_artifacts(tmp_path, rpms)
+    target = tmp_path / "repo"
+    third = build_rpms(tmp_path, ["drbd-kmod"], version="9.0", release="3", arch="x86_64")
+    updates = [("9.0-2", rpms.el7_update), ("9.0-3", third)]
+    assert run_publish(artifacts, target, keys).returncode == 0
+    listed = []
+    for version, packages in updates:
+        listed.append(
+            repo.metadata_files((target / "el7" / "x86_64" / "repodata" / "repomd.xml").resolve())
+        )
+        write_build(artifacts, "xcp-ng-8.2", version, packages, consumer="el7", basearch="x86_64")
+        result = run_publish(artifacts, target, keys)
+        assert result.returncode == 0, result.stderr
+    el7 = (target / "current" / "el7" / "x86_64").resolve()
+    assert _generations(el7 / "repodata") == {"primary": 2, "filelists": 2, "other": 2}
+    newest = repo.metadata_files(el7 / "repodata" / "repomd.xml")
+    # The previous generation stays for clients that read the old repomd.xml; the first goes.
+    assert {p.name for p in (el7 / "repodata").iterdir()} == {
+        "repomd.xml",
+        "repomd.xml.asc",
+        *(href.removeprefix("repodata/") for href in newest + listed[1]),
+    }
+    assert not any((el7 / href).exists() for href in set(listed[0]) - set(listed[1]) - set(newest))
+    with served(target) as url:
+        result = dnf_fetch(tmp_path / "dnf", url, "drbd-kmod-9.0-3")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_same_nvr_with_other_content_is_refused(tmp_path: Path, keys: Keys, rpms: Rpms) -> None:
     artifacts = make_artifacts(tmp_path, rpms)
     target = tmp_path / "repo"
@@ -499,6 +533,82 @@ def test_a_protected_key_needs_its_passphrase_file(tmp_path: Path, rpms: Rpms) -
         _kill_agent(home)
 
 
+_NO_PASS = ("--passphrase", "")
+
+
+def _gpg(home: Path, *args: str) -> str:
+    return subprocess.run(
+        ["gpg", "--homedir", str(home), "--batch", "--pinentry-mode", "loopback", *_NO_PASS, *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+
+
+def _fingerprints(home: Path, record: str, *args: str) -> list[str]:
+    """Fingerprints of the ``record`` ("sec", "ssb", "pub", "sub") lines, in listed order."""
+    found, last = [], ""
+    for line in _gpg(home, "--with-colons", *args).splitlines():
+        fields = line.split(":")
+        if fields[0] == "fpr" and last == record:
+            found.append(fields[9])
+        last = fields[0] if fields[0] != "grp" else last
+    return found
+
+
+def test_a_certify_only_key_signs_with_its_signing_subkey(tmp_path: Path, rpms: Rpms) -> None:
+    """The usual production layout: primary [C], signing subkey [S], encryption subkey [E]."""
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+    try:
+        uid = "Subkey signer <sub@xcp-drbd-builder.invalid>"
+        _gpg(home, "--quick-gen-key", uid, "rsa2048", "cert", "never")
+        (primary,) = _fingerprints(home, "sec", "--list-secret-keys")
+        with pytest.raises(ConfigError, match="has no usable signing key"):
+            sign.find_key(primary, home)
+
+        _gpg(home, "--quick-add-key", primary, "rsa2048", "encr", "never")
+        with pytest.raises(ConfigError, match="has no usable signing key"):
+            sign.find_key(primary, home)
+        for _ in range(2):
+            _gpg(home, "--quick-add-key", primary, "rsa2048", "sign", "never")
+        subkeys = _fingerprints(home, "ssb", "--list-secret-keys", primary)
+        newest = subkeys[-1]
+        key = sign.find_key(primary, home)
+        assert (key.fingerprint, key.signing_fingerprint) == (primary, newest)
+        assert key.key_id == newest[-16:].lower()
+        assert sign.find_key(subkeys[1], home).signing_fingerprint == subkeys[1]
+
+        artifacts = make_artifacts(tmp_path, rpms)
+        target = tmp_path / "repo"
+        cmd = [sys.executable, "-m", "builder", "publish", "--artifacts", str(artifacts)]
+        cmd += ["--repo", str(target), "--key", primary, "--gnupg-home", str(home)]
+        result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stderr
+        assert f"signing with subkey {newest} of key {primary}" in result.stderr
+        for package in (target / "current").resolve().rglob("*.rpm"):
+            header = subprocess.run(
+                ["rpm", "-qp", "--qf", "%{RSAHEADER:pgpsig}", package],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            assert header.endswith(f"Key ID {key.key_id}"), header
+
+        # The published key is the whole key, so the subkey's signatures verify with it.
+        exported = tmp_path / "imported"
+        exported.mkdir(mode=0o700)
+        _gpg(exported, "--import", str(target / repo.KEY_FILE_NAME))
+        assert _fingerprints(exported, "pub", "--list-keys") == [primary]
+        assert _fingerprints(exported, "sub", "--list-keys") == subkeys
+        _kill_agent(exported)
+        with served(target) as url:
+            fetched = dnf_fetch(tmp_path / "dnf", url, "drbd-kmod")
+        assert fetched.returncode == 0, fetched.stdout + fetched.stderr
+    finally:
+        _kill_agent(home)
+
+
 def test_nothing_to_publish_is_a_clear_error(tmp_path: Path, keys: Keys) -> None:
     (tmp_path / "artifacts" / "xcp-1.5" / "8.4.1.partial").mkdir(parents=True)
     result = run_publish(tmp_path / "artifacts", tmp_path / "repo", keys)
@@ -553,3 +663,12 @@ def test_a_second_publish_waits_or_fails_clearly(tmp_path: Path, keys: Keys, rpm
         result = dnf_fetch(tmp_path / "dnf", url, "drbd-kmod-9.0-2")
     assert result.returncode == 0, result.stdout + result.stderr
     assert os.path.isfile(tmp_path / "dnf" / "downloads" / "drbd-kmod-9.0-2.x86_64.rpm")
+
+
+def test_a_file_that_is_not_an_rpm_is_an_input_error(tmp_path: Path, rpms: Rpms) -> None:
+    garbage = tmp_path / "drbd-9.0-1.x86_64.rpm"
+    garbage.write_bytes(b"this is not an RPM package\n")
+    with pytest.raises(InputError, match="Cannot read an RPM header") as raised:
+        repo.query_nevras([rpms.el7[0], garbage])
+    assert raised.value.exit_code == 5
+    assert repo.query_nevras(rpms.el7[:1]) == {rpms.el7[0]: "drbd-kmod-0:9.0-1.x86_64"}

@@ -11,7 +11,7 @@ import pytest
 
 from builder import cli, repo
 from builder.commands import publish
-from builder.errors import ConfigError, InputError, LockedError, PublishError
+from builder.errors import CommandError, ConfigError, InputError, LockedError, PublishError
 from builder.specs import Consumer, load_registry
 
 FPR = "8491801EA5E36A6613E10D71C5E71C6396DBB809"
@@ -47,6 +47,25 @@ def test_scan_skips_unfinished_builds_and_says_so(
     err = capsys.readouterr().err
     assert "skipping xcp-1.5/8.4.2.partial: an unfinished build" in err
     assert "skipping xcp-1.6/8.4.1: no manifest.json" in err
+
+
+def test_scan_skips_build_directories_named_unlike_their_manifest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    finished = make_build(tmp_path, "xcp-1.5", "8.4.1", {"drbd-8.4.1-2.i686.rpm": b"new"})
+    # What the build stage leaves when interrupted between its two renames, and a hand copy.
+    left = make_build(tmp_path, "xcp-1.5", "8.4.1.old-4242", {"drbd-8.4.1-1.i686.rpm": b"old"})
+    copied = make_build(tmp_path, "xcp-1.5", "8.4.1 copy", {"drbd-8.4.1-1.i686.rpm": b"old"})
+    for directory in (left, copied):
+        data = json.loads((directory / "manifest.json").read_text())
+        data["drbd_version"] = "8.4.1"
+        (directory / "manifest.json").write_text(json.dumps(data))
+    builds = repo.scan_artifacts(tmp_path, load_registry)
+    assert [b.directory for b in builds] == [finished]
+    assert [name for b in builds for name, _ in b.outputs] == [finished / "drbd-8.4.1-2.i686.rpm"]
+    err = capsys.readouterr().err
+    assert "skipping xcp-1.5/8.4.1.old-4242: its manifest.json is for DRBD 8.4.1" in err
+    assert "skipping xcp-1.5/8.4.1 copy: its manifest.json is for DRBD 8.4.1" in err
 
 
 def test_consumer_comes_from_manifest_or_the_target_registry(tmp_path: Path) -> None:
@@ -221,3 +240,16 @@ def test_cli_names_the_missing_option(
     assert "needs --consumer" in capsys.readouterr().err
     assert cli.main(["publish", "--print-repo-file", "http://h/", "--consumer", "el7"]) == 0
     assert "baseurl=http://h/el7/$basearch/" in capsys.readouterr().out
+
+
+def test_missing_rpm_program_is_a_command_error_not_a_bad_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package = tmp_path / "drbd-8.4.1-1.i686.rpm"
+    package.write_bytes(b"not looked at")
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    with pytest.raises(CommandError, match="'rpm' is not installed") as raised:
+        repo.query_nevras([package])
+    assert raised.value.exit_code == 7
