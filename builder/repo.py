@@ -37,7 +37,14 @@ from pathlib import Path
 from typing import Any
 
 from builder import log, proc, sign
-from builder.errors import CommandError, ConfigError, InputError, LockedError, PublishError
+from builder.errors import (
+    CommandError,
+    ConfigError,
+    InputError,
+    LockedError,
+    PublishError,
+    SigningError,
+)
 from builder.specs import SAFE_NAME, Consumer, Registry
 
 KEY_FILE_NAME = "RPM-GPG-KEY-xcp-drbd-builder"
@@ -592,13 +599,22 @@ class PublishResult:
 
 def publish(options: PublishOptions, registry: Callable[[], Registry]) -> PublishResult:
     key = sign.find_key(options.key, options.gnupg_home, options.passphrase_file)
+    builds = scan_artifacts(options.artifacts, registry)
     if key.is_subkey:
+        el5 = sorted({b.target for b in builds if b.consumer is Consumer.EL5})
+        if el5:
+            # A repository its consumers cannot verify is worse than none: refuse it.
+            raise SigningError(
+                f"Key {key.fingerprint} would sign with its subkey {key.signing_fingerprint}, "
+                f"but rpm 4.4 on EL5 dom0s ({', '.join(el5)}) trusts only primary keys and "
+                "would refuse every package as NOKEY.",
+                hint="Sign with a key whose primary key can sign (for example one made by "
+                "`python -m builder keygen`, or `gpg --quick-gen-key NAME rsa2048 sign`).",
+            )
         log.warn(
             f"signing with subkey {key.signing_fingerprint} of key {key.fingerprint}: rpm before "
-            "4.13 (EL5's rpm 4.4) trusts only primary keys and will report these packages as "
-            "NOKEY; use a key whose primary can sign for such hosts"
+            "4.13 trusts only primary keys; check that every consumer's rpm is newer"
         )
-    builds = scan_artifacts(options.artifacts, registry)
     options.repo.mkdir(parents=True, exist_ok=True)
     versions = options.repo / "versions"
     versions.mkdir(exist_ok=True)

@@ -276,14 +276,18 @@ def test_built_artifacts_publish_and_satisfy_the_deploy_check(
     assert built.returncode == 0, built.stderr[-3000:]
 
     gnupg, repo = tmp / "gnupg", tmp / "repo"
-    key = cli("keygen", "--gnupg-home", gnupg)
-    assert key.returncode == 0, key.stderr[-3000:]
-    fingerprint = key.stdout.split()[-1]
-    published = cli(
-        "publish", "--specs", specs, "--artifacts", tmp / "artifacts", "--repo", repo,
-        "--key", fingerprint, "--gnupg-home", gnupg,
-    )  # fmt: skip
-    assert published.returncode == 0, published.stderr[-3000:]
+    try:
+        key = cli("keygen", "--gnupg-home", gnupg)
+        assert key.returncode == 0, key.stderr[-3000:]
+        fingerprint = key.stdout.split()[-1]
+        published = cli(
+            "publish", "--specs", specs, "--artifacts", tmp / "artifacts", "--repo", repo,
+            "--key", fingerprint, "--gnupg-home", gnupg,
+        )  # fmt: skip
+        assert published.returncode == 0, published.stderr[-3000:]
+    finally:
+        # gpg starts an agent for the key's home; it must not outlive the test.
+        subprocess.run(["gpgconf", "--homedir", str(gnupg), "--kill", "gpg-agent"], check=False)
     krelver = kernel_release.replace("-", "_")
     assert any((repo / "el7" / "x86_64").glob(f"drbd-km-{krelver}-{VERSION}-*.rpm"))
 

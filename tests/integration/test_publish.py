@@ -579,11 +579,23 @@ def test_a_certify_only_key_signs_with_its_signing_subkey(tmp_path: Path, rpms: 
         assert key.key_id == newest[-16:].lower()
         assert sign.find_key(subkeys[1], home).signing_fingerprint == subkeys[1]
 
-        artifacts = make_artifacts(tmp_path, rpms)
+        # EL5's rpm 4.4 trusts only primary keys: a repository it could not verify is refused.
         target = tmp_path / "repo"
-        cmd = [sys.executable, "-m", "builder", "publish", "--artifacts", str(artifacts)]
-        cmd += ["--repo", str(target), "--key", primary, "--gnupg-home", str(home)]
-        result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+        cmd = [sys.executable, "-m", "builder", "publish", "--repo", str(target)]
+        cmd += ["--key", primary, "--gnupg-home", str(home), "--artifacts"]
+        both = make_artifacts(tmp_path, rpms)
+        refused = subprocess.run(
+            [*cmd, str(both)], cwd=ROOT, capture_output=True, text=True, check=False
+        )
+        assert refused.returncode == 12, refused.stderr
+        assert "trusts only primary keys" in refused.stderr
+        assert not (target / "current").exists()
+
+        artifacts = tmp_path / "el7-artifacts"
+        write_build(artifacts, "xcp-ng-8.2", "9.0", rpms.el7, consumer="el7", basearch="x86_64")
+        result = subprocess.run(
+            [*cmd, str(artifacts)], cwd=ROOT, capture_output=True, text=True, check=False
+        )
         assert result.returncode == 0, result.stderr
         assert f"signing with subkey {newest} of key {primary}" in result.stderr
         for package in (target / "current").resolve().rglob("*.rpm"):
