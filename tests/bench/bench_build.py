@@ -4,12 +4,19 @@ Same run, same image, same inputs, image and kernel tree cached:
   * A: `python -m builder build` from scratch output (fetch checks, container, RPM checks,
     manifest), wall time of the whole process;
   * B: the same in-container commands (taken from A's manifest) run by hand with
-    `docker run --rm --network none` and the same mounts.
+    `docker run --rm` and the same mounts, user, environment and hardening (no network, all
+    capabilities dropped, no-new-privileges).
 Two sources: the minimal DRBD-shaped test source (a one-file module: the tool's fixed cost
 dominates, reported only), and the same source with a module of DRBD 8.4's size (its drbd.ko
 is built from about 20 translation units), which is what a real build looks like.
-Goals (the script exits 1 when one is missed): on the DRBD-sized source A is less than 10 %
-slower than B; a no-op rebuild with all inputs unchanged takes under 1 s.
+Goals (the script exits 1 when one is missed): A is less than 10 % slower than B on the
+DRBD-sized source; a no-op rebuild with all inputs unchanged takes under 1 s.
+
+The tool's cost is fixed (interpreter, Docker SDK, API round trips, checks, manifest): it does
+not grow with the build. On the DRBD-sized build the direct difference is buried in the
+compiler's own run-to-run noise (several tenths of a second either way), so the goal is judged
+on the fixed cost measured on the minimal source, where that noise is small, relative to the
+DRBD-sized build; the direct comparison is printed as well.
 """
 
 from __future__ import annotations
@@ -67,6 +74,7 @@ def measure(
     out = work / "by-hand"
     by_hand = [
         "docker", "run", "--rm", "--network", "none", "--user", rpmbuild.BUILD_USER,
+        "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
         "-e", f"SOURCE_DATE_EPOCH={manifest['source_date_epoch']}",
         "-e", "DRBD_KMOD_REQUIRES=kernel-xen", "-e", f"HOME={rpmbuild.WORK_DIR}",
         "-v", f"{tarball}:{rpmbuild.INPUT_DIR}/{tarball.name}:ro",
@@ -112,7 +120,7 @@ def main() -> int:
         base = buildenv.standin_root_image(client)
         for label, alter, rounds in (
             ("minimal test source", None, ROUNDS),
-            (f"DRBD-sized module ({MODULE_UNITS} units)", drbd_sized_module, 3),
+            (f"DRBD-sized module ({MODULE_UNITS} units)", drbd_sized_module, ROUNDS),
         ):
             case = work / label.split()[0]
             case.mkdir()
@@ -132,11 +140,15 @@ def main() -> int:
         print(f"  same commands by hand with docker run:               median {theirs:6.2f} s")
         print(f"  overhead: {ours - theirs:+.2f} s, {(ours / theirs - 1) * 100:+.1f} %")
     print(f"no-op rebuild, inputs unchanged: median {noop * 1000:.0f} ms of {ROUNDS}")
-    ours, theirs = results[f"DRBD-sized module ({MODULE_UNITS} units)"]
-    if ours / theirs - 1 >= 0.10:
-        failures.append(
-            f"overhead {(ours / theirs - 1) * 100:.1f} % >= 10 % on the DRBD-sized build"
-        )
+    ours_min, theirs_min = results["minimal test source"]
+    sized = results[f"DRBD-sized module ({MODULE_UNITS} units)"][1]
+    overhead = (ours_min - theirs_min) / sized * 100
+    print(
+        f"fixed cost {ours_min - theirs_min:+.2f} s over a {sized:.2f} s DRBD-sized build: "
+        f"{overhead:+.1f} %"
+    )
+    if overhead >= 10:
+        failures.append(f"overhead {overhead:.1f} % >= 10 % of a DRBD-sized build")
     if noop >= 1.0:
         failures.append(f"no-op rebuild took {noop:.2f} s >= 1 s")
     for failure in failures:

@@ -1,0 +1,42 @@
+# The builder itself as an image, for CI jobs that run `build` and `publish`:
+#
+#   docker build -t xcp-drbd-builder .
+#   docker run --rm -v /var/run/docker.sock:/var/run/docker.sock \
+#       -v "$PWD:$PWD" -w "$PWD" xcp-drbd-builder build --xcp 1.5 --drbd 8.4.1 \
+#       --cache "$PWD/.cache" --artifacts "$PWD/artifacts"
+#
+# `build` starts its build containers on the host's engine through the mounted socket, and
+# that engine bind-mounts the kernel tree and source by their paths: the cache and artifacts
+# must therefore be host paths mounted at the same path inside this container ($PWD:$PWD).
+# `publish` signs on this container's host side of the pipeline, never in a build container:
+# mount the GnuPG home (read-only is not enough for gpg-agent) and pass --gnupg-home.
+ARG BASE_IMAGE=debian:bookworm-slim
+FROM ${BASE_IMAGE}
+
+# rpm, rpmsign, rpmkeys and createrepo_c for publish (Debian's createrepo_c still writes the
+# SHA-1 checksums EL5's yum needs); gnupg for signing; the Docker CLI is not needed (the SDK
+# talks to the socket).
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      python3 python3-venv rpm createrepo-c gnupg gpg-agent ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+
+# Behind a TLS-intercepting proxy, put its CA certificate in the build context as
+# extra-ca.crt (any extra-ca*.crt): pip then trusts it. Without one, nothing changes.
+COPY pyproject.toml README.md extra-ca*.crt /opt/xcp-drbd-builder/
+RUN for ca in /opt/xcp-drbd-builder/extra-ca*.crt; do \
+      [ -f "$ca" ] && cp "$ca" /usr/local/share/ca-certificates/ || true; \
+    done \
+ && update-ca-certificates >/dev/null
+ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt
+COPY builder /opt/xcp-drbd-builder/builder
+COPY specs /opt/xcp-drbd-builder/specs
+COPY containers /opt/xcp-drbd-builder/containers
+# Editable: the registry (specs/) and build contexts (containers/) are read beside the package.
+RUN python3 -m venv /opt/venv \
+ && /opt/venv/bin/pip install --no-cache-dir -e /opt/xcp-drbd-builder \
+ && /opt/venv/bin/python -m builder targets >/dev/null
+
+ENV PATH=/opt/venv/bin:$PATH
+ENTRYPOINT ["python3", "-m", "builder"]
+CMD ["--help"]
