@@ -42,4 +42,5 @@ def bench(session: nox.Session) -> None:
     """Benchmarks named in the issues; figures are printed, goals are asserted."""
     scripts = session.posargs or sorted(str(p) for p in Path("tests/bench").glob("bench_*.py"))
     for script in scripts:
-        session.run("python", script)
+        # Measure the tool as installed, with its bytecode cache (some shells disable it).
+        session.run("python", script, env={"PYTHONDONTWRITEBYTECODE": ""})

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from builder.commands.common import add_input_options, fetch_settings
-from builder.plan import BuildStep, plan
-from builder.specs import load_registry
+
+if TYPE_CHECKING:
+    from builder.plan import BuildStep
 
 DEFAULT_ARTIFACTS = Path(__file__).resolve().parent.parent.parent / "artifacts"
 
@@ -93,6 +95,10 @@ def positive_seconds(text: str) -> float:
 
 
 def _steps(args: argparse.Namespace) -> list[BuildStep]:
+    # Imported here: every command's start-up pays for what cli.py imports.
+    from builder.plan import plan
+    from builder.specs import load_registry
+
     registry = load_registry(args.specs)
     return plan(registry, args.targets, args.versions, args.artifacts)
 

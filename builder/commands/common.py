@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from builder.fetch import FetchSettings
+if TYPE_CHECKING:
+    from builder.fetch import FetchSettings
 
 
 def add_input_options(parser: argparse.ArgumentParser) -> None:
@@ -25,5 +27,7 @@ def add_input_options(parser: argparse.ArgumentParser) -> None:
 
 
 def fetch_settings(args: argparse.Namespace) -> FetchSettings:
+    from builder.fetch import FetchSettings
+
     cache: Path = args.cache
     return FetchSettings(cache_dir=cache, mirror=args.mirror)
