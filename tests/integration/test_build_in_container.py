@@ -38,6 +38,8 @@ def build(
     work: Path,
     tarball: Path,
     client: docker.DockerClient,
+    *,
+    timeout: float = 900,
 ) -> rpmbuild.BuildResult:
     output = work / "out.partial"
     output.mkdir(exist_ok=True)
@@ -52,7 +54,7 @@ def build(
         arch="x86_64",
         output_dir=output,
         log_file=work / "build.log",
-        timeout=900,
+        timeout=timeout,
         client=client,
     )
 
@@ -345,22 +347,8 @@ def test_build_that_runs_too_long_is_stopped(
 ) -> None:
     tarball = buildenv.make_drbd_source(tmp_path, VERSION, slow_down)
     output = tmp_path / "out.partial"
-    output.mkdir()
     started = time.monotonic()
     with pytest.raises(BuildError, match=r"failed \(timed out after 8 s\)"):
-        rpmbuild.build_drbd(
-            image=standin_image,
-            source_tarball=tarball,
-            kernel_root=kernel_tree.root,
-            kernel_build_dir=kernel_tree.build_dir,
-            kernel_release=kernel_tree.release,
-            family=DrbdFamily.V84_EARLY,
-            version=VERSION,
-            arch="x86_64",
-            output_dir=output,
-            log_file=tmp_path / "build.log",
-            timeout=8,
-            client=docker_client,
-        )
+        build(standin_image, kernel_tree, tmp_path, tarball, docker_client, timeout=8)
     assert time.monotonic() - started < 60
     assert list(output.iterdir()) == []

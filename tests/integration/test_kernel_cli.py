@@ -61,6 +61,14 @@ def inner_path(rpm: Path) -> str:
     return f"domain0/RPMS/{rpm.parent.name}/{rpm.name}"
 
 
+def serving_dir(tmp_path: Path, iso: Path) -> Path:
+    """A directory for the HTTP server holding a copy of the ISO as binpkg.iso."""
+    www = tmp_path / "www"
+    www.mkdir()
+    shutil.copy(iso, www / "binpkg.iso")
+    return www
+
+
 def leftovers(cache: Path) -> list[Path]:
     return [
         p
@@ -117,9 +125,7 @@ def test_kernel_from_a_local_iso(
 def test_kernel_over_http_interrupted_then_resumed(
     tmp_path: Path, binpkg_iso: Path, kernel_rpm: Path, kernel_release: str
 ) -> None:
-    www = tmp_path / "www"
-    www.mkdir()
-    shutil.copy(binpkg_iso, www / "binpkg.iso")
+    www = serving_dir(tmp_path, binpkg_iso)
     cache = tmp_path / "cache"
     with serve(www) as (base, state):
         specs = specs_dir(
@@ -148,9 +154,7 @@ def test_kernel_over_http_interrupted_then_resumed(
 def test_hash_mismatch_is_refused_and_the_download_deleted(
     tmp_path: Path, binpkg_iso: Path, kernel_rpm: Path, kernel_release: str
 ) -> None:
-    www = tmp_path / "www"
-    www.mkdir()
-    shutil.copy(binpkg_iso, www / "binpkg.iso")
+    www = serving_dir(tmp_path, binpkg_iso)
     cache = tmp_path / "cache"
     with serve(www) as (base, _):
         specs = specs_dir(
