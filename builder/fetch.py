@@ -227,26 +227,26 @@ def download(url: str, part: Path, settings: FetchSettings, *, what: str) -> str
     """Download ``url`` into ``part`` (resuming what is there) and return its sha256."""
     import requests
 
-    session = _session()
     attempt = 0
-    while True:
-        try:
-            return _download_once(session, url, part, settings, what)
-        except _Retryable as exc:
-            attempt += 1
-            if attempt > settings.retries:
-                raise FetchError(
-                    f"Downloading the {what} from {url} failed after {attempt} attempts: {exc}.",
-                    hint="Check the network or the URL; the partial file is kept and the next "
-                    "run resumes it. Air-gapped: pass the file or a --mirror DIR.",
-                ) from None
-            delay = settings.backoff * 2 ** (attempt - 1)
-            log.warn(f"{exc}; retrying in {delay:.1f} s ({attempt}/{settings.retries})")
-            time.sleep(delay)
-        except requests.exceptions.InvalidURL as exc:
-            raise FetchError(f"Invalid URL for the {what}: {url} ({exc}).") from None
-        finally:
-            session.close()
+    # One session for every attempt: a retry resumes on a fresh connection from its pool.
+    with _session() as session:
+        while True:
+            try:
+                return _download_once(session, url, part, settings, what)
+            except _Retryable as exc:
+                attempt += 1
+                if attempt > settings.retries:
+                    raise FetchError(
+                        f"Downloading the {what} from {url} failed after {attempt} attempts: "
+                        f"{exc}.",
+                        hint="Check the network or the URL; the partial file is kept and the "
+                        "next run resumes it. Air-gapped: pass the file or a --mirror DIR.",
+                    ) from None
+                delay = settings.backoff * 2 ** (attempt - 1)
+                log.warn(f"{exc}; retrying in {delay:.1f} s ({attempt}/{settings.retries})")
+                time.sleep(delay)
+            except requests.exceptions.InvalidURL as exc:
+                raise FetchError(f"Invalid URL for the {what}: {url} ({exc}).") from None
 
 
 class _Retryable(Exception):
