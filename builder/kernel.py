@@ -124,9 +124,10 @@ def _rpm_from_iso(
     rpm_name = inner.rsplit("/", 1)[-1]
     dest = settings.cache_dir / "rpms" / iso.sha256[:32] / rpm_name
     hashes = settings.hashes
-    if dest.is_file() and hashes.lookup(dest) is not None:
-        sha = hashes.sha256(dest)
-    else:
+    # A cached copy was checked when it was read out (a failed check deletes it) and is reused
+    # only while its hash entry still matches the file.
+    sha = hashes.lookup(dest) if dest.is_file() else None
+    if sha is None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         with log.step(f"reading {rpm_name} from {iso.path.name}"):
             extract_from_iso(iso.path, inner, dest)
