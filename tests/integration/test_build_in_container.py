@@ -40,6 +40,7 @@ def build(
     client: docker.DockerClient,
     *,
     timeout: float = 900,
+    kernel_release: str | None = None,
 ) -> rpmbuild.BuildResult:
     output = work / "out.partial"
     output.mkdir(exist_ok=True)
@@ -48,7 +49,7 @@ def build(
         source_tarball=tarball,
         kernel_root=kernel.root,
         kernel_build_dir=kernel.build_dir,
-        kernel_release=kernel.release,
+        kernel_release=kernel_release or kernel.release,
         family=DrbdFamily.V84_EARLY,
         version=VERSION,
         arch="x86_64",
@@ -158,18 +159,13 @@ def test_kernel_tree_of_another_release_stops_the_module_build(
     output = tmp_path / "out.partial"
     output.mkdir()
     with pytest.raises(BuildError) as caught:
-        rpmbuild.build_drbd(
-            image=standin_image,
-            source_tarball=tarball,
-            kernel_root=kernel_tree.root,
-            kernel_build_dir=kernel_tree.build_dir,
+        build(
+            standin_image,
+            kernel_tree,
+            tmp_path,
+            tarball,
+            docker_client,
             kernel_release="2.6.32.12-0.7.1.xs1.4.90.530.170661xen",
-            family=DrbdFamily.V84_EARLY,
-            version=VERSION,
-            arch="x86_64",
-            output_dir=output,
-            log_file=tmp_path / "build.log",
-            client=docker_client,
         )
     message = str(caught.value)
     assert f"test {kernel_tree.release} = 2.6.32.12-0.7.1.xs1.4.90.530.170661xen" in message
