@@ -17,6 +17,7 @@ from typing import Any
 import rpmfile
 
 from builder.errors import CheckError
+from builder.rpm import vercmp
 
 RPMSENSE_LESS = 0x02
 RPMSENSE_GREATER = 0x04
@@ -69,15 +70,21 @@ class Expectation:
 
     kernel_release: str
     arch: str
-    version: str
+    version: str  # the DRBD release
     packages: frozenset[str]  # names that must be present
     module_package: str  # e.g. drbd-km-2.6.32.12_0.7.1.xs1.4.90.530.170661xen
     userland_package: str = "drbd-utils"
+    # The userland's release: the DRBD version for 8.3/8.4.0-8.4.4, else the drbd-utils one.
+    userland_version: str | None = None
+    # True: the module must require drbd-utils = <version> (one tarball made both); False: it
+    # must require a drbd-utils range that the userland built with it satisfies.
+    exact_userland: bool = True
+    # The dom0 kernel package the module must require exactly: ("kernel-xen", "V-R").
+    kernel_package: tuple[str, str] | None = None
 
-
-def km_package_name(kernel_release: str, prefix: str = "drbd-km") -> str:
-    """drbd-km.spec names its subpackage after the kernel release with ``-`` turned into ``_``."""
-    return f"{prefix}-{kernel_release.replace('-', '_')}"
+    @property
+    def userland(self) -> str:
+        return self.userland_version or self.version
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,14 +217,23 @@ def problems(packages: Sequence[PackageInfo], expect: Expectation) -> list[str]:
                 f"{package.file_name}: architecture is {package.arch}, the target needs "
                 f"{expect.arch} (or noarch)"
             )
-        if package.name.startswith("drbd") and package.version != expect.version:
+        if package.name == expect.module_package:
+            # kmod-drbd carries the kernel in its version: 9.2.18_4.19.0+1.
+            if package.version.split("_", 1)[0] != expect.version:
+                found.append(
+                    f"{package.file_name}: version is {package.version}, expected DRBD "
+                    f"{expect.version}"
+                )
+        elif package.name.startswith("drbd") and package.version != expect.userland:
             found.append(
-                f"{package.file_name}: version is {package.version}, expected {expect.version}"
+                f"{package.file_name}: version is {package.version}, expected the userland's "
+                f"{expect.userland}"
             )
     module_package = by_name.get(expect.module_package)
     if module_package is not None:
         found.extend(_module_problems(module_package, expect))
         found.extend(_requires_problems(module_package, by_name, expect))
+        found.extend(_kernel_problems(module_package, expect))
     return found
 
 
@@ -242,17 +258,73 @@ def _requires_problems(
 ) -> list[str]:
     wanted = expect.userland_package
     userland = by_name.get(wanted)
-    accepted = {expect.version}
-    if userland is not None:
-        accepted.add(f"{userland.version}-{userland.release}")
-    exact = [r for r in package.requires if r.name == wanted and r.is_exact]
-    if any(r.version.split(":", 1)[-1] in accepted for r in exact):
-        return []
-    have = ", ".join(str(r) for r in package.requires if r.name == wanted) or "nothing"
+    requirements = [r for r in package.requires if r.name == wanted]
+    have = ", ".join(str(r) for r in requirements) or "nothing"
+    if expect.exact_userland:
+        accepted = {expect.version}
+        if userland is not None:
+            accepted.add(f"{userland.version}-{userland.release}")
+        exact = [r for r in requirements if r.is_exact]
+        if any(r.version.split(":", 1)[-1] in accepted for r in exact):
+            return []
+        return [
+            f"{package.file_name}: must require {wanted} = {expect.version} so that dom0 "
+            f"installs the matching userland, but requires {have}"
+        ]
+    versioned = [r for r in requirements if r.version]
+    if not versioned:
+        return [
+            f"{package.file_name}: must require a version of {wanted} so that dom0 installs a "
+            f"userland that can drive the module, but requires {have}"
+        ]
+    if userland is None:
+        return []  # reported as a missing package
+    provided = f"{userland.version}-{userland.release}"
+    unmet = [r for r in versioned if not satisfies(provided, r)]
     return [
-        f"{package.file_name}: must require {wanted} = {expect.version} so that dom0 installs "
-        f"the matching userland, but requires {have}"
+        f"{package.file_name}: requires {r}, which the drbd-utils built with it "
+        f"({provided}) does not satisfy: pair DRBD {expect.version} with a newer drbd-utils "
+        "(utils: in its spec entry)"
+        for r in unmet
     ]
+
+
+def _kernel_problems(package: PackageInfo, expect: Expectation) -> list[str]:
+    if expect.kernel_package is None:
+        return []
+    name, version = expect.kernel_package
+    if any(
+        r.name == name and r.is_exact and r.version.split(":", 1)[-1] == version
+        for r in package.requires
+    ):
+        return []
+    have = ", ".join(str(r) for r in package.requires if r.name == name) or "nothing"
+    return [
+        f"{package.file_name}: must require {name} = {version} (the dom0 kernel it was built "
+        f"for) so that yum never installs it beside another kernel, but requires {have}"
+    ]
+
+
+def satisfies(provided: str, requirement: Requirement) -> bool:
+    """Whether version-release ``provided`` meets a versioned requirement (rpm's rules)."""
+    wanted = requirement.version.split(":", 1)[-1]
+    have = provided
+    if "-" not in wanted:
+        have = provided.split("-", 1)[0]  # "X >= 8.9.2" compares versions only
+    else:
+        w_version, w_release = wanted.split("-", 1)
+        h_version, _, h_release = provided.partition("-")
+        order = vercmp(h_version, w_version) or vercmp(h_release, w_release)
+        return _meets(order, requirement.flags)
+    return _meets(vercmp(have, wanted), requirement.flags)
+
+
+def _meets(order: int, flags: int) -> bool:
+    return bool(
+        (order < 0 and flags & RPMSENSE_LESS)
+        or (order > 0 and flags & RPMSENSE_GREATER)
+        or (order == 0 and flags & RPMSENSE_EQUAL)
+    )
 
 
 def check_packages(paths: Iterable[Path], expect: Expectation) -> list[PackageInfo]:

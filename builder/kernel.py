@@ -40,6 +40,9 @@ class KernelTree:
     rpm: Path
     rpm_nvra: str
     rpm_sha256: str
+    # version-release of the kernel-devel RPM: the dom0 kernel package's, which the module
+    # package requires exactly
+    rpm_version_release: str
     source: str  # where the RPM came from (URL or path)
     source_sha256: str  # sha256 of the ISO or RPM that was fetched
 
@@ -333,6 +336,7 @@ def prepare_kernel(target: Target, settings: FetchSettings, inputs: KernelInputs
         rpm=rpm.path,
         rpm_nvra=data["nvra"],
         rpm_sha256=rpm.sha256,
+        rpm_version_release=f"{info.version}-{info.release}",
         source=rpm.origin,
         source_sha256=source.sha256,
     )

@@ -1,10 +1,12 @@
 """Run planned builds: inputs → image → container build → checks → artifacts + manifest.
 
-Builds of one target share its kernel tree and image.  Each build writes into
+Builds of one target share its kernel tree and image; builds on one build context share a
+userland (``builder.drbdbuild``).  Each build writes into
 ``<target>/<version>.partial`` and is renamed to ``<target>/<version>`` only when its RPMs passed
 the checks and its ``manifest.json`` is written, so a directory without ``.partial`` in its
 name is always complete.  A build whose recorded inputs (kernel source, kernel RPM, DRBD
-source, build context, recipe, tool version) are unchanged and whose outputs still hash the
+and drbd-utils sources, patches and other adjustments, build context, recipe, tool version)
+are unchanged and whose outputs still hash the
 same is skipped without starting Docker.
 """
 
@@ -14,25 +16,28 @@ import json
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from builder import __version__, log
+from builder import __version__, checks, log
 from builder.checksums import ChecksumLock, sha256_file, write_atomic
 from builder.container import context_hash
+from builder.drbdbuild import (
+    Built,
+    DrbdBuild,
+    KernelInput,
+    SourceInput,
+    build_drbd,
+    userland_record,
+)
 from builder.errors import ConfigError
 from builder.fetch import Fetched, FetchSettings, Input, fetch
 from builder.kernel import KernelInputs, KernelTree, prepare_kernel
 from builder.plan import BuildStep
-from builder.rpmbuild import (
-    BuildResult,
-    build_context_for,
-    build_drbd,
-    ensure_image,
-    tarball_top_dir,
-)
-from builder.specs import DrbdVersion, Target
+from builder.recipes import Recipe, recipe_for
+from builder.rpmbuild import build_context_for, ensure_image, tarball_top_dir
+from builder.specs import Tarball, Target
 
 MANIFEST = "manifest.json"
 BUILD_LOG = "build.log"
@@ -43,6 +48,7 @@ class BuildOptions:
     settings: FetchSettings
     kernel_inputs: KernelInputs
     source: Path | None = None  # a local DRBD tarball (only with a single version)
+    utils_source: Path | None = None  # a local drbd-utils tarball (one drbd-utils version)
     timeout: float | None = None
 
 
@@ -52,20 +58,39 @@ class Outcome:
     built: bool  # False: up to date, nothing was done
 
 
-def fetch_source(version: DrbdVersion, options: BuildOptions) -> Fetched:
+def fetch_tarball(entry: Tarball, what: str, local: Path | None, options: BuildOptions) -> Fetched:
     return fetch(
         Input(
-            what=f"DRBD {version.version} source",
-            url=version.url,
-            file_name=version.tarball_name,
-            key=version.url,
-            pinned=version.sha256,
-            lock=ChecksumLock(version.lock_file),
-            local=options.source,
+            what=f"{what} {entry.version} source",
+            url=entry.url,
+            file_name=entry.tarball_name,
+            key=entry.url,
+            pinned=entry.sha256,
+            lock=ChecksumLock(entry.lock_file),
+            local=local,
         ),
         options.settings,
         verify=tarball_top_dir,
     )
+
+
+@dataclass(frozen=True)
+class Sources:
+    drbd: Fetched
+    utils: Fetched | None
+
+    def trust(self) -> None:
+        self.drbd.trust()
+        if self.utils is not None:
+            self.utils.trust()
+
+
+def fetch_sources(step: BuildStep, recipe: Recipe, options: BuildOptions) -> Sources:
+    drbd = fetch_tarball(step.drbd, "DRBD", options.source, options)
+    utils = None
+    if recipe.userland_from_utils and step.drbd.utils is not None:
+        utils = fetch_tarball(step.drbd.utils, "drbd-utils", options.utils_source, options)
+    return Sources(drbd, utils)
 
 
 def _context_sha256(target: Target) -> tuple[Path, str]:
@@ -74,19 +99,76 @@ def _context_sha256(target: Target) -> tuple[Path, str]:
     return context, context_hash(context, args)
 
 
+def drbd_build(
+    step: BuildStep,
+    *,
+    recipe: Recipe,
+    tree: KernelTree,
+    sources: Sources,
+    image: str,
+    context_sha: str,
+) -> DrbdBuild:
+    """What one step builds, as plain values (the image may be a placeholder until built)."""
+    drbd = step.drbd
+    utils = None
+    if sources.utils is not None and drbd.utils is not None:
+        utils = SourceInput(
+            version=drbd.utils.version,
+            tarball=sources.utils.path,
+            sha256=sources.utils.sha256,
+            adjustments=drbd.utils.adjustments,
+        )
+    return DrbdBuild(
+        recipe=recipe,
+        drbd=SourceInput(
+            version=drbd.version,
+            tarball=sources.drbd.path,
+            sha256=sources.drbd.sha256,
+            adjustments=drbd.adjustments,
+        ),
+        utils=utils,
+        kernel=KernelInput(
+            root=tree.root,
+            build_dir=tree.build_dir,
+            release=tree.release,
+            requires=(step.target.kernel_runtime, tree.rpm_version_release),
+        ),
+        arch=step.target.arch,
+        image=image,
+        context_sha256=context_sha,
+        module_adjustments=step.target.adjustments,
+    )
+
+
 def _inputs(
-    step: BuildStep, tree: KernelTree, source: Fetched, context: Path, context_sha: str
+    step: BuildStep, build: DrbdBuild, tree: KernelTree, context: Path, context_sha: str
 ) -> dict[str, Any]:
+    utils = build.utils
     return {
         "tool": f"xcp-drbd-builder {__version__}",
         "kernel_source": {"origin": tree.source.split("!/")[0], "sha256": tree.source_sha256},
         "kernel_rpm": {"nvra": tree.rpm_nvra, "sha256": tree.rpm_sha256},
-        "drbd_source": {"file": source.path.name, "sha256": source.sha256},
+        "drbd_source": {
+            "file": build.drbd.tarball.name,
+            "sha256": build.drbd.sha256,
+            "adjustments": build.drbd.adjustments_record(),
+        },
+        "utils_source": None
+        if utils is None
+        else {
+            "version": utils.version,
+            "file": utils.tarball.name,
+            "sha256": utils.sha256,
+            "adjustments": utils.adjustments_record(),
+        },
+        "target_adjustments": SourceInput(
+            version="", tarball=Path(), sha256="", adjustments=step.target.adjustments
+        ).adjustments_record(),
         "build_context": {"path": str(context), "sha256": context_sha},
         "kernel_release": step.target.kernel_release,
         "family": step.drbd.family.value,
         "arch": step.target.arch,
-        "kernel_runtime": step.target.kernel_runtime,
+        "kernel_requires": list(build.kernel.requires or ()),
     }
 
 
@@ -111,12 +193,9 @@ def _up_to_date(step: BuildStep, inputs: dict[str, Any], settings: FetchSettings
     return True
 
 
-def _manifest(
-    step: BuildStep,
-    inputs: dict[str, Any],
-    result: BuildResult,
-) -> dict[str, Any]:
+def _manifest(step: BuildStep, inputs: dict[str, Any], built: Built) -> dict[str, Any]:
     target = step.target
+    result = built.module
     return {
         "target": target.id,
         "drbd_version": step.drbd.version,
@@ -126,14 +205,15 @@ def _manifest(
         "basearch": target.basearch,
         "inputs": inputs,
         "image": result.image,
-        "kdir": result.kdir,
+        "kdir": built.kdir,
         "source_date_epoch": result.source_date_epoch,
         "shell": result.shell,
         "commands": list(result.commands),
+        "userland": userland_record(built.userland),
         "build_seconds": round(result.seconds, 1),
         "outputs": [
             {"file": path.name, "sha256": sha256_file(path), "size": path.stat().st_size}
-            for path in result.rpms
+            for path in built.rpms
         ],
     }
 
@@ -159,9 +239,8 @@ def _replace_dir(partial: Path, final: Path) -> None:
 def _build_one(
     step: BuildStep,
     *,
-    tree: KernelTree,
-    image: str,
-    source: Fetched,
+    build: DrbdBuild,
+    sources: Sources,
     inputs: dict[str, Any],
     options: BuildOptions,
 ) -> None:
@@ -170,35 +249,44 @@ def _build_one(
     partial = final.with_name(f"{final.name}.partial")
     log_file = final.with_name(f"{final.name}.{BUILD_LOG}")
     shutil.rmtree(partial, ignore_errors=True)
+    log_file.unlink(missing_ok=True)
     partial.mkdir()
     try:
-        result = build_drbd(
-            image=image,
-            source_tarball=source.path,
-            kernel_root=tree.root,
-            kernel_build_dir=tree.build_dir,
-            kernel_release=tree.release,
-            family=step.drbd.family,
-            version=step.drbd.version,
-            arch=step.target.arch,
+        built = build_drbd(
+            build,
             output_dir=partial,
             log_file=log_file,
+            cache_dir=options.settings.cache_dir,
             timeout=options.timeout,
-            kernel_requires=step.target.kernel_runtime,
         )
+        expect = build.expectation()
+        with log.step(
+            f"Check {len(built.rpms)} RPMs against kernel {expect.kernel_release} and arch "
+            f"{expect.arch}"
+        ):
+            checks.check_packages(built.rpms, expect)
         os.replace(log_file, partial / BUILD_LOG)
-        manifest = _manifest(step, inputs, result)
+        manifest = _manifest(step, inputs, built)
         write_atomic(partial / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
         _replace_dir(partial, final)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    source.trust()
+    sources.trust()
 
 
 def run_builds(steps: Sequence[BuildStep], options: BuildOptions) -> list[Outcome]:
     if options.source is not None and len({s.drbd.version for s in steps}) > 1:
         raise ConfigError("--source gives one tarball; use it with a single --drbd version.")
+    if options.utils_source is not None:
+        utils = {s.drbd.utils.version for s in steps if s.drbd.utils is not None}
+        if len(utils) != 1:
+            raise ConfigError(
+                "--utils-source gives one drbd-utils tarball; the builds need "
+                + (", ".join(sorted(utils)) if utils else "none (no module-only DRBD version)")
+                + ".",
+                hint="Build the DRBD versions that pair with one drbd-utils release at a time.",
+            )
     outcomes: list[Outcome] = []
     by_target: dict[str, list[BuildStep]] = {}
     for step in steps:
@@ -209,8 +297,17 @@ def run_builds(steps: Sequence[BuildStep], options: BuildOptions) -> list[Outcom
         context, context_sha = _context_sha256(target)
         image: str | None = None
         for step in target_steps:
-            source = fetch_source(step.drbd, options)
-            inputs = _inputs(step, tree, source, context, context_sha)
+            recipe = recipe_for(step.drbd.family)
+            sources = fetch_sources(step, recipe, options)
+            planned = drbd_build(
+                step,
+                recipe=recipe,
+                tree=tree,
+                sources=sources,
+                image=image or "",
+                context_sha=context_sha,
+            )
+            inputs = _inputs(step, planned, tree, context, context_sha)
             _recover(step.output_dir)
             if _up_to_date(step, inputs, options.settings):
                 log.info(
@@ -224,7 +321,11 @@ def run_builds(steps: Sequence[BuildStep], options: BuildOptions) -> list[Outcom
                     image = ensure_image(target)
             with log.step(f"{target.id} / DRBD {step.drbd.version}"):
                 _build_one(
-                    step, tree=tree, image=image, source=source, inputs=inputs, options=options
+                    step,
+                    build=replace(planned, image=image),
+                    sources=sources,
+                    inputs=inputs,
+                    options=options,
                 )
             outcomes.append(Outcome(step, built=True))
     return outcomes

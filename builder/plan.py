@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from builder.errors import ConfigError
+from builder.recipes import recipe_for
 from builder.specs import DrbdVersion, Registry, SourceKind, Target
 
 CONTAINERS_DIR = Path(__file__).resolve().parent.parent / "containers"
@@ -39,23 +41,39 @@ class BuildStep:
         image = f"build context {self.build_context}"
         if target.base_image:
             image += f" on base image {target.base_image}"
-        return [
+        recipe = recipe_for(self.drbd.family)
+        module = recipe.module_package(target.kernel_release)
+        utils = self.drbd.utils
+        if utils is not None:
+            userland = f"drbd-utils {utils.version} from {utils.url} (shared per build context)"
+            pairing = f"a drbd-utils range that {utils.version} satisfies"
+        else:
+            userland = "from the same tarball (shared per build context)"
+            pairing = f"drbd-utils = {self.drbd.version}"
+        patches = [p.name for p in (self.drbd.adjustments + target.adjustments).patches]
+        lines = [
             f"{target.id} / DRBD {self.drbd.version} ({self.drbd.family.value} recipe)",
             f"  kernel:  {target.kernel_package} from {kernel_from}",
             f"           build tree must report release {target.kernel_release}",
             f"  source:  {self.drbd.url}",
+            f"  userland: {userland}",
             f"  image:   {image}",
             f"  build:   {target.arch} RPMs with kernelversion={target.kernel_release} and kdir "
             "set explicitly, network off",
-            f"  checks:  vermagic starts with {target.kernel_release}; drbd-km requires drbd "
-            f"{self.drbd.version}; arch {target.arch}/{target.basearch}/noarch",
+            f"  checks:  vermagic starts with {target.kernel_release}; {module} requires "
+            f"{pairing} and {target.kernel_runtime} = <kernel-devel version-release>; arch "
+            f"{target.arch}/{target.basearch}/noarch",
             f"  output:  {self.output_dir}",
         ]
+        if patches:
+            lines.insert(4, f"  patches: {', '.join(patches)}")
+        return lines
 
     def to_json(self) -> dict[str, str]:
         return {
             "target": self.target.id,
             "drbd": self.drbd.version,
+            "utils": self.drbd.utils.version if self.drbd.utils else "",
             "family": self.drbd.family.value,
             "kernel_release": self.target.kernel_release,
             "output": str(self.output_dir),
@@ -65,19 +83,31 @@ class BuildStep:
 def plan(
     registry: Registry, targets: Sequence[str], versions: Sequence[str], artifacts: Path
 ) -> list[BuildStep]:
-    """One step per (target, version), targets in the order given, duplicates dropped."""
+    """One step per (target, version), targets in the order given, duplicates dropped.
+
+    Without ``versions``, each target gets the DRBD versions its spec lists as fitting it.
+    """
     resolved_targets: list[Target] = []
     for name in targets:
         target = registry.target(name)
         if target not in resolved_targets:
             resolved_targets.append(target)
-    resolved_versions: list[DrbdVersion] = []
-    for version in versions:
-        entry = registry.drbd_version(version)
-        if entry not in resolved_versions:
-            resolved_versions.append(entry)
-    return [
-        BuildStep(target=t, drbd=v, output_dir=artifacts / t.id / v.version)
-        for t in resolved_targets
-        for v in resolved_versions
-    ]
+    steps: list[BuildStep] = []
+    for target in resolved_targets:
+        wanted = versions or target.drbd_versions
+        if not wanted:
+            raise ConfigError(
+                f"Target {target.id} lists no DRBD versions; name them with --drbd.",
+                hint="`targets` shows the DRBD versions and which dom0 kernels they fit.",
+            )
+        resolved_versions: list[DrbdVersion] = []
+        for version in wanted:
+            entry = registry.drbd_version(version)
+            recipe_for(entry.family).check_supported(entry.version)
+            if entry not in resolved_versions:
+                resolved_versions.append(entry)
+        steps += [
+            BuildStep(target=target, drbd=v, output_dir=artifacts / target.id / v.version)
+            for v in resolved_versions
+        ]
+    return steps

@@ -1,13 +1,10 @@
-"""Build DRBD RPMs in a container and check them.
+"""Run one recipe's commands in a build container and collect the RPMs it made.
 
-The DRBD source family decides the in-container recipe (see :class:`Recipe`).  For 8.3 and
-8.4.0-8.4.4 it is the one DRBD documents: ``./configure --with-km``, ``make tgz drbd.spec
-drbd-km.spec``, then ``rpmbuild -bb`` on each spec with ``kernelversion`` and ``kdir`` always
-given (their defaults call ``uname -r``, which in a container is the build host's kernel).
-
-The container runs as a non-root user with the network off and ``SOURCE_DATE_EPOCH`` set; the
-source tarball and the kernel tree are mounted read-only; RPMs are copied flat into a writable
-staging directory, then moved into the caller's output directory and checked.
+The recipes (``builder.recipes``) say what to run; this module runs it: the container runs as
+a non-root user with the network off and ``SOURCE_DATE_EPOCH`` set; the source tarball, its
+patches and the kernel tree are mounted read-only; RPMs are copied flat into a writable
+staging directory, then into the caller's output directory.  The post-build checks are the
+pipeline's next stage (``builder.checks``).
 """
 
 from __future__ import annotations
@@ -19,102 +16,23 @@ import shutil
 import stat
 import tarfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import docker
 
-from builder import checks, container, log
+from builder import container, log
 from builder.errors import BuildError, ConfigError, InputError
-from builder.specs import DrbdFamily, Target
+from builder.recipes import INPUT_DIR, OUTPUT_DIR, PATCH_DIR, WORK_DIR, Command, Source
+from builder.specs import Target
 
 CONTAINERS_DIR = Path(__file__).resolve().parent.parent / "containers"
 BUILD_USER = "builder"
-BUILD_HOST = "xcp-drbd-builder"
-INPUT_DIR = "/build/input"
-OUTPUT_DIR = "/build/out"
-# The container's own /tmp: nothing else runs in it, and it is discarded with it.
-WORK_DIR = "/tmp/build"  # noqa: S108
-TOP_DIR = f"{WORK_DIR}/rpmbuild"
 # Where a kernel tree outside usr/src and usr/lib is mounted.
 KERNEL_FALLBACK_DIR = "/build/kernel"
 LOG_TAIL_LINES = 40
 I386_ARCHES = frozenset({"i386", "i486", "i586", "i686", "athlon"})
-
-
-@dataclass(frozen=True, kw_only=True)
-class BuildInputs:
-    """Everything one recipe needs to write its commands."""
-
-    version: str
-    tarball_name: str
-    source_dir: str  # top directory inside the tarball
-    kernel_release: str
-    kdir: str  # kernel build dir as seen inside the container
-    arch: str
-
-
-class Recipe:
-    """Recipe of the 8.3 and early 8.4 sources: userland and module from one tarball."""
-
-    userland_package = "drbd-utils"
-    module_prefix = "drbd-km"
-    specs = ("drbd.spec", "drbd-km.spec")
-
-    def commands(self, inputs: BuildInputs) -> list[list[str]]:
-        rpmbuild = [
-            "rpmbuild",
-            "-bb",
-            "--target",
-            inputs.arch,
-            "--define",
-            f"_topdir {TOP_DIR}",
-            "--define",
-            f"kernelversion {inputs.kernel_release}",
-            "--define",
-            f"kdir {inputs.kdir}",
-            "--define",
-            f"_buildhost {BUILD_HOST}",
-            "--define",
-            "use_source_date_epoch_as_buildtime 1",
-            "--define",
-            "clamp_mtime_to_source_date_epoch 1",
-        ]
-        tgz = f"drbd-{inputs.version}.tar.gz"
-        return [
-            ["mkdir", "-p", *(f"{TOP_DIR}/{d}" for d in ("SOURCES", "BUILD", "RPMS", "SRPMS"))],
-            ["tar", "-xzf", f"{INPUT_DIR}/{inputs.tarball_name}", "-C", WORK_DIR],
-            ["cd", f"{WORK_DIR}/{inputs.source_dir}"],
-            ["./configure", "--with-km"],
-            # FORCE=1: without it `tgz` first rebuilds the release's man pages, which needs
-            # xsltproc and DocBook stylesheets fetched over the network, which is off here.
-            ["make", "tgz", *self.specs, "FORCE=1"],
-            ["cp", tgz, f"{TOP_DIR}/SOURCES/{tgz}"],
-            *([*rpmbuild, spec] for spec in self.specs),
-            ["find", f"{TOP_DIR}/RPMS", "-name", "*.rpm", "-exec", "cp", "{}", OUTPUT_DIR, ";"],
-        ]
-
-    def expected_packages(self, kernel_release: str) -> frozenset[str]:
-        return frozenset(
-            {
-                "drbd",
-                self.userland_package,
-                "drbd-xen",
-                "drbd-udev",
-                checks.km_package_name(kernel_release, self.module_prefix),
-            }
-        )
-
-
-RECIPES: dict[DrbdFamily, Recipe] = {DrbdFamily.V83: Recipe(), DrbdFamily.V84_EARLY: Recipe()}
-
-
-def recipe_for(family: DrbdFamily) -> Recipe:
-    try:
-        return RECIPES[family]
-    except KeyError:
-        raise ConfigError(f"DRBD source family {family} has no build recipe yet.") from None
 
 
 def personality(arch: str) -> list[str]:
@@ -123,7 +41,11 @@ def personality(arch: str) -> list[str]:
 
 
 def shell_script(commands: Sequence[Sequence[str]]) -> str:
-    """A POSIX sh script that echoes each command, runs it, and stops at the first failure."""
+    """A POSIX sh script that echoes each command, runs it, and stops at the first failure.
+
+    Each command is echoed as ``$ <command>``, so the last such line of a failed build's log
+    is the command that failed.
+    """
     lines = [
         "set -e",
         "umask 022",
@@ -141,13 +63,26 @@ def shell_script(commands: Sequence[Sequence[str]]) -> str:
 # Inputs
 
 
-def tarball_top_dir(tarball: Path) -> str:
-    """The single top-level directory of a source tarball (``drbd-8.4.1``)."""
+def tarball_members(tarball: Path) -> list[PurePosixPath]:
     try:
         with tarfile.open(tarball) as archive:
-            tops = {PurePosixPath(m.name).parts[0] for m in archive if m.name not in (".", "./")}
+            return [PurePosixPath(m.name) for m in archive if m.name not in (".", "./")]
     except (OSError, tarfile.TarError) as exc:
         raise InputError(f"Cannot read source tarball {tarball}: {exc}") from exc
+
+
+def top_level_files(tarball: Path) -> frozenset[str]:
+    """Paths below the tarball's top directory (``configure``, ``drbd/Kbuild``)."""
+    return frozenset(
+        PurePosixPath(*m.parts[1:]).as_posix()
+        for m in tarball_members(tarball)
+        if len(m.parts) > 1 and m.parts[0] != "."
+    )
+
+
+def tarball_top_dir(tarball: Path) -> str:
+    """The single top-level directory of a source tarball (``drbd-8.4.1``)."""
+    tops = {m.parts[0] for m in tarball_members(tarball)}
     tops.discard(".")
     if len(tops) != 1:
         raise InputError(
@@ -158,6 +93,21 @@ def tarball_top_dir(tarball: Path) -> str:
     if top in ("..", "/") or top.startswith("/"):
         raise InputError(f"Source tarball {tarball} has an unsafe top-level entry {top!r}.")
     return top
+
+
+def patch_names(patches: Sequence[Path]) -> tuple[str, ...]:
+    """Names the patches have under PATCH_DIR: numbered, so that two of one name both fit."""
+    return tuple(f"{index:02d}-{patch.name}" for index, patch in enumerate(patches, 1))
+
+
+def source_for(tarball: Path, version: str, patches: Sequence[Path] = ()) -> Source:
+    """How the container sees ``tarball`` (mounted read-only) and its patches."""
+    return Source(
+        file_name=tarball.name,
+        top_dir=tarball_top_dir(tarball),
+        version=version,
+        patches=patch_names(patches),
+    )
 
 
 def tarball_epoch(tarball: Path) -> int:
@@ -254,61 +204,53 @@ def ensure_image(
 
 
 @dataclass(frozen=True, kw_only=True)
+class Run:
+    """One container run of a recipe."""
+
+    what: str  # for messages: "DRBD 8.4.11 module for 4.19.0+1"
+    image: str
+    arch: str
+    commands: Sequence[Command]
+    tarball: Path
+    patches: Sequence[Path] = ()
+    kernel_mounts: Sequence[container.BindMount] = ()
+    environment: Mapping[str, str] = field(default_factory=dict)
+    source_date_epoch: int | None = None  # default: the tarball's newest mtime
+
+
+@dataclass(frozen=True, kw_only=True)
 class BuildResult:
     rpms: tuple[Path, ...]  # in output_dir, sorted
     commands: tuple[str, ...]  # the in-container commands, as shell lines
     shell: str  # what ran them: "/bin/sh -c", under "linux32" for 32-bit targets
     image: str
     source_date_epoch: int
-    kdir: str
     log_file: Path
     seconds: float
 
 
-def build_drbd(
+def run_build(
+    run: Run,
     *,
-    image: str,
-    source_tarball: Path,
-    kernel_root: Path,
-    kernel_build_dir: Path,
-    kernel_release: str,
-    family: DrbdFamily,
-    version: str,
-    arch: str,
     output_dir: Path,
     log_file: Path,
     timeout: float | None = None,
-    source_date_epoch: int | None = None,
-    kernel_requires: str = "kernel",
     client: docker.DockerClient | None = None,
 ) -> BuildResult:
-    """Build DRBD ``version`` for ``kernel_release`` in ``image`` and check the RPMs.
+    """Run ``run`` in a new container and copy the RPMs it made into ``output_dir``.
 
-    ``kernel_root`` is the directory the kernel-devel package was extracted into and
-    ``kernel_build_dir`` the build tree inside it (``kdir``).  The RPMs end up directly in
-    ``output_dir``, which must exist (the caller's ``*.partial`` directory).  The whole build
-    log goes to ``log_file``.  Raises :class:`BuildError` (with the log's last lines) when the
-    build fails or times out and :class:`CheckError` when the RPMs are not right for dom0.
+    ``output_dir`` must exist (the caller's ``*.partial`` directory).  The whole build log is
+    appended to ``log_file``.  Raises :class:`BuildError` (with the failed command and the
+    log's last lines) when the build fails, times out or makes no RPM.
     """
     started = time.monotonic()
-    recipe = recipe_for(family)
-    source_tarball = source_tarball.resolve()
-    if not source_tarball.is_file():
-        raise InputError(f"Source tarball {source_tarball} does not exist.")
+    tarball = run.tarball.resolve()
+    if not tarball.is_file():
+        raise InputError(f"Source tarball {tarball} does not exist.")
     if not output_dir.is_dir():
         raise InputError(f"Output directory {output_dir} does not exist.")
-    mounts, kdir = kernel_mounts(kernel_root, kernel_build_dir)
-    inputs = BuildInputs(
-        version=version,
-        tarball_name=source_tarball.name,
-        source_dir=tarball_top_dir(source_tarball),
-        kernel_release=kernel_release,
-        kdir=kdir,
-        arch=arch,
-    )
-    commands = recipe.commands(inputs)
-    epoch = tarball_epoch(source_tarball) if source_date_epoch is None else source_date_epoch
-    shell = [*personality(arch), "/bin/sh", "-c"]
+    epoch = tarball_epoch(tarball) if run.source_date_epoch is None else run.source_date_epoch
+    shell = [*personality(run.arch), "/bin/sh", "-c"]
     # The build user's uid is the image's, not ours, so the directory it writes to is open to
     # everyone; its parent is ours alone, so no other local user can reach into it.
     private = output_dir / ".from-container"
@@ -317,41 +259,45 @@ def build_drbd(
     staging = private / "out"
     staging.mkdir()
     os.chmod(staging, 0o777)  # noqa: S103
+    patch_mounts = [
+        container.BindMount(patch.resolve(), f"{PATCH_DIR}/{name}")
+        for patch, name in zip(run.patches, patch_names(run.patches), strict=True)
+    ]
     spec = container.RunSpec(
-        image=image,
-        command=[*shell, shell_script(commands)],
+        image=run.image,
+        command=[*shell, shell_script(run.commands)],
         user=BUILD_USER,
         mounts=[
-            container.BindMount(source_tarball, f"{INPUT_DIR}/{source_tarball.name}"),
-            *mounts,
+            container.BindMount(tarball, f"{INPUT_DIR}/{tarball.name}"),
+            *patch_mounts,
+            *run.kernel_mounts,
             container.BindMount(staging.resolve(), OUTPUT_DIR, read_only=False),
         ],
         environment={
+            **run.environment,
             "SOURCE_DATE_EPOCH": str(epoch),
-            # DRBD's drbd-km.spec makes the module require this package (default "kernel").
-            "DRBD_KMOD_REQUIRES": kernel_requires,
             "HOME": WORK_DIR,
             "LC_ALL": "C",
             "TZ": "UTC",
         },
     )
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    log_file.write_text(
-        f"# DRBD {version} for kernel {kernel_release} ({arch}) in image {image}\n"
-        f"# kdir={kdir} SOURCE_DATE_EPOCH={epoch}\n",
-        encoding="utf-8",
-    )
+    with log_file.open("a", encoding="utf-8") as header:
+        header.write(f"# {run.what} ({run.arch}) in image {run.image}\n")
+        header.write(f"# SOURCE_DATE_EPOCH={epoch}\n")
+        for key, value in sorted(run.environment.items()):
+            header.write(f"# {key}={value}\n")
     try:
         client = client or container.connect()
         container.reap_leftovers(client)
-        with log.step(f"Build DRBD {version} for {kernel_release} ({arch})"):
+        with log.step(f"Build {run.what} ({run.arch})"):
             result = container.run_logged(
                 client, spec, log_file=log_file, timeout=timeout, on_line=_Ticker()
             )
             if result.timed_out:
-                raise _build_error(f"timed out after {timeout:.0f} s", version, log_file)
+                raise _build_error(f"timed out after {timeout:.0f} s", run.what, log_file)
             if result.exit_code != 0:
-                raise _build_error(f"exit status {result.exit_code}", version, log_file)
+                raise _build_error(f"exit status {result.exit_code}", run.what, log_file)
         rpms = []
         for built in sorted(staging.glob("*.rpm")):
             # What the container left is not trusted: a symlink or hard link there would make
@@ -359,7 +305,7 @@ def build_drbd(
             info = built.lstat()
             if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
                 raise _build_error(
-                    f"{built.name} in the output is not a plain file", version, log_file
+                    f"{built.name} in the output is not a plain file", run.what, log_file
                 )
             # A copy, not a rename: the files then belong to the user running the tool, not to
             # whichever uid the image's build user has on this host.
@@ -367,26 +313,15 @@ def build_drbd(
             shutil.copy2(built, destination, follow_symlinks=False)
             rpms.append(destination)
         if not rpms:
-            raise _build_error("no RPMs were produced", version, log_file)
+            raise _build_error("no RPMs were produced", run.what, log_file)
     finally:
         shutil.rmtree(private, ignore_errors=True)
-    expect = checks.Expectation(
-        kernel_release=kernel_release,
-        arch=arch,
-        version=version,
-        packages=recipe.expected_packages(kernel_release),
-        module_package=checks.km_package_name(kernel_release, recipe.module_prefix),
-        userland_package=recipe.userland_package,
-    )
-    with log.step(f"Check {len(rpms)} RPMs against kernel {kernel_release} and arch {arch}"):
-        checks.check_packages(rpms, expect)
     return BuildResult(
         rpms=tuple(rpms),
-        commands=tuple(shlex.join(c) for c in commands),
+        commands=tuple(shlex.join(c) for c in run.commands),
         shell=shlex.join(shell),
-        image=image,
+        image=run.image,
         source_date_epoch=epoch,
-        kdir=kdir,
         log_file=log_file,
         seconds=time.monotonic() - started,
     )
@@ -395,17 +330,28 @@ def build_drbd(
 # Lines that name the cause of a failed build, which rpmbuild's closing summary of warnings
 # can push out of the log's last lines.
 ERROR_LINE = re.compile(
-    r"(\berror:|\*\*\*|undefined reference|multiple definition|No such file or directory)"
+    r"(\berror:|\*\*\*|undefined reference|multiple definition|No such file or directory"
+    r"|FAILED|can't find file to patch|Only garbage|malformed patch)"
 )
 ERROR_LINES = 12
+COMMAND_LINE = "$ "
 
 
-def _build_error(reason: str, version: str, log_file: Path) -> BuildError:
+def failed_command(lines: Sequence[str]) -> str | None:
+    """The command a failed build was running: the last one the script echoed."""
+    for line in reversed(lines):
+        if line.startswith(COMMAND_LINE):
+            return line[len(COMMAND_LINE) :]
+    return None
+
+
+def _build_error(reason: str, what: str, log_file: Path) -> BuildError:
     try:
         text = log_file.read_text(encoding="utf-8", errors="replace")
     except OSError:
         text = ""
     lines = text.rstrip("\n").splitlines()
+    command = failed_command(lines)
     tail = lines[-LOG_TAIL_LINES:]
     earlier = [line for line in lines[: -LOG_TAIL_LINES or None] if ERROR_LINE.search(line)]
     causes = ""
@@ -413,8 +359,14 @@ def _build_error(reason: str, version: str, log_file: Path) -> BuildError:
         shown = "\n".join("    " + line for line in earlier[:ERROR_LINES])
         causes = f"Errors earlier in the build log:\n{shown}\n"
     shown_tail = "\n".join("    " + line for line in tail)
+    at = ""
+    if command is not None and reason.startswith("exit status"):
+        at = f" at `{command}`"
+        if command.startswith("patch "):
+            patch = command.rsplit("/", 1)[-1]
+            at += f": the patch {patch} does not apply to this source"
     return BuildError(
-        f"Building DRBD {version} failed ({reason}). {causes}"
+        f"Building {what} failed ({reason}){at}. {causes}"
         f"Last lines of the build log:\n{shown_tail}\n"
         f"The whole log is {log_file}",
         hint=f"Set {container.KEEP_ENV}=1 to keep the build container for inspection.",

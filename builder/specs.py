@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -44,10 +44,62 @@ class Consumer(enum.StrEnum):
 
 
 class DrbdFamily(enum.StrEnum):
-    """DRBD source layouts that share one build recipe (see design notes)."""
+    """DRBD source layouts that share one build recipe (``builder.recipes``)."""
 
-    V83 = "8.3"
-    V84_EARLY = "8.4-early"
+    V83 = "8.3"  # 8.3.x: userland + module in one tarball
+    V84_EARLY = "8.4-early"  # 8.4.0 - 8.4.4: the same layout
+    V84 = "8.4"  # 8.4.5 - 8.4.11: module only; userland from drbd-utils
+    V9 = "9"  # 9.0 - 9.2: module only (kmod-drbd); userland from drbd-utils 9.x
+
+
+# Families whose tarball holds only the kernel module: their userland is a drbd-utils release.
+SEPARATE_USERLAND = frozenset({DrbdFamily.V84, DrbdFamily.V9})
+_RELEASE = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?")
+
+
+def family_of_version(version: str) -> DrbdFamily | None:
+    """The source family a DRBD release number belongs to; None for names that are not one."""
+    match = _RELEASE.match(version)
+    if match is None:
+        return None
+    major, minor, patch = (int(part) if part else 0 for part in match.groups())
+    if major == 9:
+        return DrbdFamily.V9
+    if (major, minor) == (8, 3):
+        return DrbdFamily.V83
+    if (major, minor) == (8, 4):
+        return DrbdFamily.V84_EARLY if patch <= 4 else DrbdFamily.V84
+    return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Adjustments:
+    """What a spec entry changes about a build: applied in the container, recorded in the
+    manifest.  A DRBD version, a drbd-utils version and a target may each carry some; a build
+    applies the target's after the version's."""
+
+    patches: tuple[Path, ...] = ()  # applied in order with ``patch -p1`` to the unpacked source
+    configure: tuple[str, ...] = ()  # appended to every ./configure the recipe runs itself
+    rpmbuild: tuple[str, ...] = ()  # appended to every rpmbuild (``--without manual``, ...)
+    make: tuple[tuple[str, str], ...] = ()  # make variables, exported to every command
+    cflags: str | None = None  # CFLAGS for the userland (rpm's %configure uses it as given)
+
+    def __add__(self, other: Adjustments) -> Adjustments:
+        make = dict(self.make)
+        make.update(other.make)
+        return Adjustments(
+            patches=self.patches + other.patches,
+            configure=self.configure + other.configure,
+            rpmbuild=self.rpmbuild + other.rpmbuild,
+            make=tuple(sorted(make.items())),
+            cflags=" ".join(f for f in (self.cflags, other.cflags) if f) or None,
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self.patches or self.configure or self.rpmbuild or self.make or self.cflags)
+
+
+NO_ADJUSTMENTS = Adjustments()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,6 +140,8 @@ class Target:
     base_image: str | None
     build_context: Path | None
     consumer: Consumer
+    adjustments: Adjustments = NO_ADJUSTMENTS  # the target's `build:` mapping
+    drbd_versions: tuple[str, ...] = ()  # the DRBD releases that fit its kernel (`drbd:`)
     spec_file: Path = field(compare=False)
 
     @property
@@ -96,11 +150,13 @@ class Target:
 
 
 @dataclass(frozen=True, kw_only=True)
-class DrbdVersion:
+class Tarball:
+    """A release tarball named in a spec file: a DRBD or a drbd-utils version."""
+
     version: str
-    family: DrbdFamily
     url: str
     sha256: str | None
+    adjustments: Adjustments = NO_ADJUSTMENTS
     spec_file: Path = field(compare=False)
 
     @property
@@ -112,10 +168,22 @@ class DrbdVersion:
         return self.url.rstrip("/").rsplit("/", 1)[-1]
 
 
+@dataclass(frozen=True, kw_only=True)
+class UtilsVersion(Tarball):
+    """A drbd-utils release: the userland of the module-only DRBD families."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DrbdVersion(Tarball):
+    family: DrbdFamily
+    utils: UtilsVersion | None = None  # the userland it pairs with (8.4 and 9 families)
+
+
 @dataclass(frozen=True)
 class Registry:
     targets: Mapping[str, Target]
     drbd: Mapping[str, DrbdVersion]
+    utils: Mapping[str, UtilsVersion] = field(default_factory=dict)
 
     def target(self, name: str) -> Target:
         """Resolve a target id or alias (``1.5``, ``xcp-1.5``)."""
@@ -200,6 +268,11 @@ def _target(file: Path, target_id: str, reader: YamlReader) -> Target:
     container.done()
     context = (file.parent / context_value).resolve() if context_value else None
     arch = reader.text("arch", pattern=SAFE_NAME)
+    adjustments = NO_ADJUSTMENTS
+    if reader.raw("build", required=False) is not None:
+        build = reader.mapping("build")
+        adjustments = _adjustments(file, build)
+        build.done()
     target = Target(
         id=target_id,
         name=reader.text("name"),
@@ -214,41 +287,138 @@ def _target(file: Path, target_id: str, reader: YamlReader) -> Target:
         base_image=image,
         build_context=context,
         consumer=Consumer(reader.choice("consumer", [c.value for c in Consumer])),
+        adjustments=adjustments,
+        drbd_versions=reader.text_list("drbd", SAFE_NAME),
         spec_file=file,
     )
     reader.done()
     return target
 
 
-def _drbd(file: Path, version: str, reader: YamlReader) -> DrbdVersion:
+MAKE_VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Values that end up as single arguments or environment values: printable, one line.
+ONE_LINE = re.compile(r"^[^\x00-\x1f\x7f]+$")
+
+
+def _adjustments(file: Path, reader: YamlReader) -> Adjustments:
+    """The optional build adjustment keys of a version entry or of a target's ``build:``."""
+    patches = []
+    for index, name in enumerate(reader.text_list("patches", ONE_LINE)):
+        path = (file.parent / name).resolve()
+        if not path.is_file():
+            raise reader.fail(
+                f"patches[{index}]",
+                f"{name!r} is not a file (patch paths are relative to {file.parent})",
+            )
+        patches.append(path)
+    make: dict[str, str] = {}
+    raw_make = reader.raw("make", required=False)
+    if raw_make is not None:
+        if not isinstance(raw_make, dict):
+            raise reader.fail("make", f"must be a mapping of variable to value, not {raw_make!r}")
+        for key, value in raw_make.items():
+            if not isinstance(key, str) or not MAKE_VARIABLE.match(key):
+                raise reader.fail(f"make.{key}", "is not a make variable name")
+            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+                raise reader.fail(f"make.{key}", f"must be a string or number, not {value!r}")
+            if not ONE_LINE.match(str(value)):
+                raise reader.fail(f"make.{key}", "must be one line of printable text")
+            make[key] = str(value)
+    return Adjustments(
+        patches=tuple(patches),
+        configure=reader.text_list("configure", ONE_LINE),
+        rpmbuild=reader.text_list("rpmbuild", ONE_LINE),
+        make=tuple(sorted(make.items())),
+        cflags=reader.text("cflags", ONE_LINE, required=False),
+    )
+
+
+def _check_version_name(version: str, reader: YamlReader) -> None:
     if not SAFE_NAME.match(version):
         raise reader.fail(None, "versions may only use letters, digits and . _ + ~ -")
+
+
+def _drbd(file: Path, version: str, reader: YamlReader) -> tuple[DrbdVersion, str | None]:
+    """The entry, and the drbd-utils version it names (resolved once every file is read)."""
+    _check_version_name(version, reader)
+    family = DrbdFamily(reader.choice("family", [f.value for f in DrbdFamily]))
+    implied = family_of_version(version)
+    if implied is not None and implied is not family:
+        raise reader.fail(
+            "family",
+            f"DRBD {version} belongs to family {implied.value}, not {family.value}",
+            hint="8.3.x: 8.3; 8.4.0 to 8.4.4: 8.4-early; 8.4.5 to 8.4.11: 8.4; 9.x: 9.",
+        )
+    utils = reader.text("utils", SAFE_NAME, required=False)
+    if family in SEPARATE_USERLAND and utils is None:
+        raise reader.fail(
+            "utils",
+            f"is required: a family {family.value} tarball holds only the kernel module, so "
+            "name the drbd-utils release that provides the userland (e.g. utils: 9.22.0)",
+        )
+    if family not in SEPARATE_USERLAND and utils is not None:
+        raise reader.fail(
+            "utils",
+            f"is not used by family {family.value}: its tarball builds its own userland",
+        )
     entry = DrbdVersion(
         version=version,
-        family=DrbdFamily(reader.choice("family", [f.value for f in DrbdFamily])),
+        family=family,
         url=reader.url("url"),
         sha256=reader.text("sha256", required=False, pattern=SHA256),
+        adjustments=_adjustments(file, reader),
+        spec_file=file,
+    )
+    reader.done()
+    return entry, utils
+
+
+def _utils(file: Path, version: str, reader: YamlReader) -> UtilsVersion:
+    _check_version_name(version, reader)
+    entry = UtilsVersion(
+        version=version,
+        url=reader.url("url"),
+        sha256=reader.text("sha256", required=False, pattern=SHA256),
+        adjustments=_adjustments(file, reader),
         spec_file=file,
     )
     reader.done()
     return entry
 
 
-def _load_file(file: Path) -> tuple[dict[str, Target], dict[str, DrbdVersion]]:
+SECTIONS = ("targets", "drbd", "drbd-utils")
+
+
+@dataclass
+class _FileEntries:
+    targets: dict[str, Target] = field(default_factory=dict)
+    drbd: dict[str, tuple[DrbdVersion, str | None]] = field(default_factory=dict)
+    utils: dict[str, UtilsVersion] = field(default_factory=dict)
+
+    def names(self) -> list[str]:
+        return [
+            *self.targets,
+            *(f"drbd {v}" for v in self.drbd),
+            *(f"drbd-utils {v}" for v in self.utils),
+        ]
+
+
+def _load_file(file: Path) -> _FileEntries:
     try:
         data = yaml.safe_load(file.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"{file}: cannot read spec file: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
+    entries = _FileEntries()
     if data is None:
-        return {}, {}
+        return entries
     if not isinstance(data, dict):
-        raise ConfigError(f"{file}: the top level must be a mapping with targets: and/or drbd:")
+        raise ConfigError(
+            f"{file}: the top level must be a mapping with targets:, drbd: and/or drbd-utils:"
+        )
     top = YamlReader(file, data, "")
-    targets: dict[str, Target] = {}
-    versions: dict[str, DrbdVersion] = {}
-    for section in ("targets", "drbd"):
+    for section in SECTIONS:
         value = data.get(section)
         if value is None:
             top.mark_used(section)
@@ -260,35 +430,71 @@ def _load_file(file: Path) -> tuple[dict[str, Target], dict[str, DrbdVersion]]:
                 raise ConfigError(f"{file}: {section}.{key}: must be a mapping")
             reader = YamlReader(file, entry, f"{section}.{key}")
             if section == "targets":
-                targets[key] = _target(file, key, reader)
+                entries.targets[key] = _target(file, key, reader)
+            elif section == "drbd":
+                entries.drbd[key] = _drbd(file, key, reader)
             else:
-                versions[key] = _drbd(file, key, reader)
-    unknown = sorted(set(data) - {"targets", "drbd"})
+                entries.utils[key] = _utils(file, key, reader)
+    unknown = sorted(str(k) for k in set(data) - set(SECTIONS))
     if unknown:
-        raise ConfigError(f"{file}: {unknown[0]}: unknown top-level key (expected targets or drbd)")
-    return targets, versions
+        raise ConfigError(
+            f"{file}: {unknown[0]}: unknown top-level key (expected {', '.join(SECTIONS)})"
+        )
+    return entries
+
+
+def _resolve_versions(
+    targets: Mapping[str, Target],
+    pending: Mapping[str, tuple[DrbdVersion, str | None]],
+    utils: Mapping[str, UtilsVersion],
+) -> dict[str, DrbdVersion]:
+    """DRBD versions with their drbd-utils; every name a target or version uses must exist."""
+    for target in targets.values():
+        for index, version in enumerate(target.drbd_versions):
+            if version not in pending:
+                raise ConfigError(
+                    f"{target.spec_file}: targets.{target.id}.drbd[{index}]: DRBD {version} is "
+                    f"not defined (DRBD versions: {', '.join(pending) or 'none'})."
+                )
+    versions: dict[str, DrbdVersion] = {}
+    for name, (pending_entry, utils_name) in pending.items():
+        entry = pending_entry
+        if utils_name is not None:
+            if utils_name not in utils:
+                known = ", ".join(utils) or "none"
+                raise ConfigError(
+                    f"{entry.spec_file}: drbd.{name}.utils: drbd-utils {utils_name} is not "
+                    f"defined (drbd-utils versions: {known}).",
+                    hint="Add it under drbd-utils: in a spec file (url and optionally sha256), "
+                    "or name one that is defined.",
+                )
+            entry = replace(entry, utils=utils[utils_name])
+        versions[name] = entry
+    return versions
 
 
 def load_registry(extra_dirs: Iterable[Path] = (), *, builtin: bool = True) -> Registry:
     """Load the built-in specs, then each extra directory in order (later entries win)."""
     dirs = ([DEFAULT_SPECS_DIR] if builtin else []) + [Path(d) for d in extra_dirs]
     targets: dict[str, Target] = {}
-    versions: dict[str, DrbdVersion] = {}
+    pending: dict[str, tuple[DrbdVersion, str | None]] = {}
+    utils: dict[str, UtilsVersion] = {}
     for directory in dirs:
         if not directory.is_dir():
             raise ConfigError(f"Spec directory {directory} does not exist or is not a directory.")
         seen_here: dict[str, Path] = {}
         for file in sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml")):
-            file_targets, file_versions = _load_file(file)
-            for name in [*file_targets, *(f"drbd {v}" for v in file_versions)]:
+            entries = _load_file(file)
+            for name in entries.names():
                 if name in seen_here:
                     raise ConfigError(
                         f"{file}: {name} is also defined in {seen_here[name]}; "
                         "define each target and version once per directory."
                     )
                 seen_here[name] = file
-            targets.update(file_targets)
-            versions.update(file_versions)
+            targets.update(entries.targets)
+            pending.update(entries.drbd)
+            utils.update(entries.utils)
     aliases: dict[str, str] = {}
     for target in targets.values():
         for alias in target.aliases:
@@ -299,4 +505,5 @@ def load_registry(extra_dirs: Iterable[Path] = (), *, builtin: bool = True) -> R
                     f"alias of {owner}"
                 )
             aliases[alias] = target.id
-    return Registry(targets=targets, drbd=versions)
+    versions = _resolve_versions(targets, pending, utils)
+    return Registry(targets=targets, drbd=versions, utils=utils)

@@ -23,10 +23,12 @@ def build_rpms(
     arch: str = "noarch",
     payload: str = "",
     with_files: bool = True,
+    provides: Sequence[str] = (),
 ) -> list[Path]:
     """Build one package per name (the first is the main package) and return their paths.
 
     ``payload`` goes into a file of each package, so equal NVRs can differ in content.
+    ``provides`` are extra capabilities of the main package (a stand-in for a system's base).
     Without files (``with_files=False``) rpmbuild is about thirty times faster per package,
     which the benchmark's thousands of packages need; the RPMs are still complete and valid.
     """
@@ -42,6 +44,7 @@ def build_rpms(
         "Summary: test package",
         "License: GPL-2.0-or-later",
         *([f"BuildArch: {arch}"] if arch == "noarch" else []),
+        *(f"Provides: {capability}" for capability in provides),
         "%description",
         "A test package.",
         "%install",

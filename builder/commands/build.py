@@ -15,9 +15,14 @@ if TYPE_CHECKING:
 DEFAULT_ARTIFACTS = Path(__file__).resolve().parent.parent.parent / "artifacts"
 
 DESCRIPTION = """\
-Build the drbd (userland) and drbd-km (kernel module) RPMs for each DRBD version and target,
-in a container whose userland matches dom0, with the kernel release and build tree passed
-explicitly. Results go to ARTIFACTS/<target>/<version>/ with a manifest.json.
+Build the DRBD userland and kernel-module RPMs for each DRBD version and target, in a
+container whose userland matches dom0, with the kernel release and build tree passed
+explicitly. The recipe follows the DRBD source family (see `targets`): 8.3 and 8.4.0-8.4.4
+build drbd and drbd-km from one tarball; 8.4.5 and later build the module from the DRBD
+tarball and the userland from the drbd-utils release the version names. A userland is built
+once per build image and shared by the targets that use it. The module package requires the
+exact dom0 kernel it was built for. Results go to ARTIFACTS/<target>/<version>/ with a
+manifest.json, only after the post-build checks passed.
 """
 
 
@@ -51,8 +56,9 @@ def register(
             metavar="VERSION",
             nargs="+",
             action="extend",
-            required=True,
-            help="DRBD versions (see `targets`); several allowed",
+            default=[],
+            help="DRBD versions (see `targets`); several allowed; default: the versions each "
+            "target's spec lists as fitting its kernel",
         )
         parser.add_argument(
             "--artifacts",
@@ -68,6 +74,13 @@ def register(
                 metavar="PATH",
                 type=Path,
                 help="the DRBD source tarball as a local file (with a single --drbd)",
+            )
+            parser.add_argument(
+                "--utils-source",
+                metavar="PATH",
+                type=Path,
+                help="the drbd-utils source tarball as a local file (for DRBD 8.4.5 and later, "
+                "whose userland is a drbd-utils release; one drbd-utils version per run)",
             )
             parser.add_argument(
                 "--timeout",
@@ -125,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
         settings=fetch_settings(args),
         kernel_inputs=KernelInputs(iso=args.iso, kernel_rpm=args.kernel_rpm),
         source=args.source,
+        utils_source=args.utils_source,
         timeout=args.timeout,
     )
     outcomes = run_builds(steps, options)

@@ -70,6 +70,7 @@ def copy_tree(tree: KernelTree, output: Path) -> KernelTree:
         rpm=tree.rpm,
         rpm_nvra=tree.rpm_nvra,
         rpm_sha256=tree.rpm_sha256,
+        rpm_version_release=tree.rpm_version_release,
         source=tree.source,
         source_sha256=tree.source_sha256,
     )

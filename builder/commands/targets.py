@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from builder.recipes import describe_families
 from builder.specs import Registry, Target, load_registry
 
 
@@ -32,6 +33,7 @@ def target_dict(target: Target) -> dict[str, Any]:
         "basearch": target.basearch,
         "consumer": target.consumer.value,
         "container_family": target.container_family,
+        "drbd": list(target.drbd_versions),
         "kernel": {
             "package": target.kernel_package,
             "release": target.kernel_release,
@@ -51,8 +53,22 @@ def registry_dict(registry: Registry) -> dict[str, Any]:
     return {
         "targets": [target_dict(t) for t in registry.targets.values()],
         "drbd": [
-            {"version": v.version, "family": v.family.value, "url": v.url, "sha256": v.sha256}
+            {
+                "version": v.version,
+                "family": v.family.value,
+                "url": v.url,
+                "sha256": v.sha256,
+                "utils": v.utils.version if v.utils else None,
+            }
             for v in registry.drbd.values()
+        ],
+        "drbd_utils": [
+            {"version": u.version, "url": u.url, "sha256": u.sha256}
+            for u in registry.utils.values()
+        ],
+        "families": [
+            {"family": family, "versions": versions, "dom0": dom0}
+            for family, versions, dom0 in describe_families()
         ],
     }
 
@@ -70,7 +86,13 @@ def run(args: argparse.Namespace) -> int:
             f"      {target.kernel_package} for kernel {target.kernel_release} "
             f"({target.arch}, {target.consumer.value}, from {target.kernel_source.kind.value})"
         )
+        if target.drbd_versions:
+            print(f"      DRBD that fits: {', '.join(target.drbd_versions)}")
     print("DRBD versions (use with --drbd):")
     for version in registry.drbd.values():
-        print(f"  {version.version}: family {version.family.value}")
+        utils = f", userland drbd-utils {version.utils.version}" if version.utils else ""
+        print(f"  {version.version}: family {version.family.value}{utils}")
+    print("DRBD families and the dom0 kernels they fit:")
+    for family, versions, dom0 in describe_families():
+        print(f"  {family} ({versions}): {dom0}")
     return 0

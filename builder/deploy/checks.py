@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from builder.deploy.pool import RECOMMENDED_AFTER_SB, Fencing, Pool, Syntax
+from builder.deploy.pool import RECOMMENDED_AFTER_SB, Fencing, Pool
 from builder.deploy.repo import Package, RepoNotFound, RepoUnreachable, local_path, read_packages
 
 
@@ -298,9 +298,7 @@ def check_safety_policies(pool: Pool) -> list[Finding]:
 
 def kernel_module_package(pool: Pool) -> str:
     """The name of the kernel module package the hosts need."""
-    if pool.drbd.syntax is Syntax.V9:
-        return "kmod-drbd"
-    return "drbd-km-" + pool.target.kernel_release.replace("-", "_")
+    return pool.drbd.recipe.module_package(pool.target.kernel_release)
 
 
 USERLAND_PACKAGES = ("drbd", "drbd-utils")

@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from builder.errors import ConfigError
+from builder.recipes import Recipe, Syntax, recipe_of_version
 from builder.specs import Registry, Target
 from builder.yamlreader import YamlReader
 
@@ -39,14 +40,6 @@ DRBD_VERSION = re.compile(r"^(\d+)(?:\.(\d+))?(?:\.\d+)*$")
 MIN_PORT = 1
 MAX_PORT = 65535
 MAX_MINOR = 255  # DRBD 8.3's minor_count limit; the oldest syntax sets the bound for all
-
-
-class Syntax(enum.StrEnum):
-    """DRBD configuration file syntax: the three generations differ (see design notes)."""
-
-    V83 = "8.3"
-    V84 = "8.4"
-    V9 = "9"
 
 
 class Fencing(enum.StrEnum):
@@ -91,7 +84,7 @@ class Host:
 @dataclass(frozen=True, kw_only=True)
 class Drbd:
     version: str
-    syntax: Syntax
+    recipe: Recipe  # the DRBD family's: config syntax, package names
     resource: str
     minor: int
     port: int
@@ -107,6 +100,10 @@ class Drbd:
     @property
     def device(self) -> str:
         return f"/dev/drbd{self.minor}"
+
+    @property
+    def syntax(self) -> Syntax:
+        return self.recipe.syntax
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -150,13 +147,10 @@ class Pool:
 
 def syntax_of(version: str) -> Syntax | None:
     """The config syntax of a DRBD version such as ``8.4.1``, ``8.3`` or ``9.2.5``."""
-    match = DRBD_VERSION.match(version)
-    if not match:
+    if not DRBD_VERSION.match(version):
         return None
-    major, minor = match.group(1), match.group(2)
-    if major == "9":
-        return Syntax.V9
-    return {"8.3": Syntax.V83, "8.4": Syntax.V84}.get(f"{major}.{minor}")
+    recipe = recipe_of_version(version)
+    return recipe.syntax if recipe is not None else None
 
 
 class _Reader(YamlReader):
@@ -211,8 +205,8 @@ def _host(reader: _Reader) -> Host:
 
 def _drbd(reader: _Reader, host_names: tuple[str, str]) -> Drbd:
     version = reader.text("version", re.compile(r"^[0-9][0-9A-Za-z.-]*$"))
-    syntax = syntax_of(version)
-    if syntax is None:
+    recipe = recipe_of_version(version) if DRBD_VERSION.match(version) else None
+    if recipe is None:
         raise reader.fail(
             "version",
             f"{version!r} is not a DRBD version this tool can configure",
@@ -221,7 +215,7 @@ def _drbd(reader: _Reader, host_names: tuple[str, str]) -> Drbd:
     fencing = Fencing(reader.choice("fencing", tuple(f.value for f in Fencing), "resource-only"))
     default_fence = (
         "/usr/lib/drbd/crm-fence-peer.9.sh"
-        if syntax is Syntax.V9
+        if recipe.syntax is Syntax.V9
         else "/usr/lib/drbd/crm-fence-peer.sh"
     )
     handlers = {"fence_peer_handler": default_fence}
@@ -248,7 +242,7 @@ def _drbd(reader: _Reader, host_names: tuple[str, str]) -> Drbd:
         )
     drbd = Drbd(
         version=version,
-        syntax=syntax,
+        recipe=recipe,
         resource=reader.text(
             "resource", RESOURCE_NAME, default="r0", explain="letters, digits, _ . -"
         ),

@@ -22,8 +22,9 @@ from pathlib import Path
 
 from builder import __version__
 from builder.deploy.checks import kernel_module_package
-from builder.deploy.pool import Fencing, Host, Pool, Syntax
+from builder.deploy.pool import Fencing, Host, Pool
 from builder.errors import DeployError
+from builder.recipes import Syntax
 
 REPO_ID = "xcp-drbd-builder"
 KEY_FILE = "/etc/pki/rpm-gpg/RPM-GPG-KEY-xcp-drbd-builder"
@@ -175,8 +176,7 @@ def render_repo_file(pool: Pool, header: str) -> str:
 
 
 def packages(pool: Pool) -> list[str]:
-    userland = "drbd-utils" if pool.drbd.syntax is Syntax.V9 else "drbd"
-    return [userland, kernel_module_package(pool)]
+    return [*pool.drbd.recipe.userland.install, kernel_module_package(pool)]
 
 
 def _initial_sync_command(pool: Pool) -> str:

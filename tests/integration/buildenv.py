@@ -24,14 +24,21 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from builder import proc
+from builder import drbdbuild, proc
+from builder.container import context_hash
+from builder.recipes import recipe_for
+from builder.specs import DrbdFamily
 
 HERE = Path(__file__).resolve().parent
 SOURCE_TEMPLATE = HERE / "drbd-src"
+MODULE_ONLY_TEMPLATE = HERE / "drbd-84-src"
 STANDIN_CONTEXT = HERE / "standin-context"
 ROOT_REPOSITORY = "xcp-drbd-builder-test/debian12-root"
 SUITE = "bookworm"
-ROOT_PACKAGES = ("rpm", "gcc", "make", "flex", "libc6-dev", "libelf1")
+ROOT_PACKAGES = (
+    "rpm", "gcc", "g++", "make", "flex", "libc6-dev", "libelf1", "patch", "perl", "autoconf",
+    "automake",
+)  # fmt: skip
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 # Sources' newest mtime, hence SOURCE_DATE_EPOCH: 2011-12-20, DRBD 8.4.1's release day.
 SOURCE_MTIME = 1324339200
@@ -153,19 +160,89 @@ def make_drbd_source(
         (source / "ChangeLog").write_text(f"{version} (api:genl1/proto:86-100)\n * Test source\n")
         if alter is not None:
             alter(source)
-        files = sorted(
-            p.relative_to(source).as_posix() for p in source.rglob("*") if not p.is_dir()
-        )
+        return pack(source, directory / f"{top}.tar.gz", filelist=True)
+
+
+def make_module_source(
+    directory: Path,
+    version: str = "8.4.11",
+    release: str = "1",
+    alter: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write ``drbd-<version>-<release>.tar.gz``, a module-only source like DRBD 8.4.5+'s:
+    the test module and scripts of ``drbd-src/`` with the Makefile and ready ``drbd-km.spec``
+    of ``drbd-84-src/``."""
+    with tempfile.TemporaryDirectory(prefix="xdb-src-") as work:
+        top = f"drbd-{version}-{release}"
+        source = Path(work) / top
+        source.mkdir()
+        shutil.copytree(SOURCE_TEMPLATE / "drbd", source / "drbd")
+        (source / "scripts").mkdir()
+        shutil.copy2(SOURCE_TEMPLATE / "scripts" / "get_uts_release.sh", source / "scripts")
+        shutil.copy2(SOURCE_TEMPLATE / "COPYING", source)
+        shutil.copy2(MODULE_ONLY_TEMPLATE / "Makefile", source)
+        shutil.copy2(MODULE_ONLY_TEMPLATE / "README", source)
+        spec = (MODULE_ONLY_TEMPLATE / "drbd-km.spec.in").read_text()
+        spec = spec.replace("@VERSION@", version).replace("@RELEASE@", release)
+        (source / "drbd-km.spec").write_text(spec)
+        if alter is not None:
+            alter(source)
+        return pack(source, directory / f"{top}.tar.gz", filelist=False)
+
+
+def pack(source: Path, tarball: Path, *, filelist: bool) -> Path:
+    """Pack ``source`` as a release tarball would be: one top directory, root-owned, fixed
+    mtimes (so SOURCE_DATE_EPOCH is known)."""
+    top = source.name
+    files = sorted(p.relative_to(source).as_posix() for p in source.rglob("*") if not p.is_dir())
+    names = files
+    if filelist:
         listing = [f"{top}/{name}" for name in [*files, ".filelist"]]
         (source / ".filelist").write_text("\n".join(listing) + "\n")
-        tarball = directory / f"{top}.tar.gz"
-        with tarfile.open(tarball, "w:gz") as archive:
-            for name in [".filelist", *files]:
-                path = source / name
-                info = archive.gettarinfo(str(path), arcname=f"{top}/{name}")
-                info.mtime = SOURCE_MTIME
-                info.uid = info.gid = 0
-                info.uname = info.gname = "root"
-                with path.open("rb") as stream:
-                    archive.addfile(info, stream)
+        names = [".filelist", *files]
+    with tarfile.open(tarball, "w:gz") as archive:
+        for name in names:
+            path = source / name
+            info = archive.gettarinfo(str(path), arcname=f"{top}/{name}")
+            info.mtime = SOURCE_MTIME
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            with path.open("rb") as stream:
+                archive.addfile(info, stream)
     return tarball
+
+
+def drbd_build(
+    image: str,
+    kernel: KernelTree,
+    tarball: Path,
+    *,
+    version: str,
+    family: DrbdFamily = DrbdFamily.V84_EARLY,
+    utils: tuple[str, Path] | None = None,
+    kernel_release: str | None = None,
+    requires: tuple[str, str] | None = None,
+) -> drbdbuild.DrbdBuild:
+    """What the pipeline would hand to ``drbdbuild.build_drbd`` for the stand-in target."""
+    return drbdbuild.DrbdBuild(
+        recipe=recipe_for(family),
+        drbd=drbdbuild.SourceInput(version=version, tarball=tarball, sha256=file_sha256(tarball)),
+        utils=None
+        if utils is None
+        else drbdbuild.SourceInput(
+            version=utils[0], tarball=utils[1], sha256=file_sha256(utils[1])
+        ),
+        kernel=drbdbuild.KernelInput(
+            root=kernel.root,
+            build_dir=kernel.build_dir,
+            release=kernel_release or kernel.release,
+            requires=requires,
+        ),
+        arch="x86_64",
+        image=image,
+        context_sha256=context_hash(STANDIN_CONTEXT),
+    )
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -150,7 +150,10 @@ def test_build_produces_checked_rpms_and_a_manifest_then_does_nothing_again(
     km = rpms[f"drbd-km-{krelver}"]
     requires = rpm_requires(km)
     assert f"drbd-utils = {VERSION}" in requires
-    assert "kernel-xen" in requires  # dom0's kernel package, not the spec's default "kernel"
+    # dom0's kernel package (not the spec's default "kernel"), at exactly the release of the
+    # kernel-devel package the module was built against
+    kernel_vr = rpm_query(lab.rpm, "%{VERSION}-%{RELEASE}")
+    assert f"kernel-xen = {kernel_vr}" in requires
     files = rpm_query(km, "[%{FILENAMES}\n]").splitlines()
     modules = [f for f in files if f.endswith(".ko")]
     assert modules

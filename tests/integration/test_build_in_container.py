@@ -14,9 +14,9 @@ from pathlib import Path
 import docker
 import pytest
 
-from builder import checks, container, proc, rpmbuild
+from builder import checks, container, drbdbuild, proc, recipes, rpmbuild
 from builder.errors import BuildError, CheckError, DockerError
-from builder.specs import DrbdFamily, Target
+from builder.specs import Target
 from tests.integration import buildenv
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
@@ -27,7 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 @dataclass(frozen=True)
 class Built:
-    result: rpmbuild.BuildResult
+    result: drbdbuild.Built
     output: Path
     kernel: buildenv.KernelTree
 
@@ -41,20 +41,22 @@ def build(
     *,
     timeout: float = 900,
     kernel_release: str | None = None,
-) -> rpmbuild.BuildResult:
+) -> drbdbuild.Built:
     output = work / "out.partial"
     output.mkdir(exist_ok=True)
-    return rpmbuild.build_drbd(
-        image=image,
-        source_tarball=tarball,
-        kernel_root=kernel.root,
-        kernel_build_dir=kernel.build_dir,
-        kernel_release=kernel_release or kernel.release,
-        family=DrbdFamily.V84_EARLY,
+    build = buildenv.drbd_build(
+        image,
+        kernel,
+        tarball,
         version=VERSION,
-        arch="x86_64",
+        kernel_release=kernel_release,
+        requires=("kernel-xen", "6.1-1"),
+    )
+    return drbdbuild.build_drbd(
+        build,
         output_dir=output,
         log_file=work / "build.log",
+        cache_dir=work / "cache",
         timeout=timeout,
         client=client,
     )
@@ -82,7 +84,7 @@ def by_name(built: Built) -> dict[str, Path]:
 
 
 def test_build_gives_the_drbd_packages_for_the_target(built: Built) -> None:
-    km = checks.km_package_name(built.kernel.release)
+    km = recipes.km_package_name(built.kernel.release)
     packages = by_name(built)
     assert {"drbd", "drbd-utils", "drbd-xen", "drbd-udev", km} <= set(packages)
     for path in packages.values():
@@ -94,9 +96,11 @@ def test_build_gives_the_drbd_packages_for_the_target(built: Built) -> None:
 
 
 def test_module_package_requires_the_same_userland_and_holds_the_module(built: Built) -> None:
-    km = by_name(built)[checks.km_package_name(built.kernel.release)]
+    km = by_name(built)[recipes.km_package_name(built.kernel.release)]
     requires = proc.run(["rpm", "-qp", "--requires", km], echo=False).stdout.splitlines()
     assert f"drbd-utils = {VERSION}" in requires
+    # exactly the dom0 kernel package it was built for, through DRBD's DRBD_KMOD_REQUIRES
+    assert "kernel-xen = 6.1-1" in requires
     files = proc.run(["rpm", "-qpl", km], echo=False).stdout.splitlines()
     module = f"/lib/modules/{built.kernel.release}/kernel/drivers/block/drbd.ko"
     assert module in files
@@ -105,7 +109,7 @@ def test_module_package_requires_the_same_userland_and_holds_the_module(built: B
 
 
 def test_module_vermagic_is_the_target_kernel(built: Built, tmp_path: Path) -> None:
-    km = by_name(built)[checks.km_package_name(built.kernel.release)]
+    km = by_name(built)[recipes.km_package_name(built.kernel.release)]
     proc.run(["sh", "-c", 'rpm2cpio "$0" | cpio -idm --quiet', km], cwd=tmp_path, echo=False)
     module = tmp_path / f"lib/modules/{built.kernel.release}/kernel/drivers/block/drbd.ko"
     vermagic = proc.run(["modinfo", "-F", "vermagic", module], echo=False).stdout
@@ -114,24 +118,25 @@ def test_module_vermagic_is_the_target_kernel(built: Built, tmp_path: Path) -> N
 
 
 def test_build_is_recorded_for_the_manifest(built: Built) -> None:
-    result = built.result
+    result = built.result.module
     log_text = result.log_file.read_text()
     assert "rpmbuild -bb" in log_text
     assert "Wrote:" in log_text  # rpmbuild's own output is in the full log
     joined = "\n".join(result.commands)
     assert f"kernelversion {built.kernel.release}" in joined
-    assert f"kdir {result.kdir}" in joined
-    assert result.kdir == "/" + built.kernel.build_dir.relative_to(built.kernel.root).as_posix()
+    kdir = built.result.kdir
+    assert f"kdir {kdir}" in joined
+    assert kdir == "/" + built.kernel.build_dir.relative_to(built.kernel.root).as_posix()
     assert result.source_date_epoch == buildenv.SOURCE_MTIME
     assert result.image.startswith("sha256:")
     assert result.shell == "/bin/sh -c"  # x86_64: no linux32
     # the build time inside the RPM header is SOURCE_DATE_EPOCH, not the wall clock
     assert query(result.rpms[0], "%{BUILDTIME}") == str(buildenv.SOURCE_MTIME)
-    assert query(result.rpms[0], "%{BUILDHOST}") == rpmbuild.BUILD_HOST
+    assert query(result.rpms[0], "%{BUILDHOST}") == recipes.BUILD_HOST
 
 
 def test_module_built_for_another_kernel_is_rejected(built: Built) -> None:
-    km = checks.km_package_name(built.kernel.release)
+    km = recipes.km_package_name(built.kernel.release)
     other = "2.6.32.12-0.7.1.xs1.4.90.530.170661xen"
     expect = checks.Expectation(
         kernel_release=other,
@@ -208,7 +213,7 @@ def test_source_that_fails_to_compile_gives_a_readable_error(
     with pytest.raises(BuildError) as caught:
         build(standin_image, kernel_tree, tmp_path, tarball, docker_client)
     message = str(caught.value)
-    assert "Building DRBD 8.4.1 failed (exit status" in message
+    assert "Building DRBD 8.4.1 userland failed (exit status" in message
     assert "drbdadm.c" in message
     assert "error:" in message
     assert f"The whole log is {tmp_path / 'build.log'}" in message
@@ -237,9 +242,9 @@ def test_missing_build_requirement_stops_rpmbuild(
 RUNNER = """
 import json, signal, sys
 from pathlib import Path
-from builder import rpmbuild
+from builder import drbdbuild
 from builder.errors import BuilderError, Interrupted
-from builder.specs import DrbdFamily, Target
+from tests.integration import buildenv
 
 def stop(signum, frame):
     raise Interrupted("stopped by SIGTERM")
@@ -247,11 +252,13 @@ def stop(signum, frame):
 signal.signal(signal.SIGTERM, stop)
 args = json.loads(sys.argv[1])
 try:
-    rpmbuild.build_drbd(
-        image=args["image"], source_tarball=Path(args["tarball"]),
-        kernel_root=Path(args["root"]), kernel_build_dir=Path(args["kdir"]),
-        kernel_release=args["release"], family=DrbdFamily.V84_EARLY, version="8.4.1",
-        arch="x86_64", output_dir=Path(args["output"]), log_file=Path(args["log"]),
+    kernel = buildenv.KernelTree(
+        root=Path(args["root"]), build_dir=Path(args["kdir"]), release=args["release"]
+    )
+    build = buildenv.drbd_build(args["image"], kernel, Path(args["tarball"]), version="8.4.1")
+    drbdbuild.build_drbd(
+        build, output_dir=Path(args["output"]), log_file=Path(args["log"]),
+        cache_dir=Path(args["output"]).parent / "cache",
     )
 except BuilderError as exc:
     print(f"error: {exc}", file=sys.stderr)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from builder import checks
+from builder import checks, recipes
 from builder.checks import Expectation, PackageInfo, Requirement
 from builder.errors import CheckError
 
@@ -117,8 +117,8 @@ def test_a_correct_build_has_no_problems() -> None:
 
 
 def test_km_package_name_follows_drbd_km_spec() -> None:
-    assert checks.km_package_name(RELEASE) == KM
-    assert checks.km_package_name("6.1.0-56-amd64") == "drbd-km-6.1.0_56_amd64"
+    assert recipes.km_package_name(RELEASE) == KM
+    assert recipes.km_package_name("6.1.0-56-amd64") == "drbd-km-6.1.0_56_amd64"
 
 
 def test_module_for_another_kernel_is_named_with_both_releases() -> None:
@@ -196,3 +196,97 @@ def test_check_packages_raises_with_every_problem(tmp_path: Path) -> None:
     with pytest.raises(CheckError, match=r"Cannot read built package"):
         checks.check_packages([not_rpm], EXPECT)
     assert str(Requirement("drbd-utils", checks.RPMSENSE_EQUAL, "8.4.1")) == "drbd-utils = 8.4.1"
+
+
+GE = checks.RPMSENSE_GREATER | checks.RPMSENSE_EQUAL
+MODULE_ONLY = Expectation(
+    kernel_release="4.19.0+1",
+    arch="x86_64",
+    version="8.4.11",
+    packages=frozenset({"drbd", "drbd-utils", "drbd-km-4.19.0+1"}),
+    module_package="drbd-km-4.19.0+1",
+    userland_version="9.22.0",
+    exact_userland=False,
+    kernel_package=("kernel", "4.19.19-7.0.15.1.xcpng8.2"),
+)
+
+
+def module_only_build(
+    utils: str = "9.22.0", requires: tuple[Requirement, ...] | None = None
+) -> list[PackageInfo]:
+    def pkg(name: str, version: str, **more: object) -> PackageInfo:
+        return package(name, version=version, arch="x86_64", **more)
+
+    return [
+        pkg("drbd", utils),
+        pkg("drbd-utils", utils),
+        pkg(
+            "drbd-km-4.19.0+1",
+            "8.4.11",
+            requires=requires
+            or (
+                Requirement("drbd-utils", GE, "8.9.2"),
+                Requirement("kernel", checks.RPMSENSE_EQUAL, "4.19.19-7.0.15.1.xcpng8.2"),
+            ),
+            modules={"/lib/modules/4.19.0+1/updates/drbd.ko": "4.19.0+1 SMP mod_unload "},
+        ),
+    ]
+
+
+def test_a_module_only_build_with_a_newer_drbd_utils_has_no_problems() -> None:
+    assert checks.problems(module_only_build(), MODULE_ONLY) == []
+
+
+def test_the_paired_drbd_utils_must_satisfy_the_module_s_requirement() -> None:
+    too_old = checks.problems(module_only_build(utils="8.9.1"), MODULE_ONLY)
+    # Its own version is checked against the pairing first, then the range.
+    assert any("requires drbd-utils >= 8.9.2" in p and "8.9.1-1" in p for p in too_old)
+    assert any("utils: in its spec entry" in p for p in too_old)
+
+
+def test_a_module_without_a_versioned_userland_requirement_fails() -> None:
+    unversioned = (
+        Requirement("drbd-utils"),
+        Requirement("kernel", checks.RPMSENSE_EQUAL, "4.19.19-7.0.15.1.xcpng8.2"),
+    )
+    found = checks.problems(module_only_build(requires=unversioned), MODULE_ONLY)
+    assert any("must require a version of drbd-utils" in p for p in found)
+
+
+@pytest.mark.parametrize(
+    "kernel",
+    [
+        Requirement("kernel"),  # any kernel: the spec's default
+        Requirement("kernel", GE, "4.19.19-7.0.15.1.xcpng8.2"),  # a range, not this one
+        Requirement("kernel", checks.RPMSENSE_EQUAL, "4.19.19-7.0.14.1.xcpng8.2"),  # another
+    ],
+)
+def test_the_module_must_require_exactly_the_dom0_kernel_it_was_built_for(
+    kernel: Requirement,
+) -> None:
+    requires = (Requirement("drbd-utils", GE, "8.9.2"), kernel)
+    found = checks.problems(module_only_build(requires=requires), MODULE_ONLY)
+    assert found == [
+        "drbd-km-4.19.0+1-8.4.1-1.i686.rpm: must require kernel = 4.19.19-7.0.15.1.xcpng8.2 "
+        "(the dom0 kernel it was built for) so that yum never installs it beside another "
+        f"kernel, but requires {kernel}"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("provided", "flags", "wanted", "expected"),
+    [
+        ("9.22.0-1", GE, "8.9.2", True),
+        ("8.9.2-1", GE, "8.9.2", True),
+        ("8.9.1-7", GE, "8.9.2", False),
+        ("9.27.0-1", GE, "9.27.0", True),
+        ("9.22.0-1", GE, "9.27.0", False),
+        ("9.22.0-1", checks.RPMSENSE_EQUAL, "9.22.0-1", True),
+        ("9.22.0-2", checks.RPMSENSE_EQUAL, "9.22.0-1", False),
+        ("9.22.0-2", checks.RPMSENSE_LESS, "9.22.1", True),
+    ],
+)
+def test_satisfies_follows_rpm_version_rules(
+    provided: str, flags: int, wanted: str, expected: bool
+) -> None:
+    assert checks.satisfies(provided, Requirement("drbd-utils", flags, wanted)) is expected

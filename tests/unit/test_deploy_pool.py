@@ -8,8 +8,9 @@ import pytest
 import yaml
 
 from builder.cli import main
-from builder.deploy.pool import EXAMPLE_POOL, Fencing, Syntax, load_pool, parse_pool, syntax_of
+from builder.deploy.pool import EXAMPLE_POOL, Fencing, load_pool, parse_pool, syntax_of
 from builder.errors import ConfigError
+from builder.recipes import Syntax
 from builder.specs import load_registry
 from tests.deploy_support import pool_data, write_pool
 

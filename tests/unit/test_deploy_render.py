@@ -143,3 +143,10 @@ def test_renaming_a_host_warns_about_its_old_runbook(
     err = capsys.readouterr().err
     assert f"{output / 'xcp2'} is from an earlier render" in err
     assert (output / "xcp3" / "runbook.sh").exists()
+
+
+def test_module_only_drbd_installs_drbd_utils_and_the_kernels_module(tmp_path: Path) -> None:
+    # The recipe registry, not deploy, knows what each family's hosts install.
+    output = render(tmp_path, pool_data(**{"drbd.version": "8.4.11"}))
+    runbook = (output / "xcp1" / "runbook.sh").read_text()
+    assert "PACKAGES='drbd-utils drbd-km-2.6.32.12_0.7.1.xs1.4.90.530.170661xen'" in runbook

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from builder import pipeline
-from builder.errors import BuildError, ConfigError
+from builder import checks, pipeline
+from builder.drbdbuild import Built, DrbdBuild, Userland
+from builder.errors import BuildError, CheckError, ConfigError
 from builder.fetch import Fetched, FetchSettings
 from builder.kernel import KernelInputs, KernelTree
 from builder.plan import plan
@@ -23,40 +24,55 @@ class Fakes:
         self.kernels: list[str] = []
         self.images: list[str] = []
         self.builds: list[tuple[str, str]] = []
+        self.checked: list[DrbdBuild] = []
         self.fail = False
+        self.problem: str | None = None
         source = tmp / "drbd.tar.gz"
         source.write_bytes(b"source")
         self.source = Fetched(path=source, sha256="s" * 64, origin=str(source))
         monkeypatch.setattr(pipeline, "prepare_kernel", self.prepare_kernel)
         monkeypatch.setattr(pipeline, "_context_sha256", lambda t: (tmp, "c" * 64))
-        monkeypatch.setattr(pipeline, "fetch_source", lambda v, o: self.source)
+        monkeypatch.setattr(
+            pipeline, "fetch_sources", lambda step, recipe, o: pipeline.Sources(self.source, None)
+        )
         monkeypatch.setattr(pipeline, "ensure_image", self.ensure_image)
         monkeypatch.setattr(pipeline, "build_drbd", self.build_drbd)
+        monkeypatch.setattr(checks, "check_packages", self.check_packages)
 
     def prepare_kernel(self, target: Any, settings: Any, inputs: Any) -> KernelTree:
         self.kernels.append(target.id)
         return KernelTree(
             release=target.kernel_release, root=self.tmp, build_dir=self.tmp, rpm=self.tmp,
-            rpm_nvra="k", rpm_sha256="r" * 64, source="iso", source_sha256="i" * 64,
+            rpm_nvra="k", rpm_sha256="r" * 64, rpm_version_release="1-1", source="iso",
+            source_sha256="i" * 64,
         )  # fmt: skip
 
     def ensure_image(self, target: Any) -> str:
         self.images.append(target.id)
         return f"sha256:{target.id}"
 
-    def build_drbd(self, **kwargs: Any) -> BuildResult:
-        self.builds.append((kwargs["kernel_release"], kwargs["version"]))
+    def build_drbd(self, build: DrbdBuild, **kwargs: Any) -> Built:
+        version = build.drbd.version
+        self.builds.append((build.kernel.release, version))
         kwargs["log_file"].write_text("log\n")
         if self.fail:
             raise BuildError("compiler said no")
-        rpm = kwargs["output_dir"] / f"drbd-{kwargs['version']}.rpm"
-        rpm.write_bytes(kwargs["version"].encode())
+        rpm = kwargs["output_dir"] / f"drbd-{version}.rpm"
+        rpm.write_bytes(version.encode())
         fields: dict[str, Any] = {
-            "rpms": (rpm,), "commands": ("rpmbuild -bb drbd.spec",), "shell": "/bin/sh -c",
-            "image": kwargs["image"], "source_date_epoch": 1, "kdir": "/k",
-            "log_file": kwargs["log_file"], "seconds": 0.1,
+            "rpms": (rpm,), "commands": ("rpmbuild -bb drbd-km.spec",), "shell": "/bin/sh -c",
+            "image": build.image, "source_date_epoch": 1, "log_file": kwargs["log_file"],
+            "seconds": 0.1,
         }  # fmt: skip
-        return BuildResult(**fields)
+        userland = Userland(
+            rpms=(), key="u" * 64, directory=self.tmp, reused=False, commands=("rpmbuild",)
+        )
+        return Built(rpms=(rpm,), module=BuildResult(**fields), userland=userland, kdir="/k")
+
+    def check_packages(self, paths: Any, expect: Any) -> list[Any]:
+        if self.problem is not None:
+            raise CheckError(self.problem)
+        return []
 
 
 @pytest.fixture
@@ -151,3 +167,29 @@ def test_a_malformed_manifest_means_rebuild(fakes: Fakes, tmp_path: Path, output
     manifest["outputs"] = outputs
     manifest_path.write_text(json.dumps(manifest))
     assert [o.built for o in pipeline.run_builds(steps, options(tmp_path))] == [True]
+
+
+def test_the_module_must_require_the_exact_dom0_kernel_package(
+    fakes: Fakes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[Any] = []
+
+    def record(paths: Any, expect: Any) -> list[Any]:
+        seen.append(expect)
+        return []
+
+    monkeypatch.setattr(checks, "check_packages", record)
+    steps = plan(load_registry(), ["1.5"], ["8.4.1"], tmp_path / "artifacts")
+    pipeline.run_builds(steps, options(tmp_path))
+    # kernel-xen on XCP 1.x, at the version-release of the kernel-devel the tree came from.
+    assert seen[0].kernel_package == ("kernel-xen", "1-1")
+    manifest = json.loads((tmp_path / "artifacts/xcp-1.5/8.4.1/manifest.json").read_text())
+    assert manifest["inputs"]["kernel_requires"] == ["kernel-xen", "1-1"]
+
+
+def test_a_failed_check_leaves_no_complete_looking_artifacts(fakes: Fakes, tmp_path: Path) -> None:
+    fakes.problem = "drbd-km-x.rpm: built for kernel 6.1"
+    steps = plan(load_registry(), ["1.5"], ["8.4.1"], tmp_path / "artifacts")
+    with pytest.raises(CheckError):
+        pipeline.run_builds(steps, options(tmp_path))
+    assert sorted(p.name for p in (tmp_path / "artifacts/xcp-1.5").iterdir()) == ["8.4.1.build.log"]

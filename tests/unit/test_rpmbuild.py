@@ -9,55 +9,158 @@ from pathlib import Path
 
 import pytest
 
-from builder import rpmbuild
+from builder import recipes, rpmbuild
 from builder.errors import ConfigError, InputError
-from builder.specs import DrbdFamily, load_registry
+from builder.specs import Adjustments, DrbdFamily, load_registry
 
 REPO = Path(__file__).resolve().parents[2]
 RELEASE = "2.6.32.12-0.7.1.xs1.4.90.530.170661xen"
 KDIR = "/usr/src/kernels/2.6.32.12-0.7.1.xs1.4.90.530.170661-xen-i686"
 
 
-def inputs(arch: str = "i686") -> rpmbuild.BuildInputs:
-    return rpmbuild.BuildInputs(
-        version="8.4.1",
-        tarball_name="drbd-8.4.1.tar.gz",
-        source_dir="drbd-8.4.1",
+def job(arch: str = "i686", patches: tuple[str, ...] = (), **adjust: object) -> recipes.Job:
+    return recipes.Job(
+        source=recipes.Source(
+            file_name="drbd-8.4.1.tar.gz", top_dir="drbd-8.4.1", version="8.4.1", patches=patches
+        ),
+        arch=arch,
+        adjustments=Adjustments(**adjust),  # type: ignore[arg-type]
         kernel_release=RELEASE,
         kdir=KDIR,
-        arch=arch,
     )
 
 
+def rpmbuilds(commands: list[list[str]]) -> list[list[str]]:
+    return [c for c in commands if c[0] == "rpmbuild"]
+
+
+def defines(command: list[str]) -> list[str]:
+    return [command[i + 1] for i, word in enumerate(command) if word == "--define"]
+
+
 @pytest.mark.parametrize("family", [DrbdFamily.V83, DrbdFamily.V84_EARLY])
-def test_recipe_follows_drbds_own_rpm_recipe(family: DrbdFamily) -> None:
-    commands = rpmbuild.recipe_for(family).commands(inputs())
-    lines = [shlex.join(c) for c in commands]
-    assert "./configure --with-km" in lines
+def test_bundled_recipe_follows_drbds_own_rpm_recipe(family: DrbdFamily) -> None:
+    recipe = recipes.recipe_for(family)
+    module = recipe.module_commands(job())
+    userland = recipe.userland.commands(replace(job(), kernel_release=None, kdir=None))
+    lines = [shlex.join(c) for c in [*module, *userland]]
+    # The distribution is named, never guessed from the build root (a Debian stand-in would
+    # otherwise leave Conflicts: empty).
+    assert "./configure --with-distro=redhat --with-km" in lines
+    assert "./configure --with-distro=redhat --without-km" in lines
     # FORCE=1 keeps the release's man pages: rebuilding them needs the network, which is off.
-    assert "make tgz drbd.spec drbd-km.spec FORCE=1" in lines
-    builds = [c for c in commands if c[0] == "rpmbuild"]
-    assert [c[-1] for c in builds] == ["drbd.spec", "drbd-km.spec"]
-    for command in builds:
-        assert command[1] == "-bb"
-        assert command[command.index("--target") + 1] == "i686"
-        defines = [command[i + 1] for i, word in enumerate(command) if word == "--define"]
-        assert f"kernelversion {RELEASE}" in defines
-        assert f"kdir {KDIR}" in defines
-        assert f"_buildhost {rpmbuild.BUILD_HOST}" in defines
+    assert "make tgz drbd-km.spec FORCE=1" in lines
+    assert "make tgz drbd.spec FORCE=1" in lines
+    assert [c[-1] for c in rpmbuilds(module)] == ["drbd-km.spec"]
+    assert [c[-1] for c in rpmbuilds(userland)] == ["drbd.spec"]
+    command = rpmbuilds(module)[0]
+    assert command[1] == "-bb"
+    assert command[command.index("--target") + 1] == "i686"
+    assert f"kernelversion {RELEASE}" in defines(command)
+    assert f"kdir {KDIR}" in defines(command)
+    assert f"_buildhost {recipes.BUILD_HOST}" in defines(command)
+    # The userland does not depend on the kernel: it is built once and shared.
+    assert not any(d.startswith(("kernelversion", "kdir")) for d in defines(rpmbuilds(userland)[0]))
     assert not any("--nodeps" in line for line in lines)
     assert not any("uname" in line for line in lines)
 
 
+def test_module_only_recipe_builds_the_tarballs_own_km_spec() -> None:
+    recipe = recipes.recipe_for(DrbdFamily.V84)
+    source = recipes.Source(
+        file_name="drbd-8.4.11-1.tar.gz", top_dir="drbd-8.4.11-1", version="8.4.11"
+    )
+    commands = recipe.module_commands(replace(job(), source=source))
+    lines = [shlex.join(c) for c in commands]
+    assert not any("configure" in line for line in lines)
+    # The spec's Source: is the tarball itself, under its own name.
+    name = "drbd-8.4.11-1.tar.gz"
+    assert f"cp {recipes.INPUT_DIR}/{name} {recipes.TOP_DIR}/SOURCES/{name}" in lines
+    assert [c[-1] for c in rpmbuilds(commands)] == ["drbd-km.spec"]
+    assert f"kernelversion {RELEASE}" in defines(rpmbuilds(commands)[0])
+    assert recipe.userland_from_utils
+    assert recipe.userland is recipes.DRBD_UTILS
+
+
+def test_drbd_utils_recipe_writes_its_spec_with_configure_and_renames_the_source() -> None:
+    source = recipes.Source(
+        file_name="drbd-utils_9.22.0.orig.tar.gz", top_dir="drbd-utils-9.22.0", version="9.22.0"
+    )
+    commands = recipes.DRBD_UTILS.commands(recipes.Job(source=source, arch="x86_64"))
+    lines = [shlex.join(c) for c in commands]
+    assert "./configure --with-distro=redhat --enable-spec" in lines
+    # drbd.spec's Source: is drbd-utils-<version>.tar.gz, whatever the download was called.
+    assert any(line.endswith("SOURCES/drbd-utils-9.22.0.tar.gz") for line in lines)
+    command = rpmbuilds(commands)[0]
+    assert command[-1] == "drbd.spec"
+    assert command[command.index("--with") + 1] == "prebuiltman"
+
+
+def test_patches_are_applied_in_order_and_the_source_is_packed_again() -> None:
+    patched = job(patches=("01-fcommon.patch", "02-sysmacros.patch"))
+    recipe = recipes.recipe_for(DrbdFamily.V84)
+    commands = recipe.module_commands(patched)
+    lines = [shlex.join(c) for c in commands]
+    first = lines.index(f"patch -p1 --batch --forward -i {recipes.PATCH_DIR}/01-fcommon.patch")
+    second = lines.index(f"patch -p1 --batch --forward -i {recipes.PATCH_DIR}/02-sysmacros.patch")
+    repack = next(n for n, line in enumerate(lines) if line.startswith("tar --owner=0"))
+    assert first < second < repack < lines.index(shlex.join(rpmbuilds(commands)[0]))
+
+
+def test_adjustments_reach_configure_and_rpmbuild() -> None:
+    adjusted = job(configure=("--without-xen",), rpmbuild=("--without", "udev"))
+    recipe = recipes.recipe_for(DrbdFamily.V84_EARLY)
+    userland = recipe.userland.commands(adjusted)
+    assert "./configure --with-distro=redhat --without-km --without-xen" in [
+        shlex.join(c) for c in userland
+    ]
+    assert rpmbuilds(userland)[0][-3:] == ["--without", "udev", "drbd.spec"]
+
+
 def test_expected_packages_include_the_kernel_specific_module() -> None:
-    expected = rpmbuild.recipe_for(DrbdFamily.V84_EARLY).expected_packages(RELEASE)
-    assert expected == {
+    recipe = recipes.recipe_for(DrbdFamily.V84_EARLY)
+    assert recipes.expected_packages(recipe, RELEASE) == {
         "drbd",
         "drbd-utils",
         "drbd-xen",
         "drbd-udev",
         "drbd-km-2.6.32.12_0.7.1.xs1.4.90.530.170661xen",
     }
+    module_only = recipes.recipe_for(DrbdFamily.V84)
+    assert recipes.expected_packages(module_only, "4.19.0+1") == {
+        "drbd",
+        "drbd-utils",
+        "drbd-km-4.19.0+1",
+    }
+
+
+def test_every_family_has_a_recipe_with_its_config_syntax() -> None:
+    assert set(recipes.RECIPES) == set(DrbdFamily)
+    syntax = {f: recipes.RECIPES[f].syntax for f in DrbdFamily}
+    assert syntax == {
+        DrbdFamily.V83: recipes.Syntax.V83,
+        DrbdFamily.V84_EARLY: recipes.Syntax.V84,
+        DrbdFamily.V84: recipes.Syntax.V84,
+        DrbdFamily.V9: recipes.Syntax.V9,
+    }
+    assert recipes.RECIPES[DrbdFamily.V9].module_package("4.19.0+1") == "kmod-drbd"
+
+
+@pytest.mark.parametrize(
+    ("family", "files", "missing"),
+    [
+        (DrbdFamily.V84_EARLY, {"drbd-km.spec", "drbd/Kbuild"}, "configure"),
+        (DrbdFamily.V84, {"configure", "drbd.spec.in", "drbd-km.spec.in"}, "drbd-km.spec"),
+    ],
+)
+def test_a_tarball_of_another_family_is_refused_with_what_it_lacks(
+    family: DrbdFamily, files: set[str], missing: str
+) -> None:
+    recipe = recipes.recipe_for(family)
+    with pytest.raises(ConfigError, match=f"no {missing}") as caught:
+        recipes.check_tarball("DRBD x", "x.tar.gz", family.value, recipe.files, frozenset(files))
+    assert caught.value.exit_code == 2
+    assert caught.value.hint
 
 
 def test_thirty_two_bit_targets_build_under_linux32() -> None:
@@ -180,7 +283,20 @@ def test_build_error_shows_the_cause_that_rpmbuild_s_summary_pushed_out(tmp_path
     cause = "drbdadm.h:307: multiple definition of `setup_options'"
     summary = [f"    line {n}: extra tokens at the end of %endif" for n in range(60)]
     log_file.write_text("\n".join(["$ make tools", cause, "RPM build warnings:", *summary]))
-    message = str(rpmbuild._build_error("exit status 1", "8.4.1", log_file))
+    message = str(rpmbuild._build_error("exit status 1", "DRBD 8.4.1", log_file))
+    assert message.startswith("Building DRBD 8.4.1 failed (exit status 1) at `make tools`.")
     assert cause in message
     assert summary[-1].strip() in message  # the tail is still there
     assert f"The whole log is {log_file}" in message
+
+
+def test_a_patch_that_does_not_apply_is_named_in_the_error(tmp_path: Path) -> None:
+    log_file = tmp_path / "build.log"
+    command = f"patch -p1 --batch --forward -i {recipes.PATCH_DIR}/02-sysmacros.patch"
+    log_file.write_text(
+        f"$ cd /tmp/build/drbd-8.4.1\n$ {command}\npatching file user/drbdadm.c\n"
+        "Hunk #1 FAILED at 12.\n1 out of 1 hunk FAILED -- saving rejects\n"
+    )
+    message = str(rpmbuild._build_error("exit status 1", "DRBD 8.4.1 userland", log_file))
+    assert "the patch 02-sysmacros.patch does not apply to this source" in message
+    assert "Hunk #1 FAILED at 12." in message

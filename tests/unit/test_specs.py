@@ -125,11 +125,11 @@ def test_bad_sha256_and_duplicate_definitions(tmp_path: Path) -> None:
     write(
         tmp_path / "a",
         "v.yaml",
-        "drbd:\n  9.9.9:\n    family: '8.3'\n    url: https://x/d.tgz\n    sha256: abc\n",
+        "drbd:\n  8.3.99:\n    family: '8.3'\n    url: https://x/d.tgz\n    sha256: abc\n",
     )
-    with pytest.raises(ConfigError, match=r"drbd\.9\.9\.9\.sha256"):
+    with pytest.raises(ConfigError, match=r"drbd\.8\.3\.99\.sha256"):
         load_registry([tmp_path / "a"])
-    good = "drbd:\n  9.9.9:\n    family: '8.3'\n    url: https://x/d.tgz\n"
+    good = "drbd:\n  8.3.99:\n    family: '8.3'\n    url: https://x/d.tgz\n"
     write(tmp_path / "b", "one.yaml", good)
     write(tmp_path / "b", "two.yaml", good)
     with pytest.raises(ConfigError, match="also defined in"):
@@ -142,3 +142,108 @@ def test_not_yaml_and_missing_dir(tmp_path: Path) -> None:
         load_registry([tmp_path])
     with pytest.raises(ConfigError, match="does not exist"):
         load_registry([tmp_path / "nope"])
+
+
+def test_builtin_registry_pairs_the_module_only_releases_with_drbd_utils() -> None:
+    registry = load_registry()
+    late = registry.drbd_version("8.4.11")
+    assert late.family is DrbdFamily.V84
+    assert late.tarball_name == "drbd-8.4.11-1.tar.gz"
+    assert late.utils is not None and late.utils.version == "9.22.0"
+    nine = registry.drbd_version("9.2.19")
+    assert nine.family is DrbdFamily.V9
+    assert nine.utils is not None and nine.utils.version == "9.34.0"
+    assert registry.drbd_version("8.4.1").utils is None
+    for target in ("xcp-ng-8.2", "xcp-ng-8.3"):
+        assert registry.target(target).drbd_versions == ("8.4.11", "9.2.19")
+    assert registry.target("1.5").drbd_versions == ("8.4.1", "8.3.16")
+
+
+UTILS = """
+drbd-utils:
+  9.22.0:
+    url: https://example.org/drbd-utils-9.22.0.tar.gz
+"""
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (
+            "  8.4.11:\n    family: '8.4'\n    url: https://x/d.tgz\n",
+            "drbd.8.4.11.utils: is required",
+        ),
+        (
+            "  8.4.11:\n    family: '8.4'\n    url: https://x/d.tgz\n    utils: 9.99.0\n",
+            "drbd.8.4.11.utils: drbd-utils 9.99.0 is not defined (drbd-utils versions: 9.22.0,",
+        ),
+        (
+            "  8.4.1:\n    family: 8.4-early\n    url: https://x/d.tgz\n    utils: 9.22.0\n",
+            "drbd.8.4.1.utils: is not used by family 8.4-early",
+        ),
+        ("  8.4.11:\n    family: 8.4-early\n    url: https://x/d.tgz\n", "belongs to family 8.4"),
+        ("  9.2.19:\n    family: '8.4'\n    url: https://x/d.tgz\n", "belongs to family 9,"),
+        (
+            "  8.4.1:\n    family: 8.4-early\n    url: https://x/d.tgz\n"
+            "    patches: [nope.patch]\n",
+            "drbd.8.4.1.patches[0]: 'nope.patch' is not a file",
+        ),
+        (
+            "  8.4.1:\n    family: 8.4-early\n    url: https://x/d.tgz\n    make: {'A B': 1}\n",
+            "drbd.8.4.1.make.A B: is not a make variable name",
+        ),
+        (
+            '  8.4.1:\n    family: 8.4-early\n    url: https://x/d.tgz\n    cflags: "-O2\\n-g"\n',
+            "drbd.8.4.1.cflags",
+        ),
+    ],
+)
+def test_drbd_entries_name_their_userland_and_family_correctly(
+    tmp_path: Path, entry: str, message: str
+) -> None:
+    write(tmp_path, "v.yaml", UTILS + "drbd:\n" + entry)
+    with pytest.raises(ConfigError) as caught:
+        load_registry([tmp_path])
+    assert message in str(caught.value)
+    assert caught.value.exit_code == 2
+
+
+def test_adjustments_are_read_with_patches_beside_the_spec_file(tmp_path: Path) -> None:
+    write(tmp_path, "01-fcommon.patch", "--- a/x\n+++ b/x\n")
+    write(
+        tmp_path,
+        "v.yaml",
+        UTILS
+        + TARGET.replace(
+            "    consumer: el7\n", "    consumer: el7\n    build:\n      cflags: -O1\n"
+        )
+        + """drbd:
+  8.4.1:
+    family: 8.4-early
+    url: https://x/drbd-8.4.1.tar.gz
+    patches: [01-fcommon.patch]
+    configure: [--without-xen]
+    rpmbuild: [--without, udev]
+    make: {SPAAS: "false"}
+    cflags: -O2 -g -fcommon
+""",
+    )
+    registry = load_registry([tmp_path], builtin=False)
+    adjust = registry.drbd_version("8.4.1").adjustments
+    assert adjust.patches == ((tmp_path / "01-fcommon.patch").resolve(),)
+    assert adjust.configure == ("--without-xen",)
+    assert adjust.rpmbuild == ("--without", "udev")
+    assert adjust.make == (("SPAAS", "false"),)
+    combined = adjust + registry.target("lab").adjustments
+    assert combined.cflags == "-O2 -g -fcommon -O1"
+    assert combined.patches == adjust.patches
+
+
+def test_a_target_may_only_list_defined_drbd_versions(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "t.yaml",
+        TARGET.replace("    consumer: el7\n", "    consumer: el7\n    drbd: [7.0.0]\n"),
+    )
+    with pytest.raises(ConfigError, match=r"targets\.lab\.drbd\[0\]: DRBD 7\.0\.0 is not defined"):
+        load_registry([tmp_path])

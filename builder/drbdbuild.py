@@ -1,0 +1,338 @@
+"""One DRBD build: the userland (shared) and the kernel module (per kernel), by the recipe.
+
+The userland depends on the build image and its source, not on the kernel, so it is built once
+per build context, userland source and adjustments, kept in ``<cache>/userland/<key>/`` and
+copied into every build that shares it: targets on the same container family publish one and
+the same file under one name-version-release.  The module is built for one kernel tree, with
+``kernelversion``, ``kdir`` and the exact dom0 kernel requirement passed explicitly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+
+from builder import __version__, log
+from builder.checks import Expectation
+from builder.checksums import file_lock, sha256_file, write_atomic
+from builder.errors import InputError
+from builder.recipes import Job, Recipe, check_tarball, expected_packages
+from builder.rpmbuild import (
+    BuildResult,
+    Run,
+    kernel_mounts,
+    run_build,
+    source_for,
+    top_level_files,
+)
+from builder.specs import NO_ADJUSTMENTS, Adjustments
+
+USERLAND_RECORD = "userland.json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceInput:
+    """A fetched tarball with the adjustments that apply to it."""
+
+    version: str
+    tarball: Path
+    sha256: str
+    adjustments: Adjustments = NO_ADJUSTMENTS
+
+    def adjustments_record(self) -> dict[str, Any]:
+        adjust = self.adjustments
+        return {
+            "patches": [{"file": p.name, "sha256": sha256_file(p)} for p in adjust.patches],
+            "configure": list(adjust.configure),
+            "rpmbuild": list(adjust.rpmbuild),
+            "make": dict(adjust.make),
+            "cflags": adjust.cflags,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class KernelInput:
+    root: Path  # extraction root
+    build_dir: Path  # kdir
+    release: str  # uname -r
+    # The dom0 kernel package the module must require exactly, ("kernel-xen", "V-R"); None
+    # keeps the spec's own default (tests of a bare tree).
+    requires: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DrbdBuild:
+    recipe: Recipe
+    drbd: SourceInput
+    utils: SourceInput | None  # the drbd-utils release for the module-only families
+    kernel: KernelInput
+    arch: str
+    image: str
+    context_sha256: str  # identifies the image's content (the userland cache key)
+    module_adjustments: Adjustments = NO_ADJUSTMENTS  # the target's own
+
+    @property
+    def userland_source(self) -> SourceInput:
+        if self.recipe.userland_from_utils:
+            if self.utils is None:
+                raise InputError(
+                    f"DRBD {self.drbd.version} (family {self.recipe.family.value}) needs a "
+                    "drbd-utils source for its userland."
+                )
+            return self.utils
+        return self.drbd
+
+    def expectation(self) -> Expectation:
+        release = self.kernel.release
+        return Expectation(
+            kernel_release=release,
+            arch=self.arch,
+            version=self.drbd.version,
+            packages=expected_packages(self.recipe, release),
+            module_package=self.recipe.module_package(release),
+            userland_version=self.userland_source.version,
+            exact_userland=not self.recipe.userland_from_utils,
+            kernel_package=self.kernel.requires,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Userland:
+    rpms: tuple[Path, ...]  # in the userland cache
+    key: str
+    directory: Path
+    reused: bool
+    commands: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Built:
+    rpms: tuple[Path, ...]  # module and userland, in output_dir
+    module: BuildResult
+    userland: Userland
+    kdir: str
+
+
+def _environment(adjustments: Adjustments) -> dict[str, str]:
+    environment = dict(adjustments.make)
+    if adjustments.cflags:
+        environment["CFLAGS"] = adjustments.cflags
+    return environment
+
+
+def userland_key(build: DrbdBuild) -> str:
+    source = build.userland_source
+    record = {
+        "tool": __version__,
+        "context": build.context_sha256,
+        "userland": build.recipe.userland.name,
+        "source": source.sha256,
+        "version": source.version,
+        "arch": build.arch,
+        "adjustments": source.adjustments_record(),
+    }
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+
+
+def _read_userland(directory: Path, key: str) -> Userland | None:
+    """A finished userland build in ``directory``, if every file it records is intact."""
+    try:
+        record = json.loads((directory / USERLAND_RECORD).read_text(encoding="utf-8"))
+        files = [(directory / item["file"], item["sha256"]) for item in record["rpms"]]
+        commands = tuple(str(c) for c in record["commands"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not files or any(not p.is_file() or sha256_file(p) != sha for p, sha in files):
+        return None
+    return Userland(
+        rpms=tuple(p for p, _ in files),
+        key=key,
+        directory=directory,
+        reused=True,
+        commands=commands,
+    )
+
+
+def ensure_userland(
+    build: DrbdBuild,
+    *,
+    cache_dir: Path,
+    log_file: Path,
+    timeout: float | None,
+    client: docker.DockerClient | None,
+) -> Userland:
+    """The userland RPMs for ``build``: from the cache, or built now and cached."""
+    key = userland_key(build)
+    base = cache_dir / "userland"
+    directory = base / key
+    source = build.userland_source
+    with file_lock(base / f"{key}.lock"):
+        found = _read_userland(directory, key)
+        if found is not None:
+            log.info(f"{build.recipe.userland.name} {source.version} userland: reusing {directory}")
+            with log_file.open("a", encoding="utf-8") as sink:
+                sink.write(f"# userland reused from {directory}\n")
+            return found
+        partial = base / f"{key}.partial-{os.getpid()}"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        try:
+            job = Job(
+                source=source_for(source.tarball, source.version, source.adjustments.patches),
+                arch=build.arch,
+                adjustments=source.adjustments,
+            )
+            commands = build.recipe.userland.commands(job)
+            result = run_build(
+                Run(
+                    what=f"{build.recipe.userland.name} {source.version} userland",
+                    image=build.image,
+                    arch=build.arch,
+                    commands=commands,
+                    tarball=source.tarball,
+                    patches=source.adjustments.patches,
+                    environment=_environment(source.adjustments),
+                ),
+                output_dir=partial,
+                log_file=log_file,
+                timeout=timeout,
+                client=client,
+            )
+            record = {
+                "key": key,
+                "source": {"file": source.tarball.name, "sha256": source.sha256},
+                "commands": list(result.commands),
+                "rpms": [{"file": p.name, "sha256": sha256_file(p)} for p in result.rpms],
+            }
+            write_atomic(partial / USERLAND_RECORD, (json.dumps(record, indent=2) + "\n").encode())
+            shutil.rmtree(directory, ignore_errors=True)  # an unreadable leftover only
+            os.replace(partial, directory)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+    return Userland(
+        rpms=tuple(directory / p.name for p in result.rpms),
+        key=key,
+        directory=directory,
+        reused=False,
+        commands=result.commands,
+    )
+
+
+def build_module(
+    build: DrbdBuild,
+    *,
+    output_dir: Path,
+    log_file: Path,
+    timeout: float | None,
+    client: docker.DockerClient | None,
+) -> tuple[BuildResult, str]:
+    """Build the kernel module package into ``output_dir``; return the result and kdir."""
+    mounts, kdir = kernel_mounts(build.kernel.root, build.kernel.build_dir)
+    adjustments = build.drbd.adjustments + build.module_adjustments
+    job = Job(
+        source=source_for(build.drbd.tarball, build.drbd.version, adjustments.patches),
+        arch=build.arch,
+        adjustments=adjustments,
+        kernel_release=build.kernel.release,
+        kdir=kdir,
+    )
+    environment = _environment(adjustments)
+    if build.kernel.requires is not None:
+        name, version = build.kernel.requires
+        # DRBD's drbd-km.spec makes the module require this (default: "kernel", any release).
+        environment["DRBD_KMOD_REQUIRES"] = f"{name} = {version}"
+    result = run_build(
+        Run(
+            what=f"DRBD {build.drbd.version} module for {build.kernel.release}",
+            image=build.image,
+            arch=build.arch,
+            commands=build.recipe.module_commands(job),
+            tarball=build.drbd.tarball,
+            patches=adjustments.patches,
+            kernel_mounts=mounts,
+            environment=environment,
+        ),
+        output_dir=output_dir,
+        log_file=log_file,
+        timeout=timeout,
+        client=client,
+    )
+    return result, kdir
+
+
+def check_sources(build: DrbdBuild) -> None:
+    """Refuse a tarball the recipe cannot build (before any container starts)."""
+    recipe = build.recipe
+    family = recipe.family.value
+    check_tarball(
+        f"DRBD {build.drbd.version}",
+        build.drbd.tarball.name,
+        family,
+        recipe.files,
+        top_level_files(build.drbd.tarball),
+    )
+    source = build.userland_source
+    check_tarball(
+        f"the {recipe.userland.name} {source.version} userland",
+        source.tarball.name,
+        family,
+        recipe.userland.files,
+        top_level_files(source.tarball),
+    )
+
+
+def build_drbd(
+    build: DrbdBuild,
+    *,
+    output_dir: Path,
+    log_file: Path,
+    cache_dir: Path,
+    timeout: float | None = None,
+    client: docker.DockerClient | None = None,
+) -> Built:
+    """Userland (cached) and module RPMs of ``build``, all in ``output_dir``; not yet checked."""
+    check_sources(build)
+    userland = ensure_userland(
+        build, cache_dir=cache_dir, log_file=log_file, timeout=timeout, client=client
+    )
+    module, kdir = build_module(
+        build, output_dir=output_dir, log_file=log_file, timeout=timeout, client=client
+    )
+    copied = []
+    for rpm in userland.rpms:
+        destination = output_dir / rpm.name
+        if destination.exists():
+            raise InputError(
+                f"The module build and the userland both made {rpm.name}.",
+                hint="Check the recipe's spec files: one package must come from one build.",
+            )
+        shutil.copy2(rpm, destination)
+        copied.append(destination)
+    return Built(
+        rpms=tuple(sorted([*module.rpms, *copied])),
+        module=module,
+        userland=userland,
+        kdir=kdir,
+    )
+
+
+def userland_record(userland: Userland) -> dict[str, Any]:
+    return {
+        "key": userland.key,
+        "reused": userland.reused,
+        "commands": list(userland.commands),
+        "rpms": [p.name for p in userland.rpms],
+    }
+
+
+def all_commands(built: Built) -> Sequence[str]:
+    return [*built.userland.commands, *built.module.commands]

@@ -1,0 +1,386 @@
+"""The DRBD build recipes: one per DRBD source family, the only place that knows how it builds.
+
+A recipe declares everything about its family that build, the post-build checks, publish and
+deploy need: which sources it takes (the DRBD tarball, and for the module-only families a
+drbd-utils release), the commands it runs in the build container, the packages a build must
+produce and what the kernel-module package must require, and the DRBD configuration syntax its
+userland reads.
+
+Two container runs make one build: the *userland* (once per container family and userland
+source, shared by every target that has both) and the *module* (once per target kernel).  For
+8.3 and 8.4.0-8.4.4 both come from the DRBD tarball; from 8.4.5 on the DRBD tarball holds only
+the module and the userland is a drbd-utils release.
+
+Every command is an argument list; ``rpmbuild.shell_script`` joins them into a POSIX script.
+``kernelversion`` and ``kdir`` are always passed (their defaults call ``uname -r``, which in a
+container is the build host's kernel), and ``--with-distro=redhat`` is passed to every DRBD
+``configure`` the recipe runs, so nothing is guessed from the build root.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from builder.errors import ConfigError
+from builder.specs import NO_ADJUSTMENTS, Adjustments, DrbdFamily, family_of_version
+
+INPUT_DIR = "/build/input"
+PATCH_DIR = "/build/patches"
+OUTPUT_DIR = "/build/out"
+# The container's own /tmp: nothing else runs in it, and it is discarded with it.
+WORK_DIR = "/tmp/build"  # noqa: S108
+TOP_DIR = f"{WORK_DIR}/rpmbuild"
+BUILD_HOST = "xcp-drbd-builder"
+DISTRO = "redhat"  # what every dom0 userland is (CentOS 5 and 7)
+
+
+class Syntax(enum.StrEnum):
+    """DRBD configuration syntax generations (resource files, drbdadm)."""
+
+    V83 = "8.3"  # syncer { rate }, resource-level protocol
+    V84 = "8.4"  # disk { resync-rate }, yes/no booleans, fencing in disk
+    V9 = "9"  # fencing in net
+
+
+class Requirement(enum.Enum):
+    """How the module package must require the userland package drbd-utils."""
+
+    EXACT = "exact"  # drbd-utils = <DRBD version>: built from the same tarball
+    MINIMUM = "minimum"  # drbd-utils >= X, which the paired drbd-utils release must satisfy
+
+
+@dataclass(frozen=True, kw_only=True)
+class Source:
+    """One source tarball as the container sees it."""
+
+    file_name: str  # mounted at INPUT_DIR/<file_name>
+    top_dir: str  # its single top-level directory
+    version: str
+    patches: tuple[str, ...] = ()  # file names under PATCH_DIR, in order
+
+    @property
+    def path(self) -> str:
+        return f"{INPUT_DIR}/{self.file_name}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Job:
+    """Everything a recipe needs to write the commands of one container run."""
+
+    source: Source
+    arch: str
+    adjustments: Adjustments = NO_ADJUSTMENTS
+    kernel_release: str | None = None  # module runs only
+    kdir: str | None = None  # module runs only, as seen inside the container
+
+
+Command = list[str]
+
+
+def _untar_flag(file_name: str) -> str:
+    if file_name.endswith((".tar.bz2", ".tbz2")):
+        return "-xjf"
+    if file_name.endswith((".tar.xz", ".txz")):
+        return "-xJf"
+    return "-xzf"
+
+
+def unpack(job: Job) -> list[Command]:
+    """Fresh rpm top dir, the source unpacked and patched, and the shell inside it."""
+    source = job.source
+    commands: list[Command] = [
+        ["mkdir", "-p", *(f"{TOP_DIR}/{d}" for d in ("SOURCES", "BUILD", "RPMS", "SRPMS"))],
+        ["tar", _untar_flag(source.file_name), source.path, "-C", WORK_DIR],
+        ["cd", f"{WORK_DIR}/{source.top_dir}"],
+    ]
+    for patch in source.patches:
+        commands.append(["patch", "-p1", "--batch", "--forward", "-i", f"{PATCH_DIR}/{patch}"])
+    return commands
+
+
+def into_sources(job: Job, name: str) -> Command:
+    """The (patched) source as rpmbuild's Source file ``name``.
+
+    Unpatched, the upstream tarball itself; patched, the patched tree packed again, since the
+    spec's ``%setup`` unpacks the Source file, not the tree the patches went into.
+    """
+    source = job.source
+    if not source.patches:
+        return ["cp", source.path, f"{TOP_DIR}/SOURCES/{name}"]
+    return [
+        "tar", "--owner=0", "--group=0", "-czf", f"{TOP_DIR}/SOURCES/{name}",
+        "-C", WORK_DIR, source.top_dir,
+    ]  # fmt: skip
+
+
+def configure(job: Job, *extra: str) -> Command:
+    return ["./configure", f"--with-distro={DISTRO}", *extra, *job.adjustments.configure]
+
+
+def rpmbuild(job: Job, spec: str, *extra: str) -> Command:
+    command = [
+        "rpmbuild",
+        "-bb",
+        "--target",
+        job.arch,
+        "--define",
+        f"_topdir {TOP_DIR}",
+        "--define",
+        f"_buildhost {BUILD_HOST}",
+        "--define",
+        "use_source_date_epoch_as_buildtime 1",
+        "--define",
+        "clamp_mtime_to_source_date_epoch 1",
+    ]
+    if job.kernel_release is not None and job.kdir is not None:
+        command += [
+            "--define",
+            f"kernelversion {job.kernel_release}",
+            "--define",
+            f"kdir {job.kdir}",
+        ]
+    return [*command, *extra, *job.adjustments.rpmbuild, spec]
+
+
+COLLECT: Command = [
+    "find", f"{TOP_DIR}/RPMS", "-name", "*.rpm", "-exec", "cp", "{}", OUTPUT_DIR, ";",
+]  # fmt: skip
+
+
+def km_package_name(kernel_release: str, prefix: str = "drbd-km") -> str:
+    """drbd-km.spec names its subpackage after the kernel release with ``-`` turned into ``_``."""
+    return f"{prefix}-{kernel_release.replace('-', '_')}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Userland:
+    """How one kind of userland source builds, and what it must produce."""
+
+    name: str  # what the source is, for messages: "DRBD", "drbd-utils"
+    packages: frozenset[str]  # package names every build must produce
+    install: tuple[str, ...]  # what dom0 installs (deploy's runbook)
+    files: tuple[str, ...]  # files its tarball must hold (below the top directory)
+
+    def commands(self, job: Job) -> list[Command]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, kw_only=True)
+class BundledUserland(Userland):
+    """8.3 and 8.4.0-8.4.4: DRBD's own tarball, ``make tgz drbd.spec``."""
+
+    def commands(self, job: Job) -> list[Command]:
+        tgz = f"drbd-{job.source.version}.tar.gz"
+        return [
+            *unpack(job),
+            configure(job, "--without-km"),
+            # FORCE=1: without it `tgz` first rebuilds the release's man pages, which needs
+            # xsltproc and DocBook stylesheets fetched over the network, which is off here.
+            ["make", "tgz", "drbd.spec", "FORCE=1"],
+            ["cp", tgz, f"{TOP_DIR}/SOURCES/{tgz}"],
+            rpmbuild(job, "drbd.spec"),
+            COLLECT,
+        ]
+
+
+@dataclass(frozen=True, kw_only=True)
+class UtilsUserland(Userland):
+    """drbd-utils releases: ``configure --enable-spec`` writes ``drbd.spec``, whose Source is
+    ``drbd-utils-<version>.tar.gz`` (a file of another name, such as Debian's
+    ``drbd-utils_<version>.orig.tar.gz``, is put there under that name)."""
+
+    def commands(self, job: Job) -> list[Command]:
+        return [
+            *unpack(job),
+            # Only the spec file: the build itself runs configure again under rpm.
+            configure(job, "--enable-spec"),
+            into_sources(job, f"drbd-utils-{job.source.version}.tar.gz"),
+            # A release tarball carries its man pages: regenerating them needs po4a and
+            # asciidoctor, which neither dom0-era image has.
+            rpmbuild(job, "drbd.spec", "--with", "prebuiltman"),
+            COLLECT,
+        ]
+
+
+BUNDLED_USERLAND = BundledUserland(
+    name="DRBD",
+    packages=frozenset({"drbd", "drbd-utils", "drbd-xen", "drbd-udev"}),
+    install=("drbd",),
+    files=("configure", "drbd.spec.in"),
+)
+DRBD_UTILS = UtilsUserland(
+    name="drbd-utils",
+    packages=frozenset({"drbd", "drbd-utils"}),
+    install=("drbd-utils",),
+    files=("configure", "drbd.spec.in"),
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Recipe:
+    """One DRBD source family."""
+
+    family: DrbdFamily
+    versions: str  # the releases it covers, for people
+    syntax: Syntax
+    userland: Userland
+    userland_from_utils: bool  # True: the userland is a drbd-utils release
+    requirement: Requirement  # how the module package must require drbd-utils
+    dom0: str  # which dom0 kernels it fits, for people
+    files: tuple[str, ...]  # files the DRBD tarball must hold (below the top directory)
+
+    def module_package(self, kernel_release: str) -> str:
+        return km_package_name(kernel_release)
+
+    def check_supported(self, version: str) -> None:
+        """Raise :class:`ConfigError` when this tool cannot build ``version`` of the family."""
+
+    def module_commands(self, job: Job) -> list[Command]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, kw_only=True)
+class BundledRecipe(Recipe):
+    """8.3 and 8.4.0-8.4.4: ``./configure --with-km``, ``make tgz drbd-km.spec``,
+    ``rpmbuild -bb drbd-km.spec`` (the recipe DRBD documents for these releases)."""
+
+    def module_commands(self, job: Job) -> list[Command]:
+        tgz = f"drbd-{job.source.version}.tar.gz"
+        return [
+            *unpack(job),
+            configure(job, "--with-km"),
+            ["make", "tgz", "drbd-km.spec", "FORCE=1"],
+            ["cp", tgz, f"{TOP_DIR}/SOURCES/{tgz}"],
+            rpmbuild(job, "drbd-km.spec"),
+            COLLECT,
+        ]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModuleOnlyRecipe(Recipe):
+    """8.4.5-8.4.11: the tarball (``drbd-8.4.11-1.tar.gz``, top directory ``drbd-8.4.11-1``)
+    holds the module and a ready ``drbd-km.spec`` whose Source is the tarball itself (what
+    LINBIT's ``make km-rpm`` runs)."""
+
+    def module_commands(self, job: Job) -> list[Command]:
+        return [
+            *unpack(job),
+            into_sources(job, job.source.file_name),
+            rpmbuild(job, "drbd-km.spec"),
+            COLLECT,
+        ]
+
+
+@dataclass(frozen=True, kw_only=True)
+class KmodRecipe(Recipe):
+    """9.0-9.2: the tarball holds the module and ``drbd-kernel.spec``, which builds
+    ``kmod-drbd`` (version ``<drbd>_<kernel>``, modules under ``extra/drbd/``) through
+    redhat-rpm-config's ``%kernel_module_package``; the compat layer needs a patch for the
+    target kernel from the tarball's cache or from ``spatch``."""
+
+    def module_package(self, kernel_release: str) -> str:
+        return "kmod-drbd"
+
+    def check_supported(self, version: str) -> None:
+        raise ConfigError(
+            f"DRBD {version}: building family 9 modules (kmod-drbd with the compat patch for "
+            "the target kernel) is not supported by this version of the tool.",
+            hint="Build DRBD 8.4.11 for XCP-ng 8.x meanwhile; deploy already renders DRBD 9 "
+            "configuration for a module installed by other means.",
+        )
+
+    def module_commands(self, job: Job) -> list[Command]:
+        self.check_supported(job.source.version)
+        return []
+
+
+RECIPES: dict[DrbdFamily, Recipe] = {
+    DrbdFamily.V83: BundledRecipe(
+        family=DrbdFamily.V83,
+        versions="8.3.x",
+        syntax=Syntax.V83,
+        userland=BUNDLED_USERLAND,
+        userland_from_utils=False,
+        requirement=Requirement.EXACT,
+        dom0="2.6.32 dom0s: XCP 1.x, XenServer up to 6.2",
+        files=("configure", "drbd-km.spec.in"),
+    ),
+    DrbdFamily.V84_EARLY: BundledRecipe(
+        family=DrbdFamily.V84_EARLY,
+        versions="8.4.0 - 8.4.4",
+        syntax=Syntax.V84,
+        userland=BUNDLED_USERLAND,
+        userland_from_utils=False,
+        requirement=Requirement.EXACT,
+        dom0="2.6.32 dom0s: XCP 1.x, XenServer up to 6.2",
+        files=("configure", "drbd-km.spec.in"),
+    ),
+    DrbdFamily.V84: ModuleOnlyRecipe(
+        family=DrbdFamily.V84,
+        versions="8.4.5 - 8.4.11",
+        syntax=Syntax.V84,
+        userland=DRBD_UTILS,
+        userland_from_utils=True,
+        requirement=Requirement.MINIMUM,
+        dom0="XCP-ng 8.2 and 8.3 (4.19)",
+        files=("drbd-km.spec",),
+    ),
+    DrbdFamily.V9: KmodRecipe(
+        family=DrbdFamily.V9,
+        versions="9.0 - 9.2",
+        syntax=Syntax.V9,
+        userland=DRBD_UTILS,
+        userland_from_utils=True,
+        requirement=Requirement.MINIMUM,
+        dom0="XCP-ng 8.2 and 8.3 (4.19; DRBD 9 needs 4.12.14 or newer)",
+        files=("drbd-kernel.spec",),
+    ),
+}
+
+
+def recipe_for(family: DrbdFamily) -> Recipe:
+    try:
+        return RECIPES[family]
+    except KeyError:
+        raise ConfigError(f"DRBD source family {family.value} has no build recipe.") from None
+
+
+HINTS = {
+    "configure": "DRBD 8.4.5 and later hold only the kernel module (family 8.4 or 9, with a "
+    "drbd-utils release as utils:)",
+    "drbd-km.spec": "DRBD 8.3 and 8.4.0 to 8.4.4 write their spec files with configure "
+    "(family 8.3 or 8.4-early); DRBD 9 has drbd-kernel.spec (family 9)",
+    "drbd-kernel.spec": "DRBD 8.4.5 to 8.4.11 have drbd-km.spec (family 8.4)",
+    "drbd.spec.in": "a drbd-utils release or an 8.3/8.4.0-8.4.4 DRBD tarball has it",
+    "drbd-km.spec.in": "DRBD 8.4.5 and later hold a ready drbd-km.spec (family 8.4)",
+}
+
+
+def check_tarball(
+    what: str, file_name: str, family: str, wanted: Sequence[str], members: frozenset[str]
+) -> None:
+    """Refuse a tarball that lacks a file its recipe needs: a family/tarball mismatch."""
+    missing = [name for name in wanted if name not in members]
+    if missing:
+        raise ConfigError(
+            f"{file_name} has no {missing[0]}, which the family {family} recipe for {what} "
+            f"needs: the spec names the wrong family, or the tarball is not a release tarball.",
+            hint=HINTS.get(missing[0]),
+        )
+
+
+def recipe_of_version(version: str) -> Recipe | None:
+    """The recipe of a DRBD release number (``8.4.11``, ``9.2``, ``9``); None if it is none."""
+    family = family_of_version(version if "." in version else f"{version}.0")
+    return RECIPES.get(family) if family is not None else None
+
+
+def expected_packages(recipe: Recipe, kernel_release: str) -> frozenset[str]:
+    return recipe.userland.packages | {recipe.module_package(kernel_release)}
+
+
+def describe_families() -> Sequence[tuple[str, str, str]]:
+    """(family, versions, dom0 kernels) of every recipe, for ``targets`` and the README."""
+    return [(r.family.value, r.versions, r.dom0) for r in RECIPES.values()]

@@ -1,0 +1,387 @@
+"""`build` for the module-only DRBD families, with a real upstream userland.
+
+The userland is drbd-utils' own release tarball as Debian's source archive holds it
+(``drbd-utils_<version>.orig.tar.gz`` is LINBIT's tarball), built by the drbd-utils recipe in
+the Red Hat-like stand-in; the module comes from a module-only test source shaped like DRBD
+8.4.5 and later.  Debian's dnf then installs the result into an installroot, and refuses the
+module package where the installed kernel is of another release.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from builder.specs import Target
+from tests import rpmfactory
+from tests.integration import buildenv
+from tests.integration.conftest import unavailable
+
+pytestmark = [pytest.mark.integration, pytest.mark.docker]
+
+REPO = Path(__file__).resolve().parents[2]
+VERSION = "8.4.11"
+
+
+@dataclass(frozen=True)
+class Utils:
+    version: str
+    tarball: Path
+
+
+@pytest.fixture(scope="session")
+def debian_drbd_utils(tmp_path_factory: pytest.TempPathFactory) -> Utils:
+    """drbd-utils' upstream tarball from Debian's source archive (needs a deb-src entry)."""
+    work = tmp_path_factory.mktemp("debian-source")
+    result = subprocess.run(
+        ["apt-get", "source", "--download-only", "drbd-utils"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    dsc = sorted(work.glob("drbd-utils_*.dsc"))
+    origs = sorted(work.glob("drbd-utils_*.orig.tar.gz"))
+    if not dsc or not origs:
+        unavailable(
+            "apt-get source drbd-utils fetched no .dsc and .orig.tar.gz (add a deb-src entry "
+            f"and run apt-get update): {result.stderr.strip()[-400:]}"
+        )
+    # apt-get may fail on another part of the source package (the archive has answered 404 for
+    # the Debian packaging tarball); the upstream tarball is all the test needs, and the .dsc,
+    # verified by apt against the archive's signed index, vouches for its hash.
+    orig = origs[-1]
+    digest = hashlib.sha256(orig.read_bytes()).hexdigest()
+    assert f" {digest} {orig.stat().st_size} {orig.name}" in dsc[-1].read_text()
+    version = orig.name.split("_")[1].removesuffix(".orig.tar.gz")
+    return Utils(version=version, tarball=orig)
+
+
+def write_specs(
+    directory: Path,
+    *,
+    targets: dict[str, str],
+    iso: Path,
+    rpm: Path,
+    release: str,
+    base_image: str,
+    drbd: str,
+) -> Path:
+    """A spec directory with stand-in targets (name -> kernel runtime package) and ``drbd``,
+    the ``drbd:`` and ``drbd-utils:`` sections as YAML text."""
+    directory.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for name, runtime in targets.items():
+        entries.append(
+            f"""  {name}:
+    name: {name} on the Debian stand-in
+    arch: x86_64
+    kernel:
+      package: kernel-xen-devel
+      runtime: {runtime}
+      release: {release}
+      source:
+        iso: file://{iso}
+        path: domain0/RPMS/{rpm.parent.name}/{rpm.name}
+    container:
+      family: standin
+      context: {buildenv.STANDIN_CONTEXT}
+      image: {base_image}
+    consumer: el7
+"""
+        )
+    (directory / "lab.yaml").write_text("targets:\n" + "".join(entries) + drbd)
+    return directory
+
+
+@dataclass(frozen=True)
+class Lab:
+    tmp: Path
+    iso: Path
+    rpm: Path
+    release: str
+    base_image: str
+    utils: Utils
+
+    def specs(
+        self,
+        *,
+        version: str = VERSION,
+        family: str = "8.4",
+        utils: str | None = None,
+        with_utils: bool = True,
+        tarball: Path | None = None,
+        patches: list[Path] | None = None,
+        targets: tuple[str, ...] = ("lab",),
+    ) -> Path:
+        if tarball is None:
+            tarball = buildenv.make_module_source(self.tmp, version)
+        specs = self.tmp / "specs"
+        specs.mkdir(parents=True, exist_ok=True)
+        patch_lines = ""
+        if patches:
+            for patch in patches:
+                shutil.copy2(patch, specs / patch.name)
+            patch_lines = "    patches: [" + ", ".join(p.name for p in patches) + "]\n"
+        utils_line = f"    utils: {utils or self.utils.version}\n" if with_utils else ""
+        drbd = f"""drbd:
+  {version}:
+    family: "{family}"
+    url: file://{tarball}
+{utils_line}{patch_lines}drbd-utils:
+  {self.utils.version}:
+    url: file://{self.utils.tarball}
+"""
+        return write_specs(
+            specs,
+            targets=dict.fromkeys(targets, "kernel-xen"),
+            iso=self.iso,
+            rpm=self.rpm,
+            release=self.release,
+            base_image=self.base_image,
+            drbd=drbd,
+        )
+
+
+@pytest.fixture
+def lab(  # noqa: PLR0917 (pytest passes fixtures by name)
+    tmp_path: Path,
+    binpkg_iso: Path,
+    kernel_rpm: Path,
+    kernel_release: str,
+    standin_target: Target,
+    debian_drbd_utils: Utils,
+) -> Lab:
+    assert standin_target.base_image is not None
+    return Lab(
+        tmp_path,
+        binpkg_iso,
+        kernel_rpm,
+        kernel_release,
+        standin_target.base_image,
+        debian_drbd_utils,
+    )
+
+
+def build(
+    specs: Path, tmp: Path, *targets: str, version: str = VERSION
+) -> subprocess.CompletedProcess[str]:
+    cmd = [
+        sys.executable, "-m", "builder", "build", "--xcp", *(targets or ("lab",)),
+        "--drbd", version, "--specs", str(specs), "--cache", str(tmp / "cache"),
+        "--artifacts", str(tmp / "artifacts"),
+    ]  # fmt: skip
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800, check=False)
+
+
+def query(path: Path, fmt: str) -> str:
+    return subprocess.run(
+        ["rpm", "-qp", "--qf", fmt, str(path)], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def lines_of(*args: str) -> list[str]:
+    return subprocess.run(
+        ["rpm", *args], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+
+
+def by_name(directory: Path) -> dict[str, Path]:
+    return {query(p, "%{NAME}"): p for p in directory.glob("*.rpm")}
+
+
+def describe_patch(tmp: Path) -> Path:
+    """A patch in the form a user carries: against the release tarball's top directory."""
+    patch = tmp / "describe.patch"
+    patch.write_text(
+        "--- a/drbd/drbd_main.c\n"
+        "+++ b/drbd/drbd_main.c\n"
+        "@@ -19,2 +19,2 @@\n"
+        ' MODULE_LICENSE("GPL");\n'
+        '-MODULE_DESCRIPTION("DRBD-shaped test module");\n'
+        '+MODULE_DESCRIPTION("DRBD-shaped test module, patched for dom0");\n'
+    )
+    return patch
+
+
+def test_module_only_drbd_pairs_with_a_real_drbd_utils_release(lab: Lab) -> None:
+    specs = lab.specs(patches=[describe_patch(lab.tmp)], targets=("lab", "lab-twin"))
+    result = build(specs, lab.tmp, "lab", "lab-twin")
+    assert result.returncode == 0, result.stderr[-4000:]
+    out = lab.tmp / "artifacts" / "lab" / VERSION
+    twin = lab.tmp / "artifacts" / "lab-twin" / VERSION
+
+    packages = by_name(out)
+    krelver = lab.release.replace("-", "_")
+    module = packages[f"drbd-km-{krelver}"]
+    assert {"drbd", "drbd-utils", "drbd-xen", "drbd-udev"} <= set(packages)
+    assert query(module, "%{VERSION}-%{RELEASE}") == f"{VERSION}-1"
+    for name in ("drbd", "drbd-utils"):
+        assert query(packages[name], "%{VERSION}") == lab.utils.version
+    requires = lines_of("-qp", "--requires", str(module))
+    assert "drbd-utils >= 8.9.2" in requires
+    kernel_vr = query(lab.rpm, "%{VERSION}-%{RELEASE}")
+    assert f"kernel-xen = {kernel_vr}" in requires
+    # The real userland offers what the module asks for, and what older modules asked for.
+    provides = lines_of("-qp", "--provides", str(packages["drbd-utils"]))
+    assert "drbd-utils = 8.4.1" in provides
+    assert f"/lib/modules/{lab.release}/updates/drbd.ko" in lines_of("-qpl", str(module))
+    utils_files = lines_of("-qpl", str(packages["drbd-utils"]))
+    assert "/usr/sbin/drbdadm" in utils_files
+    assert "/lib/drbd/drbdadm-84" in utils_files
+
+    # The patch beside the spec file went into the module.
+    unpacked = lab.tmp / "unpacked"
+    unpacked.mkdir()
+    payload = subprocess.run(["rpm2cpio", str(module)], capture_output=True, check=True).stdout
+    subprocess.run(["cpio", "-idm", "--quiet"], input=payload, cwd=unpacked, check=True)
+    ko = unpacked / f"lib/modules/{lab.release}/updates/drbd.ko"
+    description = subprocess.run(
+        ["modinfo", "-F", "description", str(ko)], capture_output=True, text=True, check=True
+    ).stdout
+    assert "patched for dom0" in description
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    orig_sha = hashlib.sha256(lab.utils.tarball.read_bytes()).hexdigest()
+    assert manifest["inputs"]["utils_source"]["sha256"] == orig_sha
+    assert manifest["inputs"]["drbd_source"]["adjustments"]["patches"][0]["file"] == (
+        "describe.patch"
+    )
+    assert "./configure --with-distro=redhat --enable-spec" in manifest["userland"]["commands"]
+
+    # One userland for both targets of the build context: built once, the same files.
+    twin_manifest = json.loads((twin / "manifest.json").read_text())
+    assert [manifest["userland"]["reused"], twin_manifest["userland"]["reused"]] == [False, True]
+    assert twin_manifest["userland"]["key"] == manifest["userland"]["key"]
+    twin_packages = by_name(twin)
+    for name in ("drbd", "drbd-utils", "drbd-xen"):
+        assert twin_packages[name].read_bytes() == packages[name].read_bytes()
+    assert "userland: reusing" in result.stderr
+
+
+def base_system(work: Path, rpms: list[Path], kernel_vr: str) -> Path:
+    """A stand-in for dom0's installed base: one package providing every library, file and
+    tool the DRBD packages require, except DRBD's own and the kernel."""
+    required: set[str] = set()
+    provided: set[str] = set()
+    for rpm in rpms:
+        required.update(lines_of("-qp", "--requires", str(rpm)))
+        provided.update(p.split(" ", 1)[0] for p in lines_of("-qp", "--provides", str(rpm)))
+        provided.update(lines_of("-qpl", str(rpm)))
+    needed = sorted(
+        {
+            r.split(" ", 1)[0]
+            for r in required
+            if not r.startswith(("rpmlib(", "kernel-xen", "drbd"))
+            and r.split(" ", 1)[0] not in provided
+        }
+    )
+    return rpmfactory.build_rpms(work, ["dom0-base"], provides=needed)[0]
+
+
+def dnf(root: Path, work: Path, repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            "dnf", "-y", f"--installroot={root}", f"--setopt=cachedir={work / 'cache'}",
+            "--setopt=reposdir=/nonexistent", "--releasever=7", "--nogpgcheck",
+            "--setopt=install_weak_deps=False", f"--repofrompath=lab,{repo.as_uri()}",
+            "--repo=lab", *args,
+        ],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+
+def test_dnf_installs_the_build_only_beside_the_kernel_it_was_built_for(lab: Lab) -> None:
+    specs = lab.specs()
+    result = build(specs, lab.tmp)
+    assert result.returncode == 0, result.stderr[-4000:]
+    out = lab.tmp / "artifacts" / "lab" / VERSION
+    built = sorted(out.glob("*.rpm"))
+    kernel_vr = query(lab.rpm, "%{VERSION}-%{RELEASE}")
+    version, release = kernel_vr.split("-", 1)
+    work = lab.tmp / "dnf"
+    repo = work / "repo"
+    repo.mkdir(parents=True)
+    for rpm in built:
+        shutil.copy2(rpm, repo)
+    shutil.copy2(base_system(work, built, kernel_vr), repo)
+    subprocess.run(["createrepo_c", "--quiet", str(repo)], check=True)
+    kernels = {
+        "same": rpmfactory.build_rpms(work, ["kernel-xen"], version=version, release=release)[0],
+        "other": rpmfactory.build_rpms(work, ["kernel-xen"], version=version, release="999")[0],
+    }
+    module = f"drbd-km-{lab.release.replace('-', '_')}"
+
+    same = work / "root-same"
+    assert dnf(same, work, repo, "install", str(kernels["same"]), "dom0-base").returncode == 0
+    installed = dnf(same, work, repo, "install", "drbd-utils", module)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    names = subprocess.run(
+        ["rpm", f"--root={same}", "-qa", "--qf", "%{NAME}-%{VERSION}\n"],
+        capture_output=True, text=True, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    assert f"{module}-{VERSION}" in names
+    assert f"drbd-utils-{lab.utils.version}" in names
+
+    other = work / "root-other"
+    assert dnf(other, work, repo, "install", str(kernels["other"]), "dom0-base").returncode == 0
+    refused = dnf(other, work, repo, "install", module)
+    assert refused.returncode != 0
+    assert re.search(rf"kernel-xen = {re.escape(kernel_vr)}", refused.stdout + refused.stderr)
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("unknown-utils", "drbd-utils 9.99.0 is not defined"),
+        ("configure-missing", "has no configure"),
+        ("spec-missing", "has no drbd-km.spec"),
+    ],
+)
+def test_bad_family_and_utils_input_is_refused_before_anything_is_built(
+    lab: Lab, case: str, message: str
+) -> None:
+    version, family, tarball, utils = VERSION, "8.4", None, None
+    if case == "unknown-utils":
+        utils = "9.99.0"
+    elif case == "configure-missing":
+        # A module-only tarball declared as an all-in-one 8.4.0-8.4.4 release.
+        version, family = "8.4.4", "8.4-early"
+        tarball = buildenv.make_module_source(lab.tmp, "8.4.4")
+    else:
+        tarball = buildenv.make_drbd_source(lab.tmp, VERSION)
+    specs = lab.specs(
+        version=version,
+        family=family,
+        tarball=tarball,
+        utils=utils,
+        with_utils=family == "8.4",
+    )
+    result = build(specs, lab.tmp, version=version)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (lab.tmp / "artifacts" / "lab" / version).exists()
+
+
+def test_a_patch_that_does_not_apply_stops_the_build_and_says_which(lab: Lab) -> None:
+    broken = lab.tmp / "broken.patch"
+    broken.write_text(
+        "--- a/drbd/drbd_main.c\n+++ b/drbd/drbd_main.c\n@@ -1,1 +1,1 @@\n"
+        "-no such line in this file\n+replacement\n"
+    )
+    result = build(lab.specs(patches=[broken]), lab.tmp)
+    assert result.returncode == 9, result.stderr[-3000:]
+    assert "the patch 01-broken.patch does not apply to this source" in result.stderr
+    assert "FAILED" in result.stderr
+    assert not (lab.tmp / "artifacts" / "lab" / VERSION).exists()
+    assert (lab.tmp / "artifacts" / "lab" / f"{VERSION}.build.log").is_file()
