@@ -10,8 +10,11 @@ import http.server
 import os
 import shutil
 import signal
+import stat
+import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -521,14 +524,28 @@ def test_a_protected_key_needs_its_passphrase_file(tmp_path: Path, rpms: Rpms) -
         cmd += ["--repo", str(tmp_path / "repo"), "--key", uid, "--gnupg-home", str(home)]
         refused = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
         assert refused.returncode == 12, refused.stderr
-        assert "rpmsign could not sign" in refused.stderr
+        # EL5 signs first: the key must be exported for GnuPG 1.4, which needs the passphrase.
+        assert "could not export the secret key" in refused.stderr
+        assert "--passphrase-file" in refused.stderr
         assert not (tmp_path / "repo" / "current").exists()
+        el7_only = tmp_path / "el7-artifacts"
+        write_build(el7_only, "xcp-ng-8.2", "9.0", rpms.el7, consumer="el7", basearch="x86_64")
+        el7_cmd = [sys.executable, "-m", "builder", "publish", "--artifacts", str(el7_only)]
+        el7_cmd += ["--repo", str(tmp_path / "el7-repo"), "--key", uid, "--gnupg-home", str(home)]
+        el7_refused = subprocess.run(el7_cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+        assert el7_refused.returncode == 12, el7_refused.stderr
+        assert "rpmsign could not sign" in el7_refused.stderr
         secret = tmp_path / "pass phrase"
         secret.write_text("s3cret\n")
         env = {**os.environ, "XDB_PASSPHRASE_FILE": str(secret)}
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False, env=env)
         assert done.returncode == 0, done.stderr
         assert "published 4 new package(s)" in done.stdout
+        # gpg1 took the same passphrase file: the EL5 packages carry its V3 signatures.
+        for package in (tmp_path / "repo" / "el5" / "i386").glob("*.rpm"):
+            tags = signature_tags(package)
+            for tag in (RPMSIGTAG_RSA, RPMSIGTAG_PGP):
+                assert "version 3," in list_packets(tags[tag]), package.name
     finally:
         _kill_agent(home)
 
@@ -554,6 +571,239 @@ def _fingerprints(home: Path, record: str, *args: str) -> list[str]:
             found.append(fields[9])
         last = fields[0] if fields[0] != "grp" else last
     return found
+
+
+# Signature header tags (rpm's rpmtag.h): header-only RSA and DSA signatures, and the
+# header+payload signatures rpm 4.4 also checks.
+RPMSIGTAG_DSA = 267
+RPMSIGTAG_RSA = 268
+RPMSIGTAG_PGP = 1002
+RPMSIGTAG_GPG = 1005
+RPM_LEAD_SIZE = 96
+RPM_BIN_TYPE = 7
+
+
+def signature_tags(package: Path) -> dict[int, bytes]:
+    """The binary tags of an RPM's signature header, by number, read from the file itself."""
+    data = package.read_bytes()
+    start = RPM_LEAD_SIZE
+    assert data[start : start + 4] == b"\x8e\xad\xe8\x01", "no signature header after the lead"
+    count, _size = struct.unpack(">II", data[start + 8 : start + 16])
+    store = start + 16 + 16 * count
+    tags = {}
+    for index in range(count):
+        entry = data[start + 16 + 16 * index : start + 32 + 16 * index]
+        tag, kind, offset, length = struct.unpack(">IIII", entry)
+        if kind == RPM_BIN_TYPE:
+            tags[tag] = data[store + offset : store + offset + length]
+    return tags
+
+
+def list_packets(packet: bytes) -> str:
+    """What ``gpg --list-packets`` says about one binary OpenPGP packet."""
+    return subprocess.run(
+        ["gpg", "--batch", "--list-packets"],
+        input=packet,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+
+
+def rpm_kv(packages: list[Path], public_key: Path, dbpath: Path) -> dict[Path, list[str]]:
+    """``rpm -Kv`` per package path, with only ``public_key`` imported: the indented lines."""
+    subprocess.run(["rpmkeys", "--dbpath", str(dbpath), "--import", str(public_key)], check=True)
+    result = subprocess.run(
+        ["rpm", "--dbpath", str(dbpath), "-Kv", *map(str, packages)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines: dict[Path, list[str]] = {}
+    current = Path()
+    for line in result.stdout.splitlines():
+        if line.startswith((" ", "\t")):
+            lines[current].append(line.strip())
+        else:
+            current = Path(line.rstrip(":"))
+            lines[current] = []
+    assert sorted(lines) == sorted(packages)
+    return lines
+
+
+def test_el5_and_el7_from_one_build_carry_the_packets_their_rpm_verifies(
+    tmp_path: Path, keys: Keys, rpms: Rpms
+) -> None:
+    """The very same RPM files, published for EL5 and for EL7: V3/SHA-1 versus V4/SHA-256."""
+    artifacts = tmp_path / "artifacts"
+    write_build(artifacts, "xcp-1.5", "8.4.1", rpms.el5, consumer="el5", basearch="i386")
+    write_build(artifacts, "xcp-ng-8.2", "8.4.1", rpms.el5, consumer="el7", basearch="i386")
+    target = tmp_path / "repo"
+    result = run_publish(artifacts, target, keys)
+    assert result.returncode == 0, result.stderr
+    assert "(V3 signatures, GnuPG 1.4)" in result.stderr
+    el5 = sorted((target / "el5" / "i386").glob("*.rpm"))
+    el7 = sorted((target / "el7" / "i386").glob("*.rpm"))
+    assert [p.name for p in el5] == [p.name for p in el7] == sorted(p.name for p in rpms.el5)
+    short_id = keys.fingerprint[-8:].lower()
+    key_file = target / repo.KEY_FILE_NAME
+
+    verdicts = rpm_kv(el5 + el7, key_file, tmp_path / "rpmdb-kv")
+    for package in el5:
+        assert verdicts[package][0] == f"Header V3 RSA/SHA1 Signature, key ID {short_id}: OK"
+        assert f"V3 RSA/SHA1 Signature, key ID {short_id}: OK" in verdicts[package]
+        assert not any("V4" in line for line in verdicts[package])
+        tags = signature_tags(package)
+        assert RPMSIGTAG_DSA not in tags
+        assert RPMSIGTAG_GPG not in tags
+        for tag in (RPMSIGTAG_RSA, RPMSIGTAG_PGP):
+            packets = list_packets(tags[tag])
+            assert f":signature packet: algo 1, keyid {keys.fingerprint[-16:]}" in packets
+            assert "version 3," in packets, (package.name, tag, packets)
+            assert "digest algo 2," in packets, (package.name, tag, packets)
+    for package in el7:
+        assert verdicts[package][0] == f"Header V4 RSA/SHA256 Signature, key ID {short_id}: OK"
+        assert not any("V3" in line for line in verdicts[package])
+        tags = signature_tags(package)
+        assert RPMSIGTAG_PGP not in tags  # EL7's rpm checks the header signature and digests
+        packets = list_packets(tags[RPMSIGTAG_RSA])
+        assert f":signature packet: algo 1, keyid {keys.fingerprint[-16:]}" in packets
+        assert "version 4," in packets
+        assert "digest algo 8," in packets
+    checked = subprocess.run(
+        ["rpmkeys", "--dbpath", str(tmp_path / "rpmdb-kv"), "--checksig", *map(str, el5 + el7)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stdout.count("signatures OK") == len(el5 + el7)
+
+
+def test_el5_repomd_signature_satisfies_gnupg_1_4_as_yum_3_uses_it(
+    published: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """yum 3.2.22 checks repomd.xml.asc through pygpgme, which drives GnuPG 1.4."""
+    _, target = published
+    home = tmp_path / "gnupg1"
+    home.mkdir(mode=0o700)
+    base = ["gpg1", "--homedir", str(home), "--batch", "--no-tty"]
+    subprocess.run([*base, "--import", str(target / repo.KEY_FILE_NAME)], check=True)
+    repodata = target / "el5" / "i386" / "repodata"
+    signature, repomd = str(repodata / "repomd.xml.asc"), str(repodata / "repomd.xml")
+    good = subprocess.run(
+        [*base, "--status-fd", "1", "--verify", signature, repomd],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert good.returncode == 0, good.stderr
+    assert "[GNUPG:] VALIDSIG" in good.stdout
+    # The pipeline's own GnuPG 1.4 check (what yum does: key trusted, validity full) refuses a
+    # repomd.xml changed after signing.
+    tampered = tmp_path / "repomd.xml"
+    tampered.write_text((repodata / "repomd.xml").read_text().replace("<revision>", "<revision>1"))
+    sign.verify_detached_gnupg1(
+        repodata / "repomd.xml", repodata / "repomd.xml.asc", target / repo.KEY_FILE_NAME
+    )
+    with pytest.raises(SigningError, match=r"GnuPG 1\.4, which yum 3\.2\.22"):
+        sign.verify_detached_gnupg1(
+            tampered, repodata / "repomd.xml.asc", target / repo.KEY_FILE_NAME
+        )
+
+
+def _path_without_gpg1(tmp_path: Path) -> str:
+    """A PATH with every program publish runs except gpg1."""
+    bin_dir = tmp_path / "bin-without-gpg1"
+    bin_dir.mkdir()
+    programs = ("gpg", "gpgv", "gpgconf", "gpg-agent", "rpm", "rpmsign", "rpmkeys", "createrepo_c")
+    for program in programs:
+        found = shutil.which(program)
+        assert found is not None, program
+        (bin_dir / program).symlink_to(found)
+    return str(bin_dir)
+
+
+def test_el5_without_gpg1_fails_before_anything_is_signed(
+    tmp_path: Path, keys: Keys, rpms: Rpms
+) -> None:
+    artifacts = make_artifacts(tmp_path, rpms)
+    before = {p: p.read_bytes() for p in rpms.el5 + rpms.el7}
+    env = {**os.environ, "PATH": _path_without_gpg1(tmp_path)}
+    target = tmp_path / "repo"
+    result = subprocess.run(
+        publish_cmd(artifacts, target, keys),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
+    assert result.returncode == 7, result.stderr
+    assert "needs gpg1 (GnuPG 1.4)" in result.stderr
+    assert "apt-get install gnupg1" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not target.exists()  # refused before the lock, the versions or any signature
+    assert {p: p.read_bytes() for p in before} == before
+
+    # EL7 alone does not need it.
+    el7_only = tmp_path / "el7-artifacts"
+    write_build(el7_only, "xcp-ng-8.2", "9.0", rpms.el7, consumer="el7", basearch="x86_64")
+    done = subprocess.run(
+        publish_cmd(el7_only, tmp_path / "el7-repo", keys),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_gnupg1_copy_of_the_key_is_private_and_removed(
+    tmp_path: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # tempfile caches the directory it chose
+    key = sign.find_key(keys.fingerprint, keys.home)
+    with sign.gnupg1_home(key) as home:
+        assert home.parent == tmp_path
+        assert stat.S_IMODE(home.stat().st_mode) == 0o700
+        listed = subprocess.run(
+            ["gpg1", "--homedir", str(home), "--batch", "--list-secret-keys"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert keys.fingerprint[-8:] in listed
+    assert not home.exists()
+    with pytest.raises(RuntimeError, match="stop"), sign.gnupg1_home(key) as failed:
+        raise RuntimeError("stop")
+    assert not failed.exists()
+    assert not list(tmp_path.glob("xdb-gnupg1-*"))
+
+
+def _gen_key(home: Path, uid: str, algo: str) -> str:
+    home.mkdir(mode=0o700)
+    _gpg(home, "--quick-gen-key", uid, algo, "sign", "1d")
+    (fingerprint,) = _fingerprints(home, "sec", "--list-secret-keys")
+    return fingerprint
+
+
+def test_el5_refuses_a_key_rpm_44_cannot_verify(tmp_path: Path, rpms: Rpms) -> None:
+    home = tmp_path / "gnupg"
+    try:
+        fingerprint = _gen_key(home, "DSA-2048 <dsa@xcp-drbd-builder.invalid>", "dsa2048")
+        artifacts = make_artifacts(tmp_path, rpms)
+        cmd = [sys.executable, "-m", "builder", "publish", "--artifacts", str(artifacts)]
+        cmd += ["--repo", str(tmp_path / "repo"), "--key", fingerprint, "--gnupg-home", str(home)]
+        refused = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+        assert refused.returncode == 12, refused.stderr
+        assert f"Key {fingerprint} is DSA-2048" in refused.stderr
+        assert "keys of 1024 bits (160-bit q, SHA-1)" in refused.stderr
+        assert "xcp-1.5" in refused.stderr
+        assert not (tmp_path / "repo").exists()
+    finally:
+        _kill_agent(home)
 
 
 def test_a_certify_only_key_signs_with_its_signing_subkey(tmp_path: Path, rpms: Rpms) -> None:
