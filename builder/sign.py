@@ -208,7 +208,7 @@ def check_key_for_el5(key: SigningKey, targets: Sequence[str]) -> None:
     A repository its consumers cannot verify is worse than none: every package would be
     refused on the dom0, after publishing, instead of here.
     """
-    where = f"EL5 dom0s ({', '.join(targets)})"
+    where = f"EL5 dom0s ({', '.join(targets)})" if targets else "EL5 dom0s"
     if key.is_subkey:
         raise SigningError(
             f"Key {key.fingerprint} would sign with its subkey {key.signing_fingerprint}, "
@@ -270,7 +270,11 @@ def _pinentry_args(key: SigningKey) -> list[str]:
 
 
 def generate_test_key(gnupg_home: Path, *, name: str = TEST_KEY_UID) -> str:
-    """Make an unprotected RSA-2048 signing key for local use and return its fingerprint."""
+    """Make an unprotected RSA-2048 signing key for local use and return its fingerprint.
+
+    Every consumer can verify its signatures: an RSA primary key of 2048 bits that signs
+    itself (no subkey) is what rpm 4.4 on EL5 needs, and EL7's rpm takes it as well.
+    """
     gnupg_home.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(gnupg_home, 0o700)
     proc.run(

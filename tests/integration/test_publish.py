@@ -679,6 +679,25 @@ def test_el5_and_el7_from_one_build_carry_the_packets_their_rpm_verifies(
     assert checked.stdout.count("signatures OK") == len(el5 + el7)
 
 
+def test_keygen_makes_a_key_both_consumer_families_verify(tmp_path: Path) -> None:
+    home = tmp_path / "gnupg"
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "builder", "keygen", "--gnupg-home", str(home)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert "usable for el5 (rpm 4.4, V3 signatures made with gpg1) and el7" in result.stderr
+        key = sign.find_key(result.stdout.strip(), home)
+        # rpm 4.4 trusts only primary keys and verifies RSA up to 4096 bits.
+        assert (key.algorithm, key.bits, key.is_subkey) == ("RSA", 2048, False)
+        sign.check_key_for_el5(key, ["xcp-1.5"])
+    finally:
+        _kill_agent(home)
+
+
 def test_el5_repomd_signature_satisfies_gnupg_1_4_as_yum_3_uses_it(
     published: tuple[Path, Path], tmp_path: Path
 ) -> None:
