@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import functools
 import gzip
+import hashlib
 import http.server
 import os
 import shutil
@@ -696,6 +697,119 @@ def test_keygen_makes_a_key_both_consumer_families_verify(tmp_path: Path) -> Non
         sign.check_key_for_el5(key, ["xcp-1.5"])
     finally:
         _kill_agent(home)
+
+
+def _signed_regions(package: Path) -> tuple[bytes, bytes]:
+    """(header, header + payload): what the header-only and the header+payload signatures sign."""
+    data = package.read_bytes()
+    count, size = struct.unpack(">II", data[RPM_LEAD_SIZE + 8 : RPM_LEAD_SIZE + 16])
+    header_start = RPM_LEAD_SIZE + 16 + 16 * count + size
+    header_start += -header_start % 8  # the signature header is padded to 8 bytes
+    h_count, h_size = struct.unpack(">II", data[header_start + 8 : header_start + 16])
+    header_end = header_start + 16 + 16 * h_count + h_size
+    return data[header_start:header_end], data[header_start:]
+
+
+def _mpi(data: bytes, offset: int) -> tuple[int, int]:
+    bits = struct.unpack(">H", data[offset : offset + 2])[0]
+    end = offset + 2 + (bits + 7) // 8
+    return int.from_bytes(data[offset + 2 : end], "big"), end
+
+
+def _rsa_public_numbers(home: Path, fingerprint: str) -> tuple[int, int]:
+    """n and e of the primary key: the first packet of ``gpg --export`` (a V4 public key)."""
+    exported = subprocess.run(
+        ["gpg", "--homedir", str(home), "--batch", "--export", fingerprint],
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert exported[0] == 0x99  # old format, tag 6 (public key), two-octet length
+    body = exported[3:]
+    assert body[0] == 4 and body[5] == 1  # V4 key, RSA
+    n, end = _mpi(body, 6)
+    e, _ = _mpi(body, end)
+    return n, e
+
+
+def rpm44_verdict(packet: bytes, signed: bytes, n: int, e: int, *, v4_trailer: bool = False) -> str:
+    """rpm 4.4.2.3's RSA/SHA-1 check, modelled: its verifyRSASignature hashes the signed data
+    and the packet's hashed part, but leaves out the V4 trailer (under ``#ifdef NOTYET``).
+
+    ``v4_trailer`` adds it, as RFC 4880 (and every later rpm) does.
+    """
+    first = packet[0]
+    offset = 1 + {0: 1, 1: 2, 2: 4}[first & 0x03]  # old-format packets, as gpg writes them
+    body = packet[offset:]
+    digest = hashlib.sha1(signed, usedforsecurity=False)
+    if body[0] == 3:
+        assert body[16] == 2  # SHA-1
+        digest.update(body[2:7])  # signature type and creation time
+        mpi_at = 19
+    else:
+        assert body[3] == 2
+        hashed_length = struct.unpack(">H", body[4:6])[0]
+        digest.update(body[: 6 + hashed_length])
+        if v4_trailer:
+            digest.update(b"\x04\xff" + struct.pack(">I", 6 + hashed_length))
+        unhashed_at = 6 + hashed_length
+        unhashed_length = struct.unpack(">H", body[unhashed_at : unhashed_at + 2])[0]
+        mpi_at = unhashed_at + 2 + unhashed_length + 2
+    signature, _ = _mpi(body, mpi_at)
+    size = (n.bit_length() + 7) // 8
+    expected = bytes.fromhex("3021300906052b0e03021a05000414") + digest.digest()
+    padded = b"\x00\x01" + b"\xff" * (size - len(expected) - 3) + b"\x00" + expected
+    return "OK" if pow(signature, e, n).to_bytes(size, "big") == padded else "BAD"
+
+
+def test_rpm44_style_check_accepts_the_el5_packets_and_not_v4_ones(
+    tmp_path: Path, keys: Keys, rpms: Rpms
+) -> None:
+    """What V3 buys: a V4/SHA-1 signature of the same key fails rpm 4.4's way of checking."""
+    artifacts = tmp_path / "artifacts"
+    write_build(artifacts, "xcp-1.5", "8.4.1", rpms.el5, consumer="el5", basearch="i386")
+    target = tmp_path / "repo"
+    result = run_publish(artifacts, target, keys)
+    assert result.returncode == 0, result.stderr
+    n, e = _rsa_public_numbers(keys.home, keys.fingerprint)
+    packages = sorted((target / "el5" / "i386").glob("*.rpm"))
+    assert packages
+    for package in packages:
+        tags = signature_tags(package)
+        header, header_and_payload = _signed_regions(package)
+        assert rpm44_verdict(tags[RPMSIGTAG_RSA], header, n, e) == "OK"
+        assert rpm44_verdict(tags[RPMSIGTAG_PGP], header_and_payload, n, e) == "OK"
+        # The model is no pushover: the same data with one byte changed fails.
+        assert rpm44_verdict(tags[RPMSIGTAG_RSA], header[:-1] + b"\x00", n, e) == "BAD"
+
+    # A modern gpg's V4 signature over the same header, with SHA-1 as rpm 4.4 wants: rpm 4.18
+    # accepts it, rpm 4.4's check does not.
+    v4 = tmp_path / "v4.rpm"
+    shutil.copyfile(rpms.el5[0], v4)
+    key = sign.find_key(keys.fingerprint, keys.home)
+    subprocess.run(
+        [
+            "rpmsign",
+            "--addsign",
+            "--define",
+            f"__gpg {shutil.which('gpg')}",
+            "--define",
+            f"_gpg_path {keys.home}",
+            "--define",
+            f"_gpg_name {key.signer}",
+            "--define",
+            "_gpg_digest_algo sha1",
+            str(v4),
+        ],
+        capture_output=True,
+        check=True,
+    )
+    tags = signature_tags(v4)
+    assert "version 4," in list_packets(tags[RPMSIGTAG_RSA])
+    with sign.public_key_file(key) as public_key:
+        sign.verify_rpms([v4], public_key)  # good for rpm 4.18
+    assert rpm44_verdict(tags[RPMSIGTAG_RSA], _signed_regions(v4)[0], n, e) == "BAD"
+    # The trailer is the whole difference: with it, the same model accepts the V4 packet.
+    assert rpm44_verdict(tags[RPMSIGTAG_RSA], _signed_regions(v4)[0], n, e, v4_trailer=True) == "OK"
 
 
 def test_el5_repomd_signature_satisfies_gnupg_1_4_as_yum_3_uses_it(
