@@ -14,11 +14,11 @@ ARG BASE_IMAGE=debian:bookworm-slim
 FROM ${BASE_IMAGE}
 
 # rpm, rpmsign, rpmkeys and createrepo_c for publish (Debian's createrepo_c still writes the
-# SHA-1 checksums EL5's yum needs); gnupg for signing; the Docker CLI is not needed (the SDK
-# talks to the socket).
+# SHA-1 checksums EL5's yum needs); gnupg for signing, gnupg1 for the V3 signatures EL5's rpm 4.4
+# verifies; the Docker CLI is not needed (the SDK talks to the socket).
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      python3 python3-venv rpm createrepo-c gnupg gpg-agent ca-certificates \
+      python3 python3-venv rpm createrepo-c gnupg gpg-agent gnupg1 ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 
 # Behind a TLS-intercepting proxy, put its CA certificate in the build context as

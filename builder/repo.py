@@ -43,7 +43,6 @@ from builder.errors import (
     InputError,
     LockedError,
     PublishError,
-    SigningError,
 )
 from builder.specs import SAFE_NAME, Consumer, Registry
 
@@ -600,17 +599,13 @@ class PublishResult:
 def publish(options: PublishOptions, registry: Callable[[], Registry]) -> PublishResult:
     key = sign.find_key(options.key, options.gnupg_home, options.passphrase_file)
     builds = scan_artifacts(options.artifacts, registry)
-    if key.is_subkey:
-        el5 = sorted({b.target for b in builds if b.consumer is Consumer.EL5})
-        if el5:
-            # A repository its consumers cannot verify is worse than none: refuse it.
-            raise SigningError(
-                f"Key {key.fingerprint} would sign with its subkey {key.signing_fingerprint}, "
-                f"but rpm 4.4 on EL5 dom0s ({', '.join(el5)}) trusts only primary keys and "
-                "would refuse every package as NOKEY.",
-                hint="Sign with a key whose primary key can sign (for example one made by "
-                "`python -m builder keygen`, or `gpg --quick-gen-key NAME rsa2048 sign`).",
-            )
+    el5 = sorted({b.target for b in builds if b.consumer is Consumer.EL5})
+    if el5:
+        # Before the lock and before anything is signed: a host or key that cannot make
+        # signatures rpm 4.4 verifies would publish a repository EL5 dom0s refuse.
+        sign.check_key_for_el5(key, el5)
+        sign.require_gpg1(el5)
+    elif key.is_subkey:
         log.warn(
             f"signing with subkey {key.signing_fingerprint} of key {key.fingerprint}: rpm before "
             "4.13 trusts only primary keys; check that every consumer's rpm is newer"
@@ -696,7 +691,10 @@ def _assemble(
             shutil.copyfile(item.source, target)
             by_consumer.setdefault(item.consumer, []).append(target)
         for consumer, files in sorted(by_consumer.items()):
-            with log.step(f"Sign {len(files)} new {consumer.value} package(s) with {key.key_id}"):
+            how = " (V3 signatures, GnuPG 1.4)" if consumer is Consumer.EL5 else ""
+            with log.step(
+                f"Sign {len(files)} new {consumer.value} package(s) with {key.key_id}{how}"
+            ):
                 sign.sign_rpms(files, key, consumer)
                 sign.check_signatures(files, key, consumer)
                 sign.verify_rpms(files, public_key)
@@ -710,7 +708,7 @@ def _assemble(
             with log.step(f"Sign and verify {family}/repodata/repomd.xml"):
                 repomd = folder / "repodata" / "repomd.xml"
                 signature = sign.detach_sign(repomd, key, consumer)
-                sign.verify_detached(repomd, signature, public_key)
+                sign.verify_detached(repomd, signature, public_key, consumer)
         (root / KEY_FILE_NAME).write_text(public_key.read_text(encoding="ascii"), encoding="ascii")
     base_url = options.base_url or options.repo.resolve().as_uri()
     for consumer in sorted(set(plan.families.values())):

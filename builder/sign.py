@@ -5,9 +5,14 @@ signature made here is read back and verified against a throwaway keyring or rpm
 holds only the repository's public key, so a package that is unsigned, signed by another key or
 signed with a digest the consumer cannot check is refused before anything is published.
 
-Two consumer generations matter (see ``Consumer``): EL7's rpm checks V4 header signatures with
-SHA-256; EL5's rpm 4.4 needs SHA-1 digests and also reads the legacy header+payload signature,
-which ``rpmsign --rpmv3`` still writes.
+Two consumer generations matter (see ``Consumer``). EL7's rpm checks V4 header signatures with
+SHA-256. EL5's rpm 4.4 needs SHA-1 digests, reads the legacy header+payload signature (which
+``rpmsign --rpmv3`` still writes), and verifies only OpenPGP *version 3* signature packets: its
+``verifyRSASignature`` leaves out the V4 hash trailer (``#ifdef NOTYET`` in rpm 4.4.2.3), so
+every V4 signature comes out BAD.  GnuPG 2.1 and later cannot make V3 signatures; GnuPG 1.4
+(``gpg1``, Debian's ``gnupg1``) can, so EL5 packages are signed with ``gpg1
+--force-v3-sigs`` from a copy of the key in a temporary GnuPG 1 home that lives only while
+rpmsign runs.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import contextlib
 import os
 import re
 import shlex
+import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -27,6 +33,14 @@ from builder.specs import Consumer
 
 # OpenPGP public-key algorithms rpm 4.4 can verify (RFC 4880: 1 = RSA, 17 = DSA).
 RPM44_KEY_ALGOS = {"1": "RSA", "17": "DSA"}
+# Key sizes rpm 4.4.2.3 verifies: it reads a DSA signature's r and s as 160-bit numbers (DSA-1024
+# with SHA-1; larger DSA keys need a longer hash), and an RSA number through a 2048-character hex
+# buffer (at most 8176 bits; GnuPG makes up to 4096).
+RPM44_KEY_BITS = {"RSA": (1024, 4096), "DSA": (1024, 1024)}
+GNUPG1_PACKAGE = "gnupg1"
+# RFC 4880 numbers, for messages.
+PUBKEY_ALGOS = {1: "RSA", 3: "RSA(sign-only)", 17: "DSA", 19: "ECDSA", 22: "EdDSA"}
+HASH_ALGOS = {1: "MD5", 2: "SHA1", 3: "RIPEMD160", 8: "SHA256", 9: "SHA384", 10: "SHA512"}
 TEST_KEY_UID = (
     "xcp-drbd-builder TEST signing key - not for production <test-signing@xcp-drbd-builder.invalid>"
 )
@@ -47,6 +61,7 @@ class SigningKey:
     fingerprint: str
     signing_fingerprint: str
     algorithm: str  # "RSA" or "DSA"
+    bits: int  # of the signing (sub)key
     gnupg_home: Path
     passphrase_file: Path | None = None
 
@@ -71,6 +86,7 @@ class _GpgKey:
 
     fingerprint: str
     algorithm: str  # OpenPGP number, "1" = RSA
+    bits: int
     created: int
     usable: bool  # valid (not expired, revoked, invalid, disabled) and its secret is present
     can_sign: bool
@@ -90,6 +106,7 @@ def _parse_secret_keys(colons: str) -> list[tuple[_GpgKey, list[_GpgKey]]]:
             key = _GpgKey(
                 fingerprint=fields[9],
                 algorithm=record[3],
+                bits=int(record[2] or 0),
                 created=int(record[5] or 0),
                 # i/d/r/e: invalid, disabled, revoked, expired; "#": only a stub of the secret.
                 usable=record[1] not in ("i", "d", "r", "e")
@@ -169,6 +186,7 @@ def find_key(key: str, gnupg_home: Path, passphrase_file: Path | None = None) ->
         fingerprint=primary.fingerprint,
         signing_fingerprint=signer.fingerprint,
         algorithm=RPM44_KEY_ALGOS[signer.algorithm],
+        bits=signer.bits,
         gnupg_home=gnupg_home,
         passphrase_file=passphrase_file,
     )
@@ -177,6 +195,61 @@ def find_key(key: str, gnupg_home: Path, passphrase_file: Path | None = None) ->
 def digest_for(consumer: Consumer) -> str:
     """The signature digest the consumer's rpm can verify."""
     return "sha1" if consumer is Consumer.EL5 else "sha256"
+
+
+def packet_version_for(consumer: Consumer) -> int | None:
+    """The OpenPGP signature packet version the consumer's rpm needs (None: any it can read)."""
+    return 3 if consumer is Consumer.EL5 else None
+
+
+def check_key_for_el5(key: SigningKey, targets: Sequence[str]) -> None:
+    """Refuse a key whose signatures rpm 4.4 on the EL5 dom0s of ``targets`` could not verify.
+
+    A repository its consumers cannot verify is worse than none: every package would be
+    refused on the dom0, after publishing, instead of here.
+    """
+    where = f"EL5 dom0s ({', '.join(targets)})" if targets else "EL5 dom0s"
+    if key.is_subkey:
+        raise SigningError(
+            f"Key {key.fingerprint} would sign with its subkey {key.signing_fingerprint}, "
+            f"but rpm 4.4 on {where} trusts only primary keys and would refuse every package "
+            "as NOKEY.",
+            hint="Sign with a key whose primary key can sign (for example one made by "
+            "`python -m builder keygen`, or `gpg --quick-gen-key NAME rsa2048 sign`).",
+        )
+    low, high = RPM44_KEY_BITS[key.algorithm]
+    if not low <= key.bits <= high:
+        allowed = f"{low}" if low == high else f"{low} to {high}"
+        raise SigningError(
+            f"Key {key.fingerprint} is {key.algorithm}-{key.bits}; rpm 4.4 on {where} verifies "
+            f"{key.algorithm} signatures only from keys of {allowed} bits"
+            + (" (160-bit q, SHA-1)" if key.algorithm == "DSA" else "")
+            + ".",
+            hint="Sign with an RSA key of 2048 to 4096 bits whose primary key can sign (for "
+            "example `gpg --quick-gen-key NAME rsa3072 sign`, or `python -m builder keygen`).",
+        )
+
+
+def gpg1() -> str:
+    """GnuPG 1.4, the one GnuPG that still makes the V3 signatures EL5's rpm 4.4 verifies."""
+    return proc.which(
+        "gpg1",
+        hint=f"Install GnuPG 1.4: apt-get install {GNUPG1_PACKAGE} (Debian's package "
+        f"{GNUPG1_PACKAGE}; GnuPG 2.1 and later cannot make V3 signatures).",
+    )
+
+
+def require_gpg1(targets: Sequence[str]) -> str:
+    """``gpg1``'s path, or an error saying why EL5 needs it and which package has it."""
+    try:
+        return gpg1()
+    except CommandError as exc:
+        raise CommandError(
+            f"Signing for EL5 dom0s ({', '.join(targets)}) needs gpg1 (GnuPG 1.4), which is not "
+            "installed or not on PATH: rpm 4.4 verifies only V3 signatures, and only GnuPG 1.4 "
+            "still makes them. Nothing was signed.",
+            hint=exc.hint,
+        ) from None
 
 
 def default_gnupg_home() -> Path:
@@ -197,7 +270,11 @@ def _pinentry_args(key: SigningKey) -> list[str]:
 
 
 def generate_test_key(gnupg_home: Path, *, name: str = TEST_KEY_UID) -> str:
-    """Make an unprotected RSA-2048 signing key for local use and return its fingerprint."""
+    """Make an unprotected RSA-2048 signing key for local use and return its fingerprint.
+
+    Every consumer can verify its signatures: an RSA primary key of 2048 bits that signs
+    itself (no subkey) is what rpm 4.4 on EL5 needs, and EL7's rpm takes it as well.
+    """
     gnupg_home.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(gnupg_home, 0o700)
     proc.run(
@@ -243,14 +320,114 @@ def _chunks(items: Sequence[Path]) -> Iterator[Sequence[Path]]:
         yield items[start : start + CHUNK]
 
 
+@contextlib.contextmanager
+def gnupg1_home(key: SigningKey) -> Iterator[Path]:
+    """A private GnuPG 1 home holding a copy of the key's primary secret key, removed on exit.
+
+    GnuPG 2.1 and later keep secret keys in gpg-agent's own format, which GnuPG 1.4 cannot
+    read: the key is exported in OpenPGP format (still protected by its passphrase, if it has
+    one) and imported into a fresh home made by ``mkdtemp`` (mode 0700, a unique name).  Only
+    the primary key is copied: it is the one that signs for EL5.  The armored key travels
+    through pipes, never through a file of its own, and the home is removed in ``finally``.
+    """
+    program = gpg1()
+    home = Path(tempfile.mkdtemp(prefix="xdb-gnupg1-"))
+    try:
+        exported = proc.run(
+            [
+                _gpg(),
+                "--homedir",
+                key.gnupg_home,
+                *_pinentry_args(key),
+                "--armor",
+                "--export-secret-keys",
+                f"{key.fingerprint}!",
+            ],
+            echo=False,
+            check=False,
+        )
+        if exported.returncode != 0 or "BEGIN PGP PRIVATE KEY BLOCK" not in exported.stdout:
+            raise SigningError(
+                f"gpg could not export the secret key {key.fingerprint} for GnuPG 1.4, which "
+                f"makes the V3 signatures EL5 needs:\n{proc.tail(exported.stderr)}",
+                hint="A protected key needs its passphrase: --passphrase-file FILE (or "
+                "XDB_PASSPHRASE_FILE); check that gpg-agent allows loopback pinentry.",
+            )
+        imported = proc.run(
+            [program, "--homedir", home, "--batch", "--no-tty", "--import"],
+            input=exported.stdout,
+            echo=False,
+            check=False,
+        )
+        listed = proc.run(
+            [
+                program,
+                "--homedir",
+                home,
+                "--batch",
+                "--with-colons",
+                "--fingerprint",
+                "--list-secret-keys",
+                key.fingerprint,
+            ],
+            echo=False,
+            check=False,
+        )
+        if imported.returncode != 0 or f":{key.fingerprint}:" not in listed.stdout:
+            raise SigningError(
+                f"GnuPG 1.4 could not import the secret key {key.fingerprint}:\n"
+                f"{proc.tail(imported.stderr)}",
+                hint="GnuPG 1.4 knows RSA and DSA keys only; sign EL5 packages with an RSA key.",
+            )
+        yield home
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _gpg1_args(key: SigningKey) -> list[str]:
+    """gpg1's options under rpmsign: no prompt, V3 packets; --passphrase-file needs no agent."""
+    args = ["--batch", "--no-tty", "--force-v3-sigs"]
+    if key.passphrase_file is not None:
+        if not key.passphrase_file.is_file():
+            raise ConfigError(f"Passphrase file {key.passphrase_file} does not exist.")
+        args += ["--passphrase-file", str(key.passphrase_file.absolute())]
+    return args
+
+
 def sign_rpms(files: Sequence[Path], key: SigningKey, consumer: Consumer) -> None:
-    """Sign ``files`` in place with rpmsign; EL5 gets SHA-1 and the header+payload signature."""
+    """Sign ``files`` in place with rpmsign.
+
+    EL7: V4 signatures with SHA-256 made by gpg.  EL5: V3 signatures with SHA-1 made by gpg1,
+    in both the header-only and the header+payload signature (``--rpmv3``).
+    """
     if not files:
         return
-    gpg = _gpg()
+    if consumer is Consumer.EL5:
+        with gnupg1_home(key) as home:
+            _rpmsign(files, key, gpg=gpg1(), home=home, extra=_gpg1_args(key), consumer=consumer)
+    else:
+        _rpmsign(
+            files,
+            key,
+            gpg=_gpg(),
+            home=key.gnupg_home,
+            extra=_pinentry_args(key),
+            consumer=consumer,
+        )
+
+
+def _rpmsign(
+    files: Sequence[Path],
+    key: SigningKey,
+    *,
+    gpg: str,
+    home: Path,
+    extra: Sequence[str],
+    consumer: Consumer,
+) -> None:
     rpmsign = proc.which("rpmsign", hint="Install rpm: apt-get install rpm")
     # rpm splits this macro like a shell would: quote paths that may hold spaces.
-    extra = " ".join(shlex.quote(arg) for arg in _pinentry_args(key))
+    extra_args = " ".join(shlex.quote(arg) for arg in extra)
     # Debian's rpm points %__gpg at /usr/bin/gpg2, which does not exist: name gpg explicitly.
     cmd: list[str] = [
         rpmsign,
@@ -258,34 +435,83 @@ def sign_rpms(files: Sequence[Path], key: SigningKey, consumer: Consumer) -> Non
         "--define",
         f"__gpg {gpg}",
         "--define",
-        f"_gpg_path {key.gnupg_home}",
+        f"_gpg_path {home}",
         "--define",
         f"_gpg_name {key.signer}",
         "--define",
         f"_gpg_digest_algo {digest_for(consumer)}",
         "--define",
-        f"_gpg_sign_cmd_extra_args {extra}",
+        f"_gpg_sign_cmd_extra_args {extra_args}",
     ]
     if consumer is Consumer.EL5:
         cmd.append("--rpmv3")
     for chunk in _chunks(files):
         try:
-            proc.run([*cmd, *chunk], env={"GNUPGHOME": str(key.gnupg_home)}, echo=False)
+            proc.run([*cmd, *chunk], env={"GNUPGHOME": str(home)}, echo=False)
         except CommandError as exc:
             raise SigningError(
                 f"rpmsign could not sign {len(chunk)} package(s) with key "
-                f"{key.signing_fingerprint}.\n"
+                f"{key.signing_fingerprint} ({os.path.basename(gpg)}).\n"
                 f"{exc.message}",
                 hint="Check that the key is usable without a prompt (--passphrase-file) and "
                 "that gpg-agent allows loopback pinentry.",
             ) from exc
 
 
-def read_signatures(files: Sequence[Path]) -> dict[Path, dict[str, str]]:
-    """The signature tags of each RPM as rpm prints them (``RSA/SHA1, …, Key ID …``)."""
-    tags = ("RSAHEADER", "DSAHEADER", "SIGPGP", "SIGGPG")
-    query = "|".join(f"%{{{tag}:pgpsig}}" for tag in tags) + r"\n"
-    found: dict[Path, dict[str, str]] = {}
+# Signature header tags 268 and 267 (RSA, DSA: header only), 1002 and 1005 (PGP, GPG: header
+# and payload), by the names rpm --queryformat knows them under.
+SIGNATURE_TAGS = ("RSAHEADER", "DSAHEADER", "SIGPGP", "SIGGPG")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SignaturePacket:
+    """The fields of an OpenPGP signature packet that decide whether a consumer can verify it."""
+
+    version: int
+    pubkey_algo: int  # RFC 4880: 1 RSA, 17 DSA
+    hash_algo: int  # RFC 4880: 2 SHA-1, 8 SHA-256
+
+    def describe(self) -> str:
+        algo = PUBKEY_ALGOS.get(self.pubkey_algo, f"algorithm {self.pubkey_algo}")
+        digest = HASH_ALGOS.get(self.hash_algo, f"hash {self.hash_algo}")
+        return f"V{self.version} {algo}/{digest}"
+
+
+def parse_signature_packet(raw: bytes) -> SignaturePacket:
+    """Read the version and algorithms of one OpenPGP signature packet (RFC 4880 5.2)."""
+    if not raw or not raw[0] & 0x80:
+        raise ValueError("not an OpenPGP packet")
+    first = raw[0]
+    if first & 0x40:  # new format: tag in the low six bits, then a one-, two- or five-octet length
+        tag, offset = first & 0x3F, 1
+        length_octet = raw[offset] if len(raw) > offset else 0
+        offset += 1 if length_octet < 192 else 2 if length_octet < 224 else 5
+    else:  # old format: tag in bits 5-2, length type in bits 1-0
+        tag = (first >> 2) & 0x0F
+        offset = 1 + {0: 1, 1: 2, 2: 4, 3: 0}[first & 0x03]
+    if tag != 2:
+        raise ValueError(f"packet tag {tag} is not a signature")
+    body = raw[offset:]
+    if body[:1] == b"\x03" and len(body) >= 17:
+        # version, hashed length (5), type, time (4), key id (8), public-key and hash algorithms
+        return SignaturePacket(version=3, pubkey_algo=body[15], hash_algo=body[16])
+    if len(body) >= 4 and body[0] >= 4:
+        return SignaturePacket(version=body[0], pubkey_algo=body[2], hash_algo=body[3])
+    raise ValueError("truncated signature packet")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Signature:
+    """One signature tag of an RPM: rpm's description and the packet itself."""
+
+    text: str  # rpm's ``:pgpsig`` view, e.g. "RSA/SHA1, <date>, Key ID <16 hex digits>"
+    packet: SignaturePacket | None  # None when the tag is absent
+
+
+def read_signatures(files: Sequence[Path]) -> dict[Path, dict[str, Signature]]:
+    """The signature tags of each RPM: rpm's view (``RSA/SHA1, …, Key ID …``) and the packet."""
+    query = "|".join(f"%{{{tag}:pgpsig}}|%{{{tag}}}" for tag in SIGNATURE_TAGS) + r"\n"
+    found: dict[Path, dict[str, Signature]] = {}
     for chunk in _chunks(files):
         result = proc.run(
             ["rpm", "-qp", "--nosignature", "--nodigest", "--qf", query, *chunk], echo=False
@@ -294,21 +520,42 @@ def read_signatures(files: Sequence[Path]) -> dict[Path, dict[str, str]]:
         if len(lines) != len(chunk):
             raise SigningError(f"rpm printed {len(lines)} lines for {len(chunk)} packages.")
         for path, line in zip(chunk, lines, strict=True):
-            found[path] = dict(zip(tags, line.split("|"), strict=True))
+            fields = line.split("|")
+            if len(fields) != 2 * len(SIGNATURE_TAGS):
+                raise SigningError(f"rpm printed an unexpected signature line for {path.name}.")
+            sigs: dict[str, Signature] = {}
+            for index, tag in enumerate(SIGNATURE_TAGS):
+                text, raw = fields[2 * index], fields[2 * index + 1]
+                packet = None
+                if raw != "(none)":
+                    try:
+                        packet = parse_signature_packet(bytes.fromhex(raw))
+                    except ValueError as exc:
+                        raise SigningError(
+                            f"{path.name}: the {tag} signature is not a valid OpenPGP "
+                            f"signature packet ({exc})."
+                        ) from None
+                sigs[tag] = Signature(text=text, packet=packet)
+            found[path] = sigs
     return found
 
 
 def check_signatures(files: Sequence[Path], key: SigningKey, consumer: Consumer) -> None:
-    """Refuse any RPM whose signatures are missing, by another key, or with the wrong digest."""
+    """Refuse any RPM whose signatures are missing, by another key, or unfit for the consumer.
+
+    Unfit: a digest or (for EL5) a signature packet version the consumer's rpm cannot verify.
+    """
     want_digest = digest_for(consumer).upper()
+    want_version = packet_version_for(consumer)
     header_tag = "RSAHEADER" if key.algorithm == "RSA" else "DSAHEADER"
     legacy_tag = "SIGPGP" if key.algorithm == "RSA" else "SIGGPG"
     required = [header_tag] + ([legacy_tag] if consumer is Consumer.EL5 else [])
     for path, sigs in read_signatures(files).items():
         for tag in required:
-            match = _PGPSIG.match(sigs[tag])
-            if match is None:
-                raise SigningError(f"{path.name} has no {tag} signature (rpm shows {sigs[tag]!r}).")
+            sig = sigs[tag]
+            match = _PGPSIG.match(sig.text)
+            if match is None or sig.packet is None:
+                raise SigningError(f"{path.name} has no {tag} signature (rpm shows {sig.text!r}).")
             if match["keyid"] != key.key_id:
                 raise SigningError(
                     f"{path.name} is signed by key {match['keyid']}, not {key.key_id}."
@@ -317,6 +564,14 @@ def check_signatures(files: Sequence[Path], key: SigningKey, consumer: Consumer)
                 raise SigningError(
                     f"{path.name}: {tag} signature uses {match['digest']}; the {consumer.value} "
                     f"consumer needs {want_digest}."
+                )
+            if want_version is not None and sig.packet.version != want_version:
+                raise SigningError(
+                    f"{path.name}: {tag} signature is a {sig.packet.describe()} packet; the "
+                    f"{consumer.value} consumer's rpm verifies only version {want_version} "
+                    "signature packets.",
+                    hint=f"Sign {consumer.value} packages with gpg1 (Debian's {GNUPG1_PACKAGE}) "
+                    "and --force-v3-sigs, as publish does.",
                 )
 
 
@@ -386,8 +641,8 @@ def detach_sign(file: Path, key: SigningKey, consumer: Consumer) -> Path:
     return target
 
 
-def verify_detached(file: Path, signature: Path, public_key: Path) -> None:
-    """``gpgv`` with a keyring that holds only ``public_key``."""
+def verify_detached(file: Path, signature: Path, public_key: Path, consumer: Consumer) -> None:
+    """``gpgv`` with a keyring that holds only ``public_key``; for EL5 also GnuPG 1.4's verdict."""
     with tempfile.TemporaryDirectory(prefix="xdb-gpgv-") as tmp:
         keyring = Path(tmp) / "keyring.gpg"
         proc.run(
@@ -403,4 +658,37 @@ def verify_detached(file: Path, signature: Path, public_key: Path) -> None:
             raise SigningError(
                 f"The signature {signature.name} does not verify {file}:\n"
                 f"{proc.tail(result.stderr)}"
+            )
+    if consumer is Consumer.EL5:
+        verify_detached_gnupg1(file, signature, public_key)
+
+
+def verify_detached_gnupg1(file: Path, signature: Path, public_key: Path) -> None:
+    """Verify as yum 3.2.22 does on CentOS 5: GnuPG 1.4 (through pygpgme), key trusted fully.
+
+    yum imports the repository's key into a keyring of its own, marks it ultimately trusted,
+    and accepts ``repomd.xml`` only when the first signature is valid with full or ultimate
+    validity.  The same steps with the host's GnuPG 1.4 catch a signature it cannot read.
+    """
+    program = gpg1()
+    with tempfile.TemporaryDirectory(prefix="xdb-gnupg1-verify-") as tmp:
+        base = [program, "--homedir", tmp, "--batch", "--no-tty"]
+        proc.run([*base, "--import", public_key], echo=False)
+        listed = proc.run([*base, "--with-colons", "--fingerprint", "--list-keys"], echo=False)
+        trust = "".join(
+            f"{line.split(':')[9]}:6:\n"
+            for line in listed.stdout.splitlines()
+            if line.startswith("fpr:")
+        )
+        proc.run([*base, "--import-ownertrust"], input=trust, echo=False)
+        result = proc.run(
+            [*base, "--status-fd", "1", "--verify", signature, file], echo=False, check=False
+        )
+        status = {line.split()[1] for line in result.stdout.splitlines() if line.count(" ")}
+        trusted = {"TRUST_FULLY", "TRUST_ULTIMATE"} & status
+        if result.returncode != 0 or "VALIDSIG" not in status or not trusted:
+            raise SigningError(
+                f"GnuPG 1.4, which yum 3.2.22 on EL5 uses through pygpgme, does not accept the "
+                f"signature {signature.name} of {file}:\n"
+                f"{proc.tail(result.stderr or result.stdout)}"
             )

@@ -17,8 +17,10 @@ def register(
         help="make an RSA signing key for local testing",
         description=(
             "Make an unprotected RSA-2048 signing key (valid two years) in a GnuPG home and print "
-            "its fingerprint. Its user id says TEST and not for production: use it to try "
-            "`publish` locally; sign real repositories with a key kept offline."
+            "its fingerprint. Its primary key signs, so both consumer families can verify it: "
+            "rpm 4.4 on EL5 dom0s (V3 signatures, primary keys only, RSA up to 4096 bits) and "
+            "EL7's rpm. Its user id says TEST and not for production: use it to try `publish` "
+            "locally; sign real repositories with a key kept offline."
         ),
     )
     parser.add_argument(
@@ -40,6 +42,9 @@ def run(args: argparse.Namespace) -> int:
     home = (args.gnupg_home or sign.default_gnupg_home()).absolute()
     with log.step(f"Make a test signing key in {home}"):
         fingerprint = sign.generate_test_key(home, name=args.name)
+        # The same check publish makes for EL5 dom0s: a key made here must pass it.
+        sign.check_key_for_el5(sign.find_key(fingerprint, home), [])
+        log.info("usable for el5 (rpm 4.4, V3 signatures made with gpg1) and el7")
     log.info(f"use it with: python -m builder publish --gnupg-home {home} --key {fingerprint}")
     print(fingerprint)
     return 0

@@ -14,8 +14,9 @@ DESCRIPTION = """\
 Sign every new RPM under --artifacts with rpmsign, make yum metadata with createrepo_c,
 sign repomd.xml (repomd.xml.asc), verify every signature, then switch the published
 repository atomically. One repository per consumer family and $basearch:
-  REPO/el5/i386/   (SHA-1 signatures and 'sha' metadata checksums for rpm 4.4 / yum 3)
-  REPO/el7/x86_64/ (SHA-256)
+  REPO/el5/i386/   (V3 SHA-1 signatures made with gpg1, from Debian's gnupg1, and 'sha'
+                    metadata checksums, for rpm 4.4 / yum 3)
+  REPO/el7/x86_64/ (V4 SHA-256 signatures)
 Next to them: RPM-GPG-KEY-xcp-drbd-builder and one .repo file per family.
 
 Publishing is incremental: packages already published and unchanged are reused, not
@@ -24,7 +25,9 @@ REPO/versions/, REPO/current points at the live one, the previous --keep version
 Build directories without manifest.json, or named *.partial, are skipped with a warning.
 
 Signing happens on this host only; the key is chosen by fingerprint and used without a
-prompt (loopback pinentry; --passphrase-file for a protected key).
+prompt (loopback pinentry; --passphrase-file for a protected key). For el5, the primary key
+is copied into a private temporary GnuPG 1 home for the run and must be one rpm 4.4
+verifies (RSA 1024-4096 bits or DSA-1024, primary key signing).
 """
 
 EPILOG = """\

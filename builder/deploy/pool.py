@@ -22,7 +22,7 @@ import yaml
 
 from builder.errors import ConfigError
 from builder.recipes import Recipe, Syntax, recipe_of_version
-from builder.specs import Registry, Target
+from builder.specs import Consumer, Registry, Target
 from builder.yamlreader import YamlReader
 
 HOST_NAME = re.compile(
@@ -106,10 +106,22 @@ class Drbd:
         return self.recipe.syntax
 
 
+class WithoutPygpgme(enum.StrEnum):
+    """What an EL5 dom0's install step does when python cannot import gpgme (pygpgme).
+
+    yum 3.2.22 checks ``repomd.xml.asc`` only through pygpgme: without it every metadata
+    download of a ``repo_gpgcheck=1`` repository fails.
+    """
+
+    STOP = "stop"  # stop and say how to install pygpgme (the default)
+    REPO_GPGCHECK_OFF = "repo_gpgcheck=0"  # fall back, package signatures still checked
+
+
 @dataclass(frozen=True, kw_only=True)
 class Repo:
     url: str  # the base URL given to `publish`; consumers live under <url>/<consumer>/<basearch>/
     gpgkey: str
+    without_pygpgme: WithoutPygpgme = WithoutPygpgme.STOP
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -303,7 +315,19 @@ def parse_pool(file: Path, text: str, registry: Registry) -> Pool:
             default=f"{url}/RPM-GPG-KEY-xcp-drbd-builder",
             explain="an http://, https:// or file:// URL",
         ),
+        without_pygpgme=WithoutPygpgme(
+            repo_reader.choice(
+                "without_pygpgme", [w.value for w in WithoutPygpgme], WithoutPygpgme.STOP.value
+            )
+        ),
     )
+    if repo.without_pygpgme is not WithoutPygpgme.STOP and target.consumer is not Consumer.EL5:
+        raise repo_reader.fail(
+            "without_pygpgme",
+            f"only EL5 dom0s can lack pygpgme; {target.name} is {target.consumer.value}, whose "
+            "yum depends on it",
+            hint="Remove repo.without_pygpgme from the pool file.",
+        )
     repo_reader.done()
     drbd = _drbd(top.mapping("drbd"), (hosts[0].name, hosts[1].name))
     pool = Pool(
@@ -349,6 +373,13 @@ repo:
   url: http://repo.example.lan/xcp-drbd
   # The public key published beside the repository (default: <url>/RPM-GPG-KEY-xcp-drbd-builder).
   # gpgkey: http://repo.example.lan/xcp-drbd/RPM-GPG-KEY-xcp-drbd-builder
+  # EL5 dom0s only. yum 3.2.22 checks the repository's metadata signature (repo_gpgcheck=1) only
+  # through pygpgme; without it, every download fails. The runbook's install step therefore
+  # stops when `python -c 'import gpgme'` fails, and says how to install pygpgme from CentOS 5's
+  # base repository. Only where that is impossible: `repo_gpgcheck=0` makes it install the repo
+  # with repo_gpgcheck=0 instead (package signatures are still checked: gpgcheck=1). Every
+  # rendered file records this choice.
+  # without_pygpgme: stop
 
 drbd:
   # 8.3.x, 8.4.x or 9.x: picks the resource file syntax; its packages must be in the repo.

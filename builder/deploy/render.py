@@ -22,12 +22,15 @@ from pathlib import Path
 
 from builder import __version__
 from builder.deploy.checks import kernel_module_package
-from builder.deploy.pool import Fencing, Host, Pool
+from builder.deploy.pool import Fencing, Host, Pool, WithoutPygpgme
 from builder.errors import DeployError
 from builder.recipes import Syntax
+from builder.specs import Consumer
 
 REPO_ID = "xcp-drbd-builder"
 KEY_FILE = "/etc/pki/rpm-gpg/RPM-GPG-KEY-xcp-drbd-builder"
+# The .repo file an EL5 host without pygpgme installs, rendered only when the pool allows it.
+REPO_FILE_WITHOUT_PYGPGME = f"{REPO_ID}.repo.without-pygpgme"
 # What XCP's own lvm.conf rejects: VM disks (xvd*) and the logical volumes inside SRs, which
 # dom0 must never scan for nested volume groups.
 XCP_LVM_REJECTS = ("r|/dev/xvd.|", "r|/dev/VG_Xen.*/.*|")
@@ -48,6 +51,9 @@ def provenance(pool: Pool, comment: str = "#", overridden: Sequence[str] = ()) -
     ]
     if overridden:
         lines.append(f"Rendered despite failed safety checks: {', '.join(overridden)}.")
+    if pool.repo.without_pygpgme is WithoutPygpgme.REPO_GPGCHECK_OFF:
+        lines.append("Allows repo_gpgcheck=0 on a host without pygpgme")
+        lines.append("(repo.without_pygpgme: repo_gpgcheck=0 in the pool file).")
     return "".join(f"{comment} {line}\n" for line in lines)
 
 
@@ -160,19 +166,79 @@ def _host_section(pool: Pool, host: Host, node_id: int) -> str:
     return f"    on {host.name} {{\n" + "".join(f"        {line}\n" for line in lines) + "    }\n"
 
 
-def render_repo_file(pool: Pool, header: str) -> str:
+def render_repo_file(pool: Pool, header: str, *, repo_gpgcheck: bool = True) -> str:
+    why = ""
+    if not repo_gpgcheck:
+        why = (
+            "#\n"
+            "# repo_gpgcheck=0: for a host where python cannot import gpgme (pygpgme), which\n"
+            "# yum 3.2.22 needs to check repomd.xml.asc. The pool file allows it\n"
+            "# (repo.without_pygpgme); every package's signature is still checked\n"
+            "# (gpgcheck=1). Install pygpgme and run the runbook's install step again to\n"
+            "# check the metadata too.\n"
+        )
     return (
         f"{header}"
         f"#\n"
         f"# Install as /etc/yum.repos.d/{REPO_ID}.repo after importing the key to {KEY_FILE}.\n"
+        f"{why}"
         f"[{REPO_ID}]\n"
         f"name=DRBD for {pool.target.name} (xcp-drbd-builder)\n"
         f"baseurl={pool.repo_baseurl}\n"
         f"enabled=1\n"
         f"gpgcheck=1\n"
-        f"repo_gpgcheck=1\n"
+        f"repo_gpgcheck={1 if repo_gpgcheck else 0}\n"
         f"gpgkey=file://{KEY_FILE}\n"
     )
+
+
+# yum 3.2.22's misc.valid_detached_sig returns False when `import gpgme` fails, so with
+# repo_gpgcheck=1 every metadata download of the repository fails on such a host.
+_PYGPGME_STOP = """\
+    cat >&2 <<'EOF'
+runbook: python cannot import gpgme (pygpgme). yum 3.2.22 checks the signature of this
+repository's metadata (repo_gpgcheck=1) only through it: every download would fail.
+Nothing was changed. Install pygpgme from the CentOS 5 base repository of the dom0's
+CentOS-Base.repo, the one the build tools come from (--enablerepo turns it on for this one
+command), then run this step again:
+    yum --enablerepo=base install pygpgme
+    python -c 'import gpgme' && echo pygpgme works
+If the CentOS 5 mirrors are gone, point [base] in /etc/yum.repos.d/CentOS-Base.repo at the
+vault first: baseurl=http://vault.centos.org/5.11/os/$basearch/
+Only if pygpgme cannot be installed: set `without_pygpgme: repo_gpgcheck=0` under repo: in
+the pool file and render again (package signatures stay checked; the metadata's are not).
+EOF
+    exit 1
+"""
+
+_PYGPGME_FALLBACK = f"""\
+    echo "runbook: WARNING: python cannot import gpgme (pygpgme); installing $REPO_FILE with" >&2
+    echo "runbook: repo_gpgcheck=0, as repo.without_pygpgme in the pool file allows. Package" >&2
+    echo "runbook: signatures are still checked (gpgcheck=1); the metadata signature is not." >&2
+    logger -t xcp-drbd-builder "$REPO_FILE: repo_gpgcheck=0 on $HOST, no pygpgme," \\
+        "allowed by repo.without_pygpgme in the pool file" 2>/dev/null || true
+    REPO_SOURCE="$HERE/{REPO_FILE_WITHOUT_PYGPGME}"
+"""
+
+
+def _pygpgme_check(pool: Pool) -> str:
+    """The shell function that picks the .repo file an EL5 host can use (empty for EL7)."""
+    if pool.target.consumer is not Consumer.EL5:
+        return ""
+    missing = (
+        _PYGPGME_FALLBACK
+        if pool.repo.without_pygpgme is WithoutPygpgme.REPO_GPGCHECK_OFF
+        else _PYGPGME_STOP
+    )
+    return f"""
+check_pygpgme() {{
+    # yum 3.2.22 (EL5) checks repomd.xml.asc only through python's gpgme module (pygpgme):
+    # without it, every metadata download of a repo_gpgcheck=1 repository fails.
+    if python -c 'import gpgme' >/dev/null 2>&1; then
+        return 0
+    fi
+{missing}}}
+"""
 
 
 def packages(pool: Pool) -> list[str]:
@@ -216,6 +282,7 @@ def render_runbook(pool: Pool, host: Host, header: str) -> str:
         if is_first
         else f"DRBD metadata, then the initial sync from {first.name}"
     )
+    pygpgme_call = "    check_pygpgme\n" if pool.target.consumer is Consumer.EL5 else ""
     variables = {
         "HOST": host.name,
         "PEER": peer.name,
@@ -320,17 +387,18 @@ require_replication_address() {{
 require_disk() {{
     [ -b "$DISK" ] || die "$DISK is not a block device on $HOST; fix hosts[].disk in the pool file"
 }}
-
+{_pygpgme_check(pool)}
 step_install() {{
     require_replication_address
-    # The key first: yum checks the repository metadata and every package against it.
+    REPO_SOURCE="$HERE/{REPO_ID}.repo"
+{pygpgme_call}    # The key first: yum checks the repository metadata and every package against it.
     mkdir -p "$(dirname "$KEY_FILE")"
     curl -fsS -o "$KEY_FILE.part" "$GPGKEY_URL"
     mv "$KEY_FILE.part" "$KEY_FILE"
     echo "Compare this fingerprint with the one published with the repository:"
     gpg --quiet --with-fingerprint "$KEY_FILE" || true
     rpm --import "$KEY_FILE"
-    cp "$HERE/{REPO_ID}.repo" "$REPO_FILE"
+    cp "$REPO_SOURCE" "$REPO_FILE"
     # shellcheck disable=SC2086 # PACKAGES is a list
     yum -y install $PACKAGES
     mkdir -p /etc/drbd.d
@@ -434,10 +502,13 @@ def render_pool(pool: Pool, overridden: Sequence[str] = ()) -> dict[str, Rendere
     files = {"README.txt": RenderedFile(render_readme(pool, header))}
     resource = render_resource(pool, header)
     repo = render_repo_file(pool, header)
+    without_pygpgme = render_repo_file(pool, header, repo_gpgcheck=False)
     for host in pool.hosts:
         files[f"{host.name}/{pool.drbd.resource}.res"] = RenderedFile(resource)
         files[f"{host.name}/lvm.conf.snippet"] = RenderedFile(render_lvm(pool, host, header))
         files[f"{host.name}/{REPO_ID}.repo"] = RenderedFile(repo)
+        if pool.repo.without_pygpgme is WithoutPygpgme.REPO_GPGCHECK_OFF:
+            files[f"{host.name}/{REPO_FILE_WITHOUT_PYGPGME}"] = RenderedFile(without_pygpgme)
         files[f"{host.name}/runbook.sh"] = RenderedFile(
             render_runbook(pool, host, header), mode=0o755
         )

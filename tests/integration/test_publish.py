@@ -6,12 +6,16 @@ import contextlib
 import fcntl
 import functools
 import gzip
+import hashlib
 import http.server
 import os
 import shutil
 import signal
+import stat
+import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -521,14 +525,28 @@ def test_a_protected_key_needs_its_passphrase_file(tmp_path: Path, rpms: Rpms) -
         cmd += ["--repo", str(tmp_path / "repo"), "--key", uid, "--gnupg-home", str(home)]
         refused = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
         assert refused.returncode == 12, refused.stderr
-        assert "rpmsign could not sign" in refused.stderr
+        # EL5 signs first: the key must be exported for GnuPG 1.4, which needs the passphrase.
+        assert "could not export the secret key" in refused.stderr
+        assert "--passphrase-file" in refused.stderr
         assert not (tmp_path / "repo" / "current").exists()
+        el7_only = tmp_path / "el7-artifacts"
+        write_build(el7_only, "xcp-ng-8.2", "9.0", rpms.el7, consumer="el7", basearch="x86_64")
+        el7_cmd = [sys.executable, "-m", "builder", "publish", "--artifacts", str(el7_only)]
+        el7_cmd += ["--repo", str(tmp_path / "el7-repo"), "--key", uid, "--gnupg-home", str(home)]
+        el7_refused = subprocess.run(el7_cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+        assert el7_refused.returncode == 12, el7_refused.stderr
+        assert "rpmsign could not sign" in el7_refused.stderr
         secret = tmp_path / "pass phrase"
         secret.write_text("s3cret\n")
         env = {**os.environ, "XDB_PASSPHRASE_FILE": str(secret)}
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False, env=env)
         assert done.returncode == 0, done.stderr
         assert "published 4 new package(s)" in done.stdout
+        # gpg1 took the same passphrase file: the EL5 packages carry its V3 signatures.
+        for package in (tmp_path / "repo" / "el5" / "i386").glob("*.rpm"):
+            tags = signature_tags(package)
+            for tag in (RPMSIGTAG_RSA, RPMSIGTAG_PGP):
+                assert "version 3," in list_packets(tags[tag]), package.name
     finally:
         _kill_agent(home)
 
@@ -554,6 +572,371 @@ def _fingerprints(home: Path, record: str, *args: str) -> list[str]:
             found.append(fields[9])
         last = fields[0] if fields[0] != "grp" else last
     return found
+
+
+# Signature header tags (rpm's rpmtag.h): header-only RSA and DSA signatures, and the
+# header+payload signatures rpm 4.4 also checks.
+RPMSIGTAG_DSA = 267
+RPMSIGTAG_RSA = 268
+RPMSIGTAG_PGP = 1002
+RPMSIGTAG_GPG = 1005
+RPM_LEAD_SIZE = 96
+RPM_BIN_TYPE = 7
+
+
+def signature_tags(package: Path) -> dict[int, bytes]:
+    """The binary tags of an RPM's signature header, by number, read from the file itself."""
+    data = package.read_bytes()
+    start = RPM_LEAD_SIZE
+    assert data[start : start + 4] == b"\x8e\xad\xe8\x01", "no signature header after the lead"
+    count, _size = struct.unpack(">II", data[start + 8 : start + 16])
+    store = start + 16 + 16 * count
+    tags = {}
+    for index in range(count):
+        entry = data[start + 16 + 16 * index : start + 32 + 16 * index]
+        tag, kind, offset, length = struct.unpack(">IIII", entry)
+        if kind == RPM_BIN_TYPE:
+            tags[tag] = data[store + offset : store + offset + length]
+    return tags
+
+
+def list_packets(packet: bytes) -> str:
+    """What ``gpg --list-packets`` says about one binary OpenPGP packet."""
+    return subprocess.run(
+        ["gpg", "--batch", "--list-packets"],
+        input=packet,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+
+
+def rpm_kv(packages: list[Path], public_key: Path, dbpath: Path) -> dict[Path, list[str]]:
+    """``rpm -Kv`` per package path, with only ``public_key`` imported: the indented lines."""
+    subprocess.run(["rpmkeys", "--dbpath", str(dbpath), "--import", str(public_key)], check=True)
+    result = subprocess.run(
+        ["rpm", "--dbpath", str(dbpath), "-Kv", *map(str, packages)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines: dict[Path, list[str]] = {}
+    current = Path()
+    for line in result.stdout.splitlines():
+        if line.startswith((" ", "\t")):
+            lines[current].append(line.strip())
+        else:
+            current = Path(line.rstrip(":"))
+            lines[current] = []
+    assert sorted(lines) == sorted(packages)
+    return lines
+
+
+def test_el5_and_el7_from_one_build_carry_the_packets_their_rpm_verifies(
+    tmp_path: Path, keys: Keys, rpms: Rpms
+) -> None:
+    """The very same RPM files, published for EL5 and for EL7: V3/SHA-1 versus V4/SHA-256."""
+    artifacts = tmp_path / "artifacts"
+    write_build(artifacts, "xcp-1.5", "8.4.1", rpms.el5, consumer="el5", basearch="i386")
+    write_build(artifacts, "xcp-ng-8.2", "8.4.1", rpms.el5, consumer="el7", basearch="i386")
+    target = tmp_path / "repo"
+    result = run_publish(artifacts, target, keys)
+    assert result.returncode == 0, result.stderr
+    assert "(V3 signatures, GnuPG 1.4)" in result.stderr
+    el5 = sorted((target / "el5" / "i386").glob("*.rpm"))
+    el7 = sorted((target / "el7" / "i386").glob("*.rpm"))
+    assert [p.name for p in el5] == [p.name for p in el7] == sorted(p.name for p in rpms.el5)
+    short_id = keys.fingerprint[-8:].lower()
+    key_file = target / repo.KEY_FILE_NAME
+
+    verdicts = rpm_kv(el5 + el7, key_file, tmp_path / "rpmdb-kv")
+    for package in el5:
+        assert verdicts[package][0] == f"Header V3 RSA/SHA1 Signature, key ID {short_id}: OK"
+        assert f"V3 RSA/SHA1 Signature, key ID {short_id}: OK" in verdicts[package]
+        assert not any("V4" in line for line in verdicts[package])
+        tags = signature_tags(package)
+        assert RPMSIGTAG_DSA not in tags
+        assert RPMSIGTAG_GPG not in tags
+        for tag in (RPMSIGTAG_RSA, RPMSIGTAG_PGP):
+            packets = list_packets(tags[tag])
+            assert f":signature packet: algo 1, keyid {keys.fingerprint[-16:]}" in packets
+            assert "version 3," in packets, (package.name, tag, packets)
+            assert "digest algo 2," in packets, (package.name, tag, packets)
+    for package in el7:
+        assert verdicts[package][0] == f"Header V4 RSA/SHA256 Signature, key ID {short_id}: OK"
+        assert not any("V3" in line for line in verdicts[package])
+        tags = signature_tags(package)
+        assert RPMSIGTAG_PGP not in tags  # EL7's rpm checks the header signature and digests
+        packets = list_packets(tags[RPMSIGTAG_RSA])
+        assert f":signature packet: algo 1, keyid {keys.fingerprint[-16:]}" in packets
+        assert "version 4," in packets
+        assert "digest algo 8," in packets
+    checked = subprocess.run(
+        ["rpmkeys", "--dbpath", str(tmp_path / "rpmdb-kv"), "--checksig", *map(str, el5 + el7)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stdout.count("signatures OK") == len(el5 + el7)
+
+
+def test_keygen_makes_a_key_both_consumer_families_verify(tmp_path: Path) -> None:
+    home = tmp_path / "gnupg"
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "builder", "keygen", "--gnupg-home", str(home)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert "usable for el5 (rpm 4.4, V3 signatures made with gpg1) and el7" in result.stderr
+        key = sign.find_key(result.stdout.strip(), home)
+        # rpm 4.4 trusts only primary keys and verifies RSA up to 4096 bits.
+        assert (key.algorithm, key.bits, key.is_subkey) == ("RSA", 2048, False)
+        sign.check_key_for_el5(key, ["xcp-1.5"])
+    finally:
+        _kill_agent(home)
+
+
+def _signed_regions(package: Path) -> tuple[bytes, bytes]:
+    """(header, header + payload): what the header-only and the header+payload signatures sign."""
+    data = package.read_bytes()
+    count, size = struct.unpack(">II", data[RPM_LEAD_SIZE + 8 : RPM_LEAD_SIZE + 16])
+    header_start = RPM_LEAD_SIZE + 16 + 16 * count + size
+    header_start += -header_start % 8  # the signature header is padded to 8 bytes
+    h_count, h_size = struct.unpack(">II", data[header_start + 8 : header_start + 16])
+    header_end = header_start + 16 + 16 * h_count + h_size
+    return data[header_start:header_end], data[header_start:]
+
+
+def _mpi(data: bytes, offset: int) -> tuple[int, int]:
+    bits = struct.unpack(">H", data[offset : offset + 2])[0]
+    end = offset + 2 + (bits + 7) // 8
+    return int.from_bytes(data[offset + 2 : end], "big"), end
+
+
+def _rsa_public_numbers(home: Path, fingerprint: str) -> tuple[int, int]:
+    """n and e of the primary key: the first packet of ``gpg --export`` (a V4 public key)."""
+    exported = subprocess.run(
+        ["gpg", "--homedir", str(home), "--batch", "--export", fingerprint],
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert exported[0] == 0x99  # old format, tag 6 (public key), two-octet length
+    body = exported[3:]
+    assert body[0] == 4 and body[5] == 1  # V4 key, RSA
+    n, end = _mpi(body, 6)
+    e, _ = _mpi(body, end)
+    return n, e
+
+
+def rpm44_verdict(packet: bytes, signed: bytes, n: int, e: int, *, v4_trailer: bool = False) -> str:
+    """rpm 4.4.2.3's RSA/SHA-1 check, modelled: its verifyRSASignature hashes the signed data
+    and the packet's hashed part, but leaves out the V4 trailer (under ``#ifdef NOTYET``).
+
+    ``v4_trailer`` adds it, as RFC 4880 (and every later rpm) does.
+    """
+    first = packet[0]
+    offset = 1 + {0: 1, 1: 2, 2: 4}[first & 0x03]  # old-format packets, as gpg writes them
+    body = packet[offset:]
+    digest = hashlib.sha1(signed, usedforsecurity=False)
+    if body[0] == 3:
+        assert body[16] == 2  # SHA-1
+        digest.update(body[2:7])  # signature type and creation time
+        mpi_at = 19
+    else:
+        assert body[3] == 2
+        hashed_length = struct.unpack(">H", body[4:6])[0]
+        digest.update(body[: 6 + hashed_length])
+        if v4_trailer:
+            digest.update(b"\x04\xff" + struct.pack(">I", 6 + hashed_length))
+        unhashed_at = 6 + hashed_length
+        unhashed_length = struct.unpack(">H", body[unhashed_at : unhashed_at + 2])[0]
+        mpi_at = unhashed_at + 2 + unhashed_length + 2
+    signature, _ = _mpi(body, mpi_at)
+    size = (n.bit_length() + 7) // 8
+    expected = bytes.fromhex("3021300906052b0e03021a05000414") + digest.digest()
+    padded = b"\x00\x01" + b"\xff" * (size - len(expected) - 3) + b"\x00" + expected
+    return "OK" if pow(signature, e, n).to_bytes(size, "big") == padded else "BAD"
+
+
+def test_rpm44_style_check_accepts_the_el5_packets_and_not_v4_ones(
+    tmp_path: Path, keys: Keys, rpms: Rpms
+) -> None:
+    """What V3 buys: a V4/SHA-1 signature of the same key fails rpm 4.4's way of checking."""
+    artifacts = tmp_path / "artifacts"
+    write_build(artifacts, "xcp-1.5", "8.4.1", rpms.el5, consumer="el5", basearch="i386")
+    target = tmp_path / "repo"
+    result = run_publish(artifacts, target, keys)
+    assert result.returncode == 0, result.stderr
+    n, e = _rsa_public_numbers(keys.home, keys.fingerprint)
+    packages = sorted((target / "el5" / "i386").glob("*.rpm"))
+    assert packages
+    for package in packages:
+        tags = signature_tags(package)
+        header, header_and_payload = _signed_regions(package)
+        assert rpm44_verdict(tags[RPMSIGTAG_RSA], header, n, e) == "OK"
+        assert rpm44_verdict(tags[RPMSIGTAG_PGP], header_and_payload, n, e) == "OK"
+        # The model is no pushover: the same data with one byte changed fails.
+        assert rpm44_verdict(tags[RPMSIGTAG_RSA], header[:-1] + b"\x00", n, e) == "BAD"
+
+    # A modern gpg's V4 signature over the same header, with SHA-1 as rpm 4.4 wants: rpm 4.18
+    # accepts it, rpm 4.4's check does not.
+    v4 = tmp_path / "v4.rpm"
+    shutil.copyfile(rpms.el5[0], v4)
+    key = sign.find_key(keys.fingerprint, keys.home)
+    subprocess.run(
+        [
+            "rpmsign",
+            "--addsign",
+            "--define",
+            f"__gpg {shutil.which('gpg')}",
+            "--define",
+            f"_gpg_path {keys.home}",
+            "--define",
+            f"_gpg_name {key.signer}",
+            "--define",
+            "_gpg_digest_algo sha1",
+            str(v4),
+        ],
+        capture_output=True,
+        check=True,
+    )
+    tags = signature_tags(v4)
+    assert "version 4," in list_packets(tags[RPMSIGTAG_RSA])
+    with sign.public_key_file(key) as public_key:
+        sign.verify_rpms([v4], public_key)  # good for rpm 4.18
+    assert rpm44_verdict(tags[RPMSIGTAG_RSA], _signed_regions(v4)[0], n, e) == "BAD"
+    # The trailer is the whole difference: with it, the same model accepts the V4 packet.
+    assert rpm44_verdict(tags[RPMSIGTAG_RSA], _signed_regions(v4)[0], n, e, v4_trailer=True) == "OK"
+
+
+def test_el5_repomd_signature_satisfies_gnupg_1_4_as_yum_3_uses_it(
+    published: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """yum 3.2.22 checks repomd.xml.asc through pygpgme, which drives GnuPG 1.4."""
+    _, target = published
+    home = tmp_path / "gnupg1"
+    home.mkdir(mode=0o700)
+    base = ["gpg1", "--homedir", str(home), "--batch", "--no-tty"]
+    subprocess.run([*base, "--import", str(target / repo.KEY_FILE_NAME)], check=True)
+    repodata = target / "el5" / "i386" / "repodata"
+    signature, repomd = str(repodata / "repomd.xml.asc"), str(repodata / "repomd.xml")
+    good = subprocess.run(
+        [*base, "--status-fd", "1", "--verify", signature, repomd],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert good.returncode == 0, good.stderr
+    assert "[GNUPG:] VALIDSIG" in good.stdout
+    # The pipeline's own GnuPG 1.4 check (what yum does: key trusted, validity full) refuses a
+    # repomd.xml changed after signing.
+    tampered = tmp_path / "repomd.xml"
+    tampered.write_text((repodata / "repomd.xml").read_text().replace("<revision>", "<revision>1"))
+    sign.verify_detached_gnupg1(
+        repodata / "repomd.xml", repodata / "repomd.xml.asc", target / repo.KEY_FILE_NAME
+    )
+    with pytest.raises(SigningError, match=r"GnuPG 1\.4, which yum 3\.2\.22"):
+        sign.verify_detached_gnupg1(
+            tampered, repodata / "repomd.xml.asc", target / repo.KEY_FILE_NAME
+        )
+
+
+def _path_without_gpg1(tmp_path: Path) -> str:
+    """A PATH with every program publish runs except gpg1."""
+    bin_dir = tmp_path / "bin-without-gpg1"
+    bin_dir.mkdir()
+    programs = ("gpg", "gpgv", "gpgconf", "gpg-agent", "rpm", "rpmsign", "rpmkeys", "createrepo_c")
+    for program in programs:
+        found = shutil.which(program)
+        assert found is not None, program
+        (bin_dir / program).symlink_to(found)
+    return str(bin_dir)
+
+
+def test_el5_without_gpg1_fails_before_anything_is_signed(
+    tmp_path: Path, keys: Keys, rpms: Rpms
+) -> None:
+    artifacts = make_artifacts(tmp_path, rpms)
+    before = {p: p.read_bytes() for p in rpms.el5 + rpms.el7}
+    env = {**os.environ, "PATH": _path_without_gpg1(tmp_path)}
+    target = tmp_path / "repo"
+    result = subprocess.run(
+        publish_cmd(artifacts, target, keys),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
+    assert result.returncode == 7, result.stderr
+    assert "needs gpg1 (GnuPG 1.4)" in result.stderr
+    assert "apt-get install gnupg1" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not target.exists()  # refused before the lock, the versions or any signature
+    assert {p: p.read_bytes() for p in before} == before
+
+    # EL7 alone does not need it.
+    el7_only = tmp_path / "el7-artifacts"
+    write_build(el7_only, "xcp-ng-8.2", "9.0", rpms.el7, consumer="el7", basearch="x86_64")
+    done = subprocess.run(
+        publish_cmd(el7_only, tmp_path / "el7-repo", keys),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_gnupg1_copy_of_the_key_is_private_and_removed(
+    tmp_path: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # tempfile caches the directory it chose
+    key = sign.find_key(keys.fingerprint, keys.home)
+    with sign.gnupg1_home(key) as home:
+        assert home.parent == tmp_path
+        assert stat.S_IMODE(home.stat().st_mode) == 0o700
+        listed = subprocess.run(
+            ["gpg1", "--homedir", str(home), "--batch", "--list-secret-keys"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert keys.fingerprint[-8:] in listed
+    assert not home.exists()
+    with pytest.raises(RuntimeError, match="stop"), sign.gnupg1_home(key) as failed:
+        raise RuntimeError("stop")
+    assert not failed.exists()
+    assert not list(tmp_path.glob("xdb-gnupg1-*"))
+
+
+def _gen_key(home: Path, uid: str, algo: str) -> str:
+    home.mkdir(mode=0o700)
+    _gpg(home, "--quick-gen-key", uid, algo, "sign", "1d")
+    (fingerprint,) = _fingerprints(home, "sec", "--list-secret-keys")
+    return fingerprint
+
+
+def test_el5_refuses_a_key_rpm_44_cannot_verify(tmp_path: Path, rpms: Rpms) -> None:
+    home = tmp_path / "gnupg"
+    try:
+        fingerprint = _gen_key(home, "DSA-2048 <dsa@xcp-drbd-builder.invalid>", "dsa2048")
+        artifacts = make_artifacts(tmp_path, rpms)
+        cmd = [sys.executable, "-m", "builder", "publish", "--artifacts", str(artifacts)]
+        cmd += ["--repo", str(tmp_path / "repo"), "--key", fingerprint, "--gnupg-home", str(home)]
+        refused = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+        assert refused.returncode == 12, refused.stderr
+        assert f"Key {fingerprint} is DSA-2048" in refused.stderr
+        assert "keys of 1024 bits (160-bit q, SHA-1)" in refused.stderr
+        assert "xcp-1.5" in refused.stderr
+        assert not (tmp_path / "repo").exists()
+    finally:
+        _kill_agent(home)
 
 
 def test_a_certify_only_key_signs_with_its_signing_subkey(tmp_path: Path, rpms: Rpms) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from builder import __version__
 from builder.cli import main
-from builder.deploy.render import RenderedFile, write_files
+from builder.deploy.render import REPO_FILE_WITHOUT_PYGPGME, RenderedFile, write_files
 from tests.deploy_support import pool_data, write_pool
 
 HOST_FILES = ("r0.res", "lvm.conf.snippet", "xcp-drbd-builder.repo", "runbook.sh")
@@ -150,3 +150,67 @@ def test_module_only_drbd_installs_drbd_utils_and_the_kernels_module(tmp_path: P
     output = render(tmp_path, pool_data(**{"drbd.version": "8.4.11"}))
     runbook = (output / "xcp1" / "runbook.sh").read_text()
     assert "PACKAGES='drbd-utils drbd-km-2.6.32.12_0.7.1.xs1.4.90.530.170661xen'" in runbook
+
+
+def _install_step(runbook: str) -> str:
+    start = runbook.index("step_install() {")
+    return runbook[start : runbook.index("\n}\n", start)]
+
+
+def test_el5_install_checks_pygpgme_before_it_enables_the_repo(tmp_path: Path) -> None:
+    output = render(tmp_path)
+    runbook = (output / "xcp1" / "runbook.sh").read_text()
+    assert "python -c 'import gpgme'" in runbook
+    install = _install_step(runbook)
+    # Before the key, the .repo file and yum: a stop leaves the host as it was.
+    assert install.index("check_pygpgme") < install.index("curl")
+    assert install.index("check_pygpgme") < install.index('cp "$REPO_SOURCE" "$REPO_FILE"')
+    assert "yum --enablerepo=base install pygpgme" in runbook
+    assert "vault.centos.org/5.11/os/$basearch/" in runbook
+    assert "repo_gpgcheck=0" not in (output / "xcp1" / "xcp-drbd-builder.repo").read_text()
+    assert not list(output.rglob("*.without-pygpgme"))
+    assert REPO_FILE_WITHOUT_PYGPGME not in runbook
+
+
+def test_the_repo_gpgcheck_fallback_is_explicit_and_recorded(tmp_path: Path) -> None:
+    output = render(tmp_path, pool_data(**{"repo.without_pygpgme": "repo_gpgcheck=0"}))
+    for host in ("xcp1", "xcp2"):
+        fallback = (output / host / REPO_FILE_WITHOUT_PYGPGME).read_text()
+        parser = configparser.ConfigParser()
+        parser.read_string(fallback)
+        section = parser["xcp-drbd-builder"]
+        assert (section["gpgcheck"], section["repo_gpgcheck"]) == ("1", "0")
+        normal = configparser.ConfigParser()
+        normal.read_string((output / host / "xcp-drbd-builder.repo").read_text())
+        assert normal["xcp-drbd-builder"]["repo_gpgcheck"] == "1"
+        runbook = (output / host / "runbook.sh").read_text()
+        assert f'REPO_SOURCE="$HERE/{REPO_FILE_WITHOUT_PYGPGME}"' in runbook
+        assert "yum --enablerepo=base install pygpgme" not in runbook
+    for path in output.rglob("*"):
+        if path.is_file():
+            assert "(repo.without_pygpgme: repo_gpgcheck=0 in the pool file)" in path.read_text()
+
+
+def test_el7_dom0s_have_pygpgme_and_no_fallback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    el7 = {"target": "xcp-ng-8.2", "drbd.version": "9.2.5"}
+    output = render(tmp_path, pool_data(**el7))
+    assert "check_pygpgme" not in (output / "xcp1" / "runbook.sh").read_text()
+    capsys.readouterr()
+    pool = write_pool(tmp_path, pool_data(**el7, **{"repo.without_pygpgme": "repo_gpgcheck=0"}))
+    argv = ["deploy", "render", "--pool", str(pool), "--output", str(tmp_path / "el7")]
+    assert main([*argv, "--no-repo-check", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "repo.without_pygpgme" in err
+    assert "only EL5 dom0s can lack pygpgme" in err
+    assert not (tmp_path / "el7").exists()
+
+
+def test_an_unknown_pygpgme_choice_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pool = write_pool(tmp_path, pool_data(**{"repo.without_pygpgme": "ignore"}))
+    argv = ["deploy", "check", "--pool", str(pool), "--no-repo-check", "-q"]
+    assert main(argv) == 2
+    assert "'ignore' is not one of: stop, repo_gpgcheck=0" in capsys.readouterr().err
