@@ -9,26 +9,41 @@ the same file under one name-version-release.  The module is built for one kerne
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Sequence
-from dataclasses import dataclass
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import docker
 
-from builder import __version__, log
+from builder import __version__, container, log
 from builder.checks import Expectation
 from builder.checksums import file_lock, sha256_file, write_atomic
-from builder.errors import InputError
-from builder.recipes import Job, Recipe, check_tarball, expected_packages
+from builder.errors import ConfigError, InputError
+from builder.recipes import (
+    COCCI_CACHE,
+    COMPAT_DIR,
+    KMP_MACROS,
+    MACRO_DIR,
+    Job,
+    KmodRecipe,
+    Recipe,
+    check_tarball,
+    expected_packages,
+    userland_requirement,
+)
+from builder.rpm import vercmp
 from builder.rpmbuild import (
     BuildResult,
     Run,
     kernel_mounts,
+    read_member,
     run_build,
     source_for,
     top_level_files,
@@ -68,6 +83,10 @@ class KernelInput:
     requires: tuple[str, str] | None = None
 
 
+def _no_spatch_image() -> str:
+    raise ConfigError("This build has no spatch helper image.")
+
+
 @dataclass(frozen=True, kw_only=True)
 class DrbdBuild:
     recipe: Recipe
@@ -78,6 +97,8 @@ class DrbdBuild:
     image: str
     context_sha256: str  # identifies the image's content (the userland cache key)
     module_adjustments: Adjustments = NO_ADJUSTMENTS  # the target's own
+    # DRBD 9: the helper image with spatch, built when a compat patch must be made
+    spatch_image: Callable[[], str] = _no_spatch_image
 
     @property
     def userland_source(self) -> SourceInput:
@@ -232,33 +253,67 @@ def build_module(
     *,
     output_dir: Path,
     log_file: Path,
+    cache_dir: Path,
     timeout: float | None,
     client: docker.DockerClient | None,
 ) -> tuple[BuildResult, str]:
     """Build the kernel module package into ``output_dir``; return the result and kdir."""
     mounts, kdir = kernel_mounts(build.kernel.root, build.kernel.build_dir)
     adjustments = build.drbd.adjustments + build.module_adjustments
+    requires = build.kernel.requires
     job = Job(
         source=source_for(build.drbd.tarball, build.drbd.version, adjustments.patches),
         arch=build.arch,
         adjustments=adjustments,
         kernel_release=build.kernel.release,
         kdir=kdir,
+        kernel_requires=f"{requires[0]} = {requires[1]}" if requires else None,
+        userland_requires=module_userland_requirement(build),
     )
     environment = _environment(adjustments)
-    if build.kernel.requires is not None:
-        name, version = build.kernel.requires
-        # DRBD's drbd-km.spec makes the module require this (default: "kernel", any release).
-        environment["DRBD_KMOD_REQUIRES"] = f"{name} = {version}"
+    recipe = build.recipe
+    extra: list[container.BindMount] = []
+    if isinstance(recipe, KmodRecipe):
+        # Never the online spatch service: the patch comes from the cache or our spatch run.
+        environment["SPAAS"] = "false"
+        checksum, entry = ensure_compat(
+            build,
+            recipe,
+            job,
+            Run(
+                what="",
+                image=build.image,
+                arch=build.arch,
+                commands=(),
+                tarball=build.drbd.tarball,
+                patches=adjustments.patches,
+                kernel_mounts=mounts,
+                environment=environment,
+            ),
+            cache_dir=cache_dir,
+            log_file=log_file,
+            timeout=timeout,
+            client=client,
+        )
+        if entry is not None:
+            extra.append(container.BindMount(entry, COMPAT_DIR))
+        extra.append(container.BindMount(KMP_MACROS, f"{MACRO_DIR}/{KMP_MACROS.name}"))
+        commands = recipe.module_commands(job, checksum if entry is not None else None)
+    else:
+        if job.kernel_requires is not None:
+            # DRBD's drbd-km.spec makes the module require this (default: "kernel", any one).
+            environment["DRBD_KMOD_REQUIRES"] = job.kernel_requires
+        commands = recipe.module_commands(job)
     result = run_build(
         Run(
             what=f"DRBD {build.drbd.version} module for {build.kernel.release}",
             image=build.image,
             arch=build.arch,
-            commands=build.recipe.module_commands(job),
+            commands=commands,
             tarball=build.drbd.tarball,
             patches=adjustments.patches,
             kernel_mounts=mounts,
+            mounts=extra,
             environment=environment,
         ),
         output_dir=output_dir,
@@ -267,6 +322,118 @@ def build_module(
         client=client,
     )
     return result, kdir
+
+
+def module_userland_requirement(build: DrbdBuild) -> str | None:
+    """The drbd-utils range the module-only family's spec file declares, if any."""
+    spec = build.recipe.module_spec
+    if spec is None:
+        return None
+    return userland_requirement(read_member(build.drbd.tarball, spec))
+
+
+def ensure_compat(
+    build: DrbdBuild,
+    recipe: KmodRecipe,
+    job: Job,
+    template: Run,
+    *,
+    cache_dir: Path,
+    log_file: Path,
+    timeout: float | None,
+    client: docker.DockerClient | None,
+) -> tuple[str, Path | None]:
+    """DRBD 9's compat patch for the target kernel: (md5 of compat.h, cache entry to feed).
+
+    The entry is None when the tarball's own cocci_cache has the patch.  Otherwise it comes
+    from ``<cache>/compat/`` or is made now by spatch in the helper image, with the network
+    off, and kept there for the next build of the same source and kernel.
+    """
+    version, release = build.drbd.version, build.kernel.release
+    work = Path(tempfile.mkdtemp(prefix=".compat-", dir=cache_dir))
+    try:
+        made = run_build(
+            replace(
+                template,
+                what=f"DRBD {version} compat tests against {release}",
+                commands=recipe.compat_commands(job),
+                outputs="compat.h",
+            ),
+            output_dir=work,
+            log_file=log_file,
+            timeout=timeout,
+            client=client,
+        )
+        compat_h = made.rpms[0]
+        checksum = hashlib.md5(compat_h.read_bytes(), usedforsecurity=False).hexdigest()
+        shipped = f"{COCCI_CACHE}/{checksum}/compat.patch"
+        if shipped in top_level_files(build.drbd.tarball) and not job.source.patches:
+            log.info(f"compat patch {checksum} for {release}: in the tarball's cocci_cache")
+            _note(log_file, f"compat patch {checksum}: from the tarball's cocci_cache")
+            return checksum, None
+        source_key = hashlib.sha256(
+            json.dumps([build.drbd.sha256, build.drbd.adjustments_record()["patches"]]).encode()
+        ).hexdigest()
+        entry = cache_dir / "compat" / source_key / checksum
+        with file_lock(entry.parent / f"{checksum}.lock"):
+            if (entry / "compat.patch").is_file() and (entry / "compat.h").is_file():
+                log.info(f"compat patch {checksum} for {release}: reusing {entry}")
+                _note(log_file, f"compat patch {checksum}: reused from {entry}")
+                return checksum, entry
+            partial = entry.with_name(f"{checksum}.partial-{os.getpid()}")
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+            try:
+                spatch_image = build.spatch_image()
+                run_build(
+                    replace(
+                        template,
+                        what=f"DRBD {version} compat patch for {release} (spatch)",
+                        image=spatch_image,
+                        commands=recipe.spatch_commands(job, checksum),
+                        kernel_mounts=(),
+                        mounts=[container.BindMount(compat_h, f"{COMPAT_DIR}/compat.h")],
+                        outputs="*",
+                    ),
+                    output_dir=partial,
+                    log_file=log_file,
+                    timeout=timeout,
+                    client=client,
+                )
+                if not (partial / "compat.patch").is_file():
+                    raise InputError(
+                        f"spatch made no compat.patch for DRBD {version} and kernel {release}.",
+                        hint=f"See the build log {log_file}.",
+                    )
+                shutil.rmtree(entry, ignore_errors=True)
+                os.replace(partial, entry)
+            except BaseException:
+                shutil.rmtree(partial, ignore_errors=True)
+                raise
+        _note(log_file, f"compat patch {checksum}: made by spatch, kept in {entry}")
+        return checksum, entry
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _note(log_file: Path, text: str) -> None:
+    with contextlib.suppress(OSError), log_file.open("a", encoding="utf-8") as sink:
+        sink.write(f"# {text}\n")
+
+
+def check_pairing(build: DrbdBuild) -> None:
+    """Refuse, before building, a drbd-utils release older than the module requires."""
+    wanted = module_userland_requirement(build)
+    utils = build.utils
+    if wanted is None or utils is None:
+        return
+    minimum = wanted.split(">=", 1)[1].strip()
+    if vercmp(utils.version, minimum) < 0:
+        raise ConfigError(
+            f"DRBD {build.drbd.version}'s module package requires {wanted}, but its spec entry "
+            f"pairs it with drbd-utils {utils.version}.",
+            hint="Name a newer drbd-utils release in utils: (and define it under drbd-utils:).",
+        )
 
 
 def check_sources(build: DrbdBuild) -> None:
@@ -288,6 +455,7 @@ def check_sources(build: DrbdBuild) -> None:
         recipe.userland.files,
         top_level_files(source.tarball),
     )
+    check_pairing(build)
 
 
 def build_drbd(
@@ -305,7 +473,12 @@ def build_drbd(
         build, cache_dir=cache_dir, log_file=log_file, timeout=timeout, client=client
     )
     module, kdir = build_module(
-        build, output_dir=output_dir, log_file=log_file, timeout=timeout, client=client
+        build,
+        output_dir=output_dir,
+        log_file=log_file,
+        cache_dir=cache_dir,
+        timeout=timeout,
+        client=client,
     )
     copied = []
     for rpm in userland.rpms:

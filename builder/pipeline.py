@@ -12,11 +12,13 @@ same is skipped without starting Docker.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +38,12 @@ from builder.fetch import Fetched, FetchSettings, Input, fetch
 from builder.kernel import KernelInputs, KernelTree, prepare_kernel
 from builder.plan import BuildStep
 from builder.recipes import Recipe, recipe_for
-from builder.rpmbuild import build_context_for, ensure_image, tarball_top_dir
+from builder.rpmbuild import (
+    build_context_for,
+    ensure_image,
+    ensure_spatch_image,
+    tarball_top_dir,
+)
 from builder.specs import Tarball, Target
 
 MANIFEST = "manifest.json"
@@ -107,6 +114,7 @@ def drbd_build(
     sources: Sources,
     image: str,
     context_sha: str,
+    spatch_image: Callable[[], str],
 ) -> DrbdBuild:
     """What one step builds, as plain values (the image may be a placeholder until built)."""
     drbd = step.drbd
@@ -137,6 +145,7 @@ def drbd_build(
         image=image,
         context_sha256=context_sha,
         module_adjustments=step.target.adjustments,
+        spatch_image=spatch_image,
     )
 
 
@@ -296,6 +305,7 @@ def run_builds(steps: Sequence[BuildStep], options: BuildOptions) -> list[Outcom
         tree = prepare_kernel(target, options.settings, options.kernel_inputs)
         context, context_sha = _context_sha256(target)
         image: str | None = None
+        spatch_image = functools.cache(partial(ensure_spatch_image, target))
         for step in target_steps:
             recipe = recipe_for(step.drbd.family)
             sources = fetch_sources(step, recipe, options)
@@ -306,6 +316,7 @@ def run_builds(steps: Sequence[BuildStep], options: BuildOptions) -> list[Outcom
                 sources=sources,
                 image=image or "",
                 context_sha=context_sha,
+                spatch_image=spatch_image,
             )
             inputs = _inputs(step, planned, tree, context, context_sha)
             _recover(step.output_dir)

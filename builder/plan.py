@@ -67,6 +67,13 @@ class BuildStep:
         ]
         if patches:
             lines.insert(4, f"  patches: {', '.join(patches)}")
+        if recipe.module_spec == "drbd-kernel.spec":
+            lines.insert(
+                -1,
+                "  compat:  DRBD's compat patch for the kernel from the tarball's cocci_cache, "
+                "the cache, or spatch in the helper image (network off, never the online "
+                "service)",
+            )
         return lines
 
     def to_json(self) -> dict[str, str]:
@@ -103,7 +110,6 @@ def plan(
         resolved_versions: list[DrbdVersion] = []
         for version in wanted:
             entry = registry.drbd_version(version)
-            recipe_for(entry.family).check_supported(entry.version)
             if entry not in resolved_versions:
                 resolved_versions.append(entry)
         steps += [

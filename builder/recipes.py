@@ -20,14 +20,18 @@ container is the build host's kernel), and ``--with-distro=redhat`` is passed to
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from builder.errors import ConfigError
 from builder.specs import NO_ADJUSTMENTS, Adjustments, DrbdFamily, family_of_version
 
 INPUT_DIR = "/build/input"
 PATCH_DIR = "/build/patches"
+COMPAT_DIR = "/build/compat"  # a compat cache entry fed into a DRBD 9 build
+MACRO_DIR = "/build/macros"  # rpm macro files the recipe brings (KMP_MACROS)
 OUTPUT_DIR = "/build/out"
 # The container's own /tmp: nothing else runs in it, and it is discarded with it.
 WORK_DIR = "/tmp/build"  # noqa: S108
@@ -74,6 +78,8 @@ class Job:
     adjustments: Adjustments = NO_ADJUSTMENTS
     kernel_release: str | None = None  # module runs only
     kdir: str | None = None  # module runs only, as seen inside the container
+    kernel_requires: str | None = None  # "kernel-xen = V-R": what the module must require
+    userland_requires: str | None = None  # "drbd-utils >= X", as the DRBD source declares
 
 
 Command = list[str]
@@ -100,14 +106,14 @@ def unpack(job: Job) -> list[Command]:
     return commands
 
 
-def into_sources(job: Job, name: str) -> Command:
+def into_sources(job: Job, name: str, *, changed: bool = False) -> Command:
     """The (patched) source as rpmbuild's Source file ``name``.
 
-    Unpatched, the upstream tarball itself; patched, the patched tree packed again, since the
-    spec's ``%setup`` unpacks the Source file, not the tree the patches went into.
+    Unpatched, the upstream tarball itself; patched (or ``changed`` otherwise), the tree packed
+    again, since the spec's ``%setup`` unpacks the Source file, not the tree we changed.
     """
     source = job.source
-    if not source.patches:
+    if not source.patches and not changed:
         return ["cp", source.path, f"{TOP_DIR}/SOURCES/{name}"]
     return [
         "tar", "--owner=0", "--group=0", "-czf", f"{TOP_DIR}/SOURCES/{name}",
@@ -230,12 +236,11 @@ class Recipe:
     requirement: Requirement  # how the module package must require drbd-utils
     dom0: str  # which dom0 kernels it fits, for people
     files: tuple[str, ...]  # files the DRBD tarball must hold (below the top directory)
+    # the tarball's own spec file of the module, for the module-only families
+    module_spec: str | None = None
 
     def module_package(self, kernel_release: str) -> str:
         return km_package_name(kernel_release)
-
-    def check_supported(self, version: str) -> None:
-        """Raise :class:`ConfigError` when this tool cannot build ``version`` of the family."""
 
     def module_commands(self, job: Job) -> list[Command]:
         raise NotImplementedError
@@ -273,27 +278,102 @@ class ModuleOnlyRecipe(Recipe):
         ]
 
 
+COCCI_CACHE = "drbd/drbd-kernel-compat/cocci_cache"
+KMP_MACROS = Path(__file__).with_name("kmp.macros")
+
+
 @dataclass(frozen=True, kw_only=True)
 class KmodRecipe(Recipe):
     """9.0-9.2: the tarball holds the module and ``drbd-kernel.spec``, which builds
     ``kmod-drbd`` (version ``<drbd>_<kernel>``, modules under ``extra/drbd/``) through
-    redhat-rpm-config's ``%kernel_module_package``; the compat layer needs a patch for the
-    target kernel from the tarball's cache or from ``spatch``."""
+    ``%kernel_module_package`` (LINBIT: ``make kmp-rpm``).
+
+    The module's compat layer needs a patch for the target kernel: the build compiles DRBD's
+    compat tests against the kernel tree into ``compat.h`` and looks the patch up in
+    ``drbd/drbd-kernel-compat/cocci_cache/<md5 of compat.h>/``; on a miss it would run
+    ``spatch`` or call an online service.  So the recipe runs in three steps, all offline:
+    ``compat_commands`` makes compat.h in the target image; on a miss ``spatch_commands``
+    makes the cache entry in a helper image that has coccinelle; ``module_commands`` puts
+    the entry into the tarball and runs rpmbuild with ``SPAAS=false``.
+
+    ``%kernel_module_package`` comes from ``kmp.macros`` beside this file, not from
+    redhat-rpm-config's kmodtool: kmodtool takes the kernel from installed kernel-devel
+    packages and ``/usr/src/kernels/<version>``, while here the tree is mounted, not
+    installed, and the package must require exactly the dom0 kernel.
+    """
 
     def module_package(self, kernel_release: str) -> str:
         return "kmod-drbd"
 
-    def check_supported(self, version: str) -> None:
-        raise ConfigError(
-            f"DRBD {version}: building family 9 modules (kmod-drbd with the compat patch for "
-            "the target kernel) is not supported by this version of the tool.",
-            hint="Build DRBD 8.4.11 for XCP-ng 8.x meanwhile; deploy already renders DRBD 9 "
-            "configuration for a module installed by other means.",
-        )
+    def compat_commands(self, job: Job) -> list[Command]:
+        """compat.h for the target kernel, left in OUTPUT_DIR."""
+        return [
+            *unpack(job),
+            ["make", "-C", "drbd", "compat.h", f"KDIR={job.kdir}", "SPAAS=false"],
+            ["cp", "-L", "drbd/compat.h", f"{OUTPUT_DIR}/compat.h"],
+        ]
 
-    def module_commands(self, job: Job) -> list[Command]:
-        self.check_supported(job.source.version)
-        return []
+    def spatch_commands(self, job: Job, checksum: str) -> list[Command]:
+        """DRBD's own re-generate rule for one cache entry (spatch, no online service), with
+        compat.h from COMPAT_DIR; the entry's files are left in OUTPUT_DIR."""
+        entry = f"{COCCI_CACHE}/{checksum}"
+        return [
+            *unpack(job),
+            ["mkdir", "-p", entry],
+            ["cp", f"{COMPAT_DIR}/compat.h", f"{entry}/compat.h"],
+            [
+                "make",
+                "-C",
+                "drbd",
+                "-f",
+                "Makefile.spatch",
+                f"{entry.removeprefix('drbd/')}/compat.patch",
+                "SPAAS=false",
+                f"KERNELRELEASE={job.kernel_release}",
+            ],
+            [
+                "find",
+                entry,
+                "-maxdepth",
+                "1",
+                "-type",
+                "f",
+                "!",
+                "-name",
+                ".*",
+                "-exec",
+                "cp",
+                "{}",
+                OUTPUT_DIR,
+                ";",
+            ],
+        ]
+
+    def module_commands(self, job: Job, compat: str | None = None) -> list[Command]:
+        """rpmbuild of drbd-kernel.spec; ``compat`` is the checksum of a cache entry mounted
+        at COMPAT_DIR that the tarball lacks."""
+        release = job.kernel_release or ""
+        commands = unpack(job)
+        if compat is not None:
+            entry = f"{COCCI_CACHE}/{compat}"
+            commands += [["mkdir", "-p", entry], ["cp", "-R", f"{COMPAT_DIR}/.", entry]]
+        defines = [
+            f"kernel_version {release}",
+            f"xdb_kernel_release {release}",
+            f"xdb_kdir {job.kdir}",
+        ]
+        if job.kernel_requires:
+            defines.append(f"xdb_kernel_requires {job.kernel_requires}")
+        if job.userland_requires:
+            defines.append(f"xdb_userland_requires {job.userland_requires}")
+        return [
+            *commands,
+            into_sources(job, job.source.file_name, changed=compat is not None),
+            # Read after the system's macro files: these definitions win.
+            ["cp", f"{MACRO_DIR}/{KMP_MACROS.name}", f"{WORK_DIR}/.rpmmacros"],
+            rpmbuild(job, "drbd-kernel.spec", *(w for d in defines for w in ("--define", d))),
+            COLLECT,
+        ]
 
 
 RECIPES: dict[DrbdFamily, Recipe] = {
@@ -326,6 +406,7 @@ RECIPES: dict[DrbdFamily, Recipe] = {
         requirement=Requirement.MINIMUM,
         dom0="XCP-ng 8.2 and 8.3 (4.19)",
         files=("drbd-km.spec",),
+        module_spec="drbd-km.spec",
     ),
     DrbdFamily.V9: KmodRecipe(
         family=DrbdFamily.V9,
@@ -335,7 +416,8 @@ RECIPES: dict[DrbdFamily, Recipe] = {
         userland_from_utils=True,
         requirement=Requirement.MINIMUM,
         dom0="XCP-ng 8.2 and 8.3 (4.19; DRBD 9 needs 4.12.14 or newer)",
-        files=("drbd-kernel.spec",),
+        files=("drbd-kernel.spec", "drbd/Makefile.spatch"),
+        module_spec="drbd-kernel.spec",
     ),
 }
 
@@ -369,6 +451,15 @@ def check_tarball(
             f"needs: the spec names the wrong family, or the tarball is not a release tarball.",
             hint=HINTS.get(missing[0]),
         )
+
+
+USERLAND_REQUIREMENT = re.compile(r"^Requires:.*?\b(drbd-utils\s*>=\s*[0-9][^\s,]*)", re.M)
+
+
+def userland_requirement(spec_text: str) -> str | None:
+    """``drbd-utils >= X`` as a DRBD spec file requires it (None when it names no range)."""
+    match = USERLAND_REQUIREMENT.search(spec_text)
+    return re.sub(r"\s+", " ", match.group(1)) if match else None
 
 
 def recipe_of_version(version: str) -> Recipe | None:

@@ -71,6 +71,22 @@ def tarball_members(tarball: Path) -> list[PurePosixPath]:
         raise InputError(f"Cannot read source tarball {tarball}: {exc}") from exc
 
 
+def read_member(tarball: Path, name: str, limit: int = 1 << 20) -> str:
+    """The text of ``name`` (a path below the top directory) in ``tarball``; "" if absent."""
+    try:
+        with tarfile.open(tarball) as archive:
+            for member in archive:
+                parts = PurePosixPath(member.name).parts
+                if parts[1:] and PurePosixPath(*parts[1:]).as_posix() == name and member.isfile():
+                    stream = archive.extractfile(member)
+                    if stream is None:
+                        return ""
+                    return stream.read(limit).decode("utf-8", "replace")
+    except (OSError, tarfile.TarError) as exc:
+        raise InputError(f"Cannot read source tarball {tarball}: {exc}") from exc
+    return ""
+
+
 def top_level_files(tarball: Path) -> frozenset[str]:
     """Paths below the tarball's top directory (``configure``, ``drbd/Kbuild``)."""
     return frozenset(
@@ -199,6 +215,25 @@ def ensure_image(
     )
 
 
+def ensure_spatch_image(
+    target: Target,
+    *,
+    client: docker.DockerClient | None = None,
+    containers_dir: Path = CONTAINERS_DIR,
+) -> str:
+    """The helper image with coccinelle's spatch (DRBD 9's compat patches); built on demand."""
+    context = target.spatch_context or containers_dir / "spatch"
+    if not (context / "Dockerfile").is_file():
+        raise ConfigError(
+            f"Target {target.id}: spatch helper context {context} has no Dockerfile.",
+            hint="Set container.spatch.context to a directory holding a Dockerfile.",
+        )
+    args = {"BASE_IMAGE": target.spatch_image} if target.spatch_image else {}
+    return container.build_image(
+        client or container.connect(), context=context, name="spatch", build_args=args
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # The build
 
@@ -214,13 +249,15 @@ class Run:
     tarball: Path
     patches: Sequence[Path] = ()
     kernel_mounts: Sequence[container.BindMount] = ()
+    mounts: Sequence[container.BindMount] = ()  # further read-only inputs
     environment: Mapping[str, str] = field(default_factory=dict)
+    outputs: str = "*.rpm"  # what the run must leave in OUTPUT_DIR (a glob)
     source_date_epoch: int | None = None  # default: the tarball's newest mtime
 
 
 @dataclass(frozen=True, kw_only=True)
 class BuildResult:
-    rpms: tuple[Path, ...]  # in output_dir, sorted
+    rpms: tuple[Path, ...]  # what the run made (RPMs, or the run's declared outputs), sorted
     commands: tuple[str, ...]  # the in-container commands, as shell lines
     shell: str  # what ran them: "/bin/sh -c", under "linux32" for 32-bit targets
     image: str
@@ -271,6 +308,7 @@ def run_build(
             container.BindMount(tarball, f"{INPUT_DIR}/{tarball.name}"),
             *patch_mounts,
             *run.kernel_mounts,
+            *run.mounts,
             container.BindMount(staging.resolve(), OUTPUT_DIR, read_only=False),
         ],
         environment={
@@ -299,7 +337,7 @@ def run_build(
             if result.exit_code != 0:
                 raise _build_error(f"exit status {result.exit_code}", run.what, log_file)
         rpms = []
-        for built in sorted(staging.glob("*.rpm")):
+        for built in sorted(staging.glob(run.outputs)):
             # What the container left is not trusted: a symlink or hard link there would make
             # this (often root) process copy a file of the host into the artifacts.
             info = built.lstat()
@@ -313,7 +351,7 @@ def run_build(
             shutil.copy2(built, destination, follow_symlinks=False)
             rpms.append(destination)
         if not rpms:
-            raise _build_error("no RPMs were produced", run.what, log_file)
+            raise _build_error(f"it left no {run.outputs} in {OUTPUT_DIR}", run.what, log_file)
     finally:
         shutil.rmtree(private, ignore_errors=True)
     return BuildResult(

@@ -139,6 +139,9 @@ class Target:
     container_family: str
     base_image: str | None
     build_context: Path | None
+    # DRBD 9's spatch helper image: its BASE_IMAGE and its build context (None: the defaults)
+    spatch_image: str | None = None
+    spatch_context: Path | None = None
     consumer: Consumer
     adjustments: Adjustments = NO_ADJUSTMENTS  # the target's `build:` mapping
     drbd_versions: tuple[str, ...] = ()  # the DRBD releases that fit its kernel (`drbd:`)
@@ -265,6 +268,13 @@ def _target(file: Path, target_id: str, reader: YamlReader) -> Target:
     family = container.text("family", pattern=SAFE_NAME)
     image = container.text("image", required=False)
     context_value = container.text("context", required=False)
+    spatch_image = spatch_context = None
+    if container.raw("spatch", required=False) is not None:
+        spatch = container.mapping("spatch")
+        spatch_image = spatch.text("image", required=False)
+        spatch_value = spatch.text("context", required=False)
+        spatch_context = (file.parent / spatch_value).resolve() if spatch_value else None
+        spatch.done()
     container.done()
     context = (file.parent / context_value).resolve() if context_value else None
     arch = reader.text("arch", pattern=SAFE_NAME)
@@ -286,6 +296,8 @@ def _target(file: Path, target_id: str, reader: YamlReader) -> Target:
         container_family=family,
         base_image=image,
         build_context=context,
+        spatch_image=spatch_image,
+        spatch_context=spatch_context,
         consumer=Consumer(reader.choice("consumer", [c.value for c in Consumer])),
         adjustments=adjustments,
         drbd_versions=reader.text_list("drbd", SAFE_NAME),

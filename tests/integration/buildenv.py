@@ -32,12 +32,13 @@ from builder.specs import DrbdFamily
 HERE = Path(__file__).resolve().parent
 SOURCE_TEMPLATE = HERE / "drbd-src"
 MODULE_ONLY_TEMPLATE = HERE / "drbd-84-src"
+KMOD_TEMPLATE = HERE / "drbd-9-src"
 STANDIN_CONTEXT = HERE / "standin-context"
 ROOT_REPOSITORY = "xcp-drbd-builder-test/debian12-root"
 SUITE = "bookworm"
 ROOT_PACKAGES = (
     "rpm", "gcc", "g++", "make", "flex", "libc6-dev", "libelf1", "patch", "perl", "autoconf",
-    "automake",
+    "automake", "libkeyutils-dev", "pkgconf",
 )  # fmt: skip
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 # Sources' newest mtime, hence SOURCE_DATE_EPOCH: 2011-12-20, DRBD 8.4.1's release day.
@@ -140,6 +141,11 @@ def copy_kernel_tree(destination: Path) -> KernelTree:
     match = re.search(r'UTS_RELEASE "([^"]+)"', header.read_text())
     if match is None:
         raise Unavailable(f"{header} names no UTS_RELEASE")
+    # As in a Red Hat kernel-devel tree: kernel.release is `uname -r` (Debian's headers hold
+    # the upstream version there; DRBD 9's spec names files after it).
+    release_file = build_dir / "include" / "config" / "kernel.release"
+    release_file.unlink(missing_ok=True)
+    release_file.write_text(match.group(1) + "\n")
     return KernelTree(root=destination, build_dir=build_dir, release=match.group(1))
 
 
@@ -187,6 +193,32 @@ def make_module_source(
         (source / "drbd-km.spec").write_text(spec)
         if alter is not None:
             alter(source)
+        return pack(source, directory / f"{top}.tar.gz", filelist=False)
+
+
+def make_kmod_source(
+    directory: Path,
+    version: str = "9.2.19",
+    cache: dict[str, Path] | None = None,
+) -> Path:
+    """Write ``drbd-<version>.tar.gz``, shaped like DRBD 9's: the test module's source under
+    ``drbd/`` with a compat layer (compile tests, semantic patches, Makefile.spatch) and
+    ``drbd-kernel.spec``.  ``cache`` maps md5 sums to cocci_cache entries to ship."""
+    with tempfile.TemporaryDirectory(prefix="xdb-src-") as work:
+        top = f"drbd-{version}"
+        source = Path(work) / top
+        shutil.copytree(KMOD_TEMPLATE, source)
+        spec = (source / "drbd-kernel.spec.in").read_text().replace("@VERSION@", version)
+        (source / "drbd-kernel.spec").write_text(spec)
+        (source / "drbd-kernel.spec.in").unlink()
+        shutil.copy2(SOURCE_TEMPLATE / "drbd" / "drbd_main.c", source / "drbd")
+        (source / "scripts").mkdir()
+        shutil.copy2(SOURCE_TEMPLATE / "scripts" / "get_uts_release.sh", source / "scripts")
+        shutil.copy2(SOURCE_TEMPLATE / "COPYING", source)
+        cocci_cache = source / "drbd" / "drbd-kernel-compat" / "cocci_cache"
+        cocci_cache.mkdir()
+        for checksum, entry in (cache or {}).items():
+            shutil.copytree(entry, cocci_cache / checksum)
         return pack(source, directory / f"{top}.tar.gz", filelist=False)
 
 

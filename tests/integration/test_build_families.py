@@ -96,6 +96,8 @@ def write_specs(
       family: standin
       context: {buildenv.STANDIN_CONTEXT}
       image: {base_image}
+      spatch:
+        image: {base_image}
     consumer: el7
 """
         )
@@ -385,3 +387,84 @@ def test_a_patch_that_does_not_apply_stops_the_build_and_says_which(lab: Lab) ->
     assert "FAILED" in result.stderr
     assert not (lab.tmp / "artifacts" / "lab" / VERSION).exists()
     assert (lab.tmp / "artifacts" / "lab" / f"{VERSION}.build.log").is_file()
+
+
+def strings_of(path: Path) -> str:
+    return path.read_bytes().decode("latin-1")
+
+
+def unpack_rpm(rpm: Path, into: Path) -> Path:
+    into.mkdir(parents=True, exist_ok=True)
+    payload = subprocess.run(["rpm2cpio", str(rpm)], capture_output=True, check=True).stdout
+    subprocess.run(["cpio", "-idm", "--quiet"], input=payload, cwd=into, check=True)
+    return into
+
+
+def test_drbd9_compat_patch_made_offline_by_spatch_then_taken_from_the_tarball(lab: Lab) -> None:
+    version = "9.2.19"
+    tarball = buildenv.make_kmod_source(lab.tmp, version)
+    specs = lab.specs(version=version, family="9", tarball=tarball)
+    miss = build(specs, lab.tmp, version=version)
+    assert miss.returncode == 0, miss.stderr[-4000:]
+    out = lab.tmp / "artifacts" / "lab" / version
+    packages = by_name(out)
+    krelver = lab.release.replace("-", "_")
+    kmod = packages["kmod-drbd"]
+    assert query(kmod, "%{VERSION}-%{RELEASE}") == f"{version}_{krelver}-1"
+    requires = lines_of("-qp", "--requires", str(kmod))
+    kernel_vr = query(lab.rpm, "%{VERSION}-%{RELEASE}")
+    assert f"kernel-xen = {kernel_vr}" in requires
+    assert "drbd-utils >= 9.20.0" in requires
+    ko = f"lib/modules/{lab.release}/extra/drbd/drbd.ko"
+    unpacked = unpack_rpm(kmod, lab.tmp / "miss")
+    # compat.h found blk_alloc_disk() in the 6.1 tree, and spatch applied the matching rule.
+    assert "test module loaded (compat: blk_alloc_disk)" in strings_of(unpacked / ko)
+    log_text = (out / "build.log").read_text()
+    assert "SPATCH" in log_text
+    assert "made by spatch" in log_text
+    entries = list((lab.tmp / "cache" / "compat").glob("*/*/compat.patch"))
+    assert len(entries) == 1
+    entry = entries[0].parent
+    assert sorted(p.name for p in entry.iterdir()) == [
+        "applied_cocci_files.txt",
+        "compat.h",
+        "compat.patch",
+        "kernelrelease.txt",
+    ]
+    assert (entry / "kernelrelease.txt").read_text().split() == [lab.release]
+
+    # A release tarball that ships the entry (as LINBIT's do for common kernels): no spatch.
+    shipped = lab.tmp / "shipped"
+    shipped.mkdir()
+    tarball = buildenv.make_kmod_source(shipped, version, cache={entry.name: entry})
+    specs = lab.specs(version=version, family="9", tarball=tarball)
+    for used in ("cache", "artifacts"):
+        shutil.rmtree(lab.tmp / used)
+    hit = build(specs, lab.tmp, version=version)
+    assert hit.returncode == 0, hit.stderr[-4000:]
+    log_text = (out / "build.log").read_text()
+    assert "from the tarball's cocci_cache" in log_text
+    assert "SPATCH" not in log_text
+    assert not (lab.tmp / "cache" / "compat").exists()
+    again = unpack_rpm(by_name(out)["kmod-drbd"], lab.tmp / "hit")
+    assert "test module loaded (compat: blk_alloc_disk)" in strings_of(again / ko)
+
+
+def test_drbd9_paired_with_too_old_a_drbd_utils_is_refused_before_building(lab: Lab) -> None:
+    version = "9.2.19"
+    tarball = buildenv.make_kmod_source(lab.tmp, version)
+    spec = tarball.parent / "spec-src"
+    spec.mkdir()
+    specs = lab.specs(version=version, family="9", tarball=tarball)
+    text = (
+        (specs / "lab.yaml")
+        .read_text()
+        .replace(f"drbd-utils:\n  {lab.utils.version}:", "drbd-utils:\n  9.1.0:")
+    )
+    (specs / "lab.yaml").write_text(text.replace(f"utils: {lab.utils.version}", "utils: 9.1.0"))
+    result = build(specs, lab.tmp, version=version)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "requires drbd-utils >= 9.20.0, but its spec entry pairs it with drbd-utils 9.1.0" in (
+        result.stderr
+    )
+    assert not (lab.tmp / "artifacts" / "lab" / version).exists()

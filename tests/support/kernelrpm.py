@@ -104,6 +104,10 @@ def build_kernel_devel_rpm(workdir: Path, *, name: str = "kernel-xen-devel") -> 
             cp -a /{kbuild_rel} %{{buildroot}}/usr/lib/
             printf 'include $(dir $(lastword $(MAKEFILE_LIST)))../%s/Makefile\\n' \\
                 {headers.common.name} > %{{buildroot}}/{flavour_rel}/Makefile
+            # As in a Red Hat kernel-devel tree: kernel.release is `uname -r` (Debian's headers
+            # hold the upstream version there; DRBD 9's spec names files after it).
+            rm -f %{{buildroot}}/{flavour_rel}/include/config/kernel.release
+            echo {headers.release} > %{{buildroot}}/{flavour_rel}/include/config/kernel.release
 
             %files
             /{flavour_rel}

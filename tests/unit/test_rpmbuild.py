@@ -300,3 +300,66 @@ def test_a_patch_that_does_not_apply_is_named_in_the_error(tmp_path: Path) -> No
     message = str(rpmbuild._build_error("exit status 1", "DRBD 8.4.1 userland", log_file))
     assert "the patch 02-sysmacros.patch does not apply to this source" in message
     assert "Hunk #1 FAILED at 12." in message
+
+
+def kmod_job(patches: tuple[str, ...] = ()) -> recipes.Job:
+    return recipes.Job(
+        source=recipes.Source(
+            file_name="drbd-9.2.19.tar.gz", top_dir="drbd-9.2.19", version="9.2.19", patches=patches
+        ),
+        arch="x86_64",
+        kernel_release="4.19.0+1",
+        kdir="/usr/src/kernels/4.19.0+1",
+        kernel_requires="kernel = 4.19.19-7.0.15.1.xcpng8.2",
+        userland_requires="drbd-utils >= 9.27.0",
+    )
+
+
+def test_drbd9_compat_steps_never_ask_the_online_service() -> None:
+    recipe = recipes.recipe_for(DrbdFamily.V9)
+    assert isinstance(recipe, recipes.KmodRecipe)
+    compat = [shlex.join(c) for c in recipe.compat_commands(kmod_job())]
+    assert "make -C drbd compat.h KDIR=/usr/src/kernels/4.19.0+1 SPAAS=false" in compat
+    assert f"cp -L drbd/compat.h {recipes.OUTPUT_DIR}/compat.h" in compat
+    spatch = [shlex.join(c) for c in recipe.spatch_commands(kmod_job(), "0" * 32)]
+    assert (
+        "make -C drbd -f Makefile.spatch drbd-kernel-compat/cocci_cache/"
+        + "0" * 32
+        + "/compat.patch SPAAS=false KERNELRELEASE=4.19.0+1"
+    ) in spatch
+
+
+def test_drbd9_module_build_feeds_the_compat_entry_and_pins_kernel_and_userland() -> None:
+    recipe = recipes.recipe_for(DrbdFamily.V9)
+    assert isinstance(recipe, recipes.KmodRecipe)
+    fed = recipe.module_commands(kmod_job(), "f" * 32)
+    lines = [shlex.join(c) for c in fed]
+    entry = f"{recipes.COCCI_CACHE}/{'f' * 32}"
+    assert f"cp -R {recipes.COMPAT_DIR}/. {entry}" in lines
+    # The tarball rpmbuild unpacks must hold the entry: packed again after it went in.
+    assert next(n for n, line in enumerate(lines) if line.startswith("tar --owner=0")) > (
+        lines.index(f"cp -R {recipes.COMPAT_DIR}/. {entry}")
+    )
+    build = rpmbuilds(fed)[0]
+    assert build[-1] == "drbd-kernel.spec"
+    assert "kernel_version 4.19.0+1" in defines(build)
+    assert "xdb_kernel_requires kernel = 4.19.19-7.0.15.1.xcpng8.2" in defines(build)
+    assert "xdb_userland_requires drbd-utils >= 9.27.0" in defines(build)
+    assert f"cp {recipes.MACRO_DIR}/kmp.macros {recipes.WORK_DIR}/.rpmmacros" in lines
+    # A tarball whose own cache has the patch is built as it is.
+    plain = [shlex.join(c) for c in recipe.module_commands(kmod_job())]
+    assert not any(line.startswith("tar --owner=0") for line in plain)
+    assert recipes.KMP_MACROS.is_file()
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("Requires: drbd-utils >= 9.27.0\n", "drbd-utils >= 9.27.0"),
+        ("Requires: drbd-utils >= 8.9.2, /sbin/depmod\n", "drbd-utils >= 8.9.2"),
+        ("Requires: drbd-utils = %{version}\n", None),
+        ("Summary: no requirement\n", None),
+    ],
+)
+def test_the_module_s_userland_range_is_read_from_its_spec(spec: str, expected: str | None) -> None:
+    assert recipes.userland_requirement(spec) == expected
