@@ -270,26 +270,31 @@ def build_module(
         kernel_requires=f"{requires[0]} = {requires[1]}" if requires else None,
         userland_requires=module_userland_requirement(build),
     )
-    environment = _environment(adjustments)
     recipe = build.recipe
-    extra: list[container.BindMount] = []
+    environment = _environment(adjustments)
     if isinstance(recipe, KmodRecipe):
         # Never the online spatch service: the patch comes from the cache or our spatch run.
         environment["SPAAS"] = "false"
+    elif job.kernel_requires is not None:
+        # DRBD's drbd-km.spec makes the module require this (default: "kernel", any one).
+        environment["DRBD_KMOD_REQUIRES"] = job.kernel_requires
+    base = Run(
+        what=f"DRBD {build.drbd.version} module for {build.kernel.release}",
+        image=build.image,
+        arch=build.arch,
+        commands=(),
+        tarball=build.drbd.tarball,
+        patches=adjustments.patches,
+        kernel_mounts=mounts,
+        environment=environment,
+    )
+    extra: list[container.BindMount] = []
+    if isinstance(recipe, KmodRecipe):
         checksum, entry = ensure_compat(
             build,
             recipe,
             job,
-            Run(
-                what="",
-                image=build.image,
-                arch=build.arch,
-                commands=(),
-                tarball=build.drbd.tarball,
-                patches=adjustments.patches,
-                kernel_mounts=mounts,
-                environment=environment,
-            ),
+            base,
             cache_dir=cache_dir,
             log_file=log_file,
             timeout=timeout,
@@ -300,22 +305,9 @@ def build_module(
         extra.append(container.BindMount(KMP_MACROS, f"{MACRO_DIR}/{KMP_MACROS.name}"))
         commands = recipe.module_commands(job, checksum if entry is not None else None)
     else:
-        if job.kernel_requires is not None:
-            # DRBD's drbd-km.spec makes the module require this (default: "kernel", any one).
-            environment["DRBD_KMOD_REQUIRES"] = job.kernel_requires
         commands = recipe.module_commands(job)
     result = run_build(
-        Run(
-            what=f"DRBD {build.drbd.version} module for {build.kernel.release}",
-            image=build.image,
-            arch=build.arch,
-            commands=commands,
-            tarball=build.drbd.tarball,
-            patches=adjustments.patches,
-            kernel_mounts=mounts,
-            mounts=extra,
-            environment=environment,
-        ),
+        replace(base, commands=commands, mounts=extra),
         output_dir=output_dir,
         log_file=log_file,
         timeout=timeout,

@@ -12,6 +12,12 @@ is built from about 20 translation units), which is what a real build looks like
 Goals (the script exits 1 when one is missed): A is less than 10 % slower than B on the
 DRBD-sized source; a no-op rebuild with all inputs unchanged takes under 1 s.
 
+The DRBD 9 row times a family-9-shaped source (a compat layer with compile tests and a
+semantic patch) with the userland and kernel tree cached: the tool when the compat patch is
+missing (compat tests in the target image, spatch in the helper image, the module build),
+the tool when the tarball ships it (compat tests, module build), and the module's rpmbuild by
+hand on that tarball (`docker run`, as above). Both tool runs must make the same module.
+
 The tool's cost is fixed (interpreter, Docker SDK, API round trips, checks, manifest): it does
 not grow with the build. On the DRBD-sized build the direct difference is buried in the
 compiler's own run-to-run noise (several tenths of a second either way), so the goal is judged
@@ -40,6 +46,7 @@ from tests.integration.test_build_cli import write_specs  # noqa: E402
 from tests.support.kernelrpm import build_kernel_devel_rpm, installed_headers, make_iso  # noqa: E402
 
 ROUNDS = 5
+KMOD_ROUNDS = 3
 MODULE_UNITS = 20
 
 
@@ -100,11 +107,100 @@ def measure(
     return statistics.median(ours_times), statistics.median(theirs_times), problems
 
 
-def build_command(specs: Path, cache: Path, artifacts: Path) -> list[str]:
+def build_command(specs: Path, cache: Path, artifacts: Path, version: str = "8.4.1") -> list[str]:
     return [
-        sys.executable, "-m", "builder", "build", "--xcp", "lab", "--drbd", "8.4.1",
+        sys.executable, "-m", "builder", "build", "--xcp", "lab", "--drbd", version,
         "--specs", str(specs), "--cache", str(cache), "--artifacts", str(artifacts),
     ]  # fmt: skip
+
+
+KMOD_VERSION = "9.2.19"
+
+
+def debian_drbd_utils(work: Path) -> Path:
+    """drbd-utils' upstream tarball from Debian's source archive (the userland of DRBD 9)."""
+    subprocess.run(
+        ["apt-get", "source", "--download-only", "drbd-utils"],
+        cwd=work, capture_output=True, check=False, timeout=600,
+    )  # fmt: skip
+    found = sorted(work.glob("drbd-utils_*.orig.tar.gz"))
+    if not found:
+        raise SystemExit("apt-get source drbd-utils gave no orig tarball (needs a deb-src entry)")
+    return found[-1]
+
+
+def measure_kmod(work: Path, iso: Path, rpm: Path, base: str, rounds: int) -> dict[str, float]:
+    """Median wall times of the DRBD 9 row: tool (compat miss), tool (hit), by hand (hit)."""
+    utils = debian_drbd_utils(work)
+    utils_version = utils.name.split("_")[1].removesuffix(".orig.tar.gz")
+    cache, artifacts = work / "cache", work / "artifacts"
+
+    def specs_for(tarball: Path, name: str) -> Path:
+        drbd = f"""drbd:
+  {KMOD_VERSION}:
+    family: "9"
+    url: file://{tarball}
+    utils: {utils_version}
+drbd-utils:
+  {utils_version}:
+    url: file://{utils}
+"""
+        return buildenv.write_lab_specs(
+            work / name, targets={"lab": "kernel-xen"}, iso=iso, rpm=rpm,
+            release=installed_headers().release, base_image=base, drbd=drbd,
+        )  # fmt: skip
+
+    (work / "plain").mkdir()
+    miss_specs = specs_for(buildenv.make_kmod_source(work / "plain", KMOD_VERSION), "miss")
+    miss = build_command(miss_specs, cache, artifacts, KMOD_VERSION)
+    wall(miss)  # warm: kernel tree, images (spatch helper included), userland
+    entry = next((cache / "compat").glob("*/*/compat.patch")).parent
+    (work / "shipped").mkdir()
+    shipped = buildenv.make_kmod_source(work / "shipped", KMOD_VERSION, {entry.name: entry})
+    hit = build_command(specs_for(shipped, "hit"), cache, artifacts, KMOD_VERSION)
+    out = artifacts / "lab" / KMOD_VERSION
+    wall(hit)
+    manifest = json.loads((out / "manifest.json").read_text())
+    tree = next((cache / "kernels").iterdir()) / "tree"
+    mounts, _ = rpmbuild.kernel_mounts(tree, tree / manifest["kdir"].lstrip("/"))
+    by_hand_out = work / "by-hand"
+    by_hand = [
+        "docker", "run", "--rm", "--network", "none", "--user", rpmbuild.BUILD_USER,
+        "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+        "-e", f"SOURCE_DATE_EPOCH={manifest['source_date_epoch']}", "-e", "SPAAS=false",
+        "-e", f"HOME={recipes.WORK_DIR}",
+        "-v", f"{shipped}:{recipes.INPUT_DIR}/{shipped.name}:ro",
+        "-v", f"{recipes.KMP_MACROS}:{recipes.MACRO_DIR}/{recipes.KMP_MACROS.name}:ro",
+        *[arg for m in mounts for arg in ("-v", f"{m.source}:{m.target}:ro")],
+        "-v", f"{by_hand_out}:{recipes.OUTPUT_DIR}",
+        manifest["image"], *manifest["shell"].split(),
+        rpmbuild.shell_script([shlex.split(c) for c in manifest["commands"]]),
+    ]  # fmt: skip
+    times: dict[str, list[float]] = {"miss": [], "hit": [], "by hand": []}
+    modules: dict[str, bytes] = {}
+    for index in range(rounds):
+        order = ["miss", "hit", "by hand"] if index % 2 == 0 else ["by hand", "hit", "miss"]
+        for side in order:
+            shutil.rmtree(artifacts, ignore_errors=True)
+            if side == "miss":
+                shutil.rmtree(cache / "compat")
+                times[side].append(wall(miss))
+            elif side == "hit":
+                times[side].append(wall(hit))
+            else:
+                shutil.rmtree(by_hand_out, ignore_errors=True)
+                by_hand_out.mkdir()
+                by_hand_out.chmod(0o777)
+                times[side].append(wall(by_hand))
+                continue
+            kmod = next(out.glob("kmod-drbd-*.rpm"))
+            payload = subprocess.run(["rpm2cpio", str(kmod)], capture_output=True, check=True)
+            modules[side] = payload.stdout
+    if modules["miss"] != modules["hit"]:
+        raise SystemExit("DRBD 9 row: the compat miss and hit builds made different payloads")
+    if not list(by_hand_out.glob("kmod-drbd-*.rpm")):
+        raise SystemExit("DRBD 9 row: the by-hand rpmbuild made no kmod-drbd")
+    return {side: statistics.median(values) for side, values in times.items()}
 
 
 def wall(cmd: list[str], **kwargs: object) -> float:
@@ -138,12 +234,27 @@ def main() -> int:
             results[label] = (ours, theirs)
         noop_cmd = build_command(specs, case / "cache", case / "artifacts")
         noop = statistics.median(wall(noop_cmd) for _ in range(ROUNDS))
+        kmod_work = work / "drbd9"
+        kmod_work.mkdir()
+        kmod = measure_kmod(kmod_work, iso, rpm, base, KMOD_ROUNDS)
     for label, (ours, theirs) in results.items():
         print(f"{label}:")
         print(f"  python -m builder build (image, kernel tree cached): median {ours:6.2f} s")
         print(f"  same commands by hand with docker run:               median {theirs:6.2f} s")
         print(f"  overhead: {ours - theirs:+.2f} s, {(ours / theirs - 1) * 100:+.1f} %")
     print(f"no-op rebuild, inputs unchanged: median {noop * 1000:.0f} ms of {ROUNDS}")
+    print(f"DRBD 9-shaped source (userland, kernel tree and images cached), {KMOD_ROUNDS} rounds:")
+    for side, text in (
+        ("miss", "tool, compat patch missing (compat tests, spatch, module)"),
+        ("hit", "tool, compat patch in the tarball (compat tests, module)"),
+        ("by hand", "module rpmbuild by hand on that tarball (docker run)"),
+    ):
+        print(f"  {text:58} median {kmod[side]:6.2f} s")
+    print(
+        f"  spatch miss costs {kmod['miss'] - kmod['hit']:+.2f} s; the tool's separate compat "
+        f"step on a hit {kmod['hit'] - kmod['by hand']:+.2f} s "
+        f"({(kmod['hit'] / kmod['by hand'] - 1) * 100:+.0f} %)"
+    )
     ours_min, theirs_min = results["minimal test source"]
     sized = results[f"DRBD-sized module ({MODULE_UNITS} units)"][1]
     overhead = (ours_min - theirs_min) / sized * 100

@@ -183,9 +183,7 @@ def make_module_source(
         source = Path(work) / top
         source.mkdir()
         shutil.copytree(SOURCE_TEMPLATE / "drbd", source / "drbd")
-        (source / "scripts").mkdir()
-        shutil.copy2(SOURCE_TEMPLATE / "scripts" / "get_uts_release.sh", source / "scripts")
-        shutil.copy2(SOURCE_TEMPLATE / "COPYING", source)
+        _module_pieces(source)
         shutil.copy2(MODULE_ONLY_TEMPLATE / "Makefile", source)
         shutil.copy2(MODULE_ONLY_TEMPLATE / "README", source)
         spec = (MODULE_ONLY_TEMPLATE / "drbd-km.spec.in").read_text()
@@ -212,14 +210,19 @@ def make_kmod_source(
         (source / "drbd-kernel.spec").write_text(spec)
         (source / "drbd-kernel.spec.in").unlink()
         shutil.copy2(SOURCE_TEMPLATE / "drbd" / "drbd_main.c", source / "drbd")
-        (source / "scripts").mkdir()
-        shutil.copy2(SOURCE_TEMPLATE / "scripts" / "get_uts_release.sh", source / "scripts")
-        shutil.copy2(SOURCE_TEMPLATE / "COPYING", source)
+        _module_pieces(source)
         cocci_cache = source / "drbd" / "drbd-kernel-compat" / "cocci_cache"
         cocci_cache.mkdir()
         for checksum, entry in (cache or {}).items():
             shutil.copytree(entry, cocci_cache / checksum)
         return pack(source, directory / f"{top}.tar.gz", filelist=False)
+
+
+def _module_pieces(source: Path) -> None:
+    """What every test source shares with ``drbd-src/``: the release script and license."""
+    (source / "scripts").mkdir()
+    shutil.copy2(SOURCE_TEMPLATE / "scripts" / "get_uts_release.sh", source / "scripts")
+    shutil.copy2(SOURCE_TEMPLATE / "COPYING", source)
 
 
 def pack(source: Path, tarball: Path, *, filelist: bool) -> Path:
@@ -278,3 +281,43 @@ def drbd_build(
 
 def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_lab_specs(
+    directory: Path,
+    *,
+    targets: dict[str, str],
+    iso: Path,
+    rpm: Path,
+    release: str,
+    base_image: str,
+    drbd: str,
+) -> Path:
+    """A spec directory with targets on the stand-in (name -> dom0 kernel package), whose
+    kernel-devel RPM ``rpm`` is read from ``iso``, and ``drbd``: the ``drbd:`` (and
+    ``drbd-utils:``) sections as YAML text."""
+    directory.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for name, runtime in targets.items():
+        entries.append(
+            f"""  {name}:
+    name: {name} on the Debian stand-in
+    arch: x86_64
+    kernel:
+      package: kernel-xen-devel
+      runtime: {runtime}
+      release: {release}
+      source:
+        iso: file://{iso}
+        path: domain0/RPMS/{rpm.parent.name}/{rpm.name}
+    container:
+      family: standin
+      context: {STANDIN_CONTEXT}
+      image: {base_image}
+      spatch:
+        image: {base_image}
+    consumer: el7
+"""
+        )
+    (directory / "lab.yaml").write_text("targets:\n" + "".join(entries) + drbd)
+    return directory

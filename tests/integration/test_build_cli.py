@@ -29,31 +29,20 @@ VERSION = "8.4.1"
 def write_specs(
     directory: Path, *, iso: Path, rpm: Path, release: str, base_image: str, tarball: Path
 ) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "lab.yaml").write_text(
-        f"""targets:
-  lab:
-    name: Lab dom0 on the Debian stand-in
-    arch: x86_64
-    kernel:
-      package: kernel-xen-devel
-      runtime: kernel-xen
-      release: {release}
-      source:
-        iso: file://{iso}
-        path: domain0/RPMS/{rpm.parent.name}/{rpm.name}
-    container:
-      family: standin
-      context: {buildenv.STANDIN_CONTEXT}
-      image: {base_image}
-    consumer: el7
-drbd:
+    drbd = f"""drbd:
   {VERSION}:
     family: 8.4-early
     url: file://{tarball}
 """
+    return buildenv.write_lab_specs(
+        directory,
+        targets={"lab": "kernel-xen"},
+        iso=iso,
+        rpm=rpm,
+        release=release,
+        base_image=base_image,
+        drbd=drbd,
     )
-    return directory
 
 
 @dataclass(frozen=True)

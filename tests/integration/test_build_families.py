@@ -66,45 +66,6 @@ def debian_drbd_utils(tmp_path_factory: pytest.TempPathFactory) -> Utils:
     return Utils(version=version, tarball=orig)
 
 
-def write_specs(
-    directory: Path,
-    *,
-    targets: dict[str, str],
-    iso: Path,
-    rpm: Path,
-    release: str,
-    base_image: str,
-    drbd: str,
-) -> Path:
-    """A spec directory with stand-in targets (name -> kernel runtime package) and ``drbd``,
-    the ``drbd:`` and ``drbd-utils:`` sections as YAML text."""
-    directory.mkdir(parents=True, exist_ok=True)
-    entries = []
-    for name, runtime in targets.items():
-        entries.append(
-            f"""  {name}:
-    name: {name} on the Debian stand-in
-    arch: x86_64
-    kernel:
-      package: kernel-xen-devel
-      runtime: {runtime}
-      release: {release}
-      source:
-        iso: file://{iso}
-        path: domain0/RPMS/{rpm.parent.name}/{rpm.name}
-    container:
-      family: standin
-      context: {buildenv.STANDIN_CONTEXT}
-      image: {base_image}
-      spatch:
-        image: {base_image}
-    consumer: el7
-"""
-        )
-    (directory / "lab.yaml").write_text("targets:\n" + "".join(entries) + drbd)
-    return directory
-
-
 @dataclass(frozen=True)
 class Lab:
     tmp: Path
@@ -143,7 +104,7 @@ class Lab:
   {self.utils.version}:
     url: file://{self.utils.tarball}
 """
-        return write_specs(
+        return buildenv.write_lab_specs(
             specs,
             targets=dict.fromkeys(targets, "kernel-xen"),
             iso=self.iso,

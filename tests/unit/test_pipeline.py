@@ -14,6 +14,7 @@ from builder.errors import BuildError, CheckError, ConfigError
 from builder.fetch import Fetched, FetchSettings
 from builder.kernel import KernelInputs, KernelTree
 from builder.plan import plan
+from builder.recipes import recipe_for
 from builder.rpmbuild import BuildResult
 from builder.specs import load_registry
 
@@ -193,3 +194,36 @@ def test_a_failed_check_leaves_no_complete_looking_artifacts(fakes: Fakes, tmp_p
     with pytest.raises(CheckError):
         pipeline.run_builds(steps, options(tmp_path))
     assert sorted(p.name for p in (tmp_path / "artifacts/xcp-1.5").iterdir()) == ["8.4.1.build.log"]
+
+
+def test_one_drbd_utils_file_cannot_serve_several_drbd_utils_versions(tmp_path: Path) -> None:
+    steps = plan(load_registry(), ["8.2"], ["8.4.11", "9.2.19"], tmp_path)
+    opts = pipeline.BuildOptions(
+        settings=FetchSettings(cache_dir=tmp_path), kernel_inputs=KernelInputs(),
+        utils_source=tmp_path / "drbd-utils.tar.gz",
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=r"the builds need 9\.22\.0, 9\.34\.0"):
+        pipeline.run_builds(steps, opts)
+    bundled = plan(load_registry(), ["1.5"], ["8.4.1"], tmp_path)
+    with pytest.raises(ConfigError, match="none"):
+        pipeline.run_builds(bundled, opts)
+
+
+def test_a_local_drbd_utils_file_replaces_the_download(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fetched: list[tuple[str, Path | None]] = []
+
+    def fake_fetch(entry: Any, what: str, local: Path | None, options: Any) -> Fetched:
+        fetched.append((what, local))
+        return Fetched(path=tmp_path / f"{what}.tar.gz", sha256="0" * 64, origin="test")
+
+    monkeypatch.setattr(pipeline, "fetch_tarball", fake_fetch)
+    (step,) = plan(load_registry(), ["8.2"], ["8.4.11"], tmp_path)
+    opts = pipeline.BuildOptions(
+        settings=FetchSettings(cache_dir=tmp_path), kernel_inputs=KernelInputs(),
+        utils_source=tmp_path / "mine.tar.gz",
+    )  # fmt: skip
+    sources = pipeline.fetch_sources(step, recipe_for(step.drbd.family), opts)
+    assert fetched == [("DRBD", None), ("drbd-utils", tmp_path / "mine.tar.gz")]
+    assert sources.utils is not None
