@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -81,6 +82,9 @@ class KernelInput:
     # The dom0 kernel package the module must require exactly, ("kernel-xen", "V-R"); None
     # keeps the spec's own default (tests of a bare tree).
     requires: tuple[str, str] | None = None
+    # What identifies the tree's content (the kernel-devel RPM's sha256); "" if unknown.
+    # DRBD 9's compat.h depends only on it, the source and the image, so it is remembered.
+    identity: str = ""
 
 
 def _no_spatch_image() -> str:
@@ -342,6 +346,29 @@ def ensure_compat(
     off, and kept there for the next build of the same source and kernel.
     """
     version, release = build.drbd.version, build.kernel.release
+    patches = [(p.name, sha256_file(p)) for p in template.patches]
+    source_key = hashlib.sha256(json.dumps([build.drbd.sha256, patches]).encode()).hexdigest()
+    base = cache_dir / "compat" / source_key
+    shipped_files = top_level_files(build.drbd.tarball) if not patches else frozenset()
+
+    def shipped(checksum: str) -> bool:
+        return f"{COCCI_CACHE}/{checksum}/compat.patch" in shipped_files
+
+    # compat.h depends only on the source, the kernel tree and the image: once known, the
+    # compat tests (as long as the module's own build) need not run again to find it.
+    memo = None
+    if build.kernel.identity:
+        kernel_key = f"{build.kernel.identity} {build.context_sha256}"
+        memo = base / f"{hashlib.sha256(kernel_key.encode()).hexdigest()}.compat"
+        remembered = memo.read_text().strip() if memo.is_file() else ""
+        if re.fullmatch(r"[0-9a-f]{32}", remembered):
+            if shipped(remembered):
+                _note(log_file, f"compat patch {remembered}: from the tarball's cocci_cache")
+                return remembered, None
+            if (base / remembered / "compat.patch").is_file():
+                log.info(f"compat patch {remembered} for {release}: reusing {base / remembered}")
+                _note(log_file, f"compat patch {remembered}: reused from {base / remembered}")
+                return remembered, base / remembered
     work = Path(tempfile.mkdtemp(prefix=".compat-", dir=cache_dir))
     try:
         made = run_build(
@@ -358,15 +385,13 @@ def ensure_compat(
         )
         compat_h = made.rpms[0]
         checksum = hashlib.md5(compat_h.read_bytes(), usedforsecurity=False).hexdigest()
-        shipped = f"{COCCI_CACHE}/{checksum}/compat.patch"
-        if shipped in top_level_files(build.drbd.tarball) and not job.source.patches:
+        if memo is not None:
+            write_atomic(memo, f"{checksum}\n".encode())
+        if shipped(checksum):
             log.info(f"compat patch {checksum} for {release}: in the tarball's cocci_cache")
             _note(log_file, f"compat patch {checksum}: from the tarball's cocci_cache")
             return checksum, None
-        source_key = hashlib.sha256(
-            json.dumps([build.drbd.sha256, build.drbd.adjustments_record()["patches"]]).encode()
-        ).hexdigest()
-        entry = cache_dir / "compat" / source_key / checksum
+        entry = base / checksum
         with file_lock(entry.parent / f"{checksum}.lock"):
             if (entry / "compat.patch").is_file() and (entry / "compat.h").is_file():
                 log.info(f"compat patch {checksum} for {release}: reusing {entry}")

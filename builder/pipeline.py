@@ -140,6 +140,7 @@ def drbd_build(
             build_dir=tree.build_dir,
             release=tree.release,
             requires=(step.target.kernel_runtime, tree.rpm_version_release),
+            identity=tree.rpm_sha256,
         ),
         arch=step.target.arch,
         image=image,

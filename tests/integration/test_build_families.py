@@ -394,6 +394,14 @@ def test_drbd9_compat_patch_made_offline_by_spatch_then_taken_from_the_tarball(l
     ]
     assert (entry / "kernelrelease.txt").read_text().split() == [lab.release]
 
+    # The same source, kernel and image again: compat.h is known, no compat tests, no spatch.
+    shutil.rmtree(lab.tmp / "artifacts")
+    again = build(specs, lab.tmp, version=version)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert "compat tests against" not in again.stderr
+    assert f"compat patch {entry.name}: reused from {entry}" in (out / "build.log").read_text()
+    assert "SPATCH" not in (out / "build.log").read_text()
+
     # A release tarball that ships the entry (as LINBIT's do for common kernels): no spatch.
     shipped = lab.tmp / "shipped"
     shipped.mkdir()
@@ -406,9 +414,9 @@ def test_drbd9_compat_patch_made_offline_by_spatch_then_taken_from_the_tarball(l
     log_text = (out / "build.log").read_text()
     assert "from the tarball's cocci_cache" in log_text
     assert "SPATCH" not in log_text
-    assert not (lab.tmp / "cache" / "compat").exists()
-    again = unpack_rpm(by_name(out)["kmod-drbd"], lab.tmp / "hit")
-    assert "test module loaded (compat: blk_alloc_disk)" in strings_of(again / ko)
+    assert list((lab.tmp / "cache" / "compat").glob("*/*/compat.patch")) == []
+    from_tarball = unpack_rpm(by_name(out)["kmod-drbd"], lab.tmp / "hit")
+    assert "test module loaded (compat: blk_alloc_disk)" in strings_of(from_tarball / ko)
 
 
 def test_drbd9_paired_with_too_old_a_drbd_utils_is_refused_before_building(lab: Lab) -> None:
