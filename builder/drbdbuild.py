@@ -35,6 +35,7 @@ from builder.recipes import (
     Job,
     KmodRecipe,
     Recipe,
+    Requirement,
     check_tarball,
     expected_packages,
     userland_requirement,
@@ -124,13 +125,13 @@ class DrbdBuild:
             packages=expected_packages(self.recipe, release),
             module_package=self.recipe.module_package(release),
             userland_version=self.userland_source.version,
-            exact_userland=not self.recipe.userland_from_utils,
+            exact_userland=self.recipe.requirement is Requirement.EXACT,
             kernel_package=self.kernel.requires,
         )
 
 
 @dataclass(frozen=True, kw_only=True)
-class Userland:
+class BuiltUserland:
     rpms: tuple[Path, ...]  # in the userland cache
     key: str
     directory: Path
@@ -142,7 +143,7 @@ class Userland:
 class Built:
     rpms: tuple[Path, ...]  # module and userland, in output_dir
     module: BuildResult
-    userland: Userland
+    userland: BuiltUserland
     kdir: str
 
 
@@ -167,7 +168,7 @@ def userland_key(build: DrbdBuild) -> str:
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
-def _read_userland(directory: Path, key: str) -> Userland | None:
+def _read_userland(directory: Path, key: str) -> BuiltUserland | None:
     """A finished userland build in ``directory``, if every file it records is intact."""
     try:
         record = json.loads((directory / USERLAND_RECORD).read_text(encoding="utf-8"))
@@ -177,7 +178,7 @@ def _read_userland(directory: Path, key: str) -> Userland | None:
         return None
     if not files or any(not p.is_file() or sha256_file(p) != sha for p, sha in files):
         return None
-    return Userland(
+    return BuiltUserland(
         rpms=tuple(p for p, _ in files),
         key=key,
         directory=directory,
@@ -193,7 +194,7 @@ def ensure_userland(
     log_file: Path,
     timeout: float | None,
     client: docker.DockerClient | None,
-) -> Userland:
+) -> BuiltUserland:
     """The userland RPMs for ``build``: from the cache, or built now and cached."""
     key = userland_key(build)
     base = cache_dir / "userland"
@@ -243,7 +244,7 @@ def ensure_userland(
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
-    return Userland(
+    return BuiltUserland(
         rpms=tuple(directory / p.name for p in result.rpms),
         key=key,
         directory=directory,
@@ -369,6 +370,7 @@ def ensure_compat(
                 log.info(f"compat patch {remembered} for {release}: reusing {base / remembered}")
                 _note(log_file, f"compat patch {remembered}: reused from {base / remembered}")
                 return remembered, base / remembered
+    cache_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".compat-", dir=cache_dir))
     try:
         made = run_build(
@@ -391,46 +393,70 @@ def ensure_compat(
             log.info(f"compat patch {checksum} for {release}: in the tarball's cocci_cache")
             _note(log_file, f"compat patch {checksum}: from the tarball's cocci_cache")
             return checksum, None
-        entry = base / checksum
-        with file_lock(entry.parent / f"{checksum}.lock"):
-            if (entry / "compat.patch").is_file() and (entry / "compat.h").is_file():
-                log.info(f"compat patch {checksum} for {release}: reusing {entry}")
-                _note(log_file, f"compat patch {checksum}: reused from {entry}")
-                return checksum, entry
-            partial = entry.with_name(f"{checksum}.partial-{os.getpid()}")
-            shutil.rmtree(partial, ignore_errors=True)
-            partial.mkdir(parents=True)
-            try:
-                spatch_image = build.spatch_image()
-                run_build(
-                    replace(
-                        template,
-                        what=f"DRBD {version} compat patch for {release} (spatch)",
-                        image=spatch_image,
-                        commands=recipe.spatch_commands(job, checksum),
-                        kernel_mounts=(),
-                        mounts=[container.BindMount(compat_h, f"{COMPAT_DIR}/compat.h")],
-                        outputs="*",
-                    ),
-                    output_dir=partial,
-                    log_file=log_file,
-                    timeout=timeout,
-                    client=client,
-                )
-                if not (partial / "compat.patch").is_file():
-                    raise InputError(
-                        f"spatch made no compat.patch for DRBD {version} and kernel {release}.",
-                        hint=f"See the build log {log_file}.",
-                    )
-                shutil.rmtree(entry, ignore_errors=True)
-                os.replace(partial, entry)
-            except BaseException:
-                shutil.rmtree(partial, ignore_errors=True)
-                raise
-        _note(log_file, f"compat patch {checksum}: made by spatch, kept in {entry}")
+        entry = _spatch_entry(
+            build,
+            recipe,
+            job,
+            replace(template, mounts=[container.BindMount(compat_h, f"{COMPAT_DIR}/compat.h")]),
+            base / checksum,
+            log_file=log_file,
+            timeout=timeout,
+            client=client,
+        )
         return checksum, entry
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _spatch_entry(
+    build: DrbdBuild,
+    recipe: KmodRecipe,
+    job: Job,
+    template: Run,
+    entry: Path,
+    *,
+    log_file: Path,
+    timeout: float | None,
+    client: docker.DockerClient | None,
+) -> Path:
+    """The cache entry ``entry`` (named for compat.h's md5): kept, or made by spatch now."""
+    checksum = entry.name
+    version, release = build.drbd.version, build.kernel.release
+    with file_lock(entry.parent / f"{checksum}.lock"):
+        if (entry / "compat.patch").is_file() and (entry / "compat.h").is_file():
+            log.info(f"compat patch {checksum} for {release}: reusing {entry}")
+            _note(log_file, f"compat patch {checksum}: reused from {entry}")
+            return entry
+        partial = entry.with_name(f"{checksum}.partial-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        try:
+            run_build(
+                replace(
+                    template,
+                    what=f"DRBD {version} compat patch for {release} (spatch)",
+                    image=build.spatch_image(),
+                    commands=recipe.spatch_commands(job, checksum),
+                    kernel_mounts=(),
+                    outputs="*",
+                ),
+                output_dir=partial,
+                log_file=log_file,
+                timeout=timeout,
+                client=client,
+            )
+            if not (partial / "compat.patch").is_file():
+                raise InputError(
+                    f"spatch made no compat.patch for DRBD {version} and kernel {release}.",
+                    hint=f"See the build log {log_file}.",
+                )
+            shutil.rmtree(entry, ignore_errors=True)
+            os.replace(partial, entry)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+    _note(log_file, f"compat patch {checksum}: made by spatch, kept in {entry}")
+    return entry
 
 
 def _note(log_file: Path, text: str) -> None:
@@ -515,7 +541,7 @@ def build_drbd(
     )
 
 
-def userland_record(userland: Userland) -> dict[str, Any]:
+def userland_record(userland: BuiltUserland) -> dict[str, Any]:
     return {
         "key": userland.key,
         "reused": userland.reused,

@@ -19,6 +19,7 @@ container is the build host's kernel), and ``--with-distro=redhat`` is passed to
 
 from __future__ import annotations
 
+import abc
 import enum
 import re
 from collections.abc import Sequence
@@ -161,7 +162,7 @@ def km_package_name(kernel_release: str, prefix: str = "drbd-km") -> str:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Userland:
+class Userland(abc.ABC):
     """How one kind of userland source builds, and what it must produce."""
 
     name: str  # what the source is, for messages: "DRBD", "drbd-utils"
@@ -169,8 +170,9 @@ class Userland:
     install: tuple[str, ...]  # what dom0 installs (deploy's runbook)
     files: tuple[str, ...]  # files its tarball must hold (below the top directory)
 
+    @abc.abstractmethod
     def commands(self, job: Job) -> list[Command]:
-        raise NotImplementedError
+        """The container commands that leave this userland's RPMs in OUTPUT_DIR."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -225,25 +227,30 @@ DRBD_UTILS = UtilsUserland(
 
 
 @dataclass(frozen=True, kw_only=True)
-class Recipe:
+class Recipe(abc.ABC):
     """One DRBD source family."""
 
     family: DrbdFamily
     versions: str  # the releases it covers, for people
     syntax: Syntax
     userland: Userland
-    userland_from_utils: bool  # True: the userland is a drbd-utils release
     requirement: Requirement  # how the module package must require drbd-utils
     dom0: str  # which dom0 kernels it fits, for people
     files: tuple[str, ...]  # files the DRBD tarball must hold (below the top directory)
     # the tarball's own spec file of the module, for the module-only families
     module_spec: str | None = None
 
+    @property
+    def userland_from_utils(self) -> bool:
+        """True when the userland is a drbd-utils release, not the DRBD tarball."""
+        return isinstance(self.userland, UtilsUserland)
+
     def module_package(self, kernel_release: str) -> str:
         return km_package_name(kernel_release)
 
+    @abc.abstractmethod
     def module_commands(self, job: Job) -> list[Command]:
-        raise NotImplementedError
+        """The container commands that leave the module package in OUTPUT_DIR."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -382,7 +389,6 @@ RECIPES: dict[DrbdFamily, Recipe] = {
         versions="8.3.x",
         syntax=Syntax.V83,
         userland=BUNDLED_USERLAND,
-        userland_from_utils=False,
         requirement=Requirement.EXACT,
         dom0="2.6.32 dom0s: XCP 1.x, XenServer up to 6.2",
         files=("configure", "drbd-km.spec.in"),
@@ -392,7 +398,6 @@ RECIPES: dict[DrbdFamily, Recipe] = {
         versions="8.4.0 - 8.4.4",
         syntax=Syntax.V84,
         userland=BUNDLED_USERLAND,
-        userland_from_utils=False,
         requirement=Requirement.EXACT,
         dom0="2.6.32 dom0s: XCP 1.x, XenServer up to 6.2",
         files=("configure", "drbd-km.spec.in"),
@@ -402,7 +407,6 @@ RECIPES: dict[DrbdFamily, Recipe] = {
         versions="8.4.5 - 8.4.11",
         syntax=Syntax.V84,
         userland=DRBD_UTILS,
-        userland_from_utils=True,
         requirement=Requirement.MINIMUM,
         dom0="XCP-ng 8.2 and 8.3 (4.19)",
         files=("drbd-km.spec",),
@@ -413,7 +417,6 @@ RECIPES: dict[DrbdFamily, Recipe] = {
         versions="9.0 - 9.2",
         syntax=Syntax.V9,
         userland=DRBD_UTILS,
-        userland_from_utils=True,
         requirement=Requirement.MINIMUM,
         dom0="XCP-ng 8.2 and 8.3 (4.19; DRBD 9 needs 4.12.14 or newer)",
         files=("drbd-kernel.spec", "drbd/Makefile.spatch"),

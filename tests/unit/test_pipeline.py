@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from builder import checks, pipeline
-from builder.drbdbuild import Built, DrbdBuild, Userland
+from builder.drbdbuild import Built, BuiltUserland, DrbdBuild
 from builder.errors import BuildError, CheckError, ConfigError
 from builder.fetch import Fetched, FetchSettings
 from builder.kernel import KernelInputs, KernelTree
@@ -65,7 +65,7 @@ class Fakes:
             "image": build.image, "source_date_epoch": 1, "log_file": kwargs["log_file"],
             "seconds": 0.1,
         }  # fmt: skip
-        userland = Userland(
+        userland = BuiltUserland(
             rpms=(), key="u" * 64, directory=self.tmp, reused=False, commands=("rpmbuild",)
         )
         return Built(rpms=(rpm,), module=BuildResult(**fields), userland=userland, kdir="/k")
