@@ -109,7 +109,7 @@ def read_build(directory: Path, registry: Callable[[], Registry]) -> Build:
         raise _manifest_error(
             manifest, f"consumer {consumer_value!r} is not one of {valid}"
         ) from None
-    if not isinstance(basearch, str) or not SAFE_NAME.match(basearch):
+    if not isinstance(basearch, str) or not SAFE_NAME.fullmatch(basearch):
         raise _manifest_error(manifest, f"basearch {basearch!r} is not a plain name")
     outputs_raw = data.get("outputs")
     if not isinstance(outputs_raw, list):
@@ -121,7 +121,7 @@ def read_build(directory: Path, registry: Callable[[], Registry]) -> Build:
         name = entry["file"]
         if not name.endswith(".rpm"):
             continue
-        if "/" in name or not SAFE_NAME.match(name):
+        if "/" in name or not SAFE_NAME.fullmatch(name):
             raise _manifest_error(manifest, f"outputs[{index}].file {name!r} is not a plain name")
         digest = entry.get("sha256")
         if not isinstance(digest, str) or len(digest) != 64:

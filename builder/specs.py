@@ -213,7 +213,7 @@ class Registry:
 
 
 def check_safe_name(value: str, what: str) -> str:
-    if not SAFE_NAME.match(value):
+    if not SAFE_NAME.fullmatch(value):
         raise ConfigError(
             f"Invalid {what} {value!r}: only letters, digits and . _ + ~ - are allowed, "
             "starting with a letter or digit."
@@ -256,7 +256,7 @@ def _kernel_source(reader: YamlReader) -> KernelSource:
 
 def _target(file: Path, target_id: str, reader: YamlReader) -> Target:
     check = SAFE_NAME
-    if not check.match(target_id):
+    if not check.fullmatch(target_id):
         raise reader.fail(None, "target names may only use letters, digits and . _ + ~ -")
     kernel = reader.mapping("kernel")
     source = _kernel_source(kernel.mapping("source"))
@@ -329,11 +329,11 @@ def _adjustments(file: Path, reader: YamlReader) -> Adjustments:
         if not isinstance(raw_make, dict):
             raise reader.fail("make", f"must be a mapping of variable to value, not {raw_make!r}")
         for key, value in raw_make.items():
-            if not isinstance(key, str) or not MAKE_VARIABLE.match(key):
+            if not isinstance(key, str) or not MAKE_VARIABLE.fullmatch(key):
                 raise reader.fail(f"make.{key}", "is not a make variable name")
             if isinstance(value, bool) or not isinstance(value, (str, int, float)):
                 raise reader.fail(f"make.{key}", f"must be a string or number, not {value!r}")
-            if not ONE_LINE.match(str(value)):
+            if not ONE_LINE.fullmatch(str(value)):
                 raise reader.fail(f"make.{key}", "must be one line of printable text")
             make[key] = str(value)
     return Adjustments(
@@ -346,7 +346,7 @@ def _adjustments(file: Path, reader: YamlReader) -> Adjustments:
 
 
 def _check_version_name(version: str, reader: YamlReader) -> None:
-    if not SAFE_NAME.match(version):
+    if not SAFE_NAME.fullmatch(version):
         raise reader.fail(None, "versions may only use letters, digits and . _ + ~ -")
 
 

@@ -59,7 +59,7 @@ class YamlReader:
             value = str(value)
         if not isinstance(value, str) or not value:
             raise self.fail(key, f"must be a non-empty string, not {value!r}")
-        if pattern is not None and not pattern.match(value):
+        if pattern is not None and not pattern.fullmatch(value):
             raise self.fail(key, f"{value!r} is not valid{': ' + explain if explain else ''}")
         return value
 
@@ -80,7 +80,7 @@ class YamlReader:
             item = str(raw) if isinstance(raw, (int, float)) and not isinstance(raw, bool) else raw
             if not isinstance(item, str) or not item:
                 raise self.fail(f"{key}[{index}]", f"must be a non-empty string, not {item!r}")
-            if pattern is not None and not pattern.match(item):
+            if pattern is not None and not pattern.fullmatch(item):
                 raise self.fail(f"{key}[{index}]", f"{item!r} is not valid")
             items.append(item)
         return tuple(items)

@@ -159,7 +159,7 @@ class Pool:
 
 def syntax_of(version: str) -> Syntax | None:
     """The config syntax of a DRBD version such as ``8.4.1``, ``8.3`` or ``9.2.5``."""
-    if not DRBD_VERSION.match(version):
+    if not DRBD_VERSION.fullmatch(version):
         return None
     recipe = recipe_of_version(version)
     return recipe.syntax if recipe is not None else None
@@ -217,7 +217,7 @@ def _host(reader: _Reader) -> Host:
 
 def _drbd(reader: _Reader, host_names: tuple[str, str]) -> Drbd:
     version = reader.text("version", re.compile(r"^[0-9][0-9A-Za-z.-]*$"))
-    recipe = recipe_of_version(version) if DRBD_VERSION.match(version) else None
+    recipe = recipe_of_version(version) if DRBD_VERSION.fullmatch(version) else None
     if recipe is None:
         raise reader.fail(
             "version",

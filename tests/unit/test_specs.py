@@ -247,3 +247,25 @@ def test_a_target_may_only_list_defined_drbd_versions(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"targets\.lab\.drbd\[0\]: DRBD 7\.0\.0 is not defined"):
         load_registry([tmp_path])
+
+
+GOOD_DRBD = 'drbd:\n  "8.4.1":\n    family: 8.4-early\n    url: https://x/d.tgz\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        (TARGET.replace("  lab:\n", '  "lab\\n":\n') + GOOD_DRBD, "targets"),
+        (TARGET + GOOD_DRBD.replace('"8.4.1"', '"8.4.1\\n"'), "drbd"),
+        (TARGET + GOOD_DRBD + '    cflags: "-O2\\n"\n', "drbd.8.4.1.cflags"),
+        (TARGET.replace("arch: x86_64", 'arch: "x86_64\\n"') + GOOD_DRBD, "targets.lab.arch"),
+    ],
+)
+def test_a_trailing_newline_is_no_safe_value(tmp_path: Path, text: str, where: str) -> None:
+    """`$` matches before a final newline: every value must match as a whole."""
+    write(tmp_path, "good.yaml", TARGET + GOOD_DRBD)
+    load_registry([tmp_path], builtin=False)
+    write(tmp_path, "good.yaml", text)
+    with pytest.raises(ConfigError) as caught:
+        load_registry([tmp_path], builtin=False)
+    assert where in str(caught.value)
