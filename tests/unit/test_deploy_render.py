@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -214,3 +215,24 @@ def test_an_unknown_pygpgme_choice_is_refused(
     argv = ["deploy", "check", "--pool", str(pool), "--no-repo-check", "-q"]
     assert main(argv) == 2
     assert "'ignore' is not one of: stop, repo_gpgcheck=0" in capsys.readouterr().err
+
+
+def test_a_line_break_in_the_pool_path_cannot_reach_the_runbook_as_a_command(
+    tmp_path: Path,
+) -> None:
+    planted = tmp_path / "INJECTED"
+    hostile = tmp_path / f"x\ntouch {planted}\n"
+    hostile.mkdir(parents=True)
+    output = render(hostile)
+    runbook = output / "xcp1" / "runbook.sh"
+    text = runbook.read_text()
+    assert f"touch {planted}\\n" in text  # escaped inside the comment, not a line of its own
+    assert not any(line.startswith("touch ") for line in text.splitlines())
+    listing = subprocess.run(
+        ["sh", str(runbook)], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert "1. install" in listing.stdout + listing.stderr  # it only listed the steps
+    assert not planted.exists()
+    for name in HOST_FILES:
+        for line in (output / "xcp1" / name).read_text().splitlines():
+            assert not line.startswith("touch "), name
