@@ -12,6 +12,7 @@ same is skipped without starting Docker.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -36,6 +37,7 @@ from builder.drbdbuild import (
 from builder.errors import ConfigError
 from builder.fetch import Fetched, FetchSettings, Input, fetch
 from builder.kernel import KernelInputs, KernelTree, prepare_kernel
+from builder.locks import timed_lock
 from builder.plan import BuildStep
 from builder.recipes import Recipe, recipe_for
 from builder.rpmbuild import (
@@ -57,6 +59,7 @@ class BuildOptions:
     source: Path | None = None  # a local DRBD tarball (only with a single version)
     utils_source: Path | None = None  # a local drbd-utils tarball (one drbd-utils version)
     timeout: float | None = None
+    lock_timeout: float = 3600.0  # waiting for another build of the same target and version
 
 
 @dataclass(frozen=True)
@@ -285,6 +288,21 @@ def _build_one(
     sources.trust()
 
 
+def build_lock(step: BuildStep, timeout: float) -> contextlib.AbstractContextManager[None]:
+    """One build at a time of one target and version into one artifacts directory: they share
+    ``<version>.partial`` and ``<version>.build.log``.  The lock lives in ``ARTIFACTS/.locks/``,
+    which publish does not read."""
+    name = f"{step.target.id}/{step.drbd.version}"
+    artifacts = step.output_dir.parent.parent
+    return timed_lock(
+        artifacts / ".locks" / step.target.id / f"{step.drbd.version}.lock",
+        timeout=timeout,
+        what=f"Another build (pid {{pid}}) of {name} is writing {step.output_dir.parent}",
+        waiting=f"waiting for another build (pid {{pid}}) of {name}",
+        hint="Wait for it to finish (it may leave nothing to do), or pass a longer --lock-timeout.",
+    )
+
+
 def run_builds(steps: Sequence[BuildStep], options: BuildOptions) -> list[Outcome]:
     if options.source is not None and len({s.drbd.version for s in steps}) > 1:
         raise ConfigError("--source gives one tarball; use it with a single --drbd version.")
@@ -320,24 +338,25 @@ def run_builds(steps: Sequence[BuildStep], options: BuildOptions) -> list[Outcom
                 spatch_image=spatch_image,
             )
             inputs = _inputs(step, planned, tree, context, context_sha)
-            _recover(step.output_dir)
-            if _up_to_date(step, inputs, options.settings):
-                log.info(
-                    f"{target.id} / DRBD {step.drbd.version}: up to date in {step.output_dir}; "
-                    "nothing to do"
-                )
-                outcomes.append(Outcome(step, built=False))
-                continue
-            if image is None:
-                with log.step(f"build image for {target.id} ({context})"):
-                    image = ensure_image(target)
-            with log.step(f"{target.id} / DRBD {step.drbd.version}"):
-                _build_one(
-                    step,
-                    build=replace(planned, image=image),
-                    sources=sources,
-                    inputs=inputs,
-                    options=options,
-                )
-            outcomes.append(Outcome(step, built=True))
+            with build_lock(step, options.lock_timeout):
+                _recover(step.output_dir)
+                if _up_to_date(step, inputs, options.settings):
+                    log.info(
+                        f"{target.id} / DRBD {step.drbd.version}: up to date in "
+                        f"{step.output_dir}; nothing to do"
+                    )
+                    outcomes.append(Outcome(step, built=False))
+                    continue
+                if image is None:
+                    with log.step(f"build image for {target.id} ({context})"):
+                        image = ensure_image(target)
+                with log.step(f"{target.id} / DRBD {step.drbd.version}"):
+                    _build_one(
+                        step,
+                        build=replace(planned, image=image),
+                        sources=sources,
+                        inputs=inputs,
+                        options=options,
+                    )
+                outcomes.append(Outcome(step, built=True))
     return outcomes

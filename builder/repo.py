@@ -22,15 +22,12 @@ switched, so an interrupted publish leaves the served tree exactly as it was.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,9 +38,9 @@ from builder.errors import (
     CommandError,
     ConfigError,
     InputError,
-    LockedError,
     PublishError,
 )
+from builder.locks import timed_lock
 from builder.specs import SAFE_NAME, Consumer, Registry
 
 KEY_FILE_NAME = "RPM-GPG-KEY-xcp-drbd-builder"
@@ -400,37 +397,15 @@ def render_repo_file(base_url: str, consumer: Consumer) -> str:
 # --- locking and the atomic pointer ------------------------------------------------------
 
 
-@contextlib.contextmanager
-def publish_lock(repo: Path, timeout: float) -> Iterator[None]:
+def publish_lock(repo: Path, timeout: float) -> contextlib.AbstractContextManager[None]:
     """Exclusive lock on ``repo/.lock``; wait up to ``timeout`` seconds, then fail clearly."""
-    path = repo / ".lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + timeout
-        announced = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            if time.monotonic() >= deadline:
-                raise LockedError(
-                    f"Another publish (pid {holder}) is writing {repo}; gave up after "
-                    f"{timeout:g} s.",
-                    hint="Wait for it to finish, or pass a longer --lock-timeout.",
-                )
-            if not announced:
-                log.info(f"waiting for another publish (pid {holder}) to release {path}")
-                announced = True
-            time.sleep(0.1)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
+    return timed_lock(
+        repo / ".lock",
+        timeout=timeout,
+        what=f"Another publish (pid {{pid}}) is writing {repo}",
+        waiting=f"waiting for another publish (pid {{pid}}) to release {repo / '.lock'}",
+        hint="Wait for it to finish, or pass a longer --lock-timeout.",
+    )
 
 
 def current_version(repo: Path) -> Path | None:

@@ -90,6 +90,14 @@ def register(
                 help="stop a build (and remove its container) after this long",
             )
             parser.add_argument(
+                "--lock-timeout",
+                metavar="SECONDS",
+                type=float,
+                default=3600.0,
+                help="wait this long for another build of the same target and version into "
+                "the same --artifacts (default: 3600; 0 fails at once with exit code 14)",
+            )
+            parser.add_argument(
                 "--dry-run", action="store_true", help="print the plan and do nothing"
             )
             parser.set_defaults(func=run)
@@ -140,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
         source=args.source,
         utils_source=args.utils_source,
         timeout=args.timeout,
+        lock_timeout=args.lock_timeout,
     )
     outcomes = run_builds(steps, options)
     for outcome in outcomes:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +13,7 @@ import pytest
 
 from builder import checks, pipeline
 from builder.drbdbuild import Built, BuiltUserland, DrbdBuild
-from builder.errors import BuildError, CheckError, ConfigError
+from builder.errors import BuildError, CheckError, ConfigError, LockedError
 from builder.fetch import Fetched, FetchSettings
 from builder.kernel import KernelInputs, KernelTree
 from builder.plan import plan
@@ -227,3 +230,38 @@ def test_a_local_drbd_utils_file_replaces_the_download(
     sources = pipeline.fetch_sources(step, recipe_for(step.drbd.family), opts)
     assert fetched == [("DRBD", None), ("drbd-utils", tmp_path / "mine.tar.gz")]
     assert sources.utils is not None
+
+
+def test_a_second_build_of_the_same_target_and_version_waits_then_says_who_holds_it(
+    fakes: Fakes, tmp_path: Path
+) -> None:
+    steps = plan(load_registry(), ["1.5"], ["8.4.1"], tmp_path / "artifacts")
+    lock = tmp_path / "artifacts" / ".locks" / "xcp-1.5" / "8.4.1.lock"
+    lock.parent.mkdir(parents=True)
+    with subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(lock)], stdout=subprocess.PIPE, text=True
+    ) as holder:
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline().strip() == "locked"
+            opts = replace(options(tmp_path), lock_timeout=0.3)
+            with pytest.raises(LockedError) as caught:
+                pipeline.run_builds(steps, opts)
+            assert f"Another build (pid {holder.pid}) of xcp-1.5/8.4.1" in str(caught.value)
+            assert caught.value.exit_code == 14
+            assert fakes.builds == []
+            assert not (tmp_path / "artifacts" / "xcp-1.5").exists()
+        finally:
+            holder.kill()
+    # Released: the next build goes ahead.
+    assert [o.built for o in pipeline.run_builds(steps, options(tmp_path))] == [True]
+
+
+HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.pwrite(fd, f"{os.getpid()}\\n".encode(), 0)
+print("locked", flush=True)
+time.sleep(60)
+"""
