@@ -33,6 +33,7 @@ from docker.types import Mount
 
 from builder import log
 from builder.errors import DockerError
+from builder.locks import pid_alive
 
 LABEL = "io.xcp-drbd-builder"
 LABEL_HOST = f"{LABEL}.host"
@@ -242,16 +243,6 @@ def _owner_labels(*, keep: bool) -> dict[str, str]:
     return labels
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def reap_leftovers(client: docker.DockerClient) -> list[str]:
     """Remove containers of earlier runs on this machine whose process is gone.
 
@@ -270,7 +261,7 @@ def reap_leftovers(client: docker.DockerClient) -> list[str]:
         if labels.get(LABEL_HOST) != host or labels.get(LABEL_KEEP) == "1":
             continue
         pid_text = labels.get(LABEL_PID, "")
-        if pid_text.isdigit() and _pid_alive(int(pid_text)):
+        if pid_text.isdigit() and pid_alive(int(pid_text)):
             continue
         name = container.name or container.id or "?"
         with contextlib.suppress(docker.errors.NotFound):

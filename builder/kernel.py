@@ -25,6 +25,7 @@ from builder.errors import ChecksumError, ConfigError, InputError, KernelMismatc
 from builder.fetch import Fetched, FetchSettings, Input, fetch
 from builder.iso import extract as extract_from_iso
 from builder.iso import locate
+from builder.locks import pid_alive
 from builder.rpm import RpmInfo, extract_payload, read_info, verify_integrity
 from builder.specs import SourceKind, Target
 
@@ -252,6 +253,15 @@ def _read_marker(base: Path) -> dict[str, str] | None:
     return None
 
 
+def _remove_dead_partials(base: Path) -> None:
+    """Unfinished extractions of processes that are gone (killed mid-way) take no more room."""
+    for stale in base.parent.glob(f"{base.name}.partial-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            log.info(f"removing {stale}, left by an extraction that was killed")
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 def _extract_tree(rpm: Fetched, info: RpmInfo, settings: FetchSettings) -> dict[str, str]:
     """Extract (or reuse) the payload of ``rpm`` and return its marker data.
 
@@ -266,6 +276,7 @@ def _extract_tree(rpm: Fetched, info: RpmInfo, settings: FetchSettings) -> dict[
         done = _read_marker(base)
         if done is not None:
             return done
+        _remove_dead_partials(base)
         partial = base.with_name(f"{base.name}.partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
         try:

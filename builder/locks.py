@@ -47,3 +47,14 @@ def timed_lock(path: Path, *, timeout: float, what: str, waiting: str, hint: str
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs on this machine (one of another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

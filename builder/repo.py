@@ -189,7 +189,10 @@ def query_nevras(files: Sequence[Path]) -> dict[Path, str]:
     rpm = proc.which("rpm", hint="Install rpm: apt-get install rpm")
     for start in range(0, len(files), sign.CHUNK):
         chunk = files[start : start + sign.CHUNK]
-        cmd: list[str | os.PathLike[str]] = [rpm, "-qp", "--nosignature", "--nodigest"]
+        # --nomanifest: a text file listed as an RPM is an error, not a list of more packages.
+        cmd: list[str | os.PathLike[str]] = [
+            rpm, "-qp", "--nomanifest", "--nosignature", "--nodigest",
+        ]  # fmt: skip
         cmd += ["--qf", fmt, *chunk]
         result = proc.run(cmd, echo=False, check=False)
         if result.returncode != 0:

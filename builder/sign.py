@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder import proc
+from builder import log, proc
 from builder.errors import CommandError, ConfigError, SigningError
 from builder.specs import Consumer
 
@@ -182,6 +182,8 @@ def find_key(key: str, gnupg_home: Path, passphrase_file: Path | None = None) ->
             "EL5 dom0 can only verify RSA or DSA signatures.",
             hint="Use an RSA signing key (`python -m builder keygen` makes one for testing).",
         )
+    if passphrase_file is not None:
+        _warn_if_readable_by_others(passphrase_file)
     return SigningKey(
         fingerprint=primary.fingerprint,
         signing_fingerprint=signer.fingerprint,
@@ -190,6 +192,18 @@ def find_key(key: str, gnupg_home: Path, passphrase_file: Path | None = None) ->
         gnupg_home=gnupg_home,
         passphrase_file=passphrase_file,
     )
+
+
+def _warn_if_readable_by_others(path: Path) -> None:
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return  # a missing file is reported where it is used
+    if mode & 0o077:
+        log.warn(
+            f"passphrase file {path} can be read by other users (mode {mode & 0o777:o}); "
+            f"`chmod 600 {path}` keeps the signing key's passphrase yours"
+        )
 
 
 def digest_for(consumer: Consumer) -> str:
@@ -514,7 +528,8 @@ def read_signatures(files: Sequence[Path]) -> dict[Path, dict[str, Signature]]:
     found: dict[Path, dict[str, Signature]] = {}
     for chunk in _chunks(files):
         result = proc.run(
-            ["rpm", "-qp", "--nosignature", "--nodigest", "--qf", query, *chunk], echo=False
+            ["rpm", "-qp", "--nomanifest", "--nosignature", "--nodigest", "--qf", query, *chunk],
+            echo=False,
         )
         lines = result.stdout.splitlines()
         if len(lines) != len(chunk):

@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -415,13 +416,22 @@ class _FileEntries:
         ]
 
 
-def _load_file(file: Path) -> _FileEntries:
+def _read_yaml(file: Path) -> Any:
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+        return yaml.safe_load(file.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"{file}: cannot read spec file: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{file}: not UTF-8 text (byte {exc.start}: {exc.reason}).",
+            hint="Save the spec file as UTF-8.",
+        ) from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
+
+
+def _load_file(file: Path) -> _FileEntries:
+    data = _read_yaml(file)
     entries = _FileEntries()
     if data is None:
         return entries

@@ -1067,3 +1067,13 @@ def test_a_file_that_is_not_an_rpm_is_an_input_error(tmp_path: Path, rpms: Rpms)
         repo.query_nevras([rpms.el7[0], garbage])
     assert raised.value.exit_code == 5
     assert repo.query_nevras(rpms.el7[:1]) == {rpms.el7[0]: "drbd-kmod-0:9.0-1.x86_64"}
+
+
+def test_a_text_file_named_like_an_rpm_is_refused_not_read_as_a_manifest(
+    rpms: Rpms, tmp_path: Path
+) -> None:
+    """rpm -qp reads a text file as a list of package paths unless told --nomanifest."""
+    listing = tmp_path / "drbd-9.0-1.x86_64.rpm"
+    listing.write_text(f"{rpms.el7[0]}\n")
+    with pytest.raises(InputError, match="Cannot read an RPM header"):
+        repo.query_nevras([listing])

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -83,3 +86,16 @@ def test_concurrent_first_extractions_take_turns_and_extract_once(
     assert len(calls) == 1
     assert results[0] == results[1]
     assert json.loads(results[0]["builds"]) == {"usr/src/k": "6.1.0-1-amd64"}
+
+
+def test_a_killed_extraction_s_partial_tree_is_removed_by_the_next_one(tmp_path: Path) -> None:
+    base = tmp_path / "kernels" / ("a" * 64)
+    with subprocess.Popen([sys.executable, "-c", "pass"]) as gone:
+        gone.wait()
+    dead = base.with_name(f"{base.name}.partial-{gone.pid}")
+    alive = base.with_name(f"{base.name}.partial-{os.getpid()}")
+    for partial in (dead, alive):
+        (partial / "tree").mkdir(parents=True)
+    kernel._remove_dead_partials(base)
+    assert not dead.exists()
+    assert alive.exists()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from dataclasses import replace
@@ -265,3 +267,14 @@ os.pwrite(fd, f"{os.getpid()}\\n".encode(), 0)
 print("locked", flush=True)
 time.sleep(60)
 """
+
+
+def test_the_manifest_is_as_readable_as_the_rpms_beside_it(fakes: Fakes, tmp_path: Path) -> None:
+    steps = plan(load_registry(), ["1.5"], ["8.4.1"], tmp_path / "artifacts")
+    old = os.umask(0o022)
+    try:
+        pipeline.run_builds(steps, options(tmp_path))
+    finally:
+        os.umask(old)
+    out = tmp_path / "artifacts" / "xcp-1.5" / "8.4.1"
+    assert stat.S_IMODE((out / "manifest.json").stat().st_mode) == 0o644

@@ -132,3 +132,18 @@ def test_consumers_get_their_digest_and_packet_version() -> None:
     )
     assert sign.digest_for(Consumer.EL7) == "sha256"
     assert sign.packet_version_for(Consumer.EL7) is None
+
+
+def test_a_passphrase_file_others_can_read_gets_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = tmp_path / "passphrase"
+    secret.write_text("hunter2\n")
+    secret.chmod(0o600)
+    sign._warn_if_readable_by_others(secret)
+    assert capsys.readouterr().err == ""
+    secret.chmod(0o644)
+    sign._warn_if_readable_by_others(secret)
+    err = capsys.readouterr().err
+    assert "can be read by other users (mode 644)" in err
+    assert f"chmod 600 {secret}" in err

@@ -269,3 +269,10 @@ def test_a_trailing_newline_is_no_safe_value(tmp_path: Path, text: str, where: s
     with pytest.raises(ConfigError) as caught:
         load_registry([tmp_path], builtin=False)
     assert where in str(caught.value)
+
+
+def test_a_spec_file_that_is_not_utf8_is_a_configuration_error(tmp_path: Path) -> None:
+    (tmp_path / "latin1.yaml").write_bytes("targets:\n  caf\xe9: {}\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.yaml: not UTF-8 text") as caught:
+        load_registry([tmp_path])
+    assert caught.value.exit_code == 2
