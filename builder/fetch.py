@@ -68,6 +68,15 @@ class Fetched:
     sha256: str
     origin: str
     untrusted: Input | None = None  # no pinned or locked hash yet: see trust()
+    downloaded: bool = False  # a copy in the download cache (not the user's own file)
+
+    def discard(self) -> bool:
+        """Delete a download that nothing ever vouched for, once a later check refused what
+        it holds, so that the next run fetches it again; True if it was deleted."""
+        if not self.downloaded or self.untrusted is None:
+            return False
+        self.path.unlink(missing_ok=True)
+        return True
 
     def trust(self) -> None:
         """Record the hash of a first download in its lock file, once the caller has checked
@@ -194,7 +203,11 @@ def _use_download(
         actual = hashes.sha256(dest)
         if expected is None or actual == expected:
             return Fetched(
-                path=dest, sha256=actual, origin=url, untrusted=None if expected else item
+                path=dest,
+                sha256=actual,
+                origin=url,
+                untrusted=None if expected else item,
+                downloaded=True,
             )
         log.warn(f"cached {dest.name} does not match its expected sha256; downloading it again")
         dest.unlink()
@@ -212,7 +225,13 @@ def _use_download(
             raise
     os.replace(part, dest)
     hashes.store(dest, actual)
-    return Fetched(path=dest, sha256=actual, origin=url, untrusted=None if expected else item)
+    return Fetched(
+        path=dest,
+        sha256=actual,
+        origin=url,
+        untrusted=None if expected else item,
+        downloaded=True,
+    )
 
 
 def _session() -> requests.Session:
@@ -253,6 +272,39 @@ class _Retryable(Exception):
     pass
 
 
+def _check_answer(response: requests.Response, have: int, part: Path, url: str, what: str) -> None:
+    """Raise for an answer that is not the (rest of the) file: retry, or stop for good."""
+    status = response.status_code
+    if status == 416 and have:
+        # The partial file is as long as (or longer than) the remote one: start again.
+        part.unlink()
+        raise _Retryable("the partial download did not fit the remote file")
+    if status in RETRY_STATUS:
+        raise _Retryable(f"HTTP {status} {response.reason}")
+    if status >= 400:
+        raise FetchError(
+            f"Downloading the {what} failed: HTTP {status} {response.reason} for {url}.",
+            hint="The URL is wrong or the file was removed upstream. Fix the spec's URL, "
+            "or pass a local copy of the file (air-gapped: --mirror DIR).",
+        )
+    if status == 206:
+        start = _range_start(response.headers.get("Content-Range", ""))
+        if start != have:
+            # Appending bytes from elsewhere in the file would make a corrupt copy.
+            part.unlink(missing_ok=True)
+            raise _Retryable(
+                f"the server sent bytes from {start if start is not None else '?'} when asked "
+                f"to resume at {have}; starting again"
+            )
+
+
+def _range_start(content_range: str) -> int | None:
+    """The first byte of a ``Content-Range: bytes START-END/TOTAL`` answer."""
+    unit, _, spec = content_range.strip().partition(" ")
+    start = spec.partition("-")[0]
+    return int(start) if unit == "bytes" and start.isdigit() else None
+
+
 def _download_once(
     session: requests.Session, url: str, part: Path, settings: FetchSettings, what: str
 ) -> str:
@@ -265,19 +317,8 @@ def _download_once(
     except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
         raise _Retryable(f"cannot connect: {type(exc).__name__}") from None
     with contextlib.closing(response):
+        _check_answer(response, have, part, url, what)
         status = response.status_code
-        if status == 416 and have:
-            # The partial file is as long as (or longer than) the remote one: start again.
-            part.unlink()
-            raise _Retryable("the partial download did not fit the remote file")
-        if status in RETRY_STATUS:
-            raise _Retryable(f"HTTP {status} {response.reason}")
-        if status >= 400:
-            raise FetchError(
-                f"Downloading the {what} failed: HTTP {status} {response.reason} for {url}.",
-                hint="The URL is wrong or the file was removed upstream. Fix the spec's URL, "
-                "or pass a local copy of the file (air-gapped: --mirror DIR).",
-            )
         digest = hashlib.sha256()
         if status == 206 and have:
             with part.open("rb") as existing:

@@ -137,9 +137,22 @@ def _rpm_from_iso(
             extract_from_iso(iso.path, inner, dest)
             try:
                 _check_rpm(dest)
-            except InputError:
+            except InputError as exc:
                 dest.unlink(missing_ok=True)
-                raise
+                # The RPM is fine as long as the ISO it came from is: name the file at fault.
+                if iso.discard():
+                    raise InputError(
+                        f"{rpm_name} inside the ISO downloaded from {iso.origin} is damaged: "
+                        f"{exc.message}",
+                        hint="The download was deleted; the next run downloads it again. If "
+                        "that fails the same way, the server's copy is damaged: pin the right "
+                        "sha256 in the spec or pass a good copy with --iso.",
+                    ) from exc
+                raise InputError(
+                    f"{rpm_name} inside the ISO {iso.path} is damaged: {exc.message}",
+                    hint="The ISO is damaged or not the vendor's: use a good copy (check its "
+                    "sha256 against the vendor's).",
+                ) from exc
         sha = hashes.sha256(dest)
     # A verified ISO vouches for the RPM inside it: its hash is recorded (with the ISO's, once
     # the tree checks out) so that a later --kernel-rpm can be checked against it.

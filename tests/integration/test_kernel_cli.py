@@ -334,3 +334,33 @@ def test_kernel_from_a_yum_repository_picks_the_newest_matching_package(
     assert f"/updates/{real.name}" in fetched
     assert f"/updates/{outside_glob.name}" not in fetched
     assert f"/base/{older.name}" not in fetched
+
+
+def test_a_first_download_whose_rpm_is_damaged_is_deleted_and_fetched_again(
+    tmp_path: Path, binpkg_iso: Path, kernel_rpm: Path, kernel_release: str
+) -> None:
+    """Nothing vouched for the ISO yet (no pin, no lock): a damaged copy must not stay cached."""
+    good = binpkg_iso.read_bytes()
+    damaged = bytearray(good)
+    rpm_at = good.index(kernel_rpm.read_bytes()[:4096])
+    damaged[rpm_at + kernel_rpm.stat().st_size // 2] ^= 0xFF
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "binpkg.iso").write_bytes(bytes(damaged))
+    cache = tmp_path / "cache"
+    with serve(www) as (base, state):
+        specs = specs_dir(
+            tmp_path, iso=f"{base}/binpkg.iso", inner=inner_path(kernel_rpm), release=kernel_release
+        )
+        args = ("kernel", "--xcp", "lab", "--specs", str(specs))
+        first = run_cli(*args, cache=cache)
+        assert first.returncode == 5, first.stderr
+        assert f"inside the ISO downloaded from {base}/binpkg.iso is damaged" in first.stderr
+        assert "The download was deleted; the next run downloads it again" in first.stderr
+        assert not list(cache.rglob("binpkg.iso*"))
+        assert not (specs / "checksums.lock").exists()  # nothing damaged was trusted
+        (www / "binpkg.iso").write_bytes(good)  # the server's copy is mended
+        second = run_cli(*args, cache=cache)
+        assert second.returncode == 0, second.stderr
+        assert len(state.requests) == 2  # downloaded again, not served from the cache
+    assert f"kernel release: {kernel_release}" in second.stdout

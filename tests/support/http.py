@@ -17,6 +17,7 @@ class ServerState:
     requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range)
     cut_after: int | None = None  # close the connection after this many body bytes, once
     fail_first: int = 0  # answer this many requests with 503 first
+    wrong_range: bool = False  # answer the next Range request from byte 0 (206), once
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -33,6 +34,9 @@ def _handler(state: ServerState) -> type[BaseHTTPRequestHandler]:
                     self.send_error(503, "busy")
                     return
                 cut, state.cut_after = state.cut_after, None
+                wrong = state.wrong_range and self.headers.get("Range") is not None
+                if wrong:
+                    state.wrong_range = False
             path = state.root / self.path.lstrip("/")
             if not path.is_file():
                 self.send_error(404, "Not Found")
@@ -41,7 +45,7 @@ def _handler(state: ServerState) -> type[BaseHTTPRequestHandler]:
             start = 0
             match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
             if match:
-                start = int(match.group(1))
+                start = 0 if wrong else int(match.group(1))
                 if start >= size:
                     self.send_error(416, "Range Not Satisfiable")
                     return

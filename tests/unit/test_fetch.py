@@ -60,6 +60,18 @@ def test_interrupted_download_resumes_with_range(
     assert 0 < resumed_at <= 1024 * 1024 + 7  # what arrived before the cut was kept
 
 
+def test_a_resume_answered_from_the_wrong_offset_starts_again(
+    tmp_path: Path, payload: tuple[Path, bytes]
+) -> None:
+    root, data = payload
+    with serve(root) as (base, state):
+        state.cut_after = 1024 * 1024 + 7
+        state.wrong_range = True  # the resume gets "206, bytes 0-…": appending it would corrupt
+        got = fetch(item(f"{base}/file.bin"), settings(tmp_path))
+    assert got.path.read_bytes() == data
+    assert [r[1] is None for r in state.requests] == [True, False, True]
+
+
 def test_server_errors_are_retried_but_404_is_not(
     tmp_path: Path, payload: tuple[Path, bytes]
 ) -> None:
