@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from builder import log
 from builder.checksums import ChecksumLock, HashCache, mismatch
 from builder.errors import ChecksumError, FetchError, InputError
+from builder.rpm import DEFAULT_LIMITS, ExtractLimits
 
 if TYPE_CHECKING:
     import requests
@@ -42,6 +43,7 @@ class FetchSettings:
     retries: int = 4
     backoff: float = 1.0  # seconds before the first retry; doubles each time
     timeout: float = 60.0  # seconds without data before a connection is given up
+    extract_limits: ExtractLimits = DEFAULT_LIMITS  # what a kernel-devel may unpack to
 
     @property
     def hashes(self) -> HashCache:

@@ -295,7 +295,7 @@ def _extract_tree(rpm: Fetched, info: RpmInfo, settings: FetchSettings) -> dict[
         try:
             (partial / "tree").mkdir(parents=True)
             with log.step(f"extracting {info.nvra}"):
-                count = extract_payload(rpm.path, info, partial / "tree")
+                count = extract_payload(rpm.path, info, partial / "tree", settings.extract_limits)
                 log.info(f"{count} files")
             builds = find_build_dirs(partial / "tree")
             if not builds:

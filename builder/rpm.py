@@ -143,6 +143,31 @@ class CpioEntry:
     mtime: int
 
 
+MIB = 1 << 20
+# A path (and a symlink's target) longer than PATH_MAX is no file a kernel tree can hold.
+MAX_NAME = 4096
+
+
+@dataclass(frozen=True)
+class ExtractLimits:
+    """What a kernel-devel payload may unpack to: far above any real one (about 100 MB for
+    2.6.32 and 4.19 trees, the largest file a few MB), far below what would fill a disk."""
+
+    max_file: int = 256 * MIB
+    max_total: int = 2048 * MIB
+
+
+DEFAULT_LIMITS = ExtractLimits()
+
+
+def _too_big(path: Path, what: str, limit: int, option: str) -> InputError:
+    return InputError(
+        f"{path} was refused: {what}, over the limit of {limit // MIB:,} MiB ({option}).",
+        hint=f"No kernel-devel package is that large; if this one really is, raise {option}. "
+        "Nothing of the package was kept.",
+    )
+
+
 def _read_exact(stream: Readable, size: int, path: Path) -> bytes:
     data = stream.read(size)
     if len(data) != size:
@@ -164,6 +189,11 @@ def _iter_cpio(stream: Readable, path: Path) -> Iterator[tuple[CpioEntry, Readab
         ino, mode, _uid, _gid, nlink, mtime, size, devmaj, devmin, _rmaj, _rmin, namesize, _c = (
             fields
         )
+        if namesize > MAX_NAME + 1:
+            raise InputError(
+                f"{path} has an unsafe payload: an entry name of {namesize} bytes.",
+                hint="The package was refused; nothing of it was kept.",
+            )
         name_bytes = _read_exact(stream, namesize, path)
         offset += CPIO_HEADER + namesize
         pad = (-offset) % 4
@@ -247,11 +277,47 @@ def _check_symlinks(root: Path, symlinks: set[str], path: Path) -> None:
             )
 
 
-def extract_payload(path: Path, info: RpmInfo, root: Path) -> int:
+def _check_size(entry: CpioEntry, kind: int, total: int, path: Path, limits: ExtractLimits) -> int:
+    """The payload's size so far with ``entry``; refuse entries no kernel tree has, before
+    reading them: huge files, symlink targets or directory "contents" (bombs)."""
+    if kind == stat.S_IFREG:
+        if entry.size > limits.max_file:
+            raise _too_big(
+                path,
+                f"{entry.name!r} would unpack to {entry.size:,} bytes",
+                limits.max_file,
+                "--max-file",
+            )
+        total += entry.size
+        if total > limits.max_total:
+            raise _too_big(
+                path, f"the tree would unpack to more than {total:,} bytes", limits.max_total,
+                "--max-unpacked",
+            )  # fmt: skip
+    elif kind == stat.S_IFLNK:
+        if entry.size > MAX_NAME:
+            raise InputError(
+                f"{path} has an unsafe payload: the symlink {entry.name!r} has a target of "
+                f"{entry.size} bytes.",
+                hint="The package was refused; nothing of it was kept.",
+            )
+    elif entry.size:
+        raise InputError(
+            f"{path} has an unsafe payload: {entry.name!r} is no file but carries "
+            f"{entry.size} bytes.",
+            hint="The package was refused; nothing of it was kept.",
+        )
+    return total
+
+
+def extract_payload(
+    path: Path, info: RpmInfo, root: Path, limits: ExtractLimits = DEFAULT_LIMITS
+) -> int:
     """Extract the payload of ``path`` under ``root`` (which must exist); return file count."""
     links: dict[tuple[int, int], list[Path]] = {}
     symlinks: set[str] = set()
     count = 0
+    total = 0
     with path.open("rb") as raw:
         raw.seek(info.payload_offset)
         try:
@@ -259,6 +325,7 @@ def extract_payload(path: Path, info: RpmInfo, root: Path) -> int:
             for entry, data in _iter_cpio(stream, path):
                 relative = _safe_relative(entry.name, path)
                 kind = stat.S_IFMT(entry.mode)
+                total = _check_size(entry, kind, total, path, limits)
                 if not relative:
                     _read_exact(data, entry.size, path)
                     continue

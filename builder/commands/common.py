@@ -24,10 +24,37 @@ def add_input_options(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="a directory holding inputs by file name; used before any download",
     )
+    group.add_argument(
+        "--max-file",
+        metavar="MIB",
+        type=positive_mib,
+        default=256,
+        help="refuse a kernel-devel RPM holding a larger file (default: 256 MiB)",
+    )
+    group.add_argument(
+        "--max-unpacked",
+        metavar="MIB",
+        type=positive_mib,
+        default=2048,
+        help="refuse a kernel-devel RPM that unpacks to more (default: 2048 MiB; real ones "
+        "unpack to about 100 MiB)",
+    )
+
+
+def positive_mib(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of MiB") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be more than 0 MiB")
+    return value
 
 
 def fetch_settings(args: argparse.Namespace) -> FetchSettings:
     from builder.fetch import FetchSettings
+    from builder.rpm import MIB, ExtractLimits
 
     cache: Path = args.cache
-    return FetchSettings(cache_dir=cache, mirror=args.mirror)
+    limits = ExtractLimits(max_file=args.max_file * MIB, max_total=args.max_unpacked * MIB)
+    return FetchSettings(cache_dir=cache, mirror=args.mirror, extract_limits=limits)

@@ -68,7 +68,7 @@ def test_concurrent_first_extractions_take_turns_and_extract_once(
 ) -> None:
     calls: list[int] = []
 
-    def fake_extract(path: Path, info: RpmInfo, root: Path) -> int:
+    def fake_extract(path: Path, info: RpmInfo, root: Path, limits: object) -> int:
         calls.append(1)
         time.sleep(0.3)
         make_tree(root, "usr/src/k", {"Makefile": "", ".config": "", **UTS})

@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import gzip
+import re
 import stat
 from pathlib import Path
 
 import pytest
 
 from builder.errors import InputError
-from builder.rpm import RpmInfo, extract_payload, vercmp
+from builder.rpm import ExtractLimits, RpmInfo, extract_payload, vercmp
 
 
 def cpio(entries: list[tuple[str, int, bytes, int, int]]) -> bytes:
@@ -173,3 +174,42 @@ def test_damaged_compressed_payload_is_reported_as_corrupt(tmp_path: Path) -> No
     root.mkdir()
     with pytest.raises(InputError, match="not a valid RPM"):
         extract_payload(path, info, root)
+
+
+SMALL = ExtractLimits(max_file=1 << 20, max_total=3 << 20)
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        (
+            [("./big", REG, b"\0" * (2 << 20), 1, 1)],
+            "'./big' would unpack to 2,097,152 bytes, over the limit of 1 MiB (--max-file)",
+        ),
+        (
+            [(f"./f{n}", REG, b"\0" * (1 << 20), n + 1, 1) for n in range(4)],
+            "the tree would unpack to more than 4,194,304 bytes, over the limit of 3 MiB",
+        ),
+        ([("./link", LNK, b"a" * 5000, 1, 1)], "a target of 5000 bytes"),
+        ([("./dir", DIR, b"\0" * 4096, 1, 2)], "'./dir' is no file but carries 4096 bytes"),
+    ],
+    ids=["one-file", "whole-tree", "symlink-target", "directory-data"],
+)
+def test_bombs_are_refused_before_they_are_read(
+    tmp_path: Path, entries: list[tuple[str, int, bytes, int, int]], message: str
+) -> None:
+    path, info = fake_rpm(tmp_path, entries)
+    root = tmp_path / "root"
+    root.mkdir()
+    with pytest.raises(InputError, match=re.escape(message)):
+        extract_payload(path, info, root, SMALL)
+    # Nothing of the over-size entry was written.
+    assert sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) <= SMALL.max_total
+
+
+def test_a_payload_within_the_limits_unpacks(tmp_path: Path) -> None:
+    path, info = fake_rpm(tmp_path, [("./ok", REG, b"\0" * (1 << 20), 1, 1)])
+    root = tmp_path / "root"
+    root.mkdir()
+    assert extract_payload(path, info, root, SMALL) == 1
+    assert (root / "ok").stat().st_size == 1 << 20
