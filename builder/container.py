@@ -34,6 +34,7 @@ from docker.types import Mount
 from builder import log
 from builder.errors import DockerError
 from builder.locks import pid_alive
+from builder.specs import DEFAULT_LIMITS, Limits
 
 LABEL = "io.xcp-drbd-builder"
 LABEL_HOST = f"{LABEL}.host"
@@ -227,6 +228,7 @@ class RunSpec:
     mounts: Sequence[BindMount] = ()
     environment: Mapping[str, str] = field(default_factory=dict)
     working_dir: str | None = None
+    limits: Limits = DEFAULT_LIMITS
 
 
 @dataclass(frozen=True)
@@ -234,6 +236,7 @@ class RunResult:
     exit_code: int
     timed_out: bool
     container_name: str
+    out_of_memory: bool = False  # the kernel killed a process at the memory limit
 
 
 def _owner_labels(*, keep: bool) -> dict[str, str]:
@@ -298,6 +301,10 @@ def started_container(client: docker.DockerClient, spec: RunSpec) -> Iterator[Co
             working_dir=spec.working_dir,
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
+            mem_limit=f"{spec.limits.memory_mib}m",
+            memswap_limit=f"{spec.limits.memory_mib}m",
+            pids_limit=spec.limits.pids,
+            nano_cpus=int(spec.limits.cpus * 1e9),
             detach=True,
         )
         container.start()
@@ -373,4 +380,15 @@ def run_logged(
             if timer is not None:
                 timer.cancel()
         exit_code = int(status.get("StatusCode", -1))
-        return RunResult(exit_code=exit_code, timed_out=timed_out.is_set(), container_name=name)
+        out_of_memory = False
+        with contextlib.suppress(
+            docker.errors.DockerException, requests.exceptions.RequestException
+        ):
+            container.reload()
+            out_of_memory = bool((container.attrs.get("State") or {}).get("OOMKilled"))
+        return RunResult(
+            exit_code=exit_code,
+            timed_out=timed_out.is_set(),
+            container_name=name,
+            out_of_memory=out_of_memory,
+        )

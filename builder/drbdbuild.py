@@ -50,7 +50,7 @@ from builder.rpmbuild import (
     source_for,
     top_level_files,
 )
-from builder.specs import NO_ADJUSTMENTS, Adjustments
+from builder.specs import DEFAULT_LIMITS, NO_ADJUSTMENTS, Adjustments, Limits
 
 USERLAND_RECORD = "userland.json"
 
@@ -104,6 +104,7 @@ class DrbdBuild:
     module_adjustments: Adjustments = NO_ADJUSTMENTS  # the target's own
     # DRBD 9: the helper image with spatch, built when a compat patch must be made
     spatch_image: Callable[[], str] = _no_spatch_image
+    limits: Limits = DEFAULT_LIMITS  # for every container run of the build
 
     @property
     def userland_source(self) -> SourceInput:
@@ -226,6 +227,7 @@ def ensure_userland(
                     tarball=source.tarball,
                     patches=source.adjustments.patches,
                     environment=_environment(source.adjustments),
+                    limits=build.limits,
                 ),
                 output_dir=partial,
                 log_file=log_file,
@@ -292,6 +294,7 @@ def build_module(
         patches=adjustments.patches,
         kernel_mounts=mounts,
         environment=environment,
+        limits=build.limits,
     )
     extra: list[container.BindMount] = []
     if isinstance(recipe, KmodRecipe):

@@ -46,7 +46,7 @@ from builder.rpmbuild import (
     ensure_spatch_image,
     tarball_top_dir,
 )
-from builder.specs import Tarball, Target
+from builder.specs import Limits, Tarball, Target
 
 MANIFEST = "manifest.json"
 BUILD_LOG = "build.log"
@@ -58,8 +58,21 @@ class BuildOptions:
     kernel_inputs: KernelInputs
     source: Path | None = None  # a local DRBD tarball (only with a single version)
     utils_source: Path | None = None  # a local drbd-utils tarball (one drbd-utils version)
-    timeout: float | None = None
+    timeout: float | None = None  # replaces the target's container.limits.timeout
     lock_timeout: float = 3600.0  # waiting for another build of the same target and version
+    # command-line limits, each replacing the target's container.limits value when given
+    memory_mib: int | None = None
+    pids: int | None = None
+    cpus: float | None = None
+
+    def limits_for(self, target: Target) -> Limits:
+        spec = target.limits
+        return Limits(
+            memory_mib=spec.memory_mib if self.memory_mib is None else self.memory_mib,
+            pids=spec.pids if self.pids is None else self.pids,
+            cpus=spec.cpus if self.cpus is None else self.cpus,
+            timeout=spec.timeout if self.timeout is None else self.timeout,
+        )
 
 
 @dataclass(frozen=True)
@@ -118,6 +131,7 @@ def drbd_build(
     image: str,
     context_sha: str,
     spatch_image: Callable[[], str],
+    limits: Limits,
 ) -> DrbdBuild:
     """What one step builds, as plain values (the image may be a placeholder until built)."""
     drbd = step.drbd
@@ -150,6 +164,7 @@ def drbd_build(
         context_sha256=context_sha,
         module_adjustments=step.target.adjustments,
         spatch_image=spatch_image,
+        limits=limits,
     )
 
 
@@ -336,6 +351,7 @@ def run_builds(steps: Sequence[BuildStep], options: BuildOptions) -> list[Outcom
                 image=image or "",
                 context_sha=context_sha,
                 spatch_image=spatch_image,
+                limits=options.limits_for(target),
             )
             inputs = _inputs(step, planned, tree, context, context_sha)
             with build_lock(step, options.lock_timeout):

@@ -25,7 +25,7 @@ import docker
 from builder import container, log
 from builder.errors import BuildError, ConfigError, InputError
 from builder.recipes import INPUT_DIR, OUTPUT_DIR, PATCH_DIR, WORK_DIR, Command, Source
-from builder.specs import Target
+from builder.specs import DEFAULT_LIMITS, Limits, Target
 
 CONTAINERS_DIR = Path(__file__).resolve().parent.parent / "containers"
 BUILD_USER = "builder"
@@ -252,6 +252,7 @@ class Run:
     mounts: Sequence[container.BindMount] = ()  # further read-only inputs
     environment: Mapping[str, str] = field(default_factory=dict)
     outputs: str = "*.rpm"  # what the run must leave in OUTPUT_DIR (a glob)
+    limits: Limits = DEFAULT_LIMITS
     source_date_epoch: int | None = None  # default: the tarball's newest mtime
 
 
@@ -278,8 +279,12 @@ def run_build(
 
     ``output_dir`` must exist (the caller's ``*.partial`` directory).  The whole build log is
     appended to ``log_file``.  Raises :class:`BuildError` (with the failed command and the
-    log's last lines) when the build fails, times out or makes no RPM.
+    log's last lines) when the build fails, hits a limit or makes no RPM.  ``timeout``
+    replaces the run's own time limit.
     """
+    limits = run.limits
+    if timeout is None:
+        timeout = limits.timeout
     started = time.monotonic()
     tarball = run.tarball.resolve()
     if not tarball.is_file():
@@ -301,6 +306,7 @@ def run_build(
         for patch, name in zip(run.patches, patch_names(run.patches), strict=True)
     ]
     spec = container.RunSpec(
+        limits=limits,
         image=run.image,
         command=[*shell, shell_script(run.commands)],
         user=BUILD_USER,
@@ -333,7 +339,19 @@ def run_build(
                 client, spec, log_file=log_file, timeout=timeout, on_line=_Ticker()
             )
             if result.timed_out:
-                raise _build_error(f"timed out after {timeout:.0f} s", run.what, log_file)
+                raise _build_error(
+                    f"timed out after {timeout:.0f} s, its time limit (--timeout, or "
+                    "container.limits.timeout in the target's spec)",
+                    run.what,
+                    log_file,
+                )
+            if result.out_of_memory:
+                raise _build_error(
+                    f"killed at its memory limit of {limits.memory_mib} MiB (--memory, or "
+                    "container.limits.memory_mib in the target's spec)",
+                    run.what,
+                    log_file,
+                )
             if result.exit_code != 0:
                 raise _build_error(f"exit status {result.exit_code}", run.what, log_file)
         rpms = []
@@ -403,6 +421,11 @@ def _build_error(reason: str, what: str, log_file: Path) -> BuildError:
         if command.startswith("patch "):
             patch = command.rsplit("/", 1)[-1]
             at += f": the patch {patch} does not apply to this source"
+    if any("Resource temporarily unavailable" in line for line in lines):
+        causes += (
+            "(Forks failed: the build may have hit the container's process limit, --pids or "
+            "container.limits.pids.)\n"
+        )
     return BuildError(
         f"Building {what} failed ({reason}){at}. {causes}"
         f"Last lines of the build log:\n{shown_tail}\n"

@@ -12,6 +12,7 @@ built-in target at a local mirror without editing this repository.
 from __future__ import annotations
 
 import enum
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -104,6 +105,20 @@ NO_ADJUSTMENTS = Adjustments()
 
 
 @dataclass(frozen=True, kw_only=True)
+class Limits:
+    """What one build container may use, so that a broken or hostile source cannot exhaust
+    the host: memory (swap included), processes, CPUs, and wall time."""
+
+    memory_mib: int = 4096
+    pids: int = 4096
+    cpus: float = float(os.cpu_count() or 1)
+    timeout: float = 7200.0  # seconds
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True, kw_only=True)
 class KernelSource:
     kind: SourceKind
     url: str | None = None  # ISO or RPM URL; None where the vendor has no public download
@@ -146,6 +161,7 @@ class Target:
     consumer: Consumer
     adjustments: Adjustments = NO_ADJUSTMENTS  # the target's `build:` mapping
     drbd_versions: tuple[str, ...] = ()  # the DRBD releases that fit its kernel (`drbd:`)
+    limits: Limits = DEFAULT_LIMITS  # container.limits
     spec_file: Path = field(compare=False)
 
     @property
@@ -269,6 +285,9 @@ def _target(file: Path, target_id: str, reader: YamlReader) -> Target:
     family = container.text("family", pattern=SAFE_NAME)
     image = container.text("image", required=False)
     context_value = container.text("context", required=False)
+    limits = DEFAULT_LIMITS
+    if container.raw("limits", required=False) is not None:
+        limits = _limits(container.mapping("limits"))
     spatch_image = spatch_context = None
     if container.raw("spatch", required=False) is not None:
         spatch = container.mapping("spatch")
@@ -302,6 +321,7 @@ def _target(file: Path, target_id: str, reader: YamlReader) -> Target:
         consumer=Consumer(reader.choice("consumer", [c.value for c in Consumer])),
         adjustments=adjustments,
         drbd_versions=reader.text_list("drbd", SAFE_NAME),
+        limits=limits,
         spec_file=file,
     )
     reader.done()
@@ -344,6 +364,23 @@ def _adjustments(file: Path, reader: YamlReader) -> Adjustments:
         make=tuple(sorted(make.items())),
         cflags=reader.text("cflags", ONE_LINE, required=False),
     )
+
+
+def _limits(reader: YamlReader) -> Limits:
+    """A target's container.limits: each key replaces the default."""
+    cpus = reader.raw("cpus", required=False)
+    if cpus is not None and (isinstance(cpus, bool) or not isinstance(cpus, (int, float))):
+        raise reader.fail("cpus", f"must be a number, not {cpus!r}")
+    if cpus is not None and not 0 < cpus <= 1024:
+        raise reader.fail("cpus", f"{cpus} is out of range (more than 0, up to 1024)")
+    limits = Limits(
+        memory_mib=reader.integer("memory_mib", 64, 1 << 20, default=DEFAULT_LIMITS.memory_mib),
+        pids=reader.integer("pids", 16, 1 << 22, default=DEFAULT_LIMITS.pids),
+        cpus=float(cpus) if cpus is not None else DEFAULT_LIMITS.cpus,
+        timeout=float(reader.integer("timeout", 1, 7 * 86400, default=int(DEFAULT_LIMITS.timeout))),
+    )
+    reader.done()
+    return limits
 
 
 def _check_version_name(version: str, reader: YamlReader) -> None:

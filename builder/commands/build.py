@@ -82,13 +82,22 @@ def register(
                 help="the drbd-utils source tarball as a local file (for DRBD 8.4.5 and later, "
                 "whose userland is a drbd-utils release; one drbd-utils version per run)",
             )
-            parser.add_argument(
+            limits = parser.add_argument_group(
+                "limits of each build container (default: the target's container.limits, "
+                "else 4096 MiB, 4096 processes, every CPU, 7200 s)"
+            )
+            limits.add_argument(
                 "--timeout",
                 metavar="SECONDS",
                 type=positive_seconds,
                 default=None,
                 help="stop a build (and remove its container) after this long",
             )
+            limits.add_argument(
+                "--memory", metavar="MIB", type=positive_int, help="memory, swap included"
+            )
+            limits.add_argument("--pids", metavar="N", type=positive_int, help="processes")
+            limits.add_argument("--cpus", metavar="N", type=positive_number, help="CPUs")
             parser.add_argument(
                 "--lock-timeout",
                 metavar="SECONDS",
@@ -103,6 +112,26 @@ def register(
             parser.set_defaults(func=run)
         else:
             parser.set_defaults(func=run_matrix)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be more than 0")
+    return value
+
+
+def positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} must be more than 0")
+    return value
 
 
 def positive_seconds(text: str) -> float:
@@ -149,6 +178,9 @@ def run(args: argparse.Namespace) -> int:
         utils_source=args.utils_source,
         timeout=args.timeout,
         lock_timeout=args.lock_timeout,
+        memory_mib=args.memory,
+        pids=args.pids,
+        cpus=args.cpus,
     )
     outcomes = run_builds(steps, options)
     for outcome in outcomes:

@@ -16,7 +16,7 @@ import pytest
 
 from builder import checks, container, drbdbuild, proc, recipes, rpmbuild
 from builder.errors import BuildError, CheckError, DockerError
-from builder.specs import Target
+from builder.specs import DEFAULT_LIMITS, Limits, Target
 from tests.integration import buildenv
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
@@ -41,16 +41,20 @@ def build(
     *,
     timeout: float = 900,
     kernel_release: str | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> drbdbuild.Built:
     output = work / "out.partial"
     output.mkdir(exist_ok=True)
-    build = buildenv.drbd_build(
-        image,
-        kernel,
-        tarball,
-        version=VERSION,
-        kernel_release=kernel_release,
-        requires=("kernel-xen", "6.1-1"),
+    build = replace(
+        buildenv.drbd_build(
+            image,
+            kernel,
+            tarball,
+            version=VERSION,
+            kernel_release=kernel_release,
+            requires=("kernel-xen", "6.1-1"),
+        ),
+        limits=limits,
     )
     return drbdbuild.build_drbd(
         build,
@@ -355,3 +359,49 @@ def test_build_that_runs_too_long_is_stopped(
         build(standin_image, kernel_tree, tmp_path, tarball, docker_client, timeout=8)
     assert time.monotonic() - started < 60
     assert list(output.iterdir()) == []
+
+
+def test_build_containers_run_within_their_limits_and_say_which_one_stopped_them(
+    tmp_path: Path,
+    standin_image: str,
+    kernel_tree: buildenv.KernelTree,
+    docker_client: docker.DockerClient,
+    own_containers: None,
+) -> None:
+    def report_limits(source: Path) -> None:
+        makefile = source / "Makefile"
+        makefile.write_text(
+            makefile.read_text().replace(
+                "tools: user/drbdadm\n",
+                "tools: user/drbdadm\n"
+                # cgroup v2, else v1
+                "\tcat /sys/fs/cgroup/memory.max 2>/dev/null"
+                " || cat /sys/fs/cgroup/memory/memory.limit_in_bytes\n"
+                "\tcat /sys/fs/cgroup/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids/pids.max\n",
+            )
+        )
+
+    limits = Limits(memory_mib=512, pids=300, cpus=1.0, timeout=600)
+    tarball = buildenv.make_drbd_source(tmp_path, VERSION, report_limits)
+    build(standin_image, kernel_tree, tmp_path, tarball, docker_client, limits=limits)
+    lines = (tmp_path / "build.log").read_text().splitlines()
+    assert str(512 << 20) in lines
+    assert "300" in lines
+
+    def eat_memory(source: Path) -> None:
+        makefile = source / "Makefile"
+        makefile.write_text(
+            makefile.read_text().replace(
+                "tools: user/drbdadm\n",
+                "tools: user/drbdadm\n"
+                "\tperl -e '$$x = \"a\" x (400 * 1024 * 1024); print length $$x'\n",
+            )
+        )
+
+    hungry = tmp_path / "hungry"
+    hungry.mkdir()
+    tarball = buildenv.make_drbd_source(hungry, VERSION, eat_memory)
+    small = replace(limits, memory_mib=128)
+    with pytest.raises(BuildError, match="killed at its memory limit of 128 MiB") as caught:
+        build(standin_image, kernel_tree, hungry, tarball, docker_client, limits=small)
+    assert "--memory" in str(caught.value)

@@ -276,3 +276,32 @@ def test_a_spec_file_that_is_not_utf8_is_a_configuration_error(tmp_path: Path) -
     with pytest.raises(ConfigError, match=r"latin1\.yaml: not UTF-8 text") as caught:
         load_registry([tmp_path])
     assert caught.value.exit_code == 2
+
+
+def test_container_limits_come_from_the_spec_and_the_command_line_wins(tmp_path: Path) -> None:
+    from builder.fetch import FetchSettings
+    from builder.kernel import KernelInputs
+    from builder.pipeline import BuildOptions
+    from builder.specs import DEFAULT_LIMITS
+
+    text = TARGET.replace(
+        "      context: ../ctx\n",
+        "      context: ../ctx\n      limits: {memory_mib: 2048, pids: 512, timeout: 600}\n",
+    )
+    write(tmp_path, "t.yaml", text)
+    target = load_registry([tmp_path], builtin=False).target("lab")
+    assert (target.limits.memory_mib, target.limits.pids, target.limits.timeout) == (
+        2048, 512, 600.0,
+    )  # fmt: skip
+    assert target.limits.cpus == DEFAULT_LIMITS.cpus
+    options = BuildOptions(
+        settings=FetchSettings(cache_dir=tmp_path),
+        kernel_inputs=KernelInputs(),
+        memory_mib=1024,
+        cpus=1.5,
+    )
+    limits = options.limits_for(target)
+    assert (limits.memory_mib, limits.pids, limits.cpus, limits.timeout) == (1024, 512, 1.5, 600)
+    write(tmp_path, "t.yaml", text.replace("pids: 512", "pids: 2"))
+    with pytest.raises(ConfigError, match=r"container\.limits\.pids: 2 is out of range"):
+        load_registry([tmp_path], builtin=False)
