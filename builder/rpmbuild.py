@@ -340,17 +340,17 @@ def run_build(
             )
             if result.timed_out:
                 raise _build_error(
-                    f"timed out after {timeout:.0f} s, its time limit (--timeout, or "
-                    "container.limits.timeout in the target's spec)",
+                    f"timed out after {timeout:.0f} s",
                     run.what,
                     log_file,
+                    limit="--timeout, or container.limits.timeout in the target's spec",
                 )
             if result.out_of_memory:
                 raise _build_error(
-                    f"killed at its memory limit of {limits.memory_mib} MiB (--memory, or "
-                    "container.limits.memory_mib in the target's spec)",
+                    f"killed at its memory limit of {limits.memory_mib} MiB",
                     run.what,
                     log_file,
+                    limit="--memory, or container.limits.memory_mib in the target's spec",
                 )
             if result.exit_code != 0:
                 raise _build_error(f"exit status {result.exit_code}", run.what, log_file)
@@ -401,7 +401,7 @@ def failed_command(lines: Sequence[str]) -> str | None:
     return None
 
 
-def _build_error(reason: str, what: str, log_file: Path) -> BuildError:
+def _build_error(reason: str, what: str, log_file: Path, *, limit: str = "") -> BuildError:
     try:
         text = log_file.read_text(encoding="utf-8", errors="replace")
     except OSError:
@@ -426,6 +426,8 @@ def _build_error(reason: str, what: str, log_file: Path) -> BuildError:
             "(Forks failed: the build may have hit the container's process limit, --pids or "
             "container.limits.pids.)\n"
         )
+    if limit:
+        at += f". That limit is set with {limit}"
     return BuildError(
         f"Building {what} failed ({reason}){at}. {causes}"
         f"Last lines of the build log:\n{shown_tail}\n"
