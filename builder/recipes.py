@@ -161,6 +161,21 @@ def km_package_name(kernel_release: str, prefix: str = "drbd-km") -> str:
     return f"{prefix}-{kernel_release.replace('-', '_')}"
 
 
+def bundled_commands(job: Job, km: str, spec: str) -> list[Command]:
+    """DRBD's own recipe for 8.3 and 8.4.0-8.4.4: configure, ``make tgz <spec>``, rpmbuild."""
+    tgz = f"drbd-{job.source.version}.tar.gz"
+    return [
+        *unpack(job),
+        configure(job, km),
+        # FORCE=1: without it `tgz` first rebuilds the release's man pages, which needs
+        # xsltproc and DocBook stylesheets fetched over the network, which is off here.
+        ["make", "tgz", spec, "FORCE=1"],
+        ["cp", tgz, f"{TOP_DIR}/SOURCES/{tgz}"],
+        rpmbuild(job, spec),
+        COLLECT,
+    ]
+
+
 @dataclass(frozen=True, kw_only=True)
 class Userland(abc.ABC):
     """How one kind of userland source builds, and what it must produce."""
@@ -180,17 +195,7 @@ class BundledUserland(Userland):
     """8.3 and 8.4.0-8.4.4: DRBD's own tarball, ``make tgz drbd.spec``."""
 
     def commands(self, job: Job) -> list[Command]:
-        tgz = f"drbd-{job.source.version}.tar.gz"
-        return [
-            *unpack(job),
-            configure(job, "--without-km"),
-            # FORCE=1: without it `tgz` first rebuilds the release's man pages, which needs
-            # xsltproc and DocBook stylesheets fetched over the network, which is off here.
-            ["make", "tgz", "drbd.spec", "FORCE=1"],
-            ["cp", tgz, f"{TOP_DIR}/SOURCES/{tgz}"],
-            rpmbuild(job, "drbd.spec"),
-            COLLECT,
-        ]
+        return bundled_commands(job, "--without-km", "drbd.spec")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -259,15 +264,7 @@ class BundledRecipe(Recipe):
     ``rpmbuild -bb drbd-km.spec`` (the recipe DRBD documents for these releases)."""
 
     def module_commands(self, job: Job) -> list[Command]:
-        tgz = f"drbd-{job.source.version}.tar.gz"
-        return [
-            *unpack(job),
-            configure(job, "--with-km"),
-            ["make", "tgz", "drbd-km.spec", "FORCE=1"],
-            ["cp", tgz, f"{TOP_DIR}/SOURCES/{tgz}"],
-            rpmbuild(job, "drbd-km.spec"),
-            COLLECT,
-        ]
+        return bundled_commands(job, "--with-km", "drbd-km.spec")
 
 
 @dataclass(frozen=True, kw_only=True)

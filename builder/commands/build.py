@@ -7,7 +7,13 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from builder.commands.common import add_input_options, fetch_settings
+from builder.commands.common import (
+    add_input_options,
+    fetch_settings,
+    positive_int,
+    positive_number,
+    positive_seconds,
+)
 
 if TYPE_CHECKING:
     from builder.plan import BuildStep
@@ -112,36 +118,6 @@ def register(
             parser.set_defaults(func=run)
         else:
             parser.set_defaults(func=run_matrix)
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be more than 0")
-    return value
-
-
-def positive_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} must be more than 0")
-    return value
-
-
-def positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} must be more than 0 seconds")
-    return value
 
 
 def _steps(args: argparse.Namespace) -> list[BuildStep]:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
+
+Number = TypeVar("Number", int, float)
 
 if TYPE_CHECKING:
     from builder.fetch import FetchSettings
@@ -41,14 +44,29 @@ def add_input_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def positive_mib(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of MiB") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be more than 0 MiB")
-    return value
+def positive(kind: Callable[[str], Number], unit: str = "") -> Callable[[str], Number]:
+    """An argparse type: a number of ``kind`` (int or float) above 0, in ``unit``."""
+    what = "a whole number" if kind is int else "a number"
+    of_unit = f" of {unit}" if unit else ""
+
+    def parse(text: str) -> Number:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}{of_unit}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(
+                f"{text} must be more than 0{' ' + unit if unit else ''}"
+            )
+        return value
+
+    return parse
+
+
+positive_mib = positive(int, "MiB")
+positive_int = positive(int)
+positive_number = positive(float)
+positive_seconds = positive(float, "seconds")
 
 
 def fetch_settings(args: argparse.Namespace) -> FetchSettings:
