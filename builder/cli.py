@@ -12,10 +12,10 @@ from pathlib import Path
 from types import FrameType
 
 from builder import __version__, log
-from builder.commands import build, deploy, kernel, keygen, publish, targets
+from builder.commands import build, deploy, kernel, keygen, publish, targets, verify
 from builder.errors import BuilderError, Interrupted
 
-COMMANDS = (targets, kernel, build, publish, keygen, deploy)
+COMMANDS = (targets, kernel, build, publish, verify, keygen, deploy)
 
 DESCRIPTION = """\
 Build DRBD userland and kernel-module RPMs for Xen dom0 kernels (XCP, XenServer, XCP-ng)
@@ -31,7 +31,8 @@ examples:
 Exit codes: 0 success, 1 other error, 2 bad configuration or arguments, 3 download failed,
 4 checksum mismatch, 5 malformed input, 6 kernel mismatch, 7 external command failed,
 8 Docker unavailable, 9 build failed, 10 post-build check failed, 11 publish failed,
-12 signing failed, 13 unsafe deployment, 14 locked by another process, 130 interrupted.
+12 signing failed, 13 unsafe deployment, 14 locked by another process, 15 published
+repository failed verification, 130 interrupted.
 """
 
 

@@ -103,6 +103,12 @@ class LockedError(BuilderError):
     exit_code = 14
 
 
+class VerifyError(BuilderError):
+    """A published repository failed verification: a changed package, metadata or signature."""
+
+    exit_code = 15
+
+
 class Interrupted(BuilderError):
     """The user pressed Ctrl-C or the process received SIGTERM."""
 
