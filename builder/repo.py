@@ -78,7 +78,7 @@ class Build:
     consumer: Consumer
     basearch: str
     directory: Path
-    outputs: tuple[tuple[Path, str], ...]  # (RPM file, sha256 from the manifest)
+    outputs: tuple[tuple[str, str], ...]  # (RPM file name, sha256 from the manifest)
 
     @property
     def family(self) -> str:
@@ -96,16 +96,24 @@ def _manifest_error(manifest: Path, problem: str) -> InputError:
     )
 
 
-def read_build(directory: Path, registry: Callable[[], Registry]) -> Build:
-    manifest = directory / "manifest.json"
+def _load_manifest(manifest: Path) -> dict[str, Any]:
     try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
+        data = json.loads(manifest.read_bytes())
     except OSError as exc:
         raise _manifest_error(manifest, f"cannot read: {exc.strerror}") from exc
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:
         raise _manifest_error(manifest, f"not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise _manifest_error(manifest, "must be a JSON object")
+    return data
+
+
+def read_build(
+    directory: Path, registry: Callable[[], Registry], data: dict[str, Any] | None = None
+) -> Build:
+    manifest = directory / "manifest.json"
+    if data is None:
+        data = _load_manifest(manifest)
     target = data.get("target") or directory.parent.name
     version = data.get("drbd_version") or directory.name
     consumer_value = data.get("consumer")
@@ -127,7 +135,7 @@ def read_build(directory: Path, registry: Callable[[], Registry]) -> Build:
     outputs_raw = data.get("outputs")
     if not isinstance(outputs_raw, list):
         raise _manifest_error(manifest, "outputs must be a list of {file, sha256}")
-    outputs: list[tuple[Path, str]] = []
+    outputs: list[tuple[str, str]] = []
     for index, entry in enumerate(outputs_raw):
         if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
             raise _manifest_error(manifest, f"outputs[{index}] needs a file name")
@@ -139,7 +147,7 @@ def read_build(directory: Path, registry: Callable[[], Registry]) -> Build:
         digest = entry.get("sha256")
         if not isinstance(digest, str) or len(digest) != 64:
             raise _manifest_error(manifest, f"outputs[{index}].sha256 is missing or malformed")
-        outputs.append((directory / name, digest.lower()))
+        outputs.append((name, digest.lower()))
     return Build(
         target=str(target),
         drbd_version=str(version),
@@ -166,8 +174,9 @@ def scan_artifacts(artifacts: Path, registry: Callable[[], Registry]) -> list[Bu
             if not (build_dir / "manifest.json").is_file():
                 log.warn(f"skipping {where}: no manifest.json, so not a finished build")
                 continue
-            recorded = _recorded_version(build_dir / "manifest.json")
-            if recorded is not None and recorded != build_dir.name:
+            data = _load_manifest(build_dir / "manifest.json")
+            recorded = data.get("drbd_version")
+            if isinstance(recorded, str) and recorded and recorded != build_dir.name:
                 # The build stage moves a finished build aside as <version>.old-<pid> before
                 # putting the new one in place; an interrupt can leave that copy behind.
                 log.warn(
@@ -175,18 +184,8 @@ def scan_artifacts(artifacts: Path, registry: Callable[[], Registry]) -> list[Bu
                     "leftover or a copy, not a finished build"
                 )
                 continue
-            builds.append(read_build(build_dir, registry))
+            builds.append(read_build(build_dir, registry, data))
     return builds
-
-
-def _recorded_version(manifest: Path) -> str | None:
-    """The manifest's drbd_version, or None when it has none (read_build reports bad ones)."""
-    try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    version = data.get("drbd_version") if isinstance(data, dict) else None
-    return version if isinstance(version, str) and version else None
 
 
 def query_nevras(files: Sequence[Path]) -> dict[Path, str]:
@@ -316,11 +315,13 @@ def plan_publish(
     by_path = {p.path: p for p in previous.packages} if previous else {}
     candidates: dict[str, tuple[Path, str, Build]] = {}
     for build in builds:
-        for source, manifest_sha in build.outputs:
-            path = f"{build.family}/{source.name}"
+        family = build.family
+        for name, manifest_sha in build.outputs:
+            path = f"{family}/{name}"
             known = by_path.get(path)
             if known is not None and known.source_sha256 == manifest_sha:
                 continue
+            source = build.directory / name
             if not source.is_file():
                 raise InputError(
                     f"{source} is listed in {build.directory / 'manifest.json'} but missing."
@@ -697,14 +698,23 @@ def _publish_locked(
     partial.mkdir()
     added: list[Entry] = []
     try:
-        added = _add_packages(store, plan, key)
-        new_mark = store.append(mark, added)
-        _assemble(partial, store=store, plan=plan, previous=previous, key=key, options=options)
-        new_state = State(key=key.fingerprint, index=new_mark)
-        write_atomic(partial / STATE_FILE_NAME, new_state.to_json())
-        final = versions / version_id
-        os.replace(partial, final)
-        _fsync_dir(versions)
+        with sign.public_key_file(key) as public_key:
+            added = _add_packages(store, plan, key, public_key)
+            new_mark = store.append(mark, added)
+            _assemble(
+                partial,
+                store=store,
+                plan=plan,
+                previous=previous,
+                key=key,
+                public_key=public_key,
+                options=options,
+            )
+            new_state = State(key=key.fingerprint, index=new_mark)
+            write_atomic(partial / STATE_FILE_NAME, new_state.to_json())
+            final = versions / version_id
+            os.replace(partial, final)
+            _fsync_dir(versions)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         with contextlib.suppress(OSError):
@@ -727,7 +737,7 @@ def _publish_locked(
     )
 
 
-def _add_packages(store: Store, plan: Plan, key: sign.SigningKey) -> list[Entry]:
+def _add_packages(store: Store, plan: Plan, key: sign.SigningKey, public_key: Path) -> list[Entry]:
     """Copy, sign and verify the new packages, then move them into the store."""
     by_consumer: dict[Consumer, list[tuple[Incoming, Path]]] = {}
     for item in plan.incoming:
@@ -739,28 +749,27 @@ def _add_packages(store: Store, plan: Plan, key: sign.SigningKey) -> list[Entry]
         by_consumer.setdefault(item.consumer, []).append((item, temp))
     added: list[Entry] = []
     try:
-        with sign.public_key_file(key) as public_key:
-            for consumer, pairs in sorted(by_consumer.items()):
-                files = [temp for _, temp in pairs]
-                how = " (V3 signatures, GnuPG 1.4)" if consumer is Consumer.EL5 else ""
-                with log.step(
-                    f"Sign {len(files)} new {consumer.value} package(s) with {key.key_id}{how}"
-                ):
-                    sign.sign_rpms(files, key, consumer)
-                    sign.check_signatures(files, key, consumer)
-                    sign.verify_rpms(files, public_key)
-                for item, temp in pairs:
-                    final = store.root / item.path
-                    added.append(
-                        Entry(
-                            item.path,
-                            item.nevra,
-                            item.source_sha256,
-                            sha256_file(temp),
-                            temp.stat().st_size,
-                        )
+        for consumer, pairs in sorted(by_consumer.items()):
+            files = [temp for _, temp in pairs]
+            how = " (V3 signatures, GnuPG 1.4)" if consumer is Consumer.EL5 else ""
+            with log.step(
+                f"Sign {len(files)} new {consumer.value} package(s) with {key.key_id}{how}"
+            ):
+                sign.sign_rpms(files, key, consumer)
+                sign.check_signatures(files, key, consumer)
+                sign.verify_rpms(files, public_key)
+            for item, temp in pairs:
+                final = store.root / item.path
+                added.append(
+                    Entry(
+                        item.path,
+                        item.nevra,
+                        item.source_sha256,
+                        sha256_file(temp),
+                        temp.stat().st_size,
                     )
-                    os.replace(temp, final)
+                )
+                os.replace(temp, final)
     except BaseException:
         for pairs in by_consumer.values():
             for _, temp in pairs:
@@ -780,6 +789,7 @@ def _assemble(
     plan: Plan,
     previous: Path | None,
     key: sign.SigningKey,
+    public_key: Path,
     options: PublishOptions,
 ) -> None:
     changed = plan.changed_families
@@ -792,21 +802,20 @@ def _assemble(
             copy_function=_link_or_copy,
         )
     memo = options.repo / CREATEREPO_CHOICE
-    with sign.public_key_file(key) as public_key:
-        for family in sorted(changed):
-            consumer = plan.families[family]
-            folder = root / family
-            folder.mkdir(parents=True)
-            prior = previous / family if previous and (previous / family).is_dir() else None
-            with log.step(f"Make metadata for {family}"):
-                createrepo = find_createrepo(consumer, options.createrepo, memo)
-                make_metadata(store.family_dir(family), folder, consumer, prior, createrepo)
-                _keep_previous_metadata(folder, prior)
-            with log.step(f"Sign and verify {family}/repodata/repomd.xml"):
-                repomd = folder / "repodata" / "repomd.xml"
-                signature = sign.detach_sign(repomd, key, consumer)
-                sign.verify_detached(repomd, signature, public_key, consumer)
-        write_atomic(root / KEY_FILE_NAME, public_key.read_text(encoding="ascii"))
+    for family in sorted(changed):
+        consumer = plan.families[family]
+        folder = root / family
+        folder.mkdir(parents=True)
+        prior = previous / family if previous and (previous / family).is_dir() else None
+        with log.step(f"Make metadata for {family}"):
+            createrepo = find_createrepo(consumer, options.createrepo, memo)
+            make_metadata(store.family_dir(family), folder, consumer, prior, createrepo)
+            _keep_previous_metadata(folder, prior)
+        with log.step(f"Sign and verify {family}/repodata/repomd.xml"):
+            repomd = folder / "repodata" / "repomd.xml"
+            signature = sign.detach_sign(repomd, key, consumer)
+            sign.verify_detached(repomd, signature, public_key, consumer)
+    write_atomic(root / KEY_FILE_NAME, public_key.read_text(encoding="ascii"))
     base_url = options.base_url or options.repo.resolve().as_uri()
     for consumer in sorted(set(plan.families.values())):
         write_atomic(root / repo_file_name(consumer), render_repo_file(base_url, consumer))
@@ -856,21 +865,31 @@ def _keep_previous_metadata(folder: Path, prior: Path | None) -> None:
 
 
 def metadata_files(repomd: Path) -> list[str]:
-    """The ``repodata/…`` files a ``repomd.xml`` lists, relative to its repository."""
-    import createrepo_c as cr
+    """The ``repodata/…`` files a ``repomd.xml`` lists, relative to its repository.
+
+    Read with the standard library: ``repomd.xml`` is a short list of ``<location href>``,
+    and importing createrepo_c's bindings costs more than a publish of one package spends
+    on everything else it parses.
+    """
+    from xml.etree import ElementTree
 
     try:
-        records = cr.Repomd(str(repomd)).records
-    except Exception as exc:  # createrepo_c raises its own error type for bad XML
+        # The previous version's own file; expat 2.4+ bounds entity expansion besides.
+        root = ElementTree.parse(repomd).getroot()  # noqa: S314
+    except (OSError, ElementTree.ParseError) as exc:
         raise PublishError(f"The published metadata {repomd} cannot be parsed: {exc}.") from None
     hrefs: list[str] = []
-    for record in records:
-        href = str(record.location_href or "")
+    for data in root.iter(f"{_REPO_NS}data"):
+        location = data.find(f"{_REPO_NS}location")
+        href = location.get("href", "") if location is not None else ""
         parts = href.split("/")
         if len(parts) != 2 or parts[0] != "repodata" or parts[1] in ("", ".", ".."):
             raise PublishError(f"{repomd} lists {href!r}, which is not a file in repodata/.")
         hrefs.append(href)
     return hrefs
+
+
+_REPO_NS = "{http://linux.duke.edu/metadata/repo}"
 
 
 def _stable_links(repo: Path, store: Store, families: dict[str, Consumer]) -> None:

@@ -142,7 +142,8 @@ class Store:
                 f"({mark.count} packages, {mark.length} bytes, sha256 {mark.sha256})."
             )
         try:
-            entries = [Entry(*json.loads(line)) for line in data.splitlines()]
+            rows = json.loads(b"[" + b",".join(data.splitlines()) + b"]") if data else []
+            entries = [Entry._make(row) for row in rows]
         except (ValueError, TypeError) as exc:
             raise _damaged(f"The package index {self.index} is malformed: {exc}.") from exc
         if len(entries) != mark.count:
@@ -203,8 +204,9 @@ class Store:
         """
         cached = self._read_verified()
         fresh: list[str] = []
+        root = f"{self.root}{os.sep}"
         for entry in entries:
-            path = self.root / entry.path
+            path = root + entry.path  # a str: this loop runs once per published package
             try:
                 info = os.lstat(path)
             except FileNotFoundError:
@@ -214,10 +216,10 @@ class Store:
                     f"The published package {path} is no longer a regular file "
                     f"(it is a {_kind(info.st_mode)})."
                 )
-            fingerprint = _fingerprint(info)
+            fingerprint = f"{info.st_ino} {info.st_size} {info.st_mtime_ns} {info.st_ctime_ns}"
             if cached.get(entry.path) == f"{fingerprint} {entry.sha256}":
                 continue
-            actual = sha256_file(path) if info.st_size == entry.size else None
+            actual = sha256_file(Path(path)) if info.st_size == entry.size else None
             if actual != entry.sha256:
                 raise _damaged(
                     f"The published package {path} changed after it was signed "

@@ -62,7 +62,9 @@ def test_scan_skips_build_directories_named_unlike_their_manifest(
         (directory / "manifest.json").write_text(json.dumps(data))
     builds = repo.scan_artifacts(tmp_path, load_registry)
     assert [b.directory for b in builds] == [finished]
-    assert [name for b in builds for name, _ in b.outputs] == [finished / "drbd-8.4.1-2.i686.rpm"]
+    assert [b.directory / name for b in builds for name, _ in b.outputs] == [
+        finished / "drbd-8.4.1-2.i686.rpm"
+    ]
     err = capsys.readouterr().err
     assert "skipping xcp-1.5/8.4.1.old-4242: its manifest.json is for DRBD 8.4.1" in err
     assert "skipping xcp-1.5/8.4.1 copy: its manifest.json is for DRBD 8.4.1" in err
