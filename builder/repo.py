@@ -41,6 +41,7 @@ from typing import Any
 
 from builder import log, proc, sign
 from builder.errors import (
+    BuilderError,
     CommandError,
     ConfigError,
     InputError,
@@ -484,12 +485,12 @@ FALLBACK_BIN = ("/usr/bin",)  # Debian's createrepo_c, even when PATH leaves it 
 
 
 def _candidates() -> list[str]:
-    found: list[str] = []
+    found: dict[str, str] = {}  # real path -> first name on PATH (/bin is /usr/bin on Debian)
     for directory in [*os.environ.get("PATH", "").split(os.pathsep), *FALLBACK_BIN]:
         path = Path(directory or ".") / "createrepo_c"
-        if os.access(path, os.X_OK) and str(path) not in found:
-            found.append(str(path))
-    return found
+        if os.access(path, os.X_OK):
+            found.setdefault(os.path.realpath(path), str(path))
+    return list(found.values())
 
 
 def _identity(path: str) -> str:
@@ -646,34 +647,56 @@ def publish(options: PublishOptions, registry: Callable[[], Registry]) -> Publis
         versions.mkdir(exist_ok=True)
         with publish_lock(options.repo, options.lock_timeout):
             return _publish_locked(options, builds, key, versions)
-    except OSError as exc:
-        if no_space(exc):
+    except (OSError, BuilderError) as exc:
+        # A full disk shows up as whatever failed first: gpg, createrepo_c, a copy.
+        if (isinstance(exc, OSError) and no_space(exc)) or _nearly_full(options.repo):
             raise PublishError(
-                f"No space left on the device holding {options.repo} "
-                f"({exc.filename or 'while publishing'}); nothing was published and "
-                f"{options.repo / 'current'} is unchanged.",
-                hint="Free space there (old versions go with a smaller --keep), then publish "
-                "again.",
+                f"No space left on the device holding {options.repo}; nothing was published "
+                f"and {options.repo / 'current'} is unchanged.\n"
+                f"(what failed: {exc.message if isinstance(exc, BuilderError) else exc})",
+                hint="Free space there (a smaller --keep removes old versions), then publish "
+                "again; the next publish removes what this one left.",
             ) from exc
         raise
+
+
+def _nearly_full(path: Path) -> bool:
+    """Less than 1 MiB free where ``path`` lives (or its nearest existing parent)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        info = os.statvfs(path)
+    except OSError:
+        return False
+    return info.f_bavail * info.f_frsize < (1 << 20)
+
+
+def _open_store(repo: Path, versions: Path) -> tuple[Store, Path | None, State | None, list[Entry]]:
+    """The store, the live version and its packages, after clearing an interrupted publish."""
+    interrupted = False
+    for stale in versions.glob(f"*{PARTIAL_SUFFIX}"):
+        log.info(f"removing {stale.name}, left by an interrupted publish")
+        shutil.rmtree(stale, ignore_errors=True)
+        interrupted = True
+    store = Store(repo)
+    previous = current_version(repo)
+    state = State.from_file(previous / STATE_FILE_NAME) if previous else None
+    if state is not None and state.legacy:
+        assert previous is not None  # noqa: S101 - a state comes from a version
+        state = _adopt_format_1(repo, previous, state)
+    entries = store.read(state.index if state else EMPTY, repair=True)
+    if interrupted or store.repaired:
+        # Packages reach the store only while a version is being assembled (*.partial).
+        for stray in store.remove_strays(entries):
+            log.info(f"removed {stray}, left by an interrupted publish")
+    return store, previous, state, entries
 
 
 def _publish_locked(
     options: PublishOptions, builds: Sequence[Build], key: sign.SigningKey, versions: Path
 ) -> PublishResult:
-    for stale in versions.glob(f"*{PARTIAL_SUFFIX}"):
-        log.info(f"removing {stale.name}, left by an interrupted publish")
-        shutil.rmtree(stale, ignore_errors=True)
-    store = Store(options.repo)
-    previous = current_version(options.repo)
-    state = State.from_file(previous / STATE_FILE_NAME) if previous else None
-    if state is not None and state.legacy:
-        assert previous is not None  # noqa: S101 - a state comes from a version
-        state = _adopt_format_1(options.repo, previous, state)
+    store, previous, state, entries = _open_store(options.repo, versions)
     mark = state.index if state else EMPTY
-    entries = store.read(mark, repair=True)
-    for stray in store.remove_strays(entries):
-        log.info(f"removed {stray}, left by an interrupted publish")
     with log.step("Plan"):
         published = Published(key=state.key, packages=entries) if state else None
         plan = plan_publish(builds, published, key.fingerprint)

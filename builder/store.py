@@ -120,6 +120,7 @@ class Store:
         self.root = repo / STORE_DIR
         self.index = self.root / INDEX_NAME
         self.verified = self.root / VERIFIED_NAME
+        self.repaired = False  # read() cut off what an interrupted publish had appended
 
     def family_dir(self, family: str) -> Path:
         return self.root / family
@@ -152,6 +153,7 @@ class Store:
         if longer and repair:
             log.info(f"cutting {self.index.name} back to the live version's {mark.count} entries")
             os.truncate(self.index, mark.length)
+            self.repaired = True
         return entries
 
     def append(self, mark: Mark, entries: Sequence[Entry]) -> Mark:
