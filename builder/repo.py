@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from builder import log, proc, sign
+from builder import log, proc, provenance, sign
 from builder.errors import (
     BuilderError,
     CommandError,
@@ -80,6 +80,7 @@ class Build:
     basearch: str
     directory: Path
     outputs: tuple[tuple[str, str], ...]  # (RPM file name, sha256 from the manifest)
+    manifest: bytes = b""  # manifest.json as written, for the provenance statement
 
     @property
     def family(self) -> str:
@@ -97,26 +98,31 @@ def _manifest_error(manifest: Path, problem: str) -> InputError:
     )
 
 
-def _load_manifest(manifest: Path) -> dict[str, Any]:
+def _load_manifest(manifest: Path) -> tuple[bytes, dict[str, Any]]:
     try:
-        data = json.loads(manifest.read_bytes())
+        raw = manifest.read_bytes()
+        data = json.loads(raw)
     except OSError as exc:
         raise _manifest_error(manifest, f"cannot read: {exc.strerror}") from exc
     except ValueError as exc:
         raise _manifest_error(manifest, f"not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise _manifest_error(manifest, "must be a JSON object")
-    return data
+    return raw, data
 
 
 def read_build(
-    directory: Path, registry: Callable[[], Registry], data: dict[str, Any] | None = None
+    directory: Path,
+    registry: Callable[[], Registry],
+    loaded: tuple[bytes, dict[str, Any]] | None = None,
 ) -> Build:
     manifest = directory / "manifest.json"
-    if data is None:
-        data = _load_manifest(manifest)
+    raw, data = loaded if loaded is not None else _load_manifest(manifest)
     target = data.get("target") or directory.parent.name
     version = data.get("drbd_version") or directory.name
+    for what, name in (("target", target), ("drbd_version", version)):
+        if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
+            raise _manifest_error(manifest, f"{what} {name!r} is not a plain name")
     consumer_value = data.get("consumer")
     basearch = data.get("basearch")
     if consumer_value is None or basearch is None:
@@ -156,6 +162,7 @@ def read_build(
         basearch=basearch,
         directory=directory,
         outputs=tuple(outputs),
+        manifest=raw,
     )
 
 
@@ -175,8 +182,8 @@ def scan_artifacts(artifacts: Path, registry: Callable[[], Registry]) -> list[Bu
             if not (build_dir / "manifest.json").is_file():
                 log.warn(f"skipping {where}: no manifest.json, so not a finished build")
                 continue
-            data = _load_manifest(build_dir / "manifest.json")
-            recorded = data.get("drbd_version")
+            loaded = _load_manifest(build_dir / "manifest.json")
+            recorded = loaded[1].get("drbd_version")
             if isinstance(recorded, str) and recorded and recorded != build_dir.name:
                 # The build stage moves a finished build aside as <version>.old-<pid> before
                 # putting the new one in place; an interrupt can leave that copy behind.
@@ -185,7 +192,7 @@ def scan_artifacts(artifacts: Path, registry: Callable[[], Registry]) -> list[Bu
                     "leftover or a copy, not a finished build"
                 )
                 continue
-            builds.append(read_build(build_dir, registry, data))
+            builds.append(read_build(build_dir, registry, loaded))
     return builds
 
 
@@ -272,6 +279,7 @@ class Incoming:
     nevra: str
     family: str
     consumer: Consumer
+    build: Build
 
     @property
     def path(self) -> str:
@@ -372,6 +380,7 @@ def plan_publish(
                 nevra=nevra,
                 family=build.family,
                 consumer=build.consumer,
+                build=build,
             )
         )
     published = list(by_path.values())
@@ -761,7 +770,7 @@ def _publish_locked(
 
 
 def _add_packages(store: Store, plan: Plan, key: sign.SigningKey, public_key: Path) -> list[Entry]:
-    """Copy, sign and verify the new packages, then move them into the store."""
+    """Copy, sign and verify the new packages, record their provenance, move them in place."""
     by_consumer: dict[Consumer, list[tuple[Incoming, Path]]] = {}
     for item in plan.incoming:
         folder = store.family_dir(item.family)
@@ -770,7 +779,8 @@ def _add_packages(store: Store, plan: Plan, key: sign.SigningKey, public_key: Pa
         shutil.copyfile(item.source, temp)
         os.chmod(temp, 0o644)
         by_consumer.setdefault(item.consumer, []).append((item, temp))
-    added: list[Entry] = []
+    signed: list[tuple[Incoming, Path, str]] = []
+    written: list[Path] = []
     try:
         for consumer, pairs in sorted(by_consumer.items()):
             files = [temp for _, temp in pairs]
@@ -781,28 +791,61 @@ def _add_packages(store: Store, plan: Plan, key: sign.SigningKey, public_key: Pa
                 sign.sign_rpms(files, key, consumer)
                 sign.check_signatures(files, key, consumer)
                 sign.verify_rpms(files, public_key)
-            for item, temp in pairs:
-                final = store.root / item.path
-                added.append(
-                    Entry(
-                        item.path,
-                        item.nevra,
-                        item.source_sha256,
-                        sha256_file(temp),
-                        temp.stat().st_size,
-                    )
-                )
-                os.replace(temp, final)
+            signed += [(item, temp, sha256_file(temp)) for item, temp in pairs]
+        statements = _write_provenance(store, signed, key, public_key, written)
+        added: list[Entry] = []
+        for item, temp, digest in signed:
+            entry = Entry(
+                item.path,
+                item.nevra,
+                item.source_sha256,
+                digest,
+                temp.stat().st_size,
+                statements[id(item.build)],
+            )
+            os.replace(temp, store.root / item.path)
+            written.append(store.root / item.path)
+            added.append(entry)
     except BaseException:
         for pairs in by_consumer.values():
             for _, temp in pairs:
                 temp.unlink(missing_ok=True)
-        for entry in added:
-            (store.root / entry.path).unlink(missing_ok=True)
+        for path in written:
+            path.unlink(missing_ok=True)
         raise
     for family in {item.family for item in plan.incoming}:
         _fsync_dir(store.family_dir(family))
     return added
+
+
+def _write_provenance(
+    store: Store,
+    signed: list[tuple[Incoming, Path, str]],
+    key: sign.SigningKey,
+    public_key: Path,
+    written: list[Path],
+) -> dict[int, str]:
+    """One signed statement per build with new packages; where each is, by build."""
+    by_build: dict[int, list[tuple[Incoming, str]]] = {}
+    for item, _, digest in signed:
+        by_build.setdefault(id(item.build), []).append((item, digest))
+    where: dict[int, str] = {}
+    with log.step(f"Sign the provenance of {len(by_build)} build(s)"):
+        for build_id, items in by_build.items():
+            build = items[0][0].build
+            subjects = [(item.source.name, digest) for item, digest in items]
+            body = provenance.statement(build.manifest, subjects, key.fingerprint)
+            relative = provenance.relative_path(build.target, build.drbd_version, body)
+            path = store.root / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            written += [path, path.with_name(path.name + ".asc")]
+            path.write_bytes(body)
+            os.chmod(path, 0o644)
+            signature = sign.detach_sign(path, key, provenance.signature_consumer(key))
+            sign.verify_detached(path, signature, public_key, Consumer.EL7)
+            os.chmod(signature, 0o644)
+            where[build_id] = relative
+    return where
 
 
 def _assemble(
@@ -862,7 +905,7 @@ def _adopt_format_1(repo: Path, previous: Path, state: State) -> State:
             if not target.exists():
                 _link_or_copy(source, target)
             entries.append(
-                Entry(path, nevra, source_sha, sha256_file(target), target.stat().st_size)
+                Entry(path, nevra, source_sha, sha256_file(target), target.stat().st_size, "")
             )
         store.index.unlink(missing_ok=True)
         mark = store.append(EMPTY, entries)
@@ -932,6 +975,10 @@ def _stable_links(repo: Path, store: Store, families: dict[str, Consumer]) -> No
         _ensure_link(repo / consumer, f"{STORE_DIR}/{consumer}", {f"current/{consumer}"})
     for name in sorted({KEY_FILE_NAME} | {repo_file_name(c) for c in families.values()}):
         _ensure_link(repo / name, f"current/{name}", set())
+    if (store.root / provenance.PROVENANCE_DIR).is_dir():
+        _ensure_link(
+            repo / provenance.PROVENANCE_DIR, f"{STORE_DIR}/{provenance.PROVENANCE_DIR}", set()
+        )
 
 
 def _ensure_link(link: Path, wanted: str, replaceable: set[str]) -> None:

@@ -52,6 +52,7 @@ class Entry(NamedTuple):
     source_sha256: str  # of the unsigned build output, as its manifest recorded it
     sha256: str  # of the signed file in the store
     size: int
+    provenance: str  # the signed statement of its build, relative to the store ("" if none)
 
     @property
     def family(self) -> str:
@@ -181,22 +182,25 @@ class Store:
     # --- packages ----------------------------------------------------------------------
 
     def remove_strays(self, entries: Iterable[Entry]) -> list[str]:
-        """Delete files in the family folders that no entry names (an interrupted publish's)."""
-        known = {entry.path for entry in entries}
+        """Delete files no entry names: what an interrupted publish left in the store."""
+        known = set()
+        for entry in entries:
+            known.add(entry.path)
+            if entry.provenance:
+                known |= {entry.provenance, f"{entry.provenance}.asc"}
         removed: list[str] = []
         if not self.root.is_dir():
             return removed
-        for consumer_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
-            for family_dir in sorted(p for p in consumer_dir.iterdir() if p.is_dir()):
-                family = f"{consumer_dir.name}/{family_dir.name}"
-                with os.scandir(family_dir) as listing:
-                    for item in listing:
-                        if item.name == "repodata" or f"{family}/{item.name}" in known:
-                            continue
-                        if item.is_dir(follow_symlinks=False):
-                            continue
-                        os.unlink(item.path)
-                        removed.append(f"{family}/{item.name}")
+        for top in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            for folder, dirs, files in os.walk(top):
+                dirs.sort()
+                where = Path(folder).relative_to(self.root).as_posix()
+                if "repodata" in dirs and where.count("/") == 1:
+                    dirs.remove("repodata")  # a family folder's link to the live metadata
+                for name in sorted(files):
+                    if f"{where}/{name}" not in known and name != "repodata":
+                        os.unlink(os.path.join(folder, name))
+                        removed.append(f"{where}/{name}")
         return removed
 
     def check_unchanged(self, entries: Sequence[Entry]) -> int:

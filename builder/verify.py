@@ -11,6 +11,8 @@ publisher's caches:
   and rpm accepts its signature (for EL5: SHA-1 digests in version 3 packets, for rpm 4.4);
 - the package index matches the version's record, lists exactly the packages the metadata
   does, with the digests they had when signed;
+- each package's provenance statement is signed by the key and names the package, and its
+  build manifest lists the package as an output;
 - the stable names lead where publish made them lead.
 
 Everything found is reported, not only the first problem.
@@ -24,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder import log, sign
+from builder import log, provenance, sign
 from builder.errors import BuilderError, PublishError, VerifyError
 from builder.repo import (
     KEY_FILE_NAME,
@@ -98,7 +100,7 @@ def verify_repository(repo: Path, key_file: Path | None = None) -> Report:
         return report  # without the right key, no signature below means anything
     listed = list(_check_metadata(report, repo, live, public_key))
     _check_packages(report, listed, public_key)
-    _check_index(report, repo, live, state, listed)
+    _check_index(report, repo, live, state, listed=listed, key=public_key)
     _check_links(report, repo, {item.consumer for item in listed})
     return report
 
@@ -227,7 +229,7 @@ def _check_packages(report: Report, listed: list[_Listed], public_key: Path) -> 
 
 
 def _check_index(
-    report: Report, repo: Path, live: Path, state: State, listed: list[_Listed]
+    report: Report, repo: Path, live: Path, state: State, *, listed: list[_Listed], key: Path
 ) -> None:
     if state.legacy:
         report.notes.append(
@@ -253,7 +255,22 @@ def _check_index(
             report.problem(
                 f"{entry.path} has sha256 {actual}; it had {entry.sha256} when it was signed."
             )
-    strays = _strays(store, set(indexed))
+    for entry in entries:
+        if not entry.provenance:
+            report.notes.append(f"{entry.path} was published before provenance was recorded.")
+            continue
+        for problem in provenance.check(
+            store.root / entry.provenance,
+            key,
+            entry.path.rsplit("/", 1)[1],
+            entry.sha256,
+            entry.source_sha256,
+        ):
+            report.problem(f"{entry.path}: {problem}.")
+    known = (
+        set(indexed) | {e.provenance for e in entries} | {f"{e.provenance}.asc" for e in entries}
+    )
+    strays = _strays(store, known)
     if strays:
         report.notes.append(
             f"{len(strays)} file(s) in {store.root} belong to no published version (left by an "
@@ -263,13 +280,16 @@ def _check_index(
 
 def _strays(store: Store, known: set[str]) -> list[str]:
     found: list[str] = []
-    for family_dir in sorted(store.root.glob("*/*")):
-        if not family_dir.is_dir():
+    for folder, dirs, files in os.walk(store.root):
+        where = Path(folder).relative_to(store.root).as_posix()
+        if where == ".":
+            dirs.sort()
             continue
-        family = family_dir.relative_to(store.root).as_posix()
-        for item in sorted(os.listdir(family_dir)):
-            if item != "repodata" and f"{family}/{item}" not in known:
-                found.append(f"{family}/{item}")
+        if "repodata" in dirs:
+            dirs.remove("repodata")
+        for name in sorted(files):
+            if name != "repodata" and f"{where}/{name}" not in known:
+                found.append(f"{where}/{name}")
     return found
 
 

@@ -517,10 +517,11 @@ def test_interrupted_publish_leaves_the_served_repo_as_it_was(
     assert after.returncode == 0, after.stderr
     assert not list((target / "versions").glob("*.partial"))
     assert "drbd-kmod-9.0-2.x86_64.rpm" in _published_names(target)
-    stored = {p.name for p in (target / "packages").glob("*/*/*") if p.name != "repodata"}
+    stored = {p.name for p in (target / "packages").glob("el*/*/*") if p.name != "repodata"}
     assert stored == _published_names(target)  # nothing the interrupted run left behind
     audit = run_verify(target)
     assert audit.returncode == 0, audit.stderr
+    assert "belong to no published version" not in audit.stderr  # provenance strays too
 
 
 def test_a_protected_key_needs_its_passphrase_file(tmp_path: Path, rpms: Rpms) -> None:
@@ -1262,3 +1263,45 @@ def test_a_repository_from_before_the_package_store_is_moved_into_it(
         new = dnf_fetch(tmp_path / "dnf-new", url, "drbd-kmod-9.0-2")
     assert old.returncode == 0, old.stdout + old.stderr
     assert new.returncode == 0, new.stdout + new.stderr
+
+
+def test_each_package_traces_to_its_build_through_a_signed_statement(
+    tmp_path: Path, keys: Keys, rpms: Rpms
+) -> None:
+    artifacts = make_artifacts(tmp_path, rpms)
+    target = tmp_path / "repo"
+    assert run_publish(artifacts, target, keys).returncode == 0
+    # A consumer holding a package: its sha256 finds the statement, gpgv checks it.
+    package = target / "el5" / "i386" / rpms.el5[0].name
+    digest = hashlib.sha256(package.read_bytes()).hexdigest()
+    found = [p for p in (target / "provenance").rglob("*.intoto.json") if digest in p.read_text()]
+    assert len(found) == 1
+    statement = json.loads(found[0].read_text())
+    assert statement["_type"] == "https://in-toto.io/Statement/v1"
+    assert {"name": package.name, "digest": {"sha256": digest}} in statement["subject"]
+    manifest = statement["predicate"]["manifest"]
+    assert manifest["target"] == "xcp-1.5"
+    assert manifest["kernel_release"].endswith("xen")
+    source_digest = hashlib.sha256(rpms.el5[0].read_bytes()).hexdigest()
+    assert {"file": package.name, "sha256": source_digest} in manifest["outputs"]
+    keyring = tmp_path / "keyring.gpg"
+    subprocess.run(
+        ["gpg", "--batch", "--dearmor", "--output", str(keyring), str(target / repo.KEY_FILE_NAME)],
+        check=True,
+    )
+    checked = subprocess.run(
+        ["gpgv", "--keyring", str(keyring), f"{found[0]}.asc", str(found[0])],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stderr
+
+    # A statement edited after signing, or one naming another package, fails verify.
+    text = found[0].read_text()
+    found[0].write_text(text.replace('"xcp-1.5"', '"xcp-9.9"'))
+    audit = run_verify(target)
+    assert audit.returncode == 15
+    assert f"el5/i386/{package.name}: its provenance statement does not verify" in audit.stderr
+    found[0].write_text(text)
+    assert run_verify(target).returncode == 0

@@ -110,7 +110,9 @@ def plan(artifacts: Path, previous: repo.Published | None, key: str = FPR) -> re
 
 def published_after(result: repo.Plan, key: str = FPR) -> repo.Published:
     """What the repository holds once ``result`` went live (signed digests made up)."""
-    added = [store.Entry(i.path, i.nevra, i.source_sha256, "f" * 64, 1) for i in result.incoming]
+    added = [
+        store.Entry(i.path, i.nevra, i.source_sha256, "f" * 64, 1, "") for i in result.incoming
+    ]
     return repo.Published(key=key, packages=[*result.published, *added])
 
 
@@ -159,7 +161,7 @@ def test_plan_refuses_same_file_with_other_content(tmp_path: Path) -> None:
 def test_plan_refuses_same_nevra_under_another_file_name(tmp_path: Path) -> None:
     previous = repo.Published(
         key=FPR,
-        packages=[store.Entry("el5/i386/x.rpm", "a-1-1.i686", "0" * 64, "1" * 64, 1)],
+        packages=[store.Entry("el5/i386/x.rpm", "a-1-1.i686", "0" * 64, "1" * 64, 1, "")],
     )
     make_build(tmp_path, "xcp-1.5", "8.4.1", {"a-1-1.i686.rpm": b"a"})
     with pytest.raises(PublishError, match=r"already holds as el5/i386/x\.rpm"):
