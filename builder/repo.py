@@ -754,6 +754,9 @@ def _publish_locked(
                 os.truncate(store.index, mark.length)
             for entry in added:
                 (store.root / entry.path).unlink(missing_ok=True)
+                if entry.provenance:
+                    (store.root / entry.provenance).unlink(missing_ok=True)
+                    (store.root / f"{entry.provenance}.asc").unlink(missing_ok=True)
         raise
     store.record(added)
     with log.step(f"Switch {options.repo / 'current'} to {version_id}"):
