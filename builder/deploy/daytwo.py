@@ -499,7 +499,7 @@ step_split_brain() {
         echo "Data on $HOST (DRBD generation identifiers: current, bitmap, history):"
         drbdadm show-gi "$RESOURCE" | sed 's/^/    /'
         for name in "$HOST" "$PEER"; do
-            echo "VMs with disks on $SR_NAME running on $name since the split:"
+            echo "VMs with disks on $SR_NAME running now on $name:"
             vms=$(vms_on "$name")
             printf '%s\n' "${vms:-(none)}" | sed 's/^/    /'
         done
@@ -606,9 +606,9 @@ step_boot() {
 compatible() {
     # compatible OLD NEW: can a host run DRBD NEW next to a peer that runs OLD?
     case "$1" in
-        8.3.*) case "$2" in 8.3.* | 8.4.*) return 0 ;; esac ;;
-        8.4.*) case "$2" in 8.4.*) return 0 ;; esac ;;
-        9.*) case "$2" in 9.*) return 0 ;; esac ;;
+        8.3 | 8.3.*) case "$2" in 8.3 | 8.3.* | 8.4 | 8.4.*) return 0 ;; esac ;;
+        8.4 | 8.4.*) case "$2" in 8.4 | 8.4.*) return 0 ;; esac ;;
+        9 | 9.*) case "$2" in 9 | 9.*) return 0 ;; esac ;;
     esac
     return 1
 }
@@ -670,8 +670,9 @@ step_upgrade() {
     wait_uptodate || die "the resync after the upgrade did not finish"
     drbdadm primary "$RESOURCE"
     [ -z "$pbd" ] || xe pbd-plug uuid="$pbd"
-    xe host-param-set uuid="$me" other-config:"$VERSION_KEY"="$DRBD_VERSION"
-    echo "$HOST runs DRBD $DRBD_VERSION, connected and UpToDate; its VMs are on $PEER."
+    # The release really installed: the pool file may name a series (8.4).
+    xe host-param-set uuid="$me" other-config:"$VERSION_KEY"="$installed"
+    echo "$HOST runs DRBD $installed, connected and UpToDate; its VMs are on $PEER."
     echo "Now run sh runbook.sh upgrade on $PEER (it moves them here)."
 }
 """

@@ -88,7 +88,9 @@ def render(directory: Path, case: Case, **changes: Any) -> Path:
     return output
 
 
-def make_pair(tmp_path: Path, case: Case, *, boot: bool = True, **changes: Any) -> Dom0Pair:
+def make_pair(
+    tmp_path: Path, case: Case, *, boot: bool = True, changes: dict[str, Any] | None = None
+) -> Dom0Pair:
     if not os.access(case.drbdadm, os.X_OK):
         unavailable(f"{case.drbdadm} is not installed (Debian package drbd-utils)")
     if shutil.which("unshare") is None:
@@ -98,7 +100,7 @@ def make_pair(tmp_path: Path, case: Case, *, boot: bool = True, **changes: Any) 
         unavailable(reason)
     base = tmp_path / "pair"
     hook = f"{base}/bin/page-oncall --team storage"
-    output = render(tmp_path / "render", case, **{"guard.hook": hook, **changes})
+    output = render(tmp_path / "render", case, **{"guard.hook": hook, **(changes or {})})
     kernel = load_registry().target(case.target).kernel_release
     state = healthy_state(syntax=case.syntax, version=case.version, kernel=kernel)
     pair = Dom0Pair(base, output, drbdadm=case.drbdadm, state=state)
@@ -280,9 +282,11 @@ def test_split_brain_is_shown_then_recovered_keeping_the_named_host(
     assert shown.returncode == 3
     assert "5F00DEADBEEF0001:8C2D5D6B3E1F2A40" in shown.stdout  # this side's data
     assert "Split-Brain detected" in shown.stdout
-    running_on = shown.stdout.split("running on xcp2 since the split:")[1]
-    assert "vm-web" in running_on.split("VMs with")[0]
-    assert "vm-db" in shown.stdout.split("running on xcp1 since the split:")[1]
+    on_xcp2 = shown.stdout.split("running now on xcp2:")[1].split("VMs with")[0]
+    on_xcp1 = shown.stdout.split("running now on xcp1:")[1]
+    assert "vm-web" in on_xcp2
+    assert "vm-db" not in on_xcp2
+    assert "vm-db" in on_xcp1
     assert actions(shown) == []
 
     for refused_args, message in (
@@ -430,3 +434,17 @@ def test_upgrade_for_a_new_kernel_stops_before_the_reboot(pair: Dom0Pair) -> Non
     assert "Reboot into" in run.stdout
     assert [a.split(" ", 2)[1] for a in actions(run)][-2:] == ["modprobe", "yum"]
     assert pair.state["pool"]["pbds"]["host-xcp2"]["attached"] is False
+
+
+def test_upgrade_takes_a_short_version_from_the_pool_file(tmp_path: Path) -> None:
+    # drbd.version: 8.4 means any 8.4 release; the peer recorded the one it runs.
+    pair = make_pair(tmp_path, CASES["8.4"], changes={"drbd.version": "8.4"})
+    pair.change(
+        **{"pool.other_config": {"host-xcp2": {"xcp-drbd-builder-r0-drbd-version": "8.4.1"}}}
+    )
+    run = pair.run("xcp1", "upgrade")
+    assert run.returncode == 0, run.stderr
+    # What it records is the release it installed, not the series.
+    assert actions(run)[-1] == (
+        "xcp1: xe host-param-set uuid=host-xcp1 other-config:xcp-drbd-builder-r0-drbd-version=8.4.1"
+    )
