@@ -124,6 +124,23 @@ class Repo:
     without_pygpgme: WithoutPygpgme = WithoutPygpgme.STOP
 
 
+# The guard's defaults: a live migration of a dom0's VM over a gigabit management network copies
+# about 6 GiB of memory a minute; five minutes covers most VMs, and the grace period leaves room
+# for cron's one-minute steps.
+DEFAULT_MIGRATION_MINUTES = 5
+DEFAULT_GRACE_MINUTES = 10
+MAX_GUARD_MINUTES = 24 * 60
+
+
+@dataclass(frozen=True, kw_only=True)
+class Guard:
+    """The runbook's ``guard`` step: how long the SR's VMs may run on both hosts."""
+
+    grace_minutes: int = DEFAULT_GRACE_MINUTES  # apart longer than this: log, hook, exit 3
+    migration_minutes: int = DEFAULT_MIGRATION_MINUTES  # the longest live migration here takes
+    hook: str | None = None  # a site command run when the grace period is over
+
+
 @dataclass(frozen=True, kw_only=True)
 class Pool:
     file: Path
@@ -133,6 +150,7 @@ class Pool:
     repo: Repo
     drbd: Drbd
     hosts: tuple[Host, Host]
+    guard: Guard = Guard()
 
     def host(self, name: str) -> Host:
         for host in self.hosts:
@@ -275,6 +293,28 @@ def _drbd(reader: _Reader, host_names: tuple[str, str]) -> Drbd:
     return drbd
 
 
+def _guard(top: _Reader) -> Guard:
+    if top.raw("guard", required=False) is None:
+        return Guard()
+    reader = top.mapping("guard")
+    guard = Guard(
+        grace_minutes=reader.integer(
+            "grace_minutes", 1, MAX_GUARD_MINUTES, default=DEFAULT_GRACE_MINUTES
+        ),
+        migration_minutes=reader.integer(
+            "migration_minutes", 1, MAX_GUARD_MINUTES, default=DEFAULT_MIGRATION_MINUTES
+        ),
+        hook=reader.text(
+            "hook",
+            HANDLER,
+            required=False,
+            explain="an absolute path and plain arguments, e.g. /usr/local/sbin/page-oncall drbd",
+        ),
+    )
+    reader.done()
+    return guard
+
+
 def parse_pool(file: Path, text: str, registry: Registry) -> Pool:
     try:
         data = yaml.safe_load(text)
@@ -338,6 +378,7 @@ def parse_pool(file: Path, text: str, registry: Registry) -> Pool:
         repo=repo,
         drbd=drbd,
         hosts=hosts,
+        guard=_guard(top),
     )
     top.done()
     return pool
@@ -399,6 +440,13 @@ drbd:
   # after_sb_0pri: discard-zero-changes
   # after_sb_1pri: discard-secondary
   # after_sb_2pri: disconnect
+
+# The runbook's `guard` step, run from cron on the pool master, checks that the VMs on the SR
+# run on one host, and raises the alarm when they stay apart longer than the grace period.
+guard:
+  grace_minutes: 10       # apart longer than this: syslog, the hook, exit status 3
+  migration_minutes: 5    # the longest a live migration of one of these VMs takes here
+  # hook: /usr/local/sbin/page-oncall drbd   # run (with the details) when the grace is over
 
 # Exactly two hosts. Replicate over a dedicated interface and subnet: moving the pool master
 # bounces the management interface, and replication over it would break.

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from builder.cli import main
-from builder.deploy.pool import EXAMPLE_POOL, Fencing, load_pool, parse_pool, syntax_of
+from builder.deploy.pool import EXAMPLE_POOL, Fencing, Guard, load_pool, parse_pool, syntax_of
 from builder.errors import ConfigError
 from builder.recipes import Syntax
 from builder.specs import load_registry
@@ -114,6 +114,11 @@ BAD_POOLS = [
     (pool_data(**{"hosts.0.disk": ...}), "hosts[0].disk", "missing"),
     (pool_data(sr_name=...), "sr_name", "missing"),
     (pool_data(**{"drbd.prot": 1}), "drbd.prot", "unknown key"),
+    (pool_data(**{"guard.grace_minutes": 0}), "guard.grace_minutes", "out of range"),
+    (pool_data(**{"guard.grace_minutes": "10m"}), "guard.grace_minutes", "whole number"),
+    (pool_data(**{"guard.hook": "page-oncall"}), "guard.hook", "absolute path"),
+    (pool_data(**{"guard.hook": "/usr/bin/page; reboot"}), "guard.hook", "not valid"),
+    (pool_data(**{"guard.grace": 10}), "guard.grace", "unknown key"),
     (pool_data(extra=True), "extra", "unknown key"),
 ]
 
@@ -170,3 +175,22 @@ def test_init_writes_the_example_and_will_not_overwrite(
     assert target.read_text() == "# mine\n"
     assert main(["deploy", "init", "--output", str(target), "--force", "-q"]) == 0
     assert target.read_text() == EXAMPLE_POOL
+
+
+def test_guard_defaults_and_values() -> None:
+    assert parse(pool_data(guard=...)).guard == Guard()
+    assert (Guard().grace_minutes, Guard().migration_minutes, Guard().hook) == (10, 5, None)
+    pool = parse(
+        pool_data(
+            **{"guard.grace_minutes": 7, "guard.hook": "/usr/local/sbin/page-oncall --team sto"}
+        )
+    )
+    assert pool.guard == Guard(
+        grace_minutes=7, migration_minutes=5, hook="/usr/local/sbin/page-oncall --team sto"
+    )
+
+
+def test_example_pool_documents_the_guard() -> None:
+    pool = parse_pool(Path("pool.yaml"), EXAMPLE_POOL, load_registry())
+    assert pool.guard == Guard(grace_minutes=10, migration_minutes=5)
+    assert "# hook: " in EXAMPLE_POOL
