@@ -305,7 +305,9 @@ def _target(file: Path, target_id: str, reader: YamlReader) -> Target:
         build.done()
     target = Target(
         id=target_id,
-        name=reader.text("name"),
+        # Written into the .repo file's name= line and the deploy README: one line, or a
+        # line break would start a section of its own.
+        name=reader.text("name", ONE_LINE, explain="one line of printable text"),
         aliases=reader.text_list("aliases", SAFE_NAME),
         arch=arch,
         basearch=reader.text("basearch", required=False, pattern=SAFE_NAME) or arch,

@@ -259,6 +259,10 @@ GOOD_DRBD = 'drbd:\n  "8.4.1":\n    family: 8.4-early\n    url: https://x/d.tgz\
         (TARGET + GOOD_DRBD.replace('"8.4.1"', '"8.4.1\\n"'), "drbd"),
         (TARGET + GOOD_DRBD + '    cflags: "-O2\\n"\n', "drbd.8.4.1.cflags"),
         (TARGET.replace("arch: x86_64", 'arch: "x86_64\\n"') + GOOD_DRBD, "targets.lab.arch"),
+        (
+            TARGET.replace("name: Lab dom0", 'name: "Lab\\n[evil]\\nbaseurl=x"') + GOOD_DRBD,
+            "targets.lab.name",
+        ),
     ],
 )
 def test_a_trailing_newline_is_no_safe_value(tmp_path: Path, text: str, where: str) -> None:
