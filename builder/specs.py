@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from builder.errors import ConfigError
-from builder.yamlreader import YamlReader
+from builder.yamlreader import YamlReader, printable
 
 DEFAULT_SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
 LOCK_FILE_NAME = "checksums.lock"
@@ -488,7 +488,7 @@ def _load_file(file: Path) -> _FileEntries:
         for raw_key, entry in sub.data.items():
             key = str(raw_key)
             if not isinstance(entry, dict):
-                raise ConfigError(f"{file}: {section}.{key}: must be a mapping")
+                raise ConfigError(f"{file}: {printable(f'{section}.{key}')}: must be a mapping")
             reader = YamlReader(file, entry, f"{section}.{key}")
             if section == "targets":
                 entries.targets[key] = _target(file, key, reader)
