@@ -71,6 +71,17 @@ def spawn(
     )
 
 
+def running(process: subprocess.Popen[bytes]) -> bool:
+    """Whether the child still runs, without reaping it (Popen.poll would, and then its
+    rusage and process group are gone)."""
+    return os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+
+
+def signal_child(process: subprocess.Popen[bytes], sent: signal.Signals) -> None:
+    """Send ``sent`` to the child itself (Popen.send_signal polls, and so reaps, first)."""
+    os.kill(process.pid, sent)
+
+
 def finish(process: subprocess.Popen[bytes], *, timeout: float = 300) -> Result:
     """Wait for a child started by :func:`spawn` and collect its output and peak memory.
 
