@@ -91,14 +91,17 @@ class Lab:
 def lab(tmp_path: Path) -> Lab:
     """Specs for target ``lab`` (an ISO URL nobody serves: tests pass files or a URL of their
     own) and a cache holding an earlier, finished extraction and a lock entry."""
-    specs = write_lab_spec(tmp_path / "specs", iso="file:///nonexistent/binpkg.iso")
+    return make_lab(tmp_path, tmp_path / "cache")
+
+
+def make_lab(root: Path, cache: Path) -> Lab:
+    specs = write_lab_spec(root / "specs", iso="file:///nonexistent/binpkg.iso")
     (specs / "checksums.lock").write_text(json.dumps(KEPT_LOCK, indent=2) + "\n")
-    cache = tmp_path / "cache"
     kept = cache / "kernels" / KEPT_SHA
     (kept / "tree" / "usr" / "src").mkdir(parents=True)
     (kept / "tree" / "usr" / "src" / "Makefile").write_text("all:\n")
     (kept / "tree.json").write_text(json.dumps({"nvra": "kept", "builds": "{}"}))
-    return Lab(root=tmp_path, specs=specs, cache=cache)
+    return Lab(root=root, specs=specs, cache=cache)
 
 
 @pytest.fixture(scope="session")
