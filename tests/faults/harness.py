@@ -8,11 +8,13 @@ and compares snapshots of the directories it may and may not touch.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -47,14 +49,35 @@ def _environment(extra: Mapping[str, str] | None) -> dict[str, str]:
     return env
 
 
+PEAK = Path(__file__).with_name("peak.py")
+
+
 def builder(
     *args: str | Path,
     timeout: float = 300,
     env: Mapping[str, str] | None = None,
     cwd: Path = REPO,
+    measure: bool = False,
 ) -> Result:
-    """Run ``python -m builder ARGS`` to its end; a child that overruns ``timeout`` is killed."""
-    return finish(spawn(*args, env=env, cwd=cwd), timeout=timeout)
+    """Run ``python -m builder ARGS`` to its end; a child that overruns ``timeout`` is killed.
+
+    ``measure`` runs it under ``peak.py``, so that ``max_rss`` is the tool's own peak memory
+    and not the test process's, which a forked child inherits in its rusage.
+    """
+    if not measure:
+        return finish(spawn(*args, env=env, cwd=cwd), timeout=timeout)
+    with tempfile.TemporaryDirectory() as scratch:
+        figure = Path(scratch) / "peak"
+        process = subprocess.Popen(
+            (sys.executable, "-S", PEAK, figure, *BUILDER, *(str(a) for a in args)),
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=_environment(env),
+            start_new_session=True,
+        )
+        result = finish(process, timeout=timeout)
+        return dataclasses.replace(result, args=result.args[4:], max_rss=int(figure.read_text()))
 
 
 def spawn(

@@ -141,7 +141,7 @@ def test_a_hostile_rpm_is_refused_and_leaves_nothing(lab: Lab, case: Case) -> No
     result = builder(
         "kernel", "--xcp", "lab", "--specs", lab.specs, "--cache", lab.cache,
         "--kernel-rpm", rpm, *case.options,
-        timeout=120,
+        timeout=120, measure=True,
     )  # fmt: skip
     elapsed = time.monotonic() - started
     PEAKS[case.id] = result.max_rss
