@@ -25,6 +25,7 @@ from tests.faults.publishing import (
     Signer,
     add_build,
     assert_dnf_gets,
+    dnf_download,
     kill_agents,
     make_packages,
     make_signer,
@@ -104,6 +105,51 @@ def test_publish_killed_at_random_points_never_breaks_the_served_repository(
     assert verify_served(repo, tmp_path / "check") == {p.name for p in packages[: RUNS + 1]}
     assert partial_leftovers(repo) == []
     assert_dnf_gets(repo, tmp_path / "dnf", f"fault-pkg-{RUNS:02d}")
+
+
+@pytest.mark.parametrize(
+    ("step", "sent"),
+    [
+        ("Reuse the previous", signal.SIGKILL),
+        ("Sign 1 new", signal.SIGTERM),
+        ("Make metadata", signal.SIGINT),
+        ("Sign and verify", signal.SIGKILL),
+        ("Switch", signal.SIGKILL),
+    ],
+)
+def test_publish_killed_in_each_step_leaves_the_served_repository_as_it_was(
+    tmp_path: Path, signer: Signer, packages: list[Path], step: str, sent: signal.Signals
+) -> None:
+    """The kill loop's points are random; these are the steps one by one."""
+    artifacts, repo = tmp_path / "artifacts", tmp_path / "repo"
+    add_build(artifacts, 0, packages[0])
+    assert builder(*publish_args(artifacts, repo, signer)).returncode == 0
+    before = verify_served(repo, tmp_path / "check")
+    add_build(artifacts, 1, packages[1])
+    process = spawn(*publish_args(artifacts, repo, signer))
+    assert process.stderr is not None
+    seen = []
+    for raw in process.stderr:
+        seen.append(raw.decode())
+        if seen[-1].strip().startswith(f"▸ {step}"):
+            signal_child(process, sent)
+            break
+    result = finish(process)
+    assert result.returncode == (-signal.SIGKILL if sent is signal.SIGKILL else 130), "".join(
+        seen
+    ) + str(result)
+    both = {packages[0].name, packages[1].name}
+    served = verify_served(repo, tmp_path / "check")
+    # Killed while switching, the switch happened or it did not; anything else, it did not.
+    assert served == before or (step == "Switch" and served == both), served
+    assert_dnf_gets(repo, tmp_path / "dnf", "fault-pkg-00")
+    if served == before:
+        assert dnf_download(repo, tmp_path / "dnf-new", "fault-pkg-01").returncode != 0
+    after = builder(*publish_args(artifacts, repo, signer, "--lock-timeout", "0"))
+    assert after.returncode == 0, after
+    assert verify_served(repo, tmp_path / "check") == both
+    assert partial_leftovers(repo) == []
+    assert_dnf_gets(repo, tmp_path / "dnf", "fault-pkg-01")
 
 
 def wait_until_started(process: subprocess.Popen[bytes]) -> None:
