@@ -435,11 +435,13 @@ def test_fuzzed_spec_files_are_refused_or_give_files_that_parse(
     spec_file = specs / "lab.yaml"
     spec_file.write_bytes(dump(data))
 
+    before = snapshot(work)
     listed = cli(work, "targets", "--json", "--specs", specs)
     assert listed.returncode in (0, 2), listed
     if listed.returncode == 2:
         assert_refused_naming(listed, spec_file, keys)
         assert not broken_bytes or "not UTF-8" in listed.stderr
+        assert snapshot(work) == before, "a refused spec file left something behind"
         no_canary(workspace)
         return
     assert not broken_bytes
@@ -452,6 +454,7 @@ def test_fuzzed_spec_files_are_refused_or_give_files_that_parse(
         # A name the registry holds but the command line cannot name (or a plan it refuses).
         assert "Traceback" not in planned.stderr and "error: " in planned.stderr, planned
     assert not artifacts.exists(), "a dry run wrote into --artifacts"
+    assert snapshot(work) == before, "targets or build --dry-run wrote something"
 
     pool_dir = work / "pool"
     pool_dir.mkdir()
