@@ -6,6 +6,7 @@ Docker tooling the tests drive is installed system-wide by ``.ci/run``.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import nox
@@ -47,7 +48,9 @@ def integration(session: nox.Session) -> None:
 def faults(session: nox.Session) -> None:
     """The fault suite: hostile inputs, injected network faults, kills, races, full disks,
     fuzzed pool and spec files, each through the real command line (needs root for tmpfs)."""
-    session.run("python", "-m", "pytest", "tests/faults", *session.posargs)
+    # The interpreter running nox: the one .ci/run installed the packages into (Debian has
+    # no `python` command unless python-is-python3 is installed).
+    session.run(sys.executable, "-m", "pytest", "tests/faults", *session.posargs)
 
 
 @nox.session
