@@ -36,6 +36,9 @@ RATE = re.compile(r"^[1-9][0-9]*[KMG]?$")
 HANDLER = re.compile(r"^/[A-Za-z0-9_./+-]+(?: [A-Za-z0-9_.@+/=-]+)*$")
 URL = re.compile(r"^(?:https?|file)://[A-Za-z0-9._~:/%@+=,-]+$")
 DRBD_VERSION = re.compile(r"^(\d+)(?:\.(\d+))?(?:\.\d+)*$")
+# DRBD's config scanner reads digits with an optional unit (K, M, G, s) as a number, so a host
+# or resource named like that breaks `on NAME {` and `resource NAME {` for every drbdadm.
+DRBD_NUMBER = re.compile(r"[0-9]+[KMGs]?")
 
 MIN_PORT = 1
 MAX_PORT = 65535
@@ -190,13 +193,25 @@ class _Reader(YamlReader):
         return iface
 
 
+def _drbd_name(reader: _Reader, key: str, name: str) -> str:
+    if DRBD_NUMBER.fullmatch(name):
+        raise reader.fail(
+            key,
+            f"{name!r} is not valid: DRBD reads a name of digits (and a unit K, M, G or s) as "
+            "a number",
+            hint="Use a name with a letter in it.",
+        )
+    return name
+
+
 def _host(reader: _Reader) -> Host:
     management = reader.mapping("management")
     replication = reader.mapping("replication")
+    name = reader.text(
+        "name", HOST_NAME, explain="use the host name `uname -n` prints (letters, digits, -, .)"
+    )
     host = Host(
-        name=reader.text(
-            "name", HOST_NAME, explain="use the host name `uname -n` prints (letters, digits, -, .)"
-        ),
+        name=_drbd_name(reader, "name", name),
         management=management.interface("address"),
         management_interface=management.text(
             "interface", INTERFACE, explain="a network interface name such as xenbr0"
@@ -255,8 +270,10 @@ def _drbd(reader: _Reader, host_names: tuple[str, str]) -> Drbd:
     drbd = Drbd(
         version=version,
         recipe=recipe,
-        resource=reader.text(
-            "resource", RESOURCE_NAME, default="r0", explain="letters, digits, _ . -"
+        resource=_drbd_name(
+            reader,
+            "resource",
+            reader.text("resource", RESOURCE_NAME, default="r0", explain="letters, digits, _ . -"),
         ),
         minor=reader.integer("minor", 0, MAX_MINOR, default=1),
         port=reader.integer("port", MIN_PORT, MAX_PORT, default=7789),
