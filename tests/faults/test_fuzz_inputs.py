@@ -29,6 +29,7 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from builder.deploy import pool
 from builder.deploy.checks import CHECK_IDS
 from builder.deploy.pool import syntax_of
 from builder.recipes import Syntax
@@ -131,6 +132,20 @@ def dotted(key: Key) -> str:
 # validation and reach the renderers, where each must still be quoted right.
 PLAIN = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_.+~:@/=,%-]{0,30}\Z")
 VERSIONS = ("8.3.16", "8.4.1", "8.4.11", "9.2.5", "9.0")
+# Values the pool file's own patterns accept, by the key's last name.
+ACCEPTED = {
+    "name": st.from_regex(r"\A[a-z0-9](?:[a-z0-9-]{0,12}[a-z0-9])?(?:\.[a-z0-9]{1,5}){0,2}\Z"),
+    "resource": st.from_regex(pool.RESOURCE_NAME, fullmatch=True),
+    "sr_name": st.from_regex(pool.SR_NAME, fullmatch=True),
+    "interface": st.from_regex(pool.INTERFACE, fullmatch=True),
+    "disk": st.from_regex(pool.DISK, fullmatch=True),
+    "resync_rate": st.from_regex(pool.RATE, fullmatch=True),
+    "fence_peer_handler": st.from_regex(pool.HANDLER, fullmatch=True),
+    "split_brain_handler": st.from_regex(pool.HANDLER, fullmatch=True),
+    "url": st.from_regex(pool.URL, fullmatch=True),
+    "gpgkey": st.from_regex(pool.URL, fullmatch=True),
+    "version": st.sampled_from(VERSIONS),
+}
 
 
 def near_valid(key: Key, base: Any) -> st.SearchStrategy[Any]:
@@ -139,8 +154,8 @@ def near_valid(key: Key, base: Any) -> st.SearchStrategy[Any]:
         return st.integers(-1, 70000)
     if not isinstance(base, str):
         return st.lists(PLAIN, max_size=3)
-    if key[-1] == "version":
-        return st.sampled_from(VERSIONS)
+    if isinstance(key[-1], str) and key[-1] in ACCEPTED:
+        return ACCEPTED[key[-1]]
     prefix = base.split("://")[0] + "://" if "://" in base else ""
     if base.startswith("/"):
         prefix = "/dev/" if base.startswith("/dev/") else "/"
@@ -152,7 +167,8 @@ def mutation(base: dict[str, Any]) -> st.SearchStrategy[tuple[Key, Any]]:
     def for_key(key: Key) -> st.SearchStrategy[tuple[Key, Any]]:
         value = get(base, key)
         text = str(value) if not isinstance(value, list) else " ".join(map(str, value))
-        values = st.one_of(hostile_text(text), WRONG_TYPES, near_valid(key, value))
+        accepted = near_valid(key, value)
+        values = st.one_of(hostile_text(text), WRONG_TYPES, accepted, accepted)
         return st.tuples(st.just(key), values)
 
     return st.sampled_from(sorted(key_paths(base), key=dotted)).flatmap(for_key)
@@ -335,6 +351,7 @@ def no_canary(workspace: Path) -> None:
 @example(mutations=[(("drbd", "version"), "8.3.16")], directory="pool", broken_bytes=False)
 @example(mutations=[(("drbd", "version"), "9.2.5")], directory="pool", broken_bytes=False)
 @example(mutations=[(("sr_name",), "sr")], directory="pool", broken_bytes=True)
+@example(mutations=[(("hosts", 1, "name"), 0)], directory="pool", broken_bytes=False)
 def test_fuzzed_pool_files_are_refused_or_render_files_that_parse(
     workspace: Path, mutations: list[tuple[Key, Any]], directory: str, broken_bytes: bool
 ) -> None:
@@ -459,9 +476,9 @@ def test_fuzzed_spec_files_are_refused_or_give_files_that_parse(
     pool_dir = work / "pool"
     pool_dir.mkdir()
     pool_file = pool_dir / "pool.yaml"
-    pool = copy.deepcopy(BASE_POOL)
-    pool["target"] = target
-    pool_file.write_bytes(dump(pool))
-    version = str(pool["drbd"]["version"])
-    render_and_check(work, pool_file, version, all_keys(pool), "--specs", specs)
+    document = copy.deepcopy(BASE_POOL)
+    document["target"] = target
+    pool_file.write_bytes(dump(document))
+    version = str(document["drbd"]["version"])
+    render_and_check(work, pool_file, version, all_keys(document), "--specs", specs)
     no_canary(workspace)
