@@ -42,6 +42,8 @@ DRBD_NUMBER = re.compile(r"[0-9]+[KMGs]?")
 
 MIN_PORT = 1
 MAX_PORT = 65535
+# drbd_limits.h: DRBD_RESYNC_RATE_MAX, in KiB/s (a bare number is KiB/s); drbdadm refuses more.
+MAX_RESYNC_RATE_KIB = 4 << 20
 MAX_MINOR = 255  # DRBD 8.3's minor_count limit; the oldest syntax sets the bound for all
 
 
@@ -230,6 +232,20 @@ def _host(reader: _Reader) -> Host:
     return host
 
 
+def _resync_rate(reader: _Reader) -> str:
+    rate: str = reader.text(
+        "resync_rate", RATE, default="40M", explain="a number with optional K, M or G"
+    )
+    number, unit = (rate[:-1], rate[-1]) if rate[-1] in "KMG" else (rate, "K")
+    kib = int(number) * {"K": 1, "M": 1 << 10, "G": 1 << 20}[unit]
+    if kib > MAX_RESYNC_RATE_KIB:
+        raise reader.fail(
+            "resync_rate",
+            f"{rate} is out of range: DRBD takes at most {MAX_RESYNC_RATE_KIB}K (4G) per second",
+        )
+    return rate
+
+
 def _drbd(reader: _Reader, host_names: tuple[str, str]) -> Drbd:
     version = reader.text("version", re.compile(r"^[0-9][0-9A-Za-z.-]*$"))
     recipe = recipe_of_version(version) if DRBD_VERSION.fullmatch(version) else None
@@ -277,9 +293,7 @@ def _drbd(reader: _Reader, host_names: tuple[str, str]) -> Drbd:
         ),
         minor=reader.integer("minor", 0, MAX_MINOR, default=1),
         port=reader.integer("port", MIN_PORT, MAX_PORT, default=7789),
-        resync_rate=reader.text(
-            "resync_rate", RATE, default="40M", explain="a number with optional K, M or G"
-        ),
+        resync_rate=_resync_rate(reader),
         fencing=fencing,
         fence_peer_handler=values["fence_peer_handler"],
         split_brain_handler=values["split_brain_handler"],
