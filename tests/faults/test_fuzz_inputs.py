@@ -352,6 +352,7 @@ def no_canary(workspace: Path) -> None:
 @example(mutations=[(("drbd", "version"), "9.2.5")], directory="pool", broken_bytes=False)
 @example(mutations=[(("sr_name",), "sr")], directory="pool", broken_bytes=True)
 @example(mutations=[(("hosts", 1, "name"), 0)], directory="pool", broken_bytes=False)
+@example(mutations=[(("drbd", "resync_rate"), 4194305)], directory="pool", broken_bytes=False)
 def test_fuzzed_pool_files_are_refused_or_render_files_that_parse(
     workspace: Path, mutations: list[tuple[Key, Any]], directory: str, broken_bytes: bool
 ) -> None:
