@@ -32,7 +32,7 @@ Exit codes: 0 success, 1 other error, 2 bad configuration or arguments, 3 downlo
 4 checksum mismatch, 5 malformed input, 6 kernel mismatch, 7 external command failed,
 8 Docker unavailable, 9 build failed, 10 post-build check failed, 11 publish failed,
 12 signing failed, 13 unsafe deployment, 14 locked by another process, 15 published
-repository failed verification, 130 interrupted.
+repository failed verification, 16 disk full, 130 interrupted.
 """
 
 

@@ -109,6 +109,19 @@ class VerifyError(BuilderError):
     exit_code = 15
 
 
+class NoSpaceError(BuilderError):
+    """The disk holding the cache, the artifacts or the repository is full."""
+
+    exit_code = 16
+
+
+def no_space(exc: BaseException) -> bool:
+    """Whether ``exc`` is the operating system saying a disk (or a quota) is full."""
+    import errno
+
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 class Interrupted(BuilderError):
     """The user pressed Ctrl-C or the process received SIGTERM."""
 

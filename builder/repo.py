@@ -45,7 +45,9 @@ from builder.errors import (
     CommandError,
     ConfigError,
     InputError,
+    NoSpaceError,
     PublishError,
+    no_space,
 )
 from builder.locks import timed_lock
 from builder.specs import SAFE_NAME, Consumer, Registry
@@ -56,7 +58,6 @@ from builder.store import (
     Entry,
     Mark,
     Store,
-    no_space,
     sha256_file,
 )
 
@@ -658,8 +659,8 @@ def publish(options: PublishOptions, registry: Callable[[], Registry]) -> Publis
             return _publish_locked(options, builds, key, versions)
     except (OSError, BuilderError) as exc:
         # A full disk shows up as whatever failed first: gpg, createrepo_c, a copy.
-        if (isinstance(exc, OSError) and no_space(exc)) or _nearly_full(options.repo):
-            raise PublishError(
+        if no_space(exc) or _nearly_full(options.repo):
+            raise NoSpaceError(
                 f"No space left on the device holding {options.repo}; nothing was published "
                 f"and {options.repo / 'current'} is unchanged.\n"
                 f"(what failed: {exc.message if isinstance(exc, BuilderError) else exc})",
@@ -775,16 +776,17 @@ def _publish_locked(
 def _add_packages(store: Store, plan: Plan, key: sign.SigningKey, public_key: Path) -> list[Entry]:
     """Copy, sign and verify the new packages, record their provenance, move them in place."""
     by_consumer: dict[Consumer, list[tuple[Incoming, Path]]] = {}
-    for item in plan.incoming:
-        folder = store.family_dir(item.family)
-        folder.mkdir(parents=True, exist_ok=True)
-        temp = folder / f"{INCOMING_PREFIX}{os.getpid()}-{item.source.name}"
-        shutil.copyfile(item.source, temp)
-        os.chmod(temp, 0o644)
-        by_consumer.setdefault(item.consumer, []).append((item, temp))
     signed: list[tuple[Incoming, Path, str]] = []
     written: list[Path] = []
     try:
+        for item in plan.incoming:
+            folder = store.family_dir(item.family)
+            folder.mkdir(parents=True, exist_ok=True)
+            temp = folder / f"{INCOMING_PREFIX}{os.getpid()}-{item.source.name}"
+            written.append(temp)
+            shutil.copyfile(item.source, temp)
+            os.chmod(temp, 0o644)
+            by_consumer.setdefault(item.consumer, []).append((item, temp))
         for consumer, pairs in sorted(by_consumer.items()):
             files = [temp for _, temp in pairs]
             how = " (V3 signatures, GnuPG 1.4)" if consumer is Consumer.EL5 else ""

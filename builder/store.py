@@ -24,7 +24,6 @@ a speed-up, never trusted for anything else: deleting it costs one full pass.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -303,7 +302,3 @@ def _kind(mode: int) -> str:
     if stat.S_ISDIR(mode):
         return "directory"
     return "special file"
-
-
-def no_space(exc: OSError) -> bool:
-    return exc.errno in (errno.ENOSPC, errno.EDQUOT)

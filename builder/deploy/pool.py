@@ -36,9 +36,14 @@ RATE = re.compile(r"^[1-9][0-9]*[KMG]?$")
 HANDLER = re.compile(r"^/[A-Za-z0-9_./+-]+(?: [A-Za-z0-9_.@+/=-]+)*$")
 URL = re.compile(r"^(?:https?|file)://[A-Za-z0-9._~:/%@+=,-]+$")
 DRBD_VERSION = re.compile(r"^(\d+)(?:\.(\d+))?(?:\.\d+)*$")
+# DRBD's config scanner reads digits with an optional unit (K, M, G, s) as a number, so a host
+# or resource named like that breaks `on NAME {` and `resource NAME {` for every drbdadm.
+DRBD_NUMBER = re.compile(r"[0-9]+[KMGs]?")
 
 MIN_PORT = 1
 MAX_PORT = 65535
+# drbd_limits.h: DRBD_RESYNC_RATE_MAX, in KiB/s (a bare number is KiB/s); drbdadm refuses more.
+MAX_RESYNC_RATE_KIB = 4 << 20
 MAX_MINOR = 255  # DRBD 8.3's minor_count limit; the oldest syntax sets the bound for all
 
 
@@ -208,13 +213,25 @@ class _Reader(YamlReader):
         return iface
 
 
+def _drbd_name(reader: _Reader, key: str, name: str) -> str:
+    if DRBD_NUMBER.fullmatch(name):
+        raise reader.fail(
+            key,
+            f"{name!r} is not valid: DRBD reads a name of digits (and a unit K, M, G or s) as "
+            "a number",
+            hint="Use a name with a letter in it.",
+        )
+    return name
+
+
 def _host(reader: _Reader) -> Host:
     management = reader.mapping("management")
     replication = reader.mapping("replication")
+    name = reader.text(
+        "name", HOST_NAME, explain="use the host name `uname -n` prints (letters, digits, -, .)"
+    )
     host = Host(
-        name=reader.text(
-            "name", HOST_NAME, explain="use the host name `uname -n` prints (letters, digits, -, .)"
-        ),
+        name=_drbd_name(reader, "name", name),
         management=management.interface("address"),
         management_interface=management.text(
             "interface", INTERFACE, explain="a network interface name such as xenbr0"
@@ -231,6 +248,20 @@ def _host(reader: _Reader) -> Host:
     replication.done()
     reader.done()
     return host
+
+
+def _resync_rate(reader: _Reader) -> str:
+    rate: str = reader.text(
+        "resync_rate", RATE, default="40M", explain="a number with optional K, M or G"
+    )
+    number, unit = (rate[:-1], rate[-1]) if rate[-1] in "KMG" else (rate, "K")
+    kib = int(number) * {"K": 1, "M": 1 << 10, "G": 1 << 20}[unit]
+    if kib > MAX_RESYNC_RATE_KIB:
+        raise reader.fail(
+            "resync_rate",
+            f"{rate} is out of range: DRBD takes at most {MAX_RESYNC_RATE_KIB}K (4G) per second",
+        )
+    return rate
 
 
 def _drbd(reader: _Reader, host_names: tuple[str, str]) -> Drbd:
@@ -273,14 +304,14 @@ def _drbd(reader: _Reader, host_names: tuple[str, str]) -> Drbd:
     drbd = Drbd(
         version=version,
         recipe=recipe,
-        resource=reader.text(
-            "resource", RESOURCE_NAME, default="r0", explain="letters, digits, _ . -"
+        resource=_drbd_name(
+            reader,
+            "resource",
+            reader.text("resource", RESOURCE_NAME, default="r0", explain="letters, digits, _ . -"),
         ),
         minor=reader.integer("minor", 0, MAX_MINOR, default=1),
         port=reader.integer("port", MIN_PORT, MAX_PORT, default=7789),
-        resync_rate=reader.text(
-            "resync_rate", RATE, default="40M", explain="a number with optional K, M or G"
-        ),
+        resync_rate=_resync_rate(reader),
         fencing=fencing,
         fence_peer_handler=values["fence_peer_handler"],
         split_brain_handler=values["split_brain_handler"],

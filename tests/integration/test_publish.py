@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import gzip
 import hashlib
@@ -11,14 +10,12 @@ import http.server
 import json
 import os
 import shutil
-import signal
 import stat
 import struct
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -461,67 +458,6 @@ def _published_names(target: Path) -> set[str]:
             assert (served_file / package.location_href).is_file()
             names.add(package.location_href)
     return names
-
-
-@pytest.mark.parametrize(
-    ("step", "sig"),
-    [
-        ("Check the 4 published", signal.SIGKILL),
-        ("Sign 1 new", signal.SIGKILL),
-        ("Make metadata", signal.SIGKILL),
-        ("Sign and verify", signal.SIGKILL),
-        ("Make metadata", signal.SIGINT),
-    ],
-)
-def test_interrupted_publish_leaves_the_served_repo_as_it_was(
-    tmp_path: Path, keys: Keys, rpms: Rpms, step: str, sig: signal.Signals
-) -> None:
-    artifacts = make_artifacts(tmp_path, rpms)
-    target = tmp_path / "repo"
-    assert run_publish(artifacts, target, keys).returncode == 0
-    before = (target / "current").resolve()
-    names_before = _published_names(target)
-    write_build(
-        artifacts, "xcp-ng-8.2", "9.0-2", rpms.el7_update, consumer="el7", basearch="x86_64"
-    )
-
-    seen = []
-    with subprocess.Popen(
-        publish_cmd(artifacts, target, keys),
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as process:
-        assert process.stderr is not None
-        for line in process.stderr:
-            seen.append(line)
-            if line.strip().startswith(f"▸ {step}"):
-                process.send_signal(sig)
-                break
-        seen.append(process.stderr.read())
-        code = process.wait(timeout=60)
-    assert code != 0, "".join(seen)
-    assert (target / "current").resolve() == before
-    assert _published_names(target) == names_before
-    if sig == signal.SIGINT:
-        assert not list((target / "versions").glob("*.partial"))
-    with served(target) as url:
-        result = dnf_fetch(tmp_path / "dnf", url, "drbd-kmod-9.0-1")
-        missing = dnf_fetch(tmp_path / "dnf-new", url, "drbd-kmod-9.0-2")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert missing.returncode != 0
-
-    # The next publish cleans up and completes.
-    after = run_publish(artifacts, target, keys)
-    assert after.returncode == 0, after.stderr
-    assert not list((target / "versions").glob("*.partial"))
-    assert "drbd-kmod-9.0-2.x86_64.rpm" in _published_names(target)
-    stored = {p.name for p in (target / "packages").glob("el*/*/*") if p.name != "repodata"}
-    assert stored == _published_names(target)  # nothing the interrupted run left behind
-    audit = run_verify(target)
-    assert audit.returncode == 0, audit.stderr
-    assert "belong to no published version" not in audit.stderr  # provenance strays too
 
 
 def test_a_protected_key_needs_its_passphrase_file(tmp_path: Path, rpms: Rpms) -> None:
@@ -1038,54 +974,6 @@ def test_nothing_to_publish_is_a_clear_error(tmp_path: Path, keys: Keys) -> None
     assert result.returncode == 11
     assert "Nothing to publish" in result.stderr
     assert not (tmp_path / "repo" / "current").exists()
-
-
-def test_a_second_publish_waits_or_fails_clearly(tmp_path: Path, keys: Keys, rpms: Rpms) -> None:
-    artifacts = make_artifacts(tmp_path, rpms)
-    target = tmp_path / "repo"
-    target.mkdir()
-    with (target / ".lock").open("a+") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)
-        held.write("4242\n")
-        held.flush()
-        failed = run_publish(artifacts, target, keys, "--lock-timeout", "0")
-        assert failed.returncode == 14
-        assert "Another publish (pid 4242)" in failed.stderr
-        waiting = subprocess.Popen(
-            publish_cmd(artifacts, target, keys, "--lock-timeout", "60"),
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        time.sleep(1.0)
-        assert waiting.poll() is None  # still waiting for the lock
-        fcntl.flock(held, fcntl.LOCK_UN)
-    _out, err = waiting.communicate(timeout=120)
-    assert waiting.returncode == 0, err
-    assert "waiting for another publish (pid 4242)" in err
-
-    # Two real publishes at once, each adding its own package: both land, the result verifies.
-    write_build(
-        artifacts, "xcp-ng-8.2", "9.0-2", rpms.el7_update, consumer="el7", basearch="x86_64"
-    )
-    procs = [
-        subprocess.Popen(
-            publish_cmd(artifacts, target, keys),
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    results = [p.communicate(timeout=120) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], results
-    assert sum("unchanged" in out for out, _ in results) == 1
-    with served(target) as url:
-        result = dnf_fetch(tmp_path / "dnf", url, "drbd-kmod-9.0-2")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert os.path.isfile(tmp_path / "dnf" / "downloads" / "drbd-kmod-9.0-2.x86_64.rpm")
 
 
 def test_a_file_that_is_not_an_rpm_is_an_input_error(tmp_path: Path, rpms: Rpms) -> None:

@@ -79,6 +79,14 @@ BAD_POOLS = [
     (pool_data(**{"hosts.0.disk": "/dev/../etc/passwd"}), "hosts[0].disk", "'..'"),
     (pool_data(sr_name="sr`id`"), "sr_name", "not valid"),
     (pool_data(**{"drbd.resource": 'r0"; }'}), "drbd.resource", "not valid"),
+    # drbdadm reads these as numbers: "TK_STRING | '{' expected, but got '0'".
+    (pool_data(**{"hosts.1.name": 0}), "hosts[1].name", "as a number"),
+    (pool_data(**{"hosts.0.name": "10M"}), "hosts[0].name", "as a number"),
+    (pool_data(**{"drbd.resource": "1s"}), "drbd.resource", "as a number"),
+    # drbdadm: "resync-rate 4194305 => 4194305k out of range [1..4194304]k".
+    (pool_data(**{"drbd.resync_rate": 4194305}), "drbd.resync_rate", "out of range"),
+    (pool_data(**{"drbd.resync_rate": "4097M"}), "drbd.resync_rate", "at most 4194304K"),
+    (pool_data(**{"drbd.resync_rate": "5G"}), "drbd.resync_rate", "out of range"),
     (
         pool_data(**{"hosts.1.replication.interface": "eth1&&x"}),
         "hosts[1].replication.interface",
