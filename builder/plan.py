@@ -92,13 +92,15 @@ def plan(
 ) -> list[BuildStep]:
     """One step per (target, version), targets in the order given, duplicates dropped.
 
-    Without ``versions``, each target gets the DRBD versions its spec lists as fitting it.
+    ``all`` stands for every target of the registry.  Without ``versions``, each target gets
+    the DRBD versions its spec lists as fitting it.
     """
     resolved_targets: list[Target] = []
     for name in targets:
-        target = registry.target(name)
-        if target not in resolved_targets:
-            resolved_targets.append(target)
+        chosen = list(registry.targets.values()) if name == "all" else [registry.target(name)]
+        for target in chosen:
+            if target not in resolved_targets:
+                resolved_targets.append(target)
     steps: list[BuildStep] = []
     for target in resolved_targets:
         wanted = versions or target.drbd_versions

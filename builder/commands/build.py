@@ -54,7 +54,7 @@ def register(
             nargs="+",
             action="extend",
             required=True,
-            help="target ids or aliases (see `targets`); several allowed",
+            help="target ids or aliases (see `targets`); several allowed; `all` for every target",
         )
         parser.add_argument(
             "--drbd",

@@ -123,3 +123,9 @@ def test_inputs_that_would_be_ignored_are_refused(
         code = int(exc.code or 0)
     assert code == 2
     assert text in capsys.readouterr().err
+
+
+def test_all_stands_for_every_target_once(tmp_path: Path) -> None:
+    registry = load_registry()
+    steps = plan(registry, ["all", "1.5"], ["8.4.1"], tmp_path)
+    assert [s.target.id for s in steps] == list(registry.targets)
