@@ -80,3 +80,40 @@ def test_publish_takes_the_key_from_the_environment_and_never_shows_it(tmp_path:
         check=False,
     )
     assert check.returncode == 0, check.stderr
+
+
+def test_gather_places_each_jobs_build_and_refuses_a_changed_output(tmp_path: Path) -> None:
+    rpms = build_rpms(tmp_path / "rpms", ["drbd", "drbd-km-xen"], version="8.4.1", arch="i686")
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    # What the artifact download leaves: one folder per job holding that build's files.
+    for job, (target, version) in enumerate([("xcp-1.5", "8.4.1"), ("xcp-1.6", "8.4.1")]):
+        built = write_build(tmp_path / f"job{job}", target, version, rpms, consumer="el5",
+                            basearch="i386")  # fmt: skip
+        built.rename(incoming / f"build-{target}-{version}")
+
+    def gather() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(SCRIPTS / "gather"), str(incoming), str(tmp_path / "artifacts")],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    tampered = incoming / "build-xcp-1.6-8.4.1" / rpms[0].name
+    original = tampered.read_bytes()
+    middle = len(original) // 2
+    tampered.write_bytes(original[:middle] + bytes([original[middle] ^ 1]) + original[middle + 1 :])
+    refused = gather()
+    assert refused.returncode == 1
+    assert f"{tampered} has sha256" in refused.stderr
+    tampered.write_bytes(original)
+    result = gather()
+    assert result.returncode == 0, result.stderr
+    for target in ("xcp-1.5", "xcp-1.6"):
+        placed = tmp_path / "artifacts" / target / "8.4.1"
+        assert sorted(p.name for p in placed.iterdir()) == sorted(
+            ["build.log", "manifest.json", *(r.name for r in rpms)]
+        )
