@@ -46,9 +46,12 @@ class KernelTree:
     rpm_version_release: str
     source: str  # where the RPM came from (URL or path)
     source_sha256: str  # sha256 of the ISO or RPM that was fetched
+    # The local files this tree was checked against (the ISO or RPM fetched, the RPM, the
+    # tree's marker): while none changes, neither does the tree (builder.kernel_memo).
+    files: tuple[Path, ...] = ()
 
     def to_json(self) -> dict[str, str]:
-        return {key: str(value) for key, value in asdict(self).items()}
+        return {key: str(value) for key, value in asdict(self).items() if key != "files"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -363,4 +366,5 @@ def prepare_kernel(target: Target, settings: FetchSettings, inputs: KernelInputs
         rpm_version_release=f"{info.version}-{info.release}",
         source=rpm.origin,
         source_sha256=source.sha256,
+        files=(source.path, rpm.path, root.parent / MARKER),
     )
