@@ -120,6 +120,10 @@ def cold_row(place: str, base: Path, iso: Path, inner: str, goals: Goals) -> Non
             rounds=COLD_ROUNDS,
             before=clean,
         )
+        # Each round cleaned both sides first: one more run of each, to compare what they made.
+        clean()
+        run(tool)
+        run(["sh", "-c", by_hand])
         ours = tree_listing(next((cache / "kernels").iterdir()) / "tree")
         theirs = tree_listing(manual / "tree")
         print("\n".join(row.lines()))
@@ -188,6 +192,9 @@ def libarchive_row(rpm: Path, base: Path) -> None:
             rounds=COLD_ROUNDS,
             before=clean,
         )
+        clean()
+        extract_payload(rpm, info, ours)
+        with_libarchive()
         same = tree_listing(ours) == tree_listing(theirs)
         print("\n".join(row.lines()))
         print(f"  same tree: {same}")
