@@ -135,28 +135,11 @@ def _rpm_from_iso(
     # only while its hash entry still matches the file.
     sha = hashes.lookup(dest) if dest.is_file() else None
     if sha is None:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with log.step(f"reading {rpm_name} from {iso.path.name}"):
-            extract_from_iso(iso.path, inner, dest)
-            try:
-                _check_rpm(dest)
-            except InputError as exc:
-                dest.unlink(missing_ok=True)
-                # The RPM is fine as long as the ISO it came from is: name the file at fault.
-                if iso.discard():
-                    raise InputError(
-                        f"{rpm_name} inside the ISO downloaded from {iso.origin} is damaged: "
-                        f"{exc.message}",
-                        hint="The download was deleted; the next run downloads it again. If "
-                        "that fails the same way, the server's copy is damaged: pin the right "
-                        "sha256 in the spec or pass a good copy with --iso.",
-                    ) from exc
-                raise InputError(
-                    f"{rpm_name} inside the ISO {iso.path} is damaged: {exc.message}",
-                    hint="The ISO is damaged or not the vendor's: use a good copy (check its "
-                    "sha256 against the vendor's).",
-                ) from exc
-        sha = hashes.sha256(dest)
+        # Targets on one ISO (and parallel builds of them) read it out once, in turn.
+        with file_lock(settings.cache_dir / "locks" / f"rpm-{iso.sha256[:32]}-{rpm_name}.lock"):
+            sha = hashes.lookup(dest) if dest.is_file() else None
+            if sha is None:
+                sha = _read_out(iso, inner, dest, rpm_name, settings)
     # A verified ISO vouches for the RPM inside it: its hash is recorded (with the ISO's, once
     # the tree checks out) so that a later --kernel-rpm can be checked against it.
     key = f"file:{rpm_name}"
@@ -176,6 +159,34 @@ def _rpm_from_iso(
         untrusted=inner_item if expected_rpm is None else None,
     )
     return rpm, iso
+
+
+def _read_out(iso: Fetched, inner: str, dest: Path, rpm_name: str, settings: FetchSettings) -> str:
+    """Copy the RPM out of the ISO into ``dest``, check it, and return its sha256."""
+    hashes = settings.hashes
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with log.step(f"reading {rpm_name} from {iso.path.name}"):
+        extract_from_iso(iso.path, inner, dest)
+        try:
+            _check_rpm(dest)
+        except InputError as exc:
+            dest.unlink(missing_ok=True)
+            # The RPM is fine as long as the ISO it came from is: name the file at fault.
+            if iso.discard():
+                raise InputError(
+                    f"{rpm_name} inside the ISO downloaded from {iso.origin} is damaged: "
+                    f"{exc.message}",
+                    hint="The download was deleted; the next run downloads it again. If "
+                    "that fails the same way, the server's copy is damaged: pin the right "
+                    "sha256 in the spec or pass a good copy with --iso.",
+                ) from exc
+            raise InputError(
+                f"{rpm_name} inside the ISO {iso.path} is damaged: {exc.message}",
+                hint="The ISO is damaged or not the vendor's: use a good copy (check its "
+                "sha256 against the vendor's).",
+            ) from exc
+    sha = hashes.sha256(dest)
+    return sha
 
 
 def _rpm_from_yum(target: Target, settings: FetchSettings) -> Fetched:

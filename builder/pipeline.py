@@ -85,7 +85,29 @@ class Outcome:
     error: BuilderError | None = None  # why the build failed
 
 
+class _KeyedLocks:
+    """One lock per key, for work that builds running at once must not do side by side."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._locks: dict[Hashable, threading.Lock] = {}
+
+    def __call__(self, key: Hashable) -> threading.Lock:
+        with self._lock:
+            return self._locks.setdefault(key, threading.Lock())
+
+
+# Two builds may need one file (a drbd-utils release, a kernel ISO): one fetches it, the
+# other then finds it verified in the cache.
+_FETCHING = _KeyedLocks()
+
+
 def fetch_tarball(entry: Tarball, what: str, local: Path | None, options: BuildOptions) -> Fetched:
+    with _FETCHING(("tarball", entry.url)):
+        return _fetch_tarball(entry, what, local, options)
+
+
+def _fetch_tarball(entry: Tarball, what: str, local: Path | None, options: BuildOptions) -> Fetched:
     return fetch(
         Input(
             what=f"{what} {entry.version} source",
@@ -372,9 +394,13 @@ def _validate(steps: Sequence[BuildStep], options: BuildOptions) -> None:
 def _run_step(step: BuildStep, shared: _Shared, options: BuildOptions) -> Outcome:
     """One build: its target's kernel tree and image (shared, made once), then the build."""
     target = step.target
-    tree = shared.trees.get(
-        target.id, lambda: prepare_kernel(target, options.settings, options.kernel_inputs)
-    )
+
+    def tree_of_target() -> KernelTree:
+        # Targets on one kernel source take turns: the second finds it fetched and extracted.
+        with _FETCHING(("kernel", repr(target.kernel_source))):
+            return prepare_kernel(target, options.settings, options.kernel_inputs)
+
+    tree = shared.trees.get(target.id, tree_of_target)
     context, context_sha = shared.contexts.get(target.id, lambda: _context_sha256(target))
     # What the image's tag is made of (builder.rpmbuild.ensure_image): one image per key.
     image_key = (

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from builder import pipeline, recipes
+from builder import log, pipeline, recipes
 from builder.drbdbuild import Built, DrbdBuild, _environment
 from builder.errors import BuildError, BuildsFailed, CheckError
 from builder.kernel import KernelTree
@@ -70,6 +70,7 @@ def test_one_job_runs_one_build_at_a_time(tmp_path: Path, monkeypatch: pytest.Mo
 def test_a_failed_build_does_not_stop_the_other(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    monkeypatch.setattr(log._State, "quiet", False)  # whatever an earlier test set
     fakes = Parallel(tmp_path, monkeypatch, together=2)
     fakes.failing = {"xcp-1.5"}
     steps = plan(load_registry(), ["1.5", "1.6"], ["8.4.1"], tmp_path / "artifacts")
