@@ -136,7 +136,8 @@ def _rpm_from_iso(
     sha = hashes.lookup(dest) if dest.is_file() else None
     if sha is None:
         # Targets on one ISO (and parallel builds of them) read it out once, in turn.
-        with file_lock(settings.cache_dir / "locks" / f"rpm-{iso.sha256[:32]}-{rpm_name}.lock"):
+        name_key = hashlib.sha256(rpm_name.encode()).hexdigest()[:16]
+        with file_lock(settings.cache_dir / "locks" / f"iso-{iso.sha256[:32]}-{name_key}.lock"):
             sha = hashes.lookup(dest) if dest.is_file() else None
             if sha is None:
                 sha = _read_out(iso, inner, dest, rpm_name, settings)
