@@ -1,4 +1,4 @@
-"""Developer sessions: ``nox -s lint typecheck tests integration bench``.
+"""Developer sessions: ``nox -s lint typecheck tests integration faults bench``.
 
 Sessions reuse the current interpreter's packages (``venv_backend="none"``): the RPM, ISO and
 Docker tooling the tests drive is installed system-wide by ``.ci/run``.
@@ -6,6 +6,7 @@ Docker tooling the tests drive is installed system-wide by ``.ci/run``.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import nox
@@ -28,13 +29,28 @@ def typecheck(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """Fast unit tests: no Docker, no external tools."""
-    session.run("python", "-m", "pytest", "-m", "not integration and not docker", *session.posargs)
+    session.run(
+        "python", "-m", "pytest", "--ignore=tests/faults",
+        "-m", "not integration and not docker", *session.posargs,
+    )  # fmt: skip
 
 
 @nox.session
 def integration(session: nox.Session) -> None:
     """Tests against real rpm, xorriso, gpg, dnf, drbdadm and the Docker engine."""
-    session.run("python", "-m", "pytest", "-m", "integration or docker", *session.posargs)
+    session.run(
+        "python", "-m", "pytest", "--ignore=tests/faults",
+        "-m", "integration or docker", *session.posargs,
+    )  # fmt: skip
+
+
+@nox.session
+def faults(session: nox.Session) -> None:
+    """The fault suite: hostile inputs, injected network faults, kills, races, full disks,
+    fuzzed pool and spec files, each through the real command line (needs root for tmpfs)."""
+    # The interpreter running nox: the one .ci/run installed the packages into (Debian has
+    # no `python` command unless python-is-python3 is installed).
+    session.run(sys.executable, "-m", "pytest", "tests/faults", *session.posargs)
 
 
 @nox.session

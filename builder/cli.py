@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build": ("build", "build DRBD RPMs for dom0 targets"),
     "matrix": ("build", "print the build matrix as JSON (one entry per CI job)"),
     "publish": ("publish", "sign built RPMs and publish them as yum repositories"),
+    "verify": ("verify", "audit a published repository: keys, signatures, checksums, index"),
     "keygen": ("keygen", "make an RSA signing key for local testing"),
     "deploy": ("deploy", "render and check a two-host dual-primary DRBD storage repository"),
 }
@@ -42,7 +43,8 @@ examples:
 Exit codes: 0 success, 1 other error, 2 bad configuration or arguments, 3 download failed,
 4 checksum mismatch, 5 malformed input, 6 kernel mismatch, 7 external command failed,
 8 Docker unavailable, 9 build failed, 10 post-build check failed, 11 publish failed,
-12 signing failed, 13 unsafe deployment, 14 locked by another process, 130 interrupted.
+12 signing failed, 13 unsafe deployment, 14 locked by another process, 15 published
+repository failed verification, 16 disk full, 130 interrupted.
 """
 
 

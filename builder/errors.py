@@ -103,6 +103,25 @@ class LockedError(BuilderError):
     exit_code = 14
 
 
+class VerifyError(BuilderError):
+    """A published repository failed verification: a changed package, metadata or signature."""
+
+    exit_code = 15
+
+
+class NoSpaceError(BuilderError):
+    """The disk holding the cache, the artifacts or the repository is full."""
+
+    exit_code = 16
+
+
+def no_space(exc: BaseException) -> bool:
+    """Whether ``exc`` is the operating system saying a disk (or a quota) is full."""
+    import errno
+
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 class Interrupted(BuilderError):
     """The user pressed Ctrl-C or the process received SIGTERM."""
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from builder import log
 from builder.checksums import ChecksumLock, HashCache, mismatch
-from builder.errors import ChecksumError, FetchError, InputError
+from builder.errors import ChecksumError, FetchError, InputError, NoSpaceError, no_space
 from builder.rpm import DEFAULT_LIMITS, ExtractLimits
 
 if TYPE_CHECKING:
@@ -345,7 +345,7 @@ def _download_once(
         except requests.exceptions.RequestException as exc:
             raise _Retryable(f"transfer interrupted: {type(exc).__name__}") from None
         except OSError as exc:  # writing, not the network: retrying would not help
-            raise FetchError(
+            raise (NoSpaceError if no_space(exc) else FetchError)(
                 f"Cannot write {part}: {exc.strerror or exc}.",
                 hint="Free some disk space or choose another --cache DIR; the next run resumes.",
             ) from None

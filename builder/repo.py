@@ -1,52 +1,70 @@
-"""Publishing built RPMs as signed yum repositories, atomically and incrementally.
+"""Publishing built RPMs as signed yum repositories, atomically, at the cost of what is new.
 
 Layout of a published tree (``--repo DIR``)::
 
     DIR/.lock                       held while publishing (one publisher at a time)
-    DIR/versions/<id>/              immutable repository versions; the last N are kept
-        el5/i386/*.rpm, repodata/   one repository per consumer family and $basearch
-        el7/x86_64/...
+    DIR/packages/                   the package store (``builder.store``): signed packages that
+        el5/i386/*.rpm              every version shares, added once, never replaced, and
+        el5/i386/repodata           -> ../../../current/el5/i386/repodata
+        index.jsonl                 every package published, append-only
+    DIR/versions/<id>/              immutable versions of the metadata; the last N are kept
+        el5/i386/repodata/          one repository per consumer family and $basearch
+        el7/x86_64/repodata/
         RPM-GPG-KEY-xcp-drbd-builder
         xcp-drbd-el5.repo ...
-        publish-state.json          what was published from which input (incremental runs)
+        publish-state.json          the signing key, and how much of the index is live
     DIR/current -> versions/<id>    the pointer, switched with one os.replace()
-    DIR/el5 -> current/el5          stable names clients use (baseurl=URL/el5/$basearch)
+    DIR/el5 -> packages/el5         stable names clients use (baseurl=URL/el5/$basearch)
 
-A new version is assembled in ``versions/<id>.partial``: unchanged packages are hard links to
-the previous version's signed files (never re-signed), new ones are copied and signed, then
-metadata is made with ``createrepo_c --update`` seeded from the previous version, ``repomd.xml``
-is signed, and every signature is verified.  Only then is the directory renamed and ``current``
-switched, so an interrupted publish leaves the served tree exactly as it was.
+A publish checks every published package against the digest it had when signed (a cheap stat
+check for those unchanged since their last check), signs the new packages into the store,
+makes each changed family's metadata in ``versions/<id>.partial`` with ``createrepo_c
+--update`` seeded from the previous version, signs ``repomd.xml`` and verifies every new
+signature.  Only then is the directory renamed and ``current`` switched, so an interrupted
+publish leaves the served tree exactly as it was; its leftovers in the store are removed by the
+next publish.  Nothing is done per unchanged package but a ``stat``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from builder import log, proc, sign
+from builder import log, proc, provenance, sign
 from builder.errors import (
+    BuilderError,
     CommandError,
     ConfigError,
     InputError,
+    NoSpaceError,
     PublishError,
+    no_space,
 )
 from builder.locks import timed_lock
 from builder.specs import SAFE_NAME, Consumer, Registry
+from builder.store import (
+    EMPTY,
+    INCOMING_PREFIX,
+    STORE_DIR,
+    Entry,
+    Mark,
+    Store,
+    sha256_file,
+)
 
 KEY_FILE_NAME = "RPM-GPG-KEY-xcp-drbd-builder"
 STATE_FILE_NAME = "publish-state.json"
 REPO_ID_PREFIX = "xcp-drbd"
-STATE_FORMAT = 1
+STATE_FORMAT = 2
 PARTIAL_SUFFIX = ".partial"
 
 
@@ -62,7 +80,8 @@ class Build:
     consumer: Consumer
     basearch: str
     directory: Path
-    outputs: tuple[tuple[Path, str], ...]  # (RPM file, sha256 from the manifest)
+    outputs: tuple[tuple[str, str], ...]  # (RPM file name, sha256 from the manifest)
+    manifest: bytes = b""  # manifest.json as written, for the provenance statement
 
     @property
     def family(self) -> str:
@@ -80,18 +99,31 @@ def _manifest_error(manifest: Path, problem: str) -> InputError:
     )
 
 
-def read_build(directory: Path, registry: Callable[[], Registry]) -> Build:
-    manifest = directory / "manifest.json"
+def _load_manifest(manifest: Path) -> tuple[bytes, dict[str, Any]]:
     try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
+        raw = manifest.read_bytes()
+        data = json.loads(raw)
     except OSError as exc:
         raise _manifest_error(manifest, f"cannot read: {exc.strerror}") from exc
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:
         raise _manifest_error(manifest, f"not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise _manifest_error(manifest, "must be a JSON object")
+    return raw, data
+
+
+def read_build(
+    directory: Path,
+    registry: Callable[[], Registry],
+    loaded: tuple[bytes, dict[str, Any]] | None = None,
+) -> Build:
+    manifest = directory / "manifest.json"
+    raw, data = loaded if loaded is not None else _load_manifest(manifest)
     target = data.get("target") or directory.parent.name
     version = data.get("drbd_version") or directory.name
+    for what, name in (("target", target), ("drbd_version", version)):
+        if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
+            raise _manifest_error(manifest, f"{what} {name!r} is not a plain name")
     consumer_value = data.get("consumer")
     basearch = data.get("basearch")
     if consumer_value is None or basearch is None:
@@ -111,7 +143,7 @@ def read_build(directory: Path, registry: Callable[[], Registry]) -> Build:
     outputs_raw = data.get("outputs")
     if not isinstance(outputs_raw, list):
         raise _manifest_error(manifest, "outputs must be a list of {file, sha256}")
-    outputs: list[tuple[Path, str]] = []
+    outputs: list[tuple[str, str]] = []
     for index, entry in enumerate(outputs_raw):
         if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
             raise _manifest_error(manifest, f"outputs[{index}] needs a file name")
@@ -123,7 +155,7 @@ def read_build(directory: Path, registry: Callable[[], Registry]) -> Build:
         digest = entry.get("sha256")
         if not isinstance(digest, str) or len(digest) != 64:
             raise _manifest_error(manifest, f"outputs[{index}].sha256 is missing or malformed")
-        outputs.append((directory / name, digest.lower()))
+        outputs.append((name, digest.lower()))
     return Build(
         target=str(target),
         drbd_version=str(version),
@@ -131,6 +163,7 @@ def read_build(directory: Path, registry: Callable[[], Registry]) -> Build:
         basearch=basearch,
         directory=directory,
         outputs=tuple(outputs),
+        manifest=raw,
     )
 
 
@@ -150,8 +183,9 @@ def scan_artifacts(artifacts: Path, registry: Callable[[], Registry]) -> list[Bu
             if not (build_dir / "manifest.json").is_file():
                 log.warn(f"skipping {where}: no manifest.json, so not a finished build")
                 continue
-            recorded = _recorded_version(build_dir / "manifest.json")
-            if recorded is not None and recorded != build_dir.name:
+            loaded = _load_manifest(build_dir / "manifest.json")
+            recorded = loaded[1].get("drbd_version")
+            if isinstance(recorded, str) and recorded and recorded != build_dir.name:
                 # The build stage moves a finished build aside as <version>.old-<pid> before
                 # putting the new one in place; an interrupt can leave that copy behind.
                 log.warn(
@@ -159,26 +193,8 @@ def scan_artifacts(artifacts: Path, registry: Callable[[], Registry]) -> list[Bu
                     "leftover or a copy, not a finished build"
                 )
                 continue
-            builds.append(read_build(build_dir, registry))
+            builds.append(read_build(build_dir, registry, loaded))
     return builds
-
-
-def _recorded_version(manifest: Path) -> str | None:
-    """The manifest's drbd_version, or None when it has none (read_build reports bad ones)."""
-    try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    version = data.get("drbd_version") if isinstance(data, dict) else None
-    return version if isinstance(version, str) and version else None
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def query_nevras(files: Sequence[Path]) -> dict[Path, str]:
@@ -212,50 +228,47 @@ def query_nevras(files: Sequence[Path]) -> dict[Path, str]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Published:
-    """One package in a published version."""
-
-    path: str  # relative to the version root: "el5/i386/drbd-8.4.1-1.i386.rpm"
-    nevra: str
-    source_sha256: str  # of the unsigned input, as the build stage recorded it
-
-    @property
-    def family(self) -> str:
-        return self.path.rsplit("/", 1)[0]
-
-
-@dataclass(frozen=True, kw_only=True)
 class State:
+    """``publish-state.json`` of a version: the signing key and how much of the index it covers.
+
+    Format 1 (before the shared package store) listed every package in each version; such a
+    repository is moved into the store by its next publish (see :func:`_adopt_format_1`).
+    """
+
     key: str
-    packages: tuple[Published, ...] = ()
+    index: Mark
+    legacy: tuple[tuple[str, str, str], ...] = ()  # format 1: (path, nevra, source sha256)
 
     def to_json(self) -> str:
-        data = {
-            "format": STATE_FORMAT,
-            "key": self.key,
-            "packages": [
-                {"path": p.path, "nevra": p.nevra, "source_sha256": p.source_sha256}
-                for p in sorted(self.packages, key=lambda p: p.path)
-            ],
-        }
+        data = {"format": STATE_FORMAT, "key": self.key, "index": self.index.to_json()}
         return json.dumps(data, indent=1) + "\n"
 
     @classmethod
     def from_file(cls, path: Path) -> State:
         try:
             data: Any = json.loads(path.read_text(encoding="utf-8"))
+            if data.get("format") == 1:
+                legacy = tuple(
+                    (str(p["path"]), str(p["nevra"]), str(p["source_sha256"]))
+                    for p in data["packages"]
+                )
+                return cls(key=str(data["key"]), index=EMPTY, legacy=legacy)
             if data.get("format") != STATE_FORMAT:
                 raise ValueError(f"unknown format {data.get('format')!r}")
-            packages = tuple(
-                Published(path=p["path"], nevra=p["nevra"], source_sha256=p["source_sha256"])
-                for p in data["packages"]
-            )
-            return cls(key=str(data["key"]), packages=packages)
+            return cls(key=str(data["key"]), index=Mark.from_json(data["index"]))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise PublishError(
                 f"The published state {path} is unreadable: {exc}",
                 hint="Publish into a fresh --repo directory, or restore the file.",
             ) from exc
+
+
+@dataclass(frozen=True, kw_only=True)
+class Published:
+    """What the live version holds: its key and every package in the store's index."""
+
+    key: str
+    packages: Sequence[Entry]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -267,6 +280,7 @@ class Incoming:
     nevra: str
     family: str
     consumer: Consumer
+    build: Build
 
     @property
     def path(self) -> str:
@@ -275,25 +289,33 @@ class Incoming:
 
 @dataclass(frozen=True, kw_only=True)
 class Plan:
-    """What a publish changes: the new packages, and the state after it."""
+    """What a publish changes: the new packages, on top of those already published."""
 
     incoming: tuple[Incoming, ...]
-    state: State
+    published: Sequence[Entry]
     families: dict[str, Consumer] = field(default_factory=dict)  # every family in the new version
 
     @property
     def changed_families(self) -> set[str]:
         return {item.family for item in self.incoming}
 
+    @property
+    def total(self) -> int:
+        return len(self.published) + len(self.incoming)
+
 
 def plan_publish(
     builds: Sequence[Build],
-    previous: State | None,
+    previous: Published | None,
     key_fingerprint: str,
     nevras: Callable[[Sequence[Path]], dict[Path, str]] = query_nevras,
     digest: Callable[[Path], str] = sha256_file,
 ) -> Plan:
-    """Decide which inputs are new; refuse a known name-version-release with other content."""
+    """Decide which inputs are new; refuse a known name-version-release with other content.
+
+    An output whose manifest records the digest already published under its name is not
+    read at all: nothing of it would be used.  Only new outputs are hashed.
+    """
     if previous is not None and previous.key != key_fingerprint:
         raise PublishError(
             f"The repository is signed with key {previous.key}; refusing to mix in packages "
@@ -303,7 +325,13 @@ def plan_publish(
     by_path = {p.path: p for p in previous.packages} if previous else {}
     candidates: dict[str, tuple[Path, str, Build]] = {}
     for build in builds:
-        for source, manifest_sha in build.outputs:
+        family = build.family
+        for name, manifest_sha in build.outputs:
+            path = f"{family}/{name}"
+            known = by_path.get(path)
+            if known is not None and known.source_sha256 == manifest_sha:
+                continue
+            source = build.directory / name
             if not source.is_file():
                 raise InputError(
                     f"{source} is listed in {build.directory / 'manifest.json'} but missing."
@@ -314,23 +342,19 @@ def plan_publish(
                     f"{source} has sha256 {actual}, but its manifest records {manifest_sha}.",
                     hint="The artifact changed after the build; rebuild it.",
                 )
-            path = f"{build.family}/{source.name}"
             seen = candidates.get(path)
             if seen is not None and seen[1] != actual:
                 raise PublishError(
                     f"{source} and {seen[0]} have the same name but different content; both "
                     f"would be published as {path}."
                 )
-            known = by_path.get(path)
             if known is not None:
-                if known.source_sha256 != actual:
-                    raise PublishError(
-                        f"{path} is already published with different content "
-                        f"(sha256 {known.source_sha256}, now {actual}).",
-                        hint="Never replace a package under the same name-version-release: "
-                        "bump the release and rebuild.",
-                    )
-                continue
+                raise PublishError(
+                    f"{path} is already published with different content "
+                    f"(sha256 {known.source_sha256}, now {actual}).",
+                    hint="Never replace a package under the same name-version-release: "
+                    "bump the release and rebuild.",
+                )
             candidates[path] = (source, actual, build)
     new_sources = [source for source, _, _ in candidates.values()]
     nevra_of = nevras(new_sources) if new_sources else {}
@@ -357,18 +381,13 @@ def plan_publish(
                 nevra=nevra,
                 family=build.family,
                 consumer=build.consumer,
+                build=build,
             )
         )
-    packages = tuple(by_path.values()) + tuple(
-        Published(path=item.path, nevra=item.nevra, source_sha256=item.source_sha256)
-        for item in incoming
-    )
-    families = {p.family: Consumer(p.family.split("/", 1)[0]) for p in packages}
-    return Plan(
-        incoming=tuple(incoming),
-        state=State(key=key_fingerprint, packages=packages),
-        families=families,
-    )
+    published = list(by_path.values())
+    families = {f: Consumer(f.split("/", 1)[0]) for f in {p.family for p in published}}
+    families.update({item.family: item.consumer for item in incoming})
+    return Plan(incoming=tuple(incoming), published=published, families=families)
 
 
 # --- consumer configuration --------------------------------------------------------------
@@ -471,49 +490,91 @@ def prune_versions(repo: Path, keep: int) -> list[Path]:
 
 # --- createrepo_c ------------------------------------------------------------------------
 
-_createrepo_cache: dict[str, str] = {}
+CREATEREPO_CHOICE = ".createrepo.json"
+FALLBACK_BIN = ("/usr/bin",)  # Debian's createrepo_c, even when PATH leaves it out
 
 
-def find_createrepo(consumer: Consumer, explicit: str | None = None) -> str:
-    """A createrepo_c that can write the consumer's checksum type.
+def _candidates() -> list[str]:
+    found: dict[str, str] = {}  # real path -> first name on PATH (/bin is /usr/bin on Debian)
+    for directory in [*os.environ.get("PATH", "").split(os.pathsep), *FALLBACK_BIN]:
+        path = Path(directory or ".") / "createrepo_c"
+        if os.access(path, os.X_OK):
+            found.setdefault(os.path.realpath(path), str(path))
+    return list(found.values())
+
+
+def _identity(path: str) -> str:
+    info = os.stat(path)
+    return f"{os.path.realpath(path)} {info.st_ino} {info.st_size} {info.st_mtime_ns}"
+
+
+def find_createrepo(
+    consumer: Consumer, explicit: str | None = None, memo: Path | None = None
+) -> str:
+    """The fastest createrepo_c on PATH that can write the consumer's checksum type.
 
     Some builds (PyPI wheels, newer distributions) drop SHA-1, which EL5's yum needs; Debian's
-    0.17 keeps it.  Probe each createrepo_c on PATH once.
+    0.17 keeps it.  A wrapper script first on PATH (a Python environment's shim) can take ten
+    times as long as the program it wraps.  Each candidate is probed once, on an empty
+    directory, and the choice is remembered in ``memo`` until PATH or a candidate changes.
     """
     checksum = checksum_for(consumer)
     if explicit:
-        candidates = [explicit]
-    elif checksum == "sha256":
-        # Every createrepo_c writes SHA-256: no probe needed.
-        return proc.which("createrepo_c", hint="apt-get install createrepo-c")
-    else:
-        candidates = []
-        for directory in [*os.environ.get("PATH", "").split(os.pathsep), "/usr/bin"]:
-            path = Path(directory or ".") / "createrepo_c"
-            if os.access(path, os.X_OK) and str(path) not in candidates:
-                candidates.append(str(path))
+        return explicit
+    candidates = _candidates()
     if not candidates:
         raise PublishError("createrepo_c is not installed.", hint="apt-get install createrepo-c")
+    key = "\n".join([checksum, *(_identity(c) for c in candidates)])
+    remembered = _read_choice(memo)
+    if remembered.get(key) in candidates:
+        return remembered[key]
+    timings: list[tuple[float, str]] = []
     for candidate in candidates:
-        cached = _createrepo_cache.get(f"{candidate}\0{checksum}")
-        if cached == "ok":
-            return candidate
-        if cached == "no":
-            continue
         with tempfile.TemporaryDirectory(prefix="xdb-probe-") as tmp:
+            started = time.perf_counter()
             result = proc.run(
                 [candidate, "-q", "--no-database", "-s", checksum, tmp], echo=False, check=False
             )
-        ok = result.returncode == 0
-        _createrepo_cache[f"{candidate}\0{checksum}"] = "ok" if ok else "no"
-        if ok:
-            return candidate
-    raise PublishError(
-        f"No createrepo_c on PATH can write {checksum!r} checksums, which the "
-        f"{consumer.value} consumer needs (tried {', '.join(candidates)}).",
-        hint="Debian's createrepo-c package supports them: apt-get install createrepo-c, "
-        "or name one with --createrepo PATH.",
-    )
+            elapsed = time.perf_counter() - started
+        if result.returncode == 0:
+            timings.append((elapsed, candidate))
+    if not timings:
+        raise PublishError(
+            f"No createrepo_c on PATH can write {checksum!r} checksums, which the "
+            f"{consumer.value} consumer needs (tried {', '.join(candidates)}).",
+            hint="Debian's createrepo-c package supports them: apt-get install createrepo-c, "
+            "or name one with --createrepo PATH.",
+        )
+    chosen = min(timings)[1]
+    if memo is not None:
+        remembered = {k: v for k, v in remembered.items() if k.split("\n", 1)[0] != checksum}
+        remembered[key] = chosen
+        with contextlib.suppress(OSError):
+            write_atomic(memo, json.dumps(remembered, indent=1) + "\n")
+    return chosen
+
+
+def _read_choice(memo: Path | None) -> dict[str, str]:
+    if memo is None:
+        return {}
+    try:
+        data = json.loads(memo.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {str(k): str(v) for k, v in data.items()}
+
+
+def write_atomic(path: Path, text: str) -> None:
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temp.write_text(text, encoding="utf-8")
+        os.chmod(temp, 0o644)
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
 
 
 def checksum_for(consumer: Consumer) -> str:
@@ -521,16 +582,16 @@ def checksum_for(consumer: Consumer) -> str:
 
 
 def make_metadata(
-    directory: Path, consumer: Consumer, previous: Path | None, createrepo: str | None
+    packages: Path, output: Path, consumer: Consumer, previous: Path | None, createrepo: str
 ) -> None:
-    """createrepo_c into ``directory``, reusing ``previous``'s metadata for unchanged files.
+    """createrepo_c over the store's ``packages`` folder into ``output``/repodata.
 
-    ``--update`` trusts file size and mtime.  That is safe here: unchanged packages are hard
-    links to the previous version's signed files (same inode, same content), and every signed
-    file is new.
+    ``--update`` reuses ``previous``'s entries for files whose size and mtime are unchanged.
+    That is safe here: store files are never replaced, and they are checked against their
+    signed digest before every publish.
     """
     cmd = [
-        find_createrepo(consumer, createrepo),
+        createrepo,
         "--quiet",
         "--checksum",
         checksum_for(consumer),
@@ -538,6 +599,8 @@ def make_metadata(
         "gz",
         "--workers",
         "2",
+        "--outputdir",
+        str(output),
     ]
     if consumer is Consumer.EL5:
         # yum 3 builds its own sqlite cache from XML; the host's newer sqlite files are not needed.
@@ -545,9 +608,9 @@ def make_metadata(
     if previous is not None and (previous / "repodata" / "repomd.xml").is_file():
         cmd += ["--update", "--update-md-path", str(previous)]
     try:
-        proc.run([*cmd, str(directory)], echo=False)
+        proc.run([*cmd, str(packages)], echo=False)
     except CommandError as exc:
-        raise PublishError(f"createrepo_c failed for {directory}.\n{exc.message}") from exc
+        raise PublishError(f"createrepo_c failed for {packages}.\n{exc.message}") from exc
 
 
 # --- the pipeline ------------------------------------------------------------------------
@@ -588,87 +651,144 @@ def publish(options: PublishOptions, registry: Callable[[], Registry]) -> Publis
             f"signing with subkey {key.signing_fingerprint} of key {key.fingerprint}: rpm before "
             "4.13 trusts only primary keys; check that every consumer's rpm is newer"
         )
-    options.repo.mkdir(parents=True, exist_ok=True)
-    versions = options.repo / "versions"
-    versions.mkdir(exist_ok=True)
-    with publish_lock(options.repo, options.lock_timeout):
-        for stale in versions.glob(f"*{PARTIAL_SUFFIX}"):
-            log.info(f"removing {stale.name}, left by an interrupted publish")
-            shutil.rmtree(stale, ignore_errors=True)
-        previous = current_version(options.repo)
-        state = State.from_file(previous / STATE_FILE_NAME) if previous else None
-        with log.step("Plan"):
-            plan = plan_publish(builds, state, key.fingerprint)
-            log.info(
-                f"{len(builds)} build(s), {len(plan.incoming)} new package(s), "
-                f"{len(plan.state.packages)} in the repository after publishing"
+    try:
+        options.repo.mkdir(parents=True, exist_ok=True)
+        versions = options.repo / "versions"
+        versions.mkdir(exist_ok=True)
+        with publish_lock(options.repo, options.lock_timeout):
+            return _publish_locked(options, builds, key, versions)
+    except (OSError, BuilderError) as exc:
+        # A full disk shows up as whatever failed first: gpg, createrepo_c, a copy.
+        if no_space(exc) or _nearly_full(options.repo):
+            raise NoSpaceError(
+                f"No space left on the device holding {options.repo}; nothing was published "
+                f"and {options.repo / 'current'} is unchanged.\n"
+                f"(what failed: {exc.message if isinstance(exc, BuilderError) else exc})",
+                hint="Free space there (a smaller --keep removes old versions), then publish "
+                "again; the next publish removes what this one left.",
+            ) from exc
+        raise
+
+
+def _nearly_full(path: Path) -> bool:
+    """Less than 1 MiB free where ``path`` lives (or its nearest existing parent)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        info = os.statvfs(path)
+    except OSError:
+        return False
+    return info.f_bavail * info.f_frsize < (1 << 20)
+
+
+def _open_store(repo: Path, versions: Path) -> tuple[Store, Path | None, State | None, list[Entry]]:
+    """The store, the live version and its packages, after clearing an interrupted publish."""
+    interrupted = False
+    for stale in versions.glob(f"*{PARTIAL_SUFFIX}"):
+        log.info(f"removing {stale.name}, left by an interrupted publish")
+        shutil.rmtree(stale, ignore_errors=True)
+        interrupted = True
+    store = Store(repo)
+    previous = current_version(repo)
+    state = State.from_file(previous / STATE_FILE_NAME) if previous else None
+    if state is not None and state.legacy:
+        assert previous is not None  # noqa: S101 - a state comes from a version
+        state = _adopt_format_1(repo, previous, state)
+    entries = store.read(state.index if state else EMPTY, repair=True)
+    if interrupted or store.repaired:
+        # Packages reach the store only while a version is being assembled (*.partial).
+        for stray in store.remove_strays(entries):
+            log.info(f"removed {stray}, left by an interrupted publish")
+    return store, previous, state, entries
+
+
+def _publish_locked(
+    options: PublishOptions, builds: Sequence[Build], key: sign.SigningKey, versions: Path
+) -> PublishResult:
+    store, previous, state, entries = _open_store(options.repo, versions)
+    mark = state.index if state else EMPTY
+    with log.step("Plan"):
+        published = Published(key=state.key, packages=entries) if state else None
+        plan = plan_publish(builds, published, key.fingerprint)
+        log.info(
+            f"{len(builds)} build(s), {len(plan.incoming)} new package(s), "
+            f"{plan.total} in the repository after publishing"
+        )
+    if previous is None and not plan.incoming:
+        raise PublishError(
+            f"Nothing to publish: {options.artifacts} holds no finished build with RPMs.",
+            hint="Run `python -m builder build` first; see the warnings above for skipped "
+            "directories.",
+        )
+    if previous is not None and not plan.incoming:
+        log.info(f"nothing new: {options.repo / 'current'} stays at {previous.name}")
+        return PublishResult(version=None, new_packages=(), total_packages=plan.total)
+    with log.step(f"Check the {len(entries)} published package(s) against their signed digests"):
+        reread = store.check_unchanged(entries)
+        log.info(f"{len(entries) - reread} unchanged since their last check, {reread} hashed")
+    version_id = _new_version_id(versions)
+    partial = versions / f"{version_id}{PARTIAL_SUFFIX}"
+    partial.mkdir()
+    added: list[Entry] = []
+    try:
+        with sign.public_key_file(key) as public_key:
+            added = _add_packages(store, plan, key, public_key)
+            new_mark = store.append(mark, added)
+            _assemble(
+                partial,
+                store=store,
+                plan=plan,
+                previous=previous,
+                key=key,
+                public_key=public_key,
+                options=options,
             )
-        if previous is None and not plan.incoming:
-            raise PublishError(
-                f"Nothing to publish: {options.artifacts} holds no finished build with RPMs.",
-                hint="Run `python -m builder build` first; see the warnings above for skipped "
-                "directories.",
-            )
-        if previous is not None and not plan.incoming:
-            log.info(f"nothing new: {options.repo / 'current'} stays at {previous.name}")
-            return PublishResult(
-                version=None, new_packages=(), total_packages=len(plan.state.packages)
-            )
-        version_id = _new_version_id(versions)
-        partial = versions / f"{version_id}{PARTIAL_SUFFIX}"
-        partial.mkdir()
-        try:
-            _assemble(partial, plan, previous, key, options)
+            new_state = State(key=key.fingerprint, index=new_mark)
+            write_atomic(partial / STATE_FILE_NAME, new_state.to_json())
             final = versions / version_id
             os.replace(partial, final)
             _fsync_dir(versions)
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
-        with log.step(f"Switch {options.repo / 'current'} to {version_id}"):
-            _stable_links(options.repo, plan.families)
-            _replace_symlink(options.repo / "current", f"versions/{version_id}")
-            _fsync_dir(options.repo)
-            for old in prune_versions(options.repo, options.keep):
-                log.info(f"removed old version {old.name}")
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            if added:
+                os.truncate(store.index, mark.length)
+            for entry in added:
+                (store.root / entry.path).unlink(missing_ok=True)
+                if entry.provenance:
+                    (store.root / entry.provenance).unlink(missing_ok=True)
+                    (store.root / f"{entry.provenance}.asc").unlink(missing_ok=True)
+        raise
+    store.record(added)
+    with log.step(f"Switch {options.repo / 'current'} to {version_id}"):
+        _stable_links(options.repo, store, plan.families)
+        _replace_symlink(options.repo / "current", f"versions/{version_id}")
+        _fsync_dir(options.repo)
+        for old in prune_versions(options.repo, options.keep):
+            log.info(f"removed old version {old.name}")
     return PublishResult(
         version=final,
         new_packages=tuple(item.path for item in plan.incoming),
-        total_packages=len(plan.state.packages),
+        total_packages=plan.total,
     )
 
 
-def _assemble(
-    root: Path, plan: Plan, previous: Path | None, key: sign.SigningKey, options: PublishOptions
-) -> None:
-    changed = plan.changed_families
-    new_paths = {item.path for item in plan.incoming}
-    with log.step("Reuse the previous version's signed packages"):
-        for family in plan.families:
-            (root / family).mkdir(parents=True)
-        reused = 0
-        for pub in plan.state.packages:
-            if pub.path in new_paths:
-                continue
-            assert previous is not None  # noqa: S101 - old packages come from a previous version
-            _link_or_copy(previous / pub.path, root / pub.path)
-            reused += 1
-        for family in sorted(set(plan.families) - changed):
-            # Untouched family: its metadata and signature are still exact.
-            assert previous is not None  # noqa: S101 - only a previous version has such families
-            shutil.copytree(
-                previous / family / "repodata",
-                root / family / "repodata",
-                copy_function=_link_or_copy,
-            )
-        log.info(f"{reused} package(s) hard-linked, unchanged and not re-signed")
-    with sign.public_key_file(key) as public_key:
-        by_consumer: dict[Consumer, list[Path]] = {}
+def _add_packages(store: Store, plan: Plan, key: sign.SigningKey, public_key: Path) -> list[Entry]:
+    """Copy, sign and verify the new packages, record their provenance, move them in place."""
+    by_consumer: dict[Consumer, list[tuple[Incoming, Path]]] = {}
+    signed: list[tuple[Incoming, Path, str]] = []
+    written: list[Path] = []
+    try:
         for item in plan.incoming:
-            target = root / item.path
-            shutil.copyfile(item.source, target)
-            by_consumer.setdefault(item.consumer, []).append(target)
-        for consumer, files in sorted(by_consumer.items()):
+            folder = store.family_dir(item.family)
+            folder.mkdir(parents=True, exist_ok=True)
+            temp = folder / f"{INCOMING_PREFIX}{os.getpid()}-{item.source.name}"
+            written.append(temp)
+            shutil.copyfile(item.source, temp)
+            os.chmod(temp, 0o644)
+            by_consumer.setdefault(item.consumer, []).append((item, temp))
+        for consumer, pairs in sorted(by_consumer.items()):
+            files = [temp for _, temp in pairs]
             how = " (V3 signatures, GnuPG 1.4)" if consumer is Consumer.EL5 else ""
             with log.step(
                 f"Sign {len(files)} new {consumer.value} package(s) with {key.key_id}{how}"
@@ -676,24 +796,127 @@ def _assemble(
                 sign.sign_rpms(files, key, consumer)
                 sign.check_signatures(files, key, consumer)
                 sign.verify_rpms(files, public_key)
-        for family in sorted(changed):
-            consumer = plan.families[family]
-            folder = root / family
-            prior = previous / family if previous and (previous / family).is_dir() else None
-            with log.step(f"Make metadata for {family}"):
-                make_metadata(folder, consumer, prior, options.createrepo)
-                _keep_previous_metadata(folder, prior)
-            with log.step(f"Sign and verify {family}/repodata/repomd.xml"):
-                repomd = folder / "repodata" / "repomd.xml"
-                signature = sign.detach_sign(repomd, key, consumer)
-                sign.verify_detached(repomd, signature, public_key, consumer)
-        (root / KEY_FILE_NAME).write_text(public_key.read_text(encoding="ascii"), encoding="ascii")
+            signed += [(item, temp, sha256_file(temp)) for item, temp in pairs]
+        statements = _write_provenance(store, signed, key, public_key, written)
+        added: list[Entry] = []
+        for item, temp, digest in signed:
+            entry = Entry(
+                item.path,
+                item.nevra,
+                item.source_sha256,
+                digest,
+                temp.stat().st_size,
+                statements[id(item.build)],
+            )
+            os.replace(temp, store.root / item.path)
+            written.append(store.root / item.path)
+            added.append(entry)
+    except BaseException:
+        for pairs in by_consumer.values():
+            for _, temp in pairs:
+                temp.unlink(missing_ok=True)
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    for family in {item.family for item in plan.incoming}:
+        _fsync_dir(store.family_dir(family))
+    return added
+
+
+def _write_provenance(
+    store: Store,
+    signed: list[tuple[Incoming, Path, str]],
+    key: sign.SigningKey,
+    public_key: Path,
+    written: list[Path],
+) -> dict[int, str]:
+    """One signed statement per build with new packages; where each is, by build."""
+    by_build: dict[int, list[tuple[Incoming, str]]] = {}
+    for item, _, digest in signed:
+        by_build.setdefault(id(item.build), []).append((item, digest))
+    where: dict[int, str] = {}
+    with log.step(f"Sign the provenance of {len(by_build)} build(s)"):
+        for build_id, items in by_build.items():
+            build = items[0][0].build
+            subjects = [(item.source.name, digest) for item, digest in items]
+            body = provenance.statement(build.manifest, subjects, key.fingerprint)
+            relative = provenance.relative_path(build.target, build.drbd_version, body)
+            path = store.root / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            written += [path, path.with_name(path.name + ".asc")]
+            path.write_bytes(body)
+            os.chmod(path, 0o644)
+            signature = sign.detach_sign(path, key, provenance.signature_consumer(key))
+            sign.verify_detached(path, signature, public_key, Consumer.EL7)
+            os.chmod(signature, 0o644)
+            where[build_id] = relative
+    return where
+
+
+def _assemble(
+    root: Path,
+    *,
+    store: Store,
+    plan: Plan,
+    previous: Path | None,
+    key: sign.SigningKey,
+    public_key: Path,
+    options: PublishOptions,
+) -> None:
+    changed = plan.changed_families
+    for family in sorted(set(plan.families) - changed):
+        # Untouched family: its metadata and signature are still exact.
+        assert previous is not None  # noqa: S101 - only a previous version has such families
+        shutil.copytree(
+            previous / family / "repodata",
+            root / family / "repodata",
+            copy_function=_link_or_copy,
+        )
+    memo = options.repo / CREATEREPO_CHOICE
+    for family in sorted(changed):
+        consumer = plan.families[family]
+        folder = root / family
+        folder.mkdir(parents=True)
+        prior = previous / family if previous and (previous / family).is_dir() else None
+        with log.step(f"Make metadata for {family}"):
+            createrepo = find_createrepo(consumer, options.createrepo, memo)
+            make_metadata(store.family_dir(family), folder, consumer, prior, createrepo)
+            _keep_previous_metadata(folder, prior)
+        with log.step(f"Sign and verify {family}/repodata/repomd.xml"):
+            repomd = folder / "repodata" / "repomd.xml"
+            signature = sign.detach_sign(repomd, key, consumer)
+            sign.verify_detached(repomd, signature, public_key, consumer)
+    write_atomic(root / KEY_FILE_NAME, public_key.read_text(encoding="ascii"))
     base_url = options.base_url or options.repo.resolve().as_uri()
     for consumer in sorted(set(plan.families.values())):
-        (root / repo_file_name(consumer)).write_text(
-            render_repo_file(base_url, consumer), encoding="utf-8"
-        )
-    (root / STATE_FILE_NAME).write_text(plan.state.to_json(), encoding="utf-8")
+        write_atomic(root / repo_file_name(consumer), render_repo_file(base_url, consumer))
+
+
+def _adopt_format_1(repo: Path, previous: Path, state: State) -> State:
+    """Move a repository published before the shared store into it, once.
+
+    The packages of the live version are hard-linked into the store and indexed with their
+    digest; the live version keeps its own copies, so clients see no change until the next
+    version goes live.
+    """
+    store = Store(repo)
+    with log.step(f"Move the {len(state.legacy)} published package(s) into {store.root}"):
+        store.root.mkdir(exist_ok=True)
+        entries: list[Entry] = []
+        for path, nevra, source_sha in state.legacy:
+            source = previous / path
+            target = store.root / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.exists():
+                _link_or_copy(source, target)
+            entries.append(
+                Entry(path, nevra, source_sha, sha256_file(target), target.stat().st_size, "")
+            )
+        store.index.unlink(missing_ok=True)
+        mark = store.append(EMPTY, entries)
+        store.record(entries)
+        write_atomic(previous / STATE_FILE_NAME, State(key=state.key, index=mark).to_json())
+    return State(key=state.key, index=mark)
 
 
 def _keep_previous_metadata(folder: Path, prior: Path | None) -> None:
@@ -713,16 +936,23 @@ def _keep_previous_metadata(folder: Path, prior: Path | None) -> None:
 
 
 def metadata_files(repomd: Path) -> list[str]:
-    """The ``repodata/…`` files a ``repomd.xml`` lists, relative to its repository."""
-    import createrepo_c as cr
+    """The ``repodata/…`` files a ``repomd.xml`` lists, relative to its repository.
+
+    Read with the standard library: ``repomd.xml`` is a short list of ``<location href>``,
+    and importing createrepo_c's bindings costs more than a publish of one package spends
+    on everything else it parses.
+    """
+    from xml.etree import ElementTree
 
     try:
-        records = cr.Repomd(str(repomd)).records
-    except Exception as exc:  # createrepo_c raises its own error type for bad XML
+        # The previous version's own file; expat 2.4+ bounds entity expansion besides.
+        root = ElementTree.parse(repomd).getroot()  # noqa: S314
+    except (OSError, ElementTree.ParseError) as exc:
         raise PublishError(f"The published metadata {repomd} cannot be parsed: {exc}.") from None
     hrefs: list[str] = []
-    for record in records:
-        href = str(record.location_href or "")
+    for data in root.iter(f"{_REPO_NS}data"):
+        location = data.find(f"{_REPO_NS}location")
+        href = location.get("href", "") if location is not None else ""
         parts = href.split("/")
         if len(parts) != 2 or parts[0] != "repodata" or parts[1] in ("", ".", ".."):
             raise PublishError(f"{repomd} lists {href!r}, which is not a file in repodata/.")
@@ -730,13 +960,39 @@ def metadata_files(repomd: Path) -> list[str]:
     return hrefs
 
 
-def _stable_links(repo: Path, families: dict[str, Consumer]) -> None:
-    """Names clients use, pointing through ``current`` so they never need to change."""
-    names = {consumer.value for consumer in families.values()}
-    names |= {KEY_FILE_NAME} | {repo_file_name(c) for c in families.values()}
-    for name in sorted(names):
-        link = repo / name
-        if not link.is_symlink():
-            if link.exists():
-                raise PublishError(f"{link} exists and is not a link into current/; move it away.")
-            _replace_symlink(link, f"current/{name}")
+_REPO_NS = "{http://linux.duke.edu/metadata/repo}"
+
+
+def _stable_links(repo: Path, store: Store, families: dict[str, Consumer]) -> None:
+    """Names clients use; they never change once made.
+
+    ``REPO/el5 -> packages/el5`` serves the packages from the store, and each family folder's
+    ``repodata`` leads through ``current``, so the one switch of ``current`` still changes the
+    metadata of every family at once.
+    """
+    for family in sorted(families):
+        link = store.family_dir(family) / "repodata"
+        depth = "/".join([".."] * (family.count("/") + 2))
+        wanted = f"{depth}/current/{family}/repodata"
+        if not (link.is_symlink() and os.readlink(link) == wanted):
+            _replace_symlink(link, wanted)
+    for consumer in sorted({c.value for c in families.values()}):
+        _ensure_link(repo / consumer, f"{STORE_DIR}/{consumer}", {f"current/{consumer}"})
+    for name in sorted({KEY_FILE_NAME} | {repo_file_name(c) for c in families.values()}):
+        _ensure_link(repo / name, f"current/{name}", set())
+    if (store.root / provenance.PROVENANCE_DIR).is_dir():
+        _ensure_link(
+            repo / provenance.PROVENANCE_DIR, f"{STORE_DIR}/{provenance.PROVENANCE_DIR}", set()
+        )
+
+
+def _ensure_link(link: Path, wanted: str, replaceable: set[str]) -> None:
+    if link.is_symlink():
+        if os.readlink(link) == wanted:
+            return
+        if os.readlink(link) in replaceable:
+            _replace_symlink(link, wanted)  # a repository made before the package store
+            return
+    if link.exists() or link.is_symlink():
+        raise PublishError(f"{link} exists and is not the link publish makes; move it away.")
+    _replace_symlink(link, wanted)

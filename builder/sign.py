@@ -598,10 +598,11 @@ def public_key_file(key: SigningKey) -> Iterator[Path]:
         yield path
 
 
-def verify_rpms(files: Sequence[Path], public_key: Path) -> None:
-    """``rpmkeys --checksig`` against a throwaway rpm database holding only ``public_key``."""
+def checksig(files: Sequence[Path], public_key: Path) -> dict[Path, str]:
+    """rpmkeys' verdict on each file, against a throwaway rpm database holding only the key."""
+    verdicts: dict[Path, str] = {}
     if not files:
-        return
+        return verdicts
     with tempfile.TemporaryDirectory(prefix="xdb-rpmdb-") as dbpath:
         try:
             proc.run(["rpmkeys", "--dbpath", dbpath, "--import", public_key], echo=False)
@@ -611,18 +612,44 @@ def verify_rpms(files: Sequence[Path], public_key: Path) -> None:
             result = proc.run(
                 ["rpmkeys", "--dbpath", dbpath, "--checksig", *chunk], echo=False, check=False
             )
-            verdicts = dict(
-                line.rsplit(": ", 1) for line in result.stdout.splitlines() if ": " in line
-            )
+            said = dict(line.rsplit(": ", 1) for line in result.stdout.splitlines() if ": " in line)
             for path in chunk:
-                verdict = verdicts.get(str(path), "no answer from rpmkeys")
-                if "signatures OK" not in verdict or "NOT OK" in verdict:
-                    raise SigningError(
-                        f"Signature check failed for {path.name}: {verdict}.",
-                        hint="Refusing to publish an unsigned or badly signed package.",
-                    )
-            if result.returncode != 0:
+                verdict = said.get(str(path), "no answer from rpmkeys")
+                good = "signatures OK" in verdict and "NOT OK" not in verdict
+                verdicts[path] = "OK" if good else verdict
+            if result.returncode != 0 and all(verdicts[p] == "OK" for p in chunk):
                 raise SigningError(f"rpmkeys --checksig failed:\n{proc.tail(result.stderr)}")
+    return verdicts
+
+
+def verify_rpms(files: Sequence[Path], public_key: Path) -> None:
+    """Refuse the first file whose signature ``rpmkeys --checksig`` does not accept."""
+    for path, verdict in checksig(files, public_key).items():
+        if verdict != "OK":
+            raise SigningError(
+                f"Signature check failed for {path.name}: {verdict}.",
+                hint="Refusing to publish an unsigned or badly signed package.",
+            )
+
+
+def key_file_fingerprints(public_key: Path) -> list[str]:
+    """Fingerprints of the primary keys in an armored key file."""
+    with tempfile.TemporaryDirectory(prefix="xdb-showkey-") as tmp:
+        result = proc.run(
+            [_gpg(), "--homedir", tmp, "--batch", "--with-colons", "--show-keys", public_key],
+            echo=False,
+            check=False,
+        )
+    found: list[str] = []
+    primary = False
+    for line in result.stdout.splitlines():
+        fields = line.split(":")
+        if fields[0] in ("pub", "sub"):
+            primary = fields[0] == "pub"
+        elif fields[0] == "fpr" and primary and len(fields) > 9:
+            found.append(fields[9])
+            primary = False
+    return found
 
 
 def detach_sign(file: Path, key: SigningKey, consumer: Consumer) -> Path:

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from builder.errors import ConfigError
-from builder.yamlreader import YamlReader
+from builder.yamlreader import YamlReader, printable
 
 DEFAULT_SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
 LOCK_FILE_NAME = "checksums.lock"
@@ -305,7 +305,9 @@ def _target(file: Path, target_id: str, reader: YamlReader) -> Target:
         build.done()
     target = Target(
         id=target_id,
-        name=reader.text("name"),
+        # Written into the .repo file's name= line and the deploy README: one line, or a
+        # line break would start a section of its own.
+        name=reader.text("name", ONE_LINE, explain="one line of printable text"),
         aliases=reader.text_list("aliases", SAFE_NAME),
         arch=arch,
         basearch=reader.text("basearch", required=False, pattern=SAFE_NAME) or arch,
@@ -491,7 +493,7 @@ def _load_file(file: Path) -> _FileEntries:
         for raw_key, entry in sub.data.items():
             key = str(raw_key)
             if not isinstance(entry, dict):
-                raise ConfigError(f"{file}: {section}.{key}: must be a mapping")
+                raise ConfigError(f"{file}: {printable(f'{section}.{key}')}: must be a mapping")
             reader = YamlReader(file, entry, f"{section}.{key}")
             if section == "targets":
                 entries.targets[key] = _target(file, key, reader)

@@ -17,6 +17,14 @@ from builder.errors import ConfigError
 URL_SCHEMES = ("http://", "https://", "file://")
 
 
+def printable(text: str) -> str:
+    """``text`` with control characters escaped: a key named ``"lab\\n"`` is shown as
+    ``lab\\n``, not as a line break that makes the message name another key."""
+    return "".join(
+        ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text
+    )
+
+
 class YamlReader:
     def __init__(self, file: Path, data: Mapping[str, Any], where: str = "") -> None:
         self.file = file
@@ -30,7 +38,7 @@ class YamlReader:
         return f"{self.where}.{key}" if self.where else key
 
     def fail(self, key: str | None, problem: str, *, hint: str | None = None) -> ConfigError:
-        return ConfigError(f"{self.file}: {self.path(key)}: {problem}", hint=hint)
+        return ConfigError(f"{self.file}: {printable(self.path(key))}: {problem}", hint=hint)
 
     def mark_used(self, key: str) -> None:
         self._used.add(key)

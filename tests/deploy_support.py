@@ -22,6 +22,7 @@ BASE_POOL: dict[str, Any] = {
         # drbd-utils' crm-fence-peer needs Pacemaker; a site's own handler is the safe baseline.
         "fence_peer_handler": "/usr/local/sbin/fence-drbd-peer --ipmi",
     },
+    "guard": {"grace_minutes": 10, "migration_minutes": 5},
     "hosts": [
         {
             "name": "xcp1",

@@ -28,6 +28,20 @@ def add_input_options(parser: argparse.ArgumentParser) -> None:
         help="a directory holding inputs by file name; used before any download",
     )
     group.add_argument(
+        "--download-timeout",
+        metavar="SECONDS",
+        type=positive_seconds,
+        default=60.0,
+        help="give up a connection that sends nothing for this long, then retry (default: 60)",
+    )
+    group.add_argument(
+        "--retries",
+        metavar="N",
+        type=non_negative_int,
+        default=4,
+        help="retries of a failed download, 1, 2, 4 … s apart (default: 4)",
+    )
+    group.add_argument(
         "--max-file",
         metavar="MIB",
         type=positive_mib,
@@ -69,10 +83,27 @@ positive_number = positive(float)
 positive_seconds = positive(float, "seconds")
 
 
+def non_negative_int(text: str) -> int:
+    """An argparse type: a whole number of 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must not be negative")
+    return value
+
+
 def fetch_settings(args: argparse.Namespace) -> FetchSettings:
     from builder.fetch import FetchSettings
     from builder.rpm import MIB, ExtractLimits
 
     cache: Path = args.cache
     limits = ExtractLimits(max_file=args.max_file * MIB, max_total=args.max_unpacked * MIB)
-    return FetchSettings(cache_dir=cache, mirror=args.mirror, extract_limits=limits)
+    return FetchSettings(
+        cache_dir=cache,
+        mirror=args.mirror,
+        retries=args.retries,
+        timeout=args.download_timeout,
+        extract_limits=limits,
+    )

@@ -19,10 +19,14 @@ repository atomically. One repository per consumer family and $basearch:
   REPO/el7/x86_64/ (V4 SHA-256 signatures)
 Next to them: RPM-GPG-KEY-xcp-drbd-builder and one .repo file per family.
 
-Publishing is incremental: packages already published and unchanged are reused, not
-re-signed; the same file name with different content is refused. Versions live in
-REPO/versions/, REPO/current points at the live one, the previous --keep versions stay.
-Build directories without manifest.json, or named *.partial, are skipped with a warning.
+Publishing is incremental: packages already published are kept where they are, in the
+package store REPO/packages/, never re-signed or copied; the same file name with different
+content is refused. Before a new version goes live, every published package is checked
+against the digest it had when it was signed (one stat per package unchanged since its last
+check, a full read of any other); a changed one stops the publish (exit 11). Metadata
+versions live in REPO/versions/, REPO/current points at the live one, the previous --keep
+versions stay. Build directories without manifest.json, or named *.partial, are skipped with a
+warning. `python -m builder verify --repo REPO` audits the whole published tree.
 
 Signing happens on this host only; the key is chosen by fingerprint and used without a
 prompt (loopback pinentry; --passphrase-file for a protected key). For el5, the primary key
@@ -118,7 +122,8 @@ def register(
         "--createrepo",
         metavar="PATH",
         default=None,
-        help="createrepo_c to use (default: the first on PATH that supports the checksums)",
+        help="createrepo_c to use (default: the fastest on PATH that writes the checksums the "
+        "consumer needs, probed once and remembered in REPO/.createrepo.json)",
     )
     parser.add_argument(
         "--print-repo-file",

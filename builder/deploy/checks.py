@@ -49,6 +49,8 @@ CHECK_IDS = (
     "split-brain-policy",
     "drbd-packages-missing",
     "repo-unreachable",
+    "guard-grace-too-short",
+    "guard-grace-too-long",
 )
 
 # fence-peer handlers from drbd-utils that only work with Pacemaker (crm, stonith) or cman (rhcs).
@@ -296,6 +298,55 @@ def check_safety_policies(pool: Pool) -> list[Finding]:
     return findings
 
 
+# cron starts the guard once a minute, so it sees a migration up to a minute late.
+CRON_STEP_MINUTES = 1
+
+
+def check_guard(pool: Pool) -> list[Finding]:
+    """The guard's grace period against how long a live migration takes on this pool."""
+    guard = pool.guard
+    grace, migration = guard.grace_minutes, guard.migration_minutes
+    if grace < migration + CRON_STEP_MINUTES:
+        return [
+            Finding(
+                id="guard-grace-too-short",
+                severity=Severity.WARNING,
+                message=(
+                    f"guard.grace_minutes is {grace}, but a live migration here takes up to "
+                    f"{migration} minute(s) (guard.migration_minutes)."
+                ),
+                reason=(
+                    "During every migration the VMs run on both hosts for a moment; a grace "
+                    "period shorter than a migration plus cron's one-minute step raises the "
+                    "alarm for a normal migration, and alarms that are always wrong get ignored."
+                ),
+                fix=f"Set guard.grace_minutes to at least {migration + CRON_STEP_MINUTES}.",
+            )
+        ]
+    longest = 2 * migration + 5 * CRON_STEP_MINUTES
+    if grace > longest:
+        return [
+            Finding(
+                id="guard-grace-too-long",
+                severity=Severity.WARNING,
+                message=(
+                    f"guard.grace_minutes is {grace}, longer than a live migration here can take "
+                    f"({migration} minute(s), guard.migration_minutes)."
+                ),
+                reason=(
+                    "VMs of the SR left on both hosts after a migration went wrong stay unnoticed "
+                    "that long; if the replication link fails meanwhile, both sides keep writing "
+                    "and the split brain costs one side's writes of all that time."
+                ),
+                fix=(
+                    f"Set guard.grace_minutes to at most {longest} (twice the longest migration "
+                    "plus five minutes), or correct guard.migration_minutes."
+                ),
+            )
+        ]
+    return []
+
+
 def kernel_module_package(pool: Pool) -> str:
     """The name of the kernel module package the hosts need."""
     return pool.drbd.recipe.module_package(pool.target.kernel_release)
@@ -403,6 +454,7 @@ def run_checks(
         *check_networks(pool),
         *check_disks(pool),
         *check_safety_policies(pool),
+        *check_guard(pool),
         *check_packages(pool, reader),
     ]
     return sorted(findings, key=lambda f: (f.severity is not Severity.ERROR, f.id))

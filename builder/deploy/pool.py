@@ -36,9 +36,14 @@ RATE = re.compile(r"^[1-9][0-9]*[KMG]?$")
 HANDLER = re.compile(r"^/[A-Za-z0-9_./+-]+(?: [A-Za-z0-9_.@+/=-]+)*$")
 URL = re.compile(r"^(?:https?|file)://[A-Za-z0-9._~:/%@+=,-]+$")
 DRBD_VERSION = re.compile(r"^(\d+)(?:\.(\d+))?(?:\.\d+)*$")
+# DRBD's config scanner reads digits with an optional unit (K, M, G, s) as a number, so a host
+# or resource named like that breaks `on NAME {` and `resource NAME {` for every drbdadm.
+DRBD_NUMBER = re.compile(r"[0-9]+[KMGs]?")
 
 MIN_PORT = 1
 MAX_PORT = 65535
+# drbd_limits.h: DRBD_RESYNC_RATE_MAX, in KiB/s (a bare number is KiB/s); drbdadm refuses more.
+MAX_RESYNC_RATE_KIB = 4 << 20
 MAX_MINOR = 255  # DRBD 8.3's minor_count limit; the oldest syntax sets the bound for all
 
 
@@ -124,6 +129,23 @@ class Repo:
     without_pygpgme: WithoutPygpgme = WithoutPygpgme.STOP
 
 
+# The guard's defaults: a live migration of a dom0's VM over a gigabit management network copies
+# about 6 GiB of memory a minute; five minutes covers most VMs, and the grace period leaves room
+# for cron's one-minute steps.
+DEFAULT_MIGRATION_MINUTES = 5
+DEFAULT_GRACE_MINUTES = 10
+MAX_GUARD_MINUTES = 24 * 60
+
+
+@dataclass(frozen=True, kw_only=True)
+class Guard:
+    """The runbook's ``guard`` step: how long the SR's VMs may run on both hosts."""
+
+    grace_minutes: int = DEFAULT_GRACE_MINUTES  # apart longer than this: log, hook, exit 3
+    migration_minutes: int = DEFAULT_MIGRATION_MINUTES  # the longest live migration here takes
+    hook: str | None = None  # a site command run when the grace period is over
+
+
 @dataclass(frozen=True, kw_only=True)
 class Pool:
     file: Path
@@ -133,6 +155,7 @@ class Pool:
     repo: Repo
     drbd: Drbd
     hosts: tuple[Host, Host]
+    guard: Guard = Guard()
 
     def host(self, name: str) -> Host:
         for host in self.hosts:
@@ -190,13 +213,25 @@ class _Reader(YamlReader):
         return iface
 
 
+def _drbd_name(reader: _Reader, key: str, name: str) -> str:
+    if DRBD_NUMBER.fullmatch(name):
+        raise reader.fail(
+            key,
+            f"{name!r} is not valid: DRBD reads a name of digits (and a unit K, M, G or s) as "
+            "a number",
+            hint="Use a name with a letter in it.",
+        )
+    return name
+
+
 def _host(reader: _Reader) -> Host:
     management = reader.mapping("management")
     replication = reader.mapping("replication")
+    name = reader.text(
+        "name", HOST_NAME, explain="use the host name `uname -n` prints (letters, digits, -, .)"
+    )
     host = Host(
-        name=reader.text(
-            "name", HOST_NAME, explain="use the host name `uname -n` prints (letters, digits, -, .)"
-        ),
+        name=_drbd_name(reader, "name", name),
         management=management.interface("address"),
         management_interface=management.text(
             "interface", INTERFACE, explain="a network interface name such as xenbr0"
@@ -213,6 +248,20 @@ def _host(reader: _Reader) -> Host:
     replication.done()
     reader.done()
     return host
+
+
+def _resync_rate(reader: _Reader) -> str:
+    rate: str = reader.text(
+        "resync_rate", RATE, default="40M", explain="a number with optional K, M or G"
+    )
+    number, unit = (rate[:-1], rate[-1]) if rate[-1] in "KMG" else (rate, "K")
+    kib = int(number) * {"K": 1, "M": 1 << 10, "G": 1 << 20}[unit]
+    if kib > MAX_RESYNC_RATE_KIB:
+        raise reader.fail(
+            "resync_rate",
+            f"{rate} is out of range: DRBD takes at most {MAX_RESYNC_RATE_KIB}K (4G) per second",
+        )
+    return rate
 
 
 def _drbd(reader: _Reader, host_names: tuple[str, str]) -> Drbd:
@@ -255,14 +304,14 @@ def _drbd(reader: _Reader, host_names: tuple[str, str]) -> Drbd:
     drbd = Drbd(
         version=version,
         recipe=recipe,
-        resource=reader.text(
-            "resource", RESOURCE_NAME, default="r0", explain="letters, digits, _ . -"
+        resource=_drbd_name(
+            reader,
+            "resource",
+            reader.text("resource", RESOURCE_NAME, default="r0", explain="letters, digits, _ . -"),
         ),
         minor=reader.integer("minor", 0, MAX_MINOR, default=1),
         port=reader.integer("port", MIN_PORT, MAX_PORT, default=7789),
-        resync_rate=reader.text(
-            "resync_rate", RATE, default="40M", explain="a number with optional K, M or G"
-        ),
+        resync_rate=_resync_rate(reader),
         fencing=fencing,
         fence_peer_handler=values["fence_peer_handler"],
         split_brain_handler=values["split_brain_handler"],
@@ -273,6 +322,28 @@ def _drbd(reader: _Reader, host_names: tuple[str, str]) -> Drbd:
     )
     reader.done()
     return drbd
+
+
+def _guard(top: _Reader) -> Guard:
+    if top.raw("guard", required=False) is None:
+        return Guard()
+    reader = top.mapping("guard")
+    guard = Guard(
+        grace_minutes=reader.integer(
+            "grace_minutes", 1, MAX_GUARD_MINUTES, default=DEFAULT_GRACE_MINUTES
+        ),
+        migration_minutes=reader.integer(
+            "migration_minutes", 1, MAX_GUARD_MINUTES, default=DEFAULT_MIGRATION_MINUTES
+        ),
+        hook=reader.text(
+            "hook",
+            HANDLER,
+            required=False,
+            explain="an absolute path and plain arguments, e.g. /usr/local/sbin/page-oncall drbd",
+        ),
+    )
+    reader.done()
+    return guard
 
 
 def parse_pool(file: Path, text: str, registry: Registry) -> Pool:
@@ -338,6 +409,7 @@ def parse_pool(file: Path, text: str, registry: Registry) -> Pool:
         repo=repo,
         drbd=drbd,
         hosts=hosts,
+        guard=_guard(top),
     )
     top.done()
     return pool
@@ -399,6 +471,13 @@ drbd:
   # after_sb_0pri: discard-zero-changes
   # after_sb_1pri: discard-secondary
   # after_sb_2pri: disconnect
+
+# The runbook's `guard` step, run from cron on the pool master, checks that the VMs on the SR
+# run on one host, and raises the alarm when they stay apart longer than the grace period.
+guard:
+  grace_minutes: 10       # apart longer than this: syslog, the hook, exit status 3
+  migration_minutes: 5    # the longest a live migration of one of these VMs takes here
+  # hook: /usr/local/sbin/page-oncall drbd   # run (with the details) when the grace is over
 
 # Exactly two hosts. Replicate over a dedicated interface and subnet: moving the pool master
 # bounces the management interface, and replication over it would break.

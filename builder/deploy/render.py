@@ -22,6 +22,14 @@ from pathlib import Path
 
 from builder import __version__
 from builder.deploy.checks import kernel_module_package
+from builder.deploy.daytwo import (
+    DAY_TWO_STEPS,
+    InitSystem,
+    day_two_functions,
+    init_system,
+    paths,
+    usage_lines,
+)
 from builder.deploy.pool import Fencing, Host, Pool, WithoutPygpgme
 from builder.errors import DeployError
 from builder.recipes import Syntax
@@ -105,6 +113,12 @@ def _q(value: str) -> str:
     return '"' + value + '"'
 
 
+# Seconds the DRBD init script waits at boot for the peer (a peer that was there, or one that
+# was already gone before the reboot); then it goes on alone.
+WFC_TIMEOUT = 120
+DEGR_WFC_TIMEOUT = 60
+
+
 def render_resource(pool: Pool, header: str) -> str:
     """The DRBD resource file, the same on both hosts, in the syntax of the pool's version."""
     drbd = pool.drbd
@@ -125,10 +139,16 @@ def render_resource(pool: Pool, header: str) -> str:
     if drbd.fence_peer_handler and drbd.fencing is not Fencing.DONT_CARE:
         out.append(f"        fence-peer {_q(drbd.fence_peer_handler)};\n")
     out.append("    }\n")
-    if syntax is not Syntax.V9:
+    # A peer that is down must not hold up the boot for ever: DRBD starts before xapi, and the
+    # init script's default is to wait for the peer without end.
+    startup = [f"wfc-timeout {WFC_TIMEOUT};", f"degr-wfc-timeout {DEGR_WFC_TIMEOUT};"]
+    if syntax is Syntax.V9:
+        # 9 has no become-primary-on: it promotes a host when xapi's LVM opens the device.
+        out.append("    options {\n        auto-promote yes;\n    }\n")
+    else:
         # 8.x: the init script promotes both sides at boot, before xapi plugs the SR.
-        # 9 promotes automatically when LVM opens the device.
-        out.append("    startup {\n        become-primary-on both;\n    }\n")
+        startup.append("become-primary-on both;")
+    out.append("    startup {\n" + "".join(f"        {line}\n" for line in startup) + "    }\n")
     disk: list[str] = []
     net: list[str] = []
     fencing = drbd.fencing is not Fencing.DONT_CARE
@@ -294,19 +314,28 @@ def render_runbook(pool: Pool, host: Host, header: str) -> str:
     variables = {
         "HOST": host.name,
         "PEER": peer.name,
-        "FIRST": first.name,
         "RESOURCE": drbd.resource,
         "DEVICE": drbd.device,
         "DISK": host.disk,
         "REPLICATION_ADDRESS": str(host.replication.ip),
         "REPLICATION_INTERFACE": host.replication_interface,
+        "MANAGEMENT_INTERFACE": host.management_interface,
+        "PEER_REPLICATION_ADDRESS": str(peer.replication.ip),
+        "MINOR": str(drbd.minor),
+        "DRBD_VERSION": drbd.version,
+        "KERNEL_RELEASE": pool.target.kernel_release,
+        "GRACE_MINUTES": str(pool.guard.grace_minutes),
+        "GUARD_HOOK": pool.guard.hook or "",
         "SR_NAME": pool.sr_name,
         "GPGKEY_URL": pool.repo.gpgkey,
         "KEY_FILE": KEY_FILE,
         "REPO_FILE": f"/etc/yum.repos.d/{REPO_ID}.repo",
         "PACKAGES": " ".join(packages(pool)),
         "LVM_FILTER": _lvm_list(lvm_filter(host)),
+        **paths(pool),
     }
+    if not is_first:
+        variables["FIRST"] = first.name  # the second host's steps point at the first
     assignments = "".join(f"{key}={shlex.quote(value)}\n" for key, value in variables.items())
     if is_first:
         sync_body = f"""\
@@ -355,7 +384,8 @@ def render_runbook(pool: Pool, host: Host, header: str) -> str:
 # {peer.name}, under the shared LVM storage repository {pool.sr_name}.
 # Run one step at a time as root on {host.name}:  sh runbook.sh STEP
 # The two hosts' runbooks interleave; this is the order:
-{order_text}#
+{order_text}# Day two, once the SR is in use (see README.txt):
+{usage_lines()}#
 # Before step 1: {host.name} needs {host.replication} on {host.replication_interface}, configured
 #   as a dedicated storage interface, as the XCP documentation describes:
 #     xe pif-reconfigure-ip uuid=<PIF> mode=static IP={host.replication.ip} \\
@@ -469,6 +499,12 @@ step_promote() {{
 
 step_sr() {{
 {sr_body}}}
+{day_two_functions(pool)}
+usage() {{
+    echo "usage: sh runbook.sh STEP   (STEP is one of the steps below, in this order)" >&2
+    sed -n -e 's/^#   \\([0-9]\\. \\)/  \\1/p' -e 's/^#   \\(- \\)/  \\1/p' "$0" >&2
+    exit 2
+}}
 
 case "${{1:-}}" in
     install) require_host; step_install ;;
@@ -478,10 +514,13 @@ case "${{1:-}}" in
     initial-sync) require_host; step_initial_sync ;;
     promote) require_host; step_promote ;;
     sr) require_host; step_sr ;;
-    *)
-        echo "usage: sh runbook.sh STEP   (STEP is one of the steps below, in this order)" >&2
-        sed -n 's/^#   \\([0-9]\\)/  \\1/p' "$0" >&2
-        exit 2 ;;
+    status) require_host; step_status ;;
+    guard) require_host; shift; step_guard "$@" ;;
+    split-brain) require_host; shift; step_split_brain "$@" ;;
+    master-change) require_host; shift; step_master_change "$@" ;;
+    boot) require_host; step_boot ;;
+    upgrade) require_host; step_upgrade ;;
+    *) usage ;;
 esac
 """
 
@@ -501,7 +540,79 @@ def render_readme(pool: Pool, header: str) -> str:
         f"\n"
         f"Run the VMs that use {pool.sr_name} on one host; have them on both hosts only during\n"
         f"a migration.\n"
+        f"{render_day_two(pool)}"
     )
+
+
+def render_day_two(pool: Pool) -> str:
+    """README.txt's day-two section: what each step checks, refuses and does."""
+    drbd = pool.drbd
+    guard = pool.guard
+    alarm = f"runs `{guard.hook}` once and exits" if guard.hook else "exits"
+    if init_system(pool) is InitSystem.SYSVINIT:
+        boot = (
+            "`chkconfig drbd on`, then DRBD's rc links are moved between the network's and\n"
+            "  xapi's (S<NN>drbd just before S<NN>xapi, K<NN>drbd just after K<NN>xapi). An\n"
+            "  update of the drbd package can add its own links again: `status` notices, and\n"
+            "  `boot` puts them right."
+        )
+    else:
+        boot = (
+            "`systemctl enable drbd.service` and a drop-in that orders drbd.service after the\n"
+            "  network and before xapi.service."
+        )
+    if drbd.syntax is Syntax.V9:
+        promote = "DRBD 9 promotes a host when xapi's LVM opens the device (auto-promote yes)."
+    else:
+        promote = "DRBD's init script makes both hosts primary (become-primary-on both)."
+    steps = "".join(f"  {step:<24} {who}: {what}\n" for step, who, what in DAY_TWO_STEPS)
+    return f"""
+Day two: sh runbook.sh STEP on a host (exit status 0 fine, 1 refused, 3 unsafe)
+{steps}
+status: {drbd.resource}'s connection, disk states and role (drbdadm cstate, dstate,
+  role), the SR's PBD on each host and whether it is attached, and each running VM with a
+  disk on {pool.sr_name} with the host it runs on. Exit status 3, with the list of what
+  is wrong, when DRBD is not connected, in split brain, not UpToDate on both sides, not
+  primary here, when the SR is not plugged on a host, when its VMs run on both hosts, or
+  when DRBD would not start before xapi at the next boot.
+
+guard: from cron on both hosts (`guard install`); only the pool master checks, so a master
+  change needs nothing. VMs of {pool.sr_name} on both hosts for longer than
+  {guard.grace_minutes} minutes (guard.grace_minutes; a live migration here takes up to
+  {guard.migration_minutes}) are logged to syslog (daemon.err, tag xcp-drbd-builder) every
+  minute; the guard {alarm} with status 3, which cron mails to root.
+
+split-brain: without --keep it only shows, on this host, the kernel log's split-brain
+  line, this side's DRBD generation identifiers (drbdadm show-gi) and the VMs running on
+  each host. Run it on both hosts, decide which host's data to keep, shut down the VMs of
+  the other host (their writes are discarded), then run `split-brain --keep HOST` first
+  on the host you keep (drbdadm connect), then on the other: it unplugs its PBD, becomes
+  secondary, connects discarding its own data, waits for the resync, becomes primary and
+  plugs the PBD again. There is no default for --keep. It refuses a host that is
+  StandAlone without a split brain in the kernel log, and VMs still running on the side
+  whose data goes.
+
+master-change pre|post: before `xe pool-designate-new-master`, `pre` refuses unless the
+  replication address is on its own interface and the route to the peer uses it, and DRBD
+  is Connected and UpToDate/UpToDate. After it, `post` reconnects DRBD if the bounce of the
+  management interface dropped it (drbdadm adjust, then connect) and waits until both disks
+  are UpToDate; run it on both hosts.
+
+boot: xapi plugs the SR's PBD as it starts, so DRBD must be up and primary by then:
+  {boot}
+  {promote}
+  A peer that does not come is waited for {WFC_TIMEOUT} s (wfc-timeout), then the boot
+  goes on.
+
+upgrade: one host at a time, for a new DRBD module (a new dom0 kernel) or release. It
+  refuses unless DRBD is Connected and UpToDate/UpToDate, and unless the new DRBD
+  ({drbd.version}, rendered from the pool file) can replicate with the peer's (recorded in
+  xapi's other-config by the peer's own upgrade, or else this host's current one): within
+  8.3, 8.3 to 8.4, within 8.4, within 9. It live-migrates this host's VMs of the SR to the
+  peer, unplugs the PBD, stops DRBD, installs the packages, reconnects, waits for the
+  resync, becomes primary and plugs the PBD again. For a new kernel it stops before the
+  reboot into it. Then run it on the peer, which moves the VMs back.
+"""
 
 
 def render_pool(pool: Pool, overridden: Sequence[str] = ()) -> dict[str, RenderedFile]:

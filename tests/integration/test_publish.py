@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import gzip
 import hashlib
 import http.server
+import json
 import os
 import shutil
-import signal
 import stat
 import struct
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -284,8 +282,13 @@ def test_el5_repo_has_what_rpm_44_and_yum_3_need(published: tuple[Path, Path]) -
 
 
 def copy_served_tree(target: Path, destination: Path) -> Path:
-    """A private copy of the current version, for tampering."""
-    shutil.copytree(target / "current", destination, symlinks=False)
+    """A private copy of what clients see (the stable names, links followed), for tampering."""
+    destination.mkdir()
+    for name in ("el5", "el7", repo.KEY_FILE_NAME):
+        if (target / name).is_dir():
+            shutil.copytree(target / name, destination / name, symlinks=False)
+        elif (target / name).exists():
+            shutil.copyfile(target / name, destination / name)
     return destination
 
 
@@ -327,7 +330,8 @@ def test_dnf_refuses_package_signed_by_another_key(
     sign.sign_rpms([foreign], other, Consumer.EL7)
     # Metadata and repomd.xml.asc are genuine: only the package's signature is foreign.
     good = sign.find_key(keys.fingerprint, keys.home)
-    repo.make_metadata(folder, Consumer.EL7, None, None)
+    createrepo = repo.find_createrepo(Consumer.EL7)
+    repo.make_metadata(folder, folder, Consumer.EL7, None, createrepo)
     sign.detach_sign(folder / "repodata" / "repomd.xml", good, Consumer.EL7)
     with served(tree) as url:
         refused = dnf_fetch(tmp_path / "dnf", url, "drbd-kmod")
@@ -367,6 +371,8 @@ def test_publish_is_incremental(tmp_path: Path, keys: Keys, rpms: Rpms) -> None:
     target = tmp_path / "repo"
     assert run_publish(artifacts, target, keys).returncode == 0
     first = (target / "current").resolve()
+    before = {p: p.stat().st_ino for p in (target / "packages").rglob("*.rpm")}
+    assert len(before) == 4
     again = run_publish(artifacts, target, keys)
     assert again.returncode == 0, again.stderr
     assert "unchanged" in again.stdout
@@ -380,9 +386,10 @@ def test_publish_is_incremental(tmp_path: Path, keys: Keys, rpms: Rpms) -> None:
     assert "published 1 new package(s), 5 in total" in third.stdout
     second = (target / "current").resolve()
     assert second != first
-    for old in first.rglob("*.rpm"):
-        # The very same signed file: hard-linked, not re-signed.
-        assert (second / old.relative_to(first)).stat().st_ino == old.stat().st_ino
+    for old, inode in before.items():
+        # The very same signed file in the store: not copied, linked or re-signed.
+        assert old.stat().st_ino == inode
+    assert not list(second.rglob("*.rpm")), "versions hold metadata, the store the packages"
     with served(target) as url:
         result = dnf_fetch(tmp_path / "dnf", url, "drbd-kmod-9.0-2")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -437,63 +444,20 @@ def test_same_nvr_with_other_content_is_refused(tmp_path: Path, keys: Keys, rpms
 
 
 def _published_names(target: Path) -> set[str]:
-    return {p.name for p in (target / "current").resolve().rglob("*.rpm")}
+    """The packages the live metadata lists, each present where clients fetch it."""
+    import createrepo_c as cr
 
-
-@pytest.mark.parametrize(
-    ("step", "sig"),
-    [
-        ("Reuse the previous", signal.SIGKILL),
-        ("Sign 1 new", signal.SIGKILL),
-        ("Make metadata", signal.SIGKILL),
-        ("Sign and verify", signal.SIGKILL),
-        ("Make metadata", signal.SIGINT),
-    ],
-)
-def test_interrupted_publish_leaves_the_served_repo_as_it_was(
-    tmp_path: Path, keys: Keys, rpms: Rpms, step: str, sig: signal.Signals
-) -> None:
-    artifacts = make_artifacts(tmp_path, rpms)
-    target = tmp_path / "repo"
-    assert run_publish(artifacts, target, keys).returncode == 0
-    before = (target / "current").resolve()
-    names_before = _published_names(target)
-    write_build(
-        artifacts, "xcp-ng-8.2", "9.0-2", rpms.el7_update, consumer="el7", basearch="x86_64"
-    )
-
-    seen = []
-    with subprocess.Popen(
-        publish_cmd(artifacts, target, keys),
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as process:
-        assert process.stderr is not None
-        for line in process.stderr:
-            seen.append(line)
-            if line.strip().startswith(f"▸ {step}"):
-                process.send_signal(sig)
-                break
-        seen.append(process.stderr.read())
-        code = process.wait(timeout=60)
-    assert code != 0, "".join(seen)
-    assert (target / "current").resolve() == before
-    assert _published_names(target) == names_before
-    if sig == signal.SIGINT:
-        assert not list((target / "versions").glob("*.partial"))
-    with served(target) as url:
-        result = dnf_fetch(tmp_path / "dnf", url, "drbd-kmod-9.0-1")
-        missing = dnf_fetch(tmp_path / "dnf-new", url, "drbd-kmod-9.0-2")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert missing.returncode != 0
-
-    # The next publish cleans up and completes.
-    after = run_publish(artifacts, target, keys)
-    assert after.returncode == 0, after.stderr
-    assert not list((target / "versions").glob("*.partial"))
-    assert "drbd-kmod-9.0-2.x86_64.rpm" in _published_names(target)
+    names = set()
+    for repomd in (target / "current").resolve().glob("*/*/repodata/repomd.xml"):
+        folder = repomd.parent.parent
+        primary = next(r for r in cr.Repomd(str(repomd)).records if r.type == "primary")
+        for package in cr.PackageIterator(
+            primary_path=str(folder / primary.location_href), filelists_path=None, other_path=None
+        ):
+            served_file = target / folder.relative_to((target / "current").resolve())
+            assert (served_file / package.location_href).is_file()
+            names.add(package.location_href)
+    return names
 
 
 def test_a_protected_key_needs_its_passphrase_file(tmp_path: Path, rpms: Rpms) -> None:
@@ -1012,54 +976,6 @@ def test_nothing_to_publish_is_a_clear_error(tmp_path: Path, keys: Keys) -> None
     assert not (tmp_path / "repo" / "current").exists()
 
 
-def test_a_second_publish_waits_or_fails_clearly(tmp_path: Path, keys: Keys, rpms: Rpms) -> None:
-    artifacts = make_artifacts(tmp_path, rpms)
-    target = tmp_path / "repo"
-    target.mkdir()
-    with (target / ".lock").open("a+") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)
-        held.write("4242\n")
-        held.flush()
-        failed = run_publish(artifacts, target, keys, "--lock-timeout", "0")
-        assert failed.returncode == 14
-        assert "Another publish (pid 4242)" in failed.stderr
-        waiting = subprocess.Popen(
-            publish_cmd(artifacts, target, keys, "--lock-timeout", "60"),
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        time.sleep(1.0)
-        assert waiting.poll() is None  # still waiting for the lock
-        fcntl.flock(held, fcntl.LOCK_UN)
-    _out, err = waiting.communicate(timeout=120)
-    assert waiting.returncode == 0, err
-    assert "waiting for another publish (pid 4242)" in err
-
-    # Two real publishes at once, each adding its own package: both land, the result verifies.
-    write_build(
-        artifacts, "xcp-ng-8.2", "9.0-2", rpms.el7_update, consumer="el7", basearch="x86_64"
-    )
-    procs = [
-        subprocess.Popen(
-            publish_cmd(artifacts, target, keys),
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    results = [p.communicate(timeout=120) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], results
-    assert sum("unchanged" in out for out, _ in results) == 1
-    with served(target) as url:
-        result = dnf_fetch(tmp_path / "dnf", url, "drbd-kmod-9.0-2")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert os.path.isfile(tmp_path / "dnf" / "downloads" / "drbd-kmod-9.0-2.x86_64.rpm")
-
-
 def test_a_file_that_is_not_an_rpm_is_an_input_error(tmp_path: Path, rpms: Rpms) -> None:
     garbage = tmp_path / "drbd-9.0-1.x86_64.rpm"
     garbage.write_bytes(b"this is not an RPM package\n")
@@ -1077,3 +993,203 @@ def test_a_text_file_named_like_an_rpm_is_refused_not_read_as_a_manifest(
     listing.write_text(f"{rpms.el7[0]}\n")
     with pytest.raises(InputError, match="Cannot read an RPM header"):
         repo.query_nevras([listing])
+
+
+def run_verify(target: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "builder", "verify", "--repo", str(target), *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+
+
+def _rewrite_in_place(path: Path, change: Callable[[bytes], bytes]) -> None:
+    """Edit a file as a careless hand would, keeping its size and mtime (ctime moves)."""
+    before = path.stat()
+    data = change(path.read_bytes())
+    assert len(data) == before.st_size
+    with path.open("r+b") as handle:
+        handle.write(data)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def test_a_package_changed_after_publishing_is_caught(
+    tmp_path: Path, keys: Keys, rpms: Rpms
+) -> None:
+    artifacts = make_artifacts(tmp_path, rpms)
+    target = tmp_path / "repo"
+    assert run_publish(artifacts, target, keys).returncode == 0
+    clean = run_verify(target)
+    assert clean.returncode == 0, clean.stderr
+    assert "verified 4 package(s) in 2 repositories" in clean.stdout
+    live = (target / "current").resolve()
+
+    package = target / "el7" / "x86_64" / "drbd-kmod-doc-9.0-1.x86_64.rpm"
+    original = package.read_bytes()
+    _rewrite_in_place(package, lambda data: data[:-16] + bytes(16))
+    audit = run_verify(target)
+    assert audit.returncode == 15, audit.stderr
+    assert "el7/x86_64/drbd-kmod-doc-9.0-1.x86_64.rpm is not the file the metadata" in audit.stderr
+    assert "1 problem(s)" in audit.stderr
+
+    write_build(
+        artifacts, "xcp-ng-8.2", "9.0-2", rpms.el7_update, consumer="el7", basearch="x86_64"
+    )
+    refused = run_publish(artifacts, target, keys)
+    assert refused.returncode == 11, refused.stderr
+    assert "drbd-kmod-doc-9.0-1.x86_64.rpm changed after it was signed" in refused.stderr
+    assert "Refusing to carry it into a new version" in refused.stderr
+    assert (target / "current").resolve() == live
+    assert "drbd-kmod-9.0-2.x86_64.rpm" not in _published_names(target)
+
+    # Put the signed bytes back: the changed ctime makes publish read it again, and it passes.
+    _rewrite_in_place(package, lambda _: original)
+    restored = run_publish(artifacts, target, keys)
+    assert restored.returncode == 0, restored.stderr
+    assert "1 hashed" in restored.stderr
+    assert run_verify(target).returncode == 0
+
+
+def test_a_package_replaced_by_a_dangling_link_is_a_publish_error(
+    tmp_path: Path, keys: Keys, rpms: Rpms
+) -> None:
+    artifacts = make_artifacts(tmp_path, rpms)
+    target = tmp_path / "repo"
+    assert run_publish(artifacts, target, keys).returncode == 0
+    package = target / "packages" / "el5" / "i386" / rpms.el5[0].name
+    package.unlink()
+    package.symlink_to("/nonexistent/drbd.rpm")
+    write_build(
+        artifacts, "xcp-ng-8.2", "9.0-2", rpms.el7_update, consumer="el7", basearch="x86_64"
+    )
+    result = run_publish(artifacts, target, keys)
+    assert result.returncode == 11, result.stderr
+    assert f"{rpms.el5[0].name} is no longer a regular file (it is a symbolic link)" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr
+    audit = run_verify(target)
+    assert audit.returncode == 15
+    assert "cannot be fetched" in audit.stderr
+
+
+def test_verify_trusts_the_key_given_not_the_one_served(
+    tmp_path: Path, keys: Keys, rpms: Rpms
+) -> None:
+    artifacts = make_artifacts(tmp_path, rpms)
+    target = tmp_path / "repo"
+    assert run_publish(artifacts, target, keys).returncode == 0
+    other = tmp_path / "other.asc"
+    other.write_text(
+        subprocess.run(
+            ["gpg", "--homedir", str(keys.other_home), "--armor", "--export"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    result = run_verify(target, "--key-file", str(other))
+    assert result.returncode == 15
+    assert f"but the repository is signed with {keys.fingerprint}" in result.stderr
+
+
+def test_a_repository_from_before_the_package_store_is_moved_into_it(
+    tmp_path: Path, keys: Keys, rpms: Rpms
+) -> None:
+    """Versions used to hold their own packages; the next publish adopts them, served alike."""
+    artifacts = make_artifacts(tmp_path, rpms)
+    made = tmp_path / "made"
+    assert run_publish(artifacts, made, keys).returncode == 0
+    # Lay the same signed files out as a format-1 repository did.
+    target = tmp_path / "repo"
+    version = target / "versions" / "20260101T000000.000000Z"
+    version.mkdir(parents=True)
+    packages = []
+    for consumer in ("el5", "el7"):
+        shutil.copytree(made / consumer, version / consumer, symlinks=False)
+        os.symlink(f"current/{consumer}", target / consumer)
+    for path in sorted(version.rglob("*.rpm")):
+        relative = path.relative_to(version).as_posix()
+        nevra = subprocess.run(
+            [
+                "rpm",
+                "-qp",
+                "--nosignature",
+                "--qf",
+                "%{NAME}-0:%{VERSION}-%{RELEASE}.%{ARCH}",
+                path,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        source = next(r for r in [*rpms.el5, *rpms.el7] if r.name == path.name)
+        digest = hashlib.sha256(source.read_bytes()).hexdigest()
+        packages.append({"path": relative, "nevra": nevra, "source_sha256": digest})
+    for name in (repo.KEY_FILE_NAME, "xcp-drbd-el5.repo", "xcp-drbd-el7.repo"):
+        shutil.copyfile(made / name, version / name)
+        os.symlink(f"current/{name}", target / name)
+    state = {"format": 1, "key": keys.fingerprint, "packages": packages}
+    (version / repo.STATE_FILE_NAME).write_text(json.dumps(state))
+    os.symlink(f"versions/{version.name}", target / "current")
+    assert _published_names(target) == {r.name for r in [*rpms.el5, *rpms.el7]}
+
+    write_build(
+        artifacts, "xcp-ng-8.2", "9.0-2", rpms.el7_update, consumer="el7", basearch="x86_64"
+    )
+    result = run_publish(artifacts, target, keys)
+    assert result.returncode == 0, result.stderr
+    assert "Move the 4 published package(s)" in result.stderr
+    assert os.readlink(target / "el7") == "packages/el7"
+    assert "drbd-kmod-9.0-2.x86_64.rpm" in _published_names(target)
+    assert run_verify(target).returncode == 0
+    with served(target) as url:
+        old = dnf_fetch(tmp_path / "dnf", url, "drbd-kmod-9.0-1")
+        new = dnf_fetch(tmp_path / "dnf-new", url, "drbd-kmod-9.0-2")
+    assert old.returncode == 0, old.stdout + old.stderr
+    assert new.returncode == 0, new.stdout + new.stderr
+
+
+def test_each_package_traces_to_its_build_through_a_signed_statement(
+    tmp_path: Path, keys: Keys, rpms: Rpms
+) -> None:
+    artifacts = make_artifacts(tmp_path, rpms)
+    target = tmp_path / "repo"
+    assert run_publish(artifacts, target, keys).returncode == 0
+    # A consumer holding a package: its sha256 finds the statement, gpgv checks it.
+    package = target / "el5" / "i386" / rpms.el5[0].name
+    digest = hashlib.sha256(package.read_bytes()).hexdigest()
+    found = [p for p in (target / "provenance").rglob("*.intoto.json") if digest in p.read_text()]
+    assert len(found) == 1
+    statement = json.loads(found[0].read_text())
+    assert statement["_type"] == "https://in-toto.io/Statement/v1"
+    assert {"name": package.name, "digest": {"sha256": digest}} in statement["subject"]
+    manifest = statement["predicate"]["manifest"]
+    assert manifest["target"] == "xcp-1.5"
+    assert manifest["kernel_release"].endswith("xen")
+    source_digest = hashlib.sha256(rpms.el5[0].read_bytes()).hexdigest()
+    assert {"file": package.name, "sha256": source_digest} in manifest["outputs"]
+    keyring = tmp_path / "keyring.gpg"
+    subprocess.run(
+        ["gpg", "--batch", "--dearmor", "--output", str(keyring), str(target / repo.KEY_FILE_NAME)],
+        check=True,
+    )
+    checked = subprocess.run(
+        ["gpgv", "--keyring", str(keyring), f"{found[0]}.asc", str(found[0])],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stderr
+
+    # A statement edited after signing, or one naming another package, fails verify.
+    text = found[0].read_text()
+    found[0].write_text(text.replace('"xcp-1.5"', '"xcp-9.9"'))
+    audit = run_verify(target)
+    assert audit.returncode == 15
+    assert f"el5/i386/{package.name}: its provenance statement does not verify" in audit.stderr
+    found[0].write_text(text)
+    assert run_verify(target).returncode == 0

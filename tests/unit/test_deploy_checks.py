@@ -108,6 +108,12 @@ def test_each_danger_is_an_error_with_reason_and_fix(changes: dict[str, Any], er
         ({"hosts.0.disk": "/dev/sdb", "hosts.1.disk": "/dev/sdb"}, "unstable-disk-name"),
         ({"hosts.1.replication.address": "10.0.5.2/24"}, "replication-networks-differ"),
         ({"drbd.after_sb_0pri": "disconnect"}, "split-brain-policy"),
+        # Alarms during every migration: the grace period must outlast a migration and cron.
+        ({"guard.grace_minutes": 5}, "guard-grace-too-short"),
+        ({"guard.grace_minutes": 10, "guard.migration_minutes": 12}, "guard-grace-too-short"),
+        # Longer than a migration can take: VMs left apart go unnoticed.
+        ({"guard.grace_minutes": 16}, "guard-grace-too-long"),
+        ({"guard.grace_minutes": 240, "guard.migration_minutes": 30}, "guard-grace-too-long"),
     ],
 )
 def test_risky_but_workable_settings_are_warnings(changes: dict[str, Any], warning: str) -> None:
@@ -190,6 +196,8 @@ def test_every_finding_id_is_overridable() -> None:
         {"hosts.0.replication.address": "192.168.1.21/24", "hosts.0.replication.interface": "eth0"},
         {"drbd.fencing": "dont-care", "drbd.split_brain_handler": ""},
         {"hosts.1.disk": "/dev/disk/by-id/ata-DISK-ONE", "drbd.after_sb_2pri": "violently-as0p"},
+        {"guard.grace_minutes": 1},
+        {"guard.grace_minutes": 100},
     ):
         produced |= {f.id for f in findings(pool_data(**changes), [])}
     assert produced <= set(CHECK_IDS)
@@ -240,3 +248,19 @@ def test_override_renders_and_records_it(tmp_path: Path) -> None:
     resource = (output / "xcp1" / "r0.res").read_text()
     assert "Rendered despite failed safety checks: fencing-missing." in resource
     assert "fencing" not in resource.split("resource r0", 1)[1]
+
+
+@pytest.mark.parametrize(("grace", "migration"), [(6, 5), (15, 5), (65, 30), (2, 1)])
+def test_a_grace_period_between_a_migration_and_twice_that_is_fine(
+    grace: int, migration: int
+) -> None:
+    changes = {"guard.grace_minutes": grace, "guard.migration_minutes": migration}
+    assert findings(pool_data(**changes)) == []
+
+
+def test_guard_findings_name_the_numbers_and_the_fix() -> None:
+    (short,) = findings(pool_data(**{"guard.grace_minutes": 3}))
+    assert "guard.grace_minutes is 3" in short.message
+    assert "at least 6" in short.fix
+    (long,) = findings(pool_data(**{"guard.grace_minutes": 60}))
+    assert "at most 15" in long.fix

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from builder.cli import main
-from builder.deploy.pool import EXAMPLE_POOL, Fencing, load_pool, parse_pool, syntax_of
+from builder.deploy.pool import EXAMPLE_POOL, Fencing, Guard, load_pool, parse_pool, syntax_of
 from builder.errors import ConfigError
 from builder.recipes import Syntax
 from builder.specs import load_registry
@@ -79,6 +79,14 @@ BAD_POOLS = [
     (pool_data(**{"hosts.0.disk": "/dev/../etc/passwd"}), "hosts[0].disk", "'..'"),
     (pool_data(sr_name="sr`id`"), "sr_name", "not valid"),
     (pool_data(**{"drbd.resource": 'r0"; }'}), "drbd.resource", "not valid"),
+    # drbdadm reads these as numbers: "TK_STRING | '{' expected, but got '0'".
+    (pool_data(**{"hosts.1.name": 0}), "hosts[1].name", "as a number"),
+    (pool_data(**{"hosts.0.name": "10M"}), "hosts[0].name", "as a number"),
+    (pool_data(**{"drbd.resource": "1s"}), "drbd.resource", "as a number"),
+    # drbdadm: "resync-rate 4194305 => 4194305k out of range [1..4194304]k".
+    (pool_data(**{"drbd.resync_rate": 4194305}), "drbd.resync_rate", "out of range"),
+    (pool_data(**{"drbd.resync_rate": "4097M"}), "drbd.resync_rate", "at most 4194304K"),
+    (pool_data(**{"drbd.resync_rate": "5G"}), "drbd.resync_rate", "out of range"),
     (
         pool_data(**{"hosts.1.replication.interface": "eth1&&x"}),
         "hosts[1].replication.interface",
@@ -114,6 +122,11 @@ BAD_POOLS = [
     (pool_data(**{"hosts.0.disk": ...}), "hosts[0].disk", "missing"),
     (pool_data(sr_name=...), "sr_name", "missing"),
     (pool_data(**{"drbd.prot": 1}), "drbd.prot", "unknown key"),
+    (pool_data(**{"guard.grace_minutes": 0}), "guard.grace_minutes", "out of range"),
+    (pool_data(**{"guard.grace_minutes": "10m"}), "guard.grace_minutes", "whole number"),
+    (pool_data(**{"guard.hook": "page-oncall"}), "guard.hook", "absolute path"),
+    (pool_data(**{"guard.hook": "/usr/bin/page; reboot"}), "guard.hook", "not valid"),
+    (pool_data(**{"guard.grace": 10}), "guard.grace", "unknown key"),
     (pool_data(extra=True), "extra", "unknown key"),
 ]
 
@@ -170,3 +183,22 @@ def test_init_writes_the_example_and_will_not_overwrite(
     assert target.read_text() == "# mine\n"
     assert main(["deploy", "init", "--output", str(target), "--force", "-q"]) == 0
     assert target.read_text() == EXAMPLE_POOL
+
+
+def test_guard_defaults_and_values() -> None:
+    assert parse(pool_data(guard=...)).guard == Guard()
+    assert (Guard().grace_minutes, Guard().migration_minutes, Guard().hook) == (10, 5, None)
+    pool = parse(
+        pool_data(
+            **{"guard.grace_minutes": 7, "guard.hook": "/usr/local/sbin/page-oncall --team sto"}
+        )
+    )
+    assert pool.guard == Guard(
+        grace_minutes=7, migration_minutes=5, hook="/usr/local/sbin/page-oncall --team sto"
+    )
+
+
+def test_example_pool_documents_the_guard() -> None:
+    pool = parse_pool(Path("pool.yaml"), EXAMPLE_POOL, load_registry())
+    assert pool.guard == Guard(grace_minutes=10, migration_minutes=5)
+    assert "# hook: " in EXAMPLE_POOL

@@ -236,3 +236,92 @@ def test_a_line_break_in_the_pool_path_cannot_reach_the_runbook_as_a_command(
     for name in HOST_FILES:
         for line in (output / "xcp1" / name).read_text().splitlines():
             assert not line.startswith("touch "), name
+
+
+DAY_TWO = ("status", "guard", "split-brain", "master-change", "boot", "upgrade")
+
+
+@pytest.mark.parametrize(
+    ("version", "discard"),
+    [
+        ("8.3.16", 'drbdadm -- --discard-my-data connect "$RESOURCE"'),
+        ("8.4.1", 'drbdadm connect --discard-my-data "$RESOURCE"'),
+        ("9.2.5", 'drbdadm connect --discard-my-data "$RESOURCE"'),
+    ],
+)
+def test_split_brain_recovery_uses_the_syntax_of_the_pools_drbd(
+    tmp_path: Path, version: str, discard: str
+) -> None:
+    output = render(tmp_path, pool_data(**{"drbd.version": version}))
+    for host in ("xcp1", "xcp2"):
+        runbook = (output / host / "runbook.sh").read_text()
+        assert discard in runbook
+        for step in DAY_TWO:
+            assert f"    {step}) require_host;" in runbook
+    forms = {
+        'drbdadm -- --discard-my-data connect "$RESOURCE"',
+        'drbdadm connect --discard-my-data "$RESOURCE"',
+    }
+    (other,) = forms - {discard}
+    assert other not in runbook
+
+
+def test_the_dom0_init_system_decides_how_boot_orders_drbd_before_xapi(tmp_path: Path) -> None:
+    sysv = (render(tmp_path / "el5", pool_data()) / "xcp1" / "runbook.sh").read_text()
+    assert "chkconfig drbd on" in sysv
+    assert "systemctl" not in sysv
+    el7 = pool_data(**{"target": "xcp-ng-8.2", "drbd.version": "8.4.11"})
+    systemd = (render(tmp_path / "el7", el7) / "xcp1" / "runbook.sh").read_text()
+    assert "systemctl enable drbd.service" in systemd
+    assert "Before=xapi.service" in systemd
+    assert "SYSTEMD_DROPIN=/etc/systemd/system/drbd.service.d/xcp-drbd-builder.conf" in systemd
+    assert "chkconfig" not in systemd
+
+
+@pytest.mark.parametrize("version", ["8.3.16", "8.4.1", "9.2.5"])
+def test_the_resource_promotes_at_boot_and_does_not_wait_for_ever(
+    tmp_path: Path, version: str
+) -> None:
+    res = (render(tmp_path, pool_data(**{"drbd.version": version})) / "xcp1" / "r0.res").read_text()
+    assert "wfc-timeout 120;" in res
+    assert "degr-wfc-timeout 60;" in res
+    if version.startswith("9"):
+        assert "auto-promote yes;" in res
+        assert "become-primary-on" not in res
+    else:
+        assert "become-primary-on both;" in res
+        assert "auto-promote" not in res
+
+
+def test_guard_values_reach_the_runbook_quoted_and_the_readme(tmp_path: Path) -> None:
+    data = pool_data(**{"guard.grace_minutes": 12, "guard.hook": "/usr/local/bin/page --team a"})
+    data["drbd"]["resource"] = "sr.a"
+    output = render(tmp_path, data)
+    runbook = (output / "xcp2" / "runbook.sh").read_text()
+    assert "GRACE_MINUTES=12\n" in runbook
+    assert "GUARD_HOOK='/usr/local/bin/page --team a'\n" in runbook
+    # cron skips files in /etc/cron.d with a dot in their names
+    assert "CRON_FILE=/etc/cron.d/xcp-drbd-builder-guard-sr-a\n" in runbook
+    readme = (output / "README.txt").read_text()
+    assert "Day two:" in readme
+    assert "longer than\n  12 minutes" in readme
+    assert "runs `/usr/local/bin/page --team a` once" in readme
+    assert "There is no default for --keep." in readme
+
+
+def test_usage_lists_the_day_two_steps(tmp_path: Path) -> None:
+    output = render(tmp_path)
+    usage = subprocess.run(
+        ["sh", str(output / "xcp1" / "runbook.sh"), "no-such-step"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert usage.returncode == 2
+    lines = usage.stderr.splitlines()
+    assert lines[1].startswith("  1. install")
+    listed = [line.split()[1] for line in lines if line.startswith("  - ")]
+    assert listed == [
+        "status", "guard", "guard", "split-brain", "master-change", "boot", "upgrade",
+    ]  # fmt: skip
+    assert len(lines) == 1 + 7 + 7  # nothing else from the header slips into the list

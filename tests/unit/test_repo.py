@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from builder import cli, repo
+from builder import cli, repo, store
 from builder.commands import publish
 from builder.errors import CommandError, ConfigError, InputError, LockedError, PublishError
 from builder.specs import Consumer, load_registry
@@ -25,7 +25,7 @@ def make_build(
     outputs = []
     for name, content in files.items():
         (directory / name).write_bytes(content)
-        outputs.append({"file": name, "sha256": repo.sha256_file(directory / name)})
+        outputs.append({"file": name, "sha256": store.sha256_file(directory / name)})
     data = {"target": target, "drbd_version": version, "outputs": outputs, **manifest}
     (directory / "manifest.json").write_text(json.dumps(data))
     return directory
@@ -62,7 +62,9 @@ def test_scan_skips_build_directories_named_unlike_their_manifest(
         (directory / "manifest.json").write_text(json.dumps(data))
     builds = repo.scan_artifacts(tmp_path, load_registry)
     assert [b.directory for b in builds] == [finished]
-    assert [name for b in builds for name, _ in b.outputs] == [finished / "drbd-8.4.1-2.i686.rpm"]
+    assert [b.directory / name for b in builds for name, _ in b.outputs] == [
+        finished / "drbd-8.4.1-2.i686.rpm"
+    ]
     err = capsys.readouterr().err
     assert "skipping xcp-1.5/8.4.1.old-4242: its manifest.json is for DRBD 8.4.1" in err
     assert "skipping xcp-1.5/8.4.1 copy: its manifest.json is for DRBD 8.4.1" in err
@@ -101,9 +103,17 @@ def test_bad_manifests_are_input_errors(tmp_path: Path) -> None:
         repo.scan_artifacts(tmp_path, load_registry)
 
 
-def plan(artifacts: Path, previous: repo.State | None, key: str = FPR) -> repo.Plan:
+def plan(artifacts: Path, previous: repo.Published | None, key: str = FPR) -> repo.Plan:
     builds = repo.scan_artifacts(artifacts, load_registry)
     return repo.plan_publish(builds, previous, key, nevras=fake_nevras)
+
+
+def published_after(result: repo.Plan, key: str = FPR) -> repo.Published:
+    """What the repository holds once ``result`` went live (signed digests made up)."""
+    added = [
+        store.Entry(i.path, i.nevra, i.source_sha256, "f" * 64, 1, "") for i in result.incoming
+    ]
+    return repo.Published(key=key, packages=[*result.published, *added])
 
 
 def test_plan_reuses_unchanged_packages_and_adds_new_ones(tmp_path: Path) -> None:
@@ -113,13 +123,30 @@ def test_plan_reuses_unchanged_packages_and_adds_new_ones(tmp_path: Path) -> Non
         "el5/i386/a-1-1.i686.rpm",
         "el5/i386/b-1-1.i686.rpm",
     ]
-    again = plan(tmp_path, first.state)
+    again = plan(tmp_path, published_after(first))
     assert again.incoming == ()
     make_build(tmp_path, "xcp-1.5", "8.4.2", {"c-1-1.i686.rpm": b"c"})
-    third = plan(tmp_path, first.state)
+    third = plan(tmp_path, published_after(first))
     assert [i.path for i in third.incoming] == ["el5/i386/c-1-1.i686.rpm"]
-    assert len(third.state.packages) == 3
+    assert third.total == 3
     assert third.families == {"el5/i386": Consumer.EL5}
+
+
+def test_plan_reads_only_new_outputs(tmp_path: Path) -> None:
+    directory = make_build(tmp_path, "xcp-1.5", "8.4.1", {"a-1-1.i686.rpm": b"a"})
+    first = published_after(plan(tmp_path, None))
+    make_build(tmp_path, "xcp-1.5", "8.4.2", {"c-1-1.i686.rpm": b"c"})
+    hashed: list[str] = []
+
+    def digest(path: Path) -> str:
+        hashed.append(path.name)
+        return store.sha256_file(path)
+
+    (directory / "a-1-1.i686.rpm").unlink()  # published already: the artifact is not needed
+    builds = repo.scan_artifacts(tmp_path, load_registry)
+    result = repo.plan_publish(builds, first, FPR, nevras=fake_nevras, digest=digest)
+    assert hashed == ["c-1-1.i686.rpm"]
+    assert [i.path for i in result.incoming] == ["el5/i386/c-1-1.i686.rpm"]
 
 
 def test_plan_refuses_same_file_with_other_content(tmp_path: Path) -> None:
@@ -128,15 +155,13 @@ def test_plan_refuses_same_file_with_other_content(tmp_path: Path) -> None:
     (tmp_path / "xcp-1.5" / "8.4.1").rename(tmp_path / "old")
     make_build(tmp_path, "xcp-1.5", "8.4.1", {"a-1-1.i686.rpm": b"changed"})
     with pytest.raises(PublishError, match="already published with different content"):
-        plan(tmp_path, first.state)
+        plan(tmp_path, published_after(first))
 
 
 def test_plan_refuses_same_nevra_under_another_file_name(tmp_path: Path) -> None:
-    previous = repo.State(
+    previous = repo.Published(
         key=FPR,
-        packages=(
-            repo.Published(path="el5/i386/x.rpm", nevra="a-1-1.i686", source_sha256="0" * 64),
-        ),
+        packages=[store.Entry("el5/i386/x.rpm", "a-1-1.i686", "0" * 64, "1" * 64, 1, "")],
     )
     make_build(tmp_path, "xcp-1.5", "8.4.1", {"a-1-1.i686.rpm": b"a"})
     with pytest.raises(PublishError, match=r"already holds as el5/i386/x\.rpm"):
@@ -161,14 +186,11 @@ def test_plan_refuses_to_mix_keys(tmp_path: Path) -> None:
     make_build(tmp_path, "xcp-1.5", "8.4.1", {"a-1-1.i686.rpm": b"a"})
     first = plan(tmp_path, None)
     with pytest.raises(PublishError, match="refusing to mix"):
-        plan(tmp_path, first.state, key="0" * 40)
+        plan(tmp_path, published_after(first), key="0" * 40)
 
 
 def test_state_round_trips_and_rejects_garbage(tmp_path: Path) -> None:
-    state = repo.State(
-        key=FPR,
-        packages=(repo.Published(path="el7/x86_64/a.rpm", nevra="a", source_sha256="1" * 64),),
-    )
+    state = repo.State(key=FPR, index=store.Mark(length=10, sha256="1" * 64, count=2))
     path = tmp_path / "state.json"
     path.write_text(state.to_json())
     assert repo.State.from_file(path) == state

@@ -259,6 +259,10 @@ GOOD_DRBD = 'drbd:\n  "8.4.1":\n    family: 8.4-early\n    url: https://x/d.tgz\
         (TARGET + GOOD_DRBD.replace('"8.4.1"', '"8.4.1\\n"'), "drbd"),
         (TARGET + GOOD_DRBD + '    cflags: "-O2\\n"\n', "drbd.8.4.1.cflags"),
         (TARGET.replace("arch: x86_64", 'arch: "x86_64\\n"') + GOOD_DRBD, "targets.lab.arch"),
+        (
+            TARGET.replace("name: Lab dom0", 'name: "Lab\\n[evil]\\nbaseurl=x"') + GOOD_DRBD,
+            "targets.lab.name",
+        ),
     ],
 )
 def test_a_trailing_newline_is_no_safe_value(tmp_path: Path, text: str, where: str) -> None:
@@ -305,3 +309,11 @@ def test_container_limits_come_from_the_spec_and_the_command_line_wins(tmp_path:
     write(tmp_path, "t.yaml", text.replace("pids: 512", "pids: 2"))
     with pytest.raises(ConfigError, match=r"container\.limits\.pids: 2 is out of range"):
         load_registry([tmp_path], builtin=False)
+
+
+def test_a_key_with_a_line_break_is_named_with_the_break_escaped(tmp_path: Path) -> None:
+    """Printed raw, "lab\\n" would read as the key "lab" followed by a stray line."""
+    write(tmp_path, "lab.yaml", TARGET.replace("  lab:\n", '  "lab\\n":\n') + GOOD_DRBD)
+    with pytest.raises(ConfigError) as caught:
+        load_registry([tmp_path], builtin=False)
+    assert str(caught.value).startswith(f"{tmp_path / 'lab.yaml'}: targets.lab\\n: target names")

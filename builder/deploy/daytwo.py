@@ -1,0 +1,689 @@
+"""The runbook's day-two steps: status, guard, split-brain, master-change, boot and upgrade.
+
+The steps are shell functions appended to each host's ``runbook.sh``.  They use only the
+variables that ``render.render_runbook`` assigns (the one place where pool values are quoted
+for the shell), so nothing here interpolates a pool value into shell text.  What differs by
+DRBD configuration syntax (8.3, 8.4, 9) or by the dom0's init system (sysvinit on XCP 1.x and
+XenServer 6.x, systemd on XCP-ng 8.x) is chosen here, once, as whole shell functions.
+
+The scripts stay POSIX sh (``shellcheck`` checks them as such); dom0 runs them with bash,
+its ``/bin/sh``.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+
+from builder.deploy.pool import Pool
+from builder.recipes import Syntax
+from builder.specs import Consumer
+
+STATE_DIR = "/var/lib/xcp-drbd-builder"
+INSTALL_DIR = "/etc/xcp-drbd-builder"
+SYSTEMD_DROPIN_DIR = "/etc/systemd/system/drbd.service.d"
+UNSAFE_EXIT = 3  # status, guard and split-brain: something is unsafe
+
+# (step, who runs it, what it does): the runbook's usage text and the rendered README list them.
+DAY_TWO_STEPS = (
+    ("status", "any host", "DRBD states, the SR's PBDs, where its VMs run; exit 3 if unsafe"),
+    ("guard", "cron, both", "alarm when the SR's VMs stay on both hosts past the grace period"),
+    ("guard install", "both", "install the guard into cron (only the pool master checks)"),
+    ("split-brain", "both", "show what each side holds; --keep HOST recovers"),
+    ("master-change pre|post", "both", "check before pool-designate-new-master, reconnect after"),
+    ("boot", "both", "start DRBD at boot, after the network and before xapi"),
+    ("upgrade", "one host at a time", "move the VMs away, new DRBD packages, reconnect"),
+)
+
+
+class InitSystem(enum.StrEnum):
+    SYSVINIT = "sysvinit"  # XCP 1.x, XenServer 6.x (CentOS 5): rc links in /etc/rc.d/rc?.d
+    SYSTEMD = "systemd"  # XCP-ng 8.x (CentOS 7)
+
+
+def init_system(pool: Pool) -> InitSystem:
+    """The dom0's init system follows its userland generation (CentOS 5 or 7)."""
+    return InitSystem.SYSVINIT if pool.target.consumer is Consumer.EL5 else InitSystem.SYSTEMD
+
+
+def _file_name(text: str) -> str:
+    # cron skips files in /etc/cron.d whose names have a dot; resource names may have one.
+    return re.sub(r"[^A-Za-z0-9_-]", "-", text)
+
+
+def paths(pool: Pool) -> dict[str, str]:
+    """The files the day-two steps write on a host, as runbook variables."""
+    resource = pool.drbd.resource
+    files = {
+        "STATE_DIR": STATE_DIR,
+        "INSTALLED_RUNBOOK": f"{INSTALL_DIR}/{resource}-runbook.sh",
+        "CRON_FILE": f"/etc/cron.d/xcp-drbd-builder-guard-{_file_name(resource)}",
+        # other-config key of each host in xapi's database: the DRBD version it runs, so the
+        # upgrade step on one host can see the other's.
+        "VERSION_KEY": f"xcp-drbd-builder-{_file_name(resource)}-drbd-version",
+    }
+    if init_system(pool) is InitSystem.SYSTEMD:
+        files["SYSTEMD_DROPIN"] = f"{SYSTEMD_DROPIN_DIR}/xcp-drbd-builder.conf"
+    return files
+
+
+def _syntax_functions(syntax: Syntax) -> str:
+    if syntax is Syntax.V83:
+        connect_discarding = 'drbdadm -- --discard-my-data connect "$RESOURCE"'
+    else:
+        connect_discarding = 'drbdadm connect --discard-my-data "$RESOURCE"'
+    if syntax is Syntax.V9:
+        show_sync = 'drbdadm status "$RESOURCE" || true'
+        # DRBD 9 has no become-primary-on: auto-promote makes a host primary when xapi's LVM
+        # opens the device for writing.
+        promotion = """\
+boot_promotion() {
+    # DRBD 9: auto-promote (the resource file sets it) makes this host primary when xapi's
+    # LVM opens the device; DRBD 9 has no become-primary-on.
+    drbdadm dump "$RESOURCE" | grep -Eq 'auto-promote[[:space:]]+yes' ||
+        die "the installed $RESOURCE.res does not set auto-promote yes; run the install step again"
+}
+"""
+    else:
+        show_sync = "[ ! -r /proc/drbd ] || cat /proc/drbd"
+        promotion = """\
+boot_promotion() {
+    # DRBD 8: the init script promotes the hosts named by become-primary-on (both) at boot.
+    drbdadm dump "$RESOURCE" | grep -Eq 'become-primary-on[[:space:]]+both' ||
+        die "the installed $RESOURCE.res lacks become-primary-on both; run the install step again"
+}
+"""
+    return f"""
+connect_discarding_my_data() {{
+    # DRBD {syntax.value}'s documented split-brain recovery on the side whose changes are dropped.
+    {connect_discarding}
+}}
+
+show_sync() {{
+    {show_sync}
+}}
+
+{promotion}"""
+
+
+_SYSVINIT = """
+# sysvinit (XCP 1.x, XenServer 6.x): rc runs /etc/rc.d/rc<level>.d/S<NN>name in glob order at
+# boot and K<NN>name at shutdown. DRBD must start after the network (replication) and before
+# xapi, which plugs the SR's PBD as it starts, and stop after xapi.
+link_number() {
+    # link_number LINK NAME: the two digits of S<NN>NAME or K<NN>NAME, without a leading zero
+    number=${1##*/}
+    number=${number#?}
+    number=${number%"$2"}
+    echo "${number#0}"
+}
+
+rc_number() {
+    # rc_number DIR S|K NAME: the number of NAME's first S or K link in DIR; fails without one
+    for link in "$1/$2"[0-9][0-9]"$3"; do
+        if [ -L "$link" ] || [ -e "$link" ]; then
+            link_number "$link" "$3"
+            return 0
+        fi
+    done
+    return 1
+}
+
+order_link() {
+    # order_link MODE DIR S|K LOW HIGH WANT: DRBD's S or K link must lie between LOW and HIGH;
+    # MODE fix moves (or makes) it at WANT and removes others, MODE check reports in BOOT_PROBLEMS
+    kept=""
+    for link in "$2/$3"[0-9][0-9]drbd; do
+        [ -L "$link" ] || [ -e "$link" ] || continue
+        number=$(link_number "$link" drbd)
+        if [ -z "$kept" ] && [ "$number" -gt "$4" ] && [ "$number" -lt "$5" ]; then
+            kept=$link
+        elif [ "$1" = fix ]; then
+            rm -f "$link"
+        else
+            BOOT_PROBLEMS="$BOOT_PROBLEMS ${link##*/}"
+        fi
+    done
+    if [ -z "$kept" ]; then
+        if [ "$1" = fix ]; then
+            ln -s ../init.d/drbd "$2/$3$(printf '%02d' "$6")drbd"
+        else
+            BOOT_PROBLEMS="$BOOT_PROBLEMS $2:no-$3-link-between-$4-and-$5"
+        fi
+    fi
+}
+
+boot_order() {
+    # boot_order fix|check
+    BOOT_PROBLEMS=""
+    for dir in /etc/rc.d/rc[0-6].d; do
+        [ -d "$dir" ] || continue
+        if xapi=$(rc_number "$dir" S xapi); then
+            network=$(rc_number "$dir" S network) || network=0
+            [ $((xapi - 1)) -gt "$network" ] ||
+                die "$dir: no start position between network (S$network) and xapi (S$xapi)"
+            order_link "$1" "$dir" S "$network" "$xapi" $((xapi - 1))
+        fi
+        if xapi=$(rc_number "$dir" K xapi) && rc_number "$dir" K drbd >/dev/null; then
+            [ "$xapi" -lt 99 ] || die "$dir: xapi stops last (K$xapi); DRBD cannot stop after it"
+            order_link "$1" "$dir" K "$xapi" 100 $((xapi + 1))
+        fi
+    done
+    [ -z "$BOOT_PROBLEMS" ]
+}
+
+boot_enable() {
+    [ -x /etc/rc.d/init.d/drbd ] || die "no /etc/rc.d/init.d/drbd: run the install step first"
+    ls /etc/rc.d/rc[2345].d/S[0-9][0-9]xapi >/dev/null 2>&1 ||
+        die "xapi does not start in runlevels 2-5 here; is this a dom0?"
+    chkconfig --add drbd
+    chkconfig drbd on
+    boot_order fix
+    boot_order check || die "DRBD's rc links are still out of order:$BOOT_PROBLEMS"
+    echo "Boot order (runlevel 3):"
+    for link in /etc/rc.d/rc3.d/S[0-9][0-9]*; do
+        case "${link##*/}" in
+            S[0-9][0-9]network | S[0-9][0-9]drbd | S[0-9][0-9]xapi) echo "    ${link##*/}" ;;
+        esac
+    done
+}
+
+boot_check() {
+    # Why DRBD would not start before xapi at the next boot (empty when it would).
+    if ! boot_order check; then
+        echo "DRBD does not start between the network and xapi (rc links:$BOOT_PROBLEMS)"
+    fi
+}
+"""
+
+_SYSTEMD = """
+# systemd (XCP-ng 8.x): drbd.service (drbd-utils) brings the resources up; the drop-in orders it
+# after the network and before xapi, which plugs the SR's PBD as it starts. systemd stops units
+# in the reverse order, so DRBD also stops after xapi.
+dropin_text() {
+    cat <<'EOF'
+# Written by the runbook's boot step (xcp-drbd-builder): DRBD up before xapi plugs the SR.
+[Unit]
+Wants=network-online.target
+After=network-online.target xcp-networkd.service
+Before=xapi.service
+EOF
+}
+
+boot_enable() {
+    systemctl cat drbd.service >/dev/null 2>&1 ||
+        die "systemd knows no drbd.service: run the install step first"
+    mkdir -p "$(dirname "$SYSTEMD_DROPIN")"
+    dropin_text >"$SYSTEMD_DROPIN.partial"
+    mv -f "$SYSTEMD_DROPIN.partial" "$SYSTEMD_DROPIN"
+    systemctl daemon-reload
+    systemctl enable drbd.service
+    echo "drbd.service is enabled and ordered before xapi.service ($SYSTEMD_DROPIN)."
+}
+
+boot_check() {
+    # Why DRBD would not start before xapi at the next boot (empty when it would).
+    enabled=$(systemctl is-enabled drbd.service 2>/dev/null) || true
+    [ "$enabled" = enabled ] || echo "drbd.service is not enabled (${enabled:-unknown})"
+    dropin_text | cmp -s - "$SYSTEMD_DROPIN" ||
+        echo "drbd.service is not ordered before xapi.service ($SYSTEMD_DROPIN)"
+}
+"""
+
+
+# The steps themselves: the same for every DRBD syntax and init system.
+_STEPS = r"""
+# ---- Day two -----------------------------------------------------------------------------
+# Exit status: 0 fine, 1 refused (nothing changed, or stopped where it says), 2 usage,
+# 3 unsafe (status, guard, split-brain).
+UNSAFE=3
+WAIT_STEP=5  # seconds between two looks at DRBD's state
+CONNECT_TRIES=60  # how many looks before giving up on a connection (5 minutes)
+
+drbd_query() {
+    # drbd_query cstate|dstate|role: drbdadm's answer (first line); Unconfigured when not up
+    answer=$(drbdadm "$1" "$RESOURCE" 2>/dev/null) || answer=""
+    answer=$(printf '%s\n' "$answer" | sed -n 1p)
+    echo "${answer:-Unconfigured}"
+}
+
+local_part() {
+    echo "${1%%/*}"
+}
+
+connected() {
+    # DRBD 8 shows a running resync in the connection state; DRBD 9 stays Connected.
+    case "$1" in
+        Connected | SyncSource | SyncTarget | PausedSync? | Verify?) return 0 ;;
+    esac
+    return 1
+}
+
+split_brain_lines() {
+    # DRBD 8 names the device (block drbd1: ...), DRBD 9 the resource, volume and device.
+    { dmesg 2>/dev/null; cat /var/log/messages 2>/dev/null; } | grep 'Split-Brain detected' |
+        grep -F -e "drbd$MINOR:" -e "drbd$MINOR " -e "drbd $RESOURCE/" -e "drbd $RESOURCE:" |
+        tail -n 5 || true
+}
+
+wait_connected() {
+    tries=0
+    while [ "$tries" -lt "$CONNECT_TRIES" ]; do
+        connected "$(drbd_query cstate)" && return 0
+        tries=$((tries + 1))
+        sleep "$WAIT_STEP"
+    done
+    return 1
+}
+
+wait_uptodate() {
+    # Until both disks are UpToDate (the resync is over); fails when the connection is lost.
+    looks=0
+    while :; do
+        [ "$(drbd_query dstate)" = UpToDate/UpToDate ] && return 0
+        cstate=$(drbd_query cstate)
+        connected "$cstate" || {
+            echo "runbook: the connection to $PEER was lost during the resync ($cstate)" >&2
+            return 1
+        }
+        looks=$((looks + 1))
+        [ $((looks % 12)) -ne 1 ] || show_sync
+        sleep "$WAIT_STEP"
+    done
+}
+
+host_uuid_of() {
+    found=$(xe host-list name-label="$1" --minimal)
+    [ -n "$found" ] || die "xe knows no host named $1 (see: xe host-list)"
+    echo "$found"
+}
+
+find_sr() {
+    # SR_UUID: the SR's uuid; fails when there is none.
+    SR_UUID=$(xe sr-list name-label="$SR_NAME" type=lvm --minimal)
+    case "$SR_UUID" in
+        "") return 1 ;;
+        *,*) die "several SRs are named $SR_NAME: $SR_UUID" ;;
+    esac
+}
+
+find_sr_vms() {
+    # SR_VMS: one line per running VM with a disk on the SR: "<host name> <vm uuid> <vm name>".
+    SR_VMS=""
+    vm_uuids=""
+    for vdi in $(xe vdi-list sr-uuid="$SR_UUID" --minimal | tr ',' ' '); do
+        vm_uuids="$vm_uuids $(xe vbd-list vdi-uuid="$vdi" params=vm-uuid --minimal | tr ',' ' ')"
+    done
+    # shellcheck disable=SC2086 # a list of uuids
+    for vm in $(printf '%s\n' $vm_uuids | sort -u); do
+        case "$(xe vm-param-get uuid="$vm" param-name=power-state)" in
+            running | paused) ;;
+            *) continue ;;
+        esac
+        resident=$(xe vm-param-get uuid="$vm" param-name=resident-on)
+        where=$(xe host-param-get uuid="$resident" param-name=name-label)
+        name=$(xe vm-param-get uuid="$vm" param-name=name-label)
+        SR_VMS="$SR_VMS$where $vm $name
+"
+    done
+}
+
+vm_hosts() {
+    printf '%s' "$SR_VMS" | cut -d ' ' -f 1 | sort -u
+}
+
+vms_on() {
+    printf '%s' "$SR_VMS" | awk -v host="$1" '$1 == host { print $2 }'
+}
+
+show_vms() {
+    if [ -z "$SR_VMS" ]; then
+        echo "    (no running VM has a disk on $SR_NAME)"
+    else
+        printf '%s' "$SR_VMS" | sort | sed 's/^/    /'
+    fi
+}
+
+pbd_on() {
+    # The SR's PBD on host $1 (a name); empty when it has none.
+    xe pbd-list sr-uuid="$SR_UUID" host-uuid="$(host_uuid_of "$1")" --minimal
+}
+
+PROBLEMS=""
+problem() {
+    PROBLEMS="$PROBLEMS  - $*
+"
+}
+
+step_status() {
+    cstate=$(drbd_query cstate)
+    dstate=$(drbd_query dstate)
+    role=$(drbd_query role)
+    echo "DRBD $RESOURCE ($DEVICE) on $HOST: connection $cstate, disks $dstate, role $role"
+    if connected "$cstate"; then
+        :
+    elif [ "$cstate" = StandAlone ] && [ -n "$(split_brain_lines)" ]; then
+        problem "split brain: $RESOURCE is StandAlone and the kernel log reports a split brain" \
+            "(see: sh runbook.sh split-brain)"
+    else
+        problem "$RESOURCE is $cstate: $HOST does not replicate to $PEER"
+    fi
+    case "$dstate" in
+        UpToDate/UpToDate) ;;
+        *Inconsistent*)
+            problem "disks are $dstate: a resync is running, one side's data is not complete"
+            show_sync ;;
+        *) problem "disks are $dstate, not UpToDate/UpToDate" ;;
+    esac
+    [ "$(local_part "$role")" = Primary ] ||
+        problem "$HOST is $(local_part "$role"), not Primary: the SR cannot be used here"
+    if find_sr; then
+        echo "SR $SR_NAME ($SR_UUID):"
+        for name in "$HOST" "$PEER"; do
+            pbd=$(pbd_on "$name")
+            attached=false
+            [ -z "$pbd" ] || attached=$(xe pbd-param-get uuid="$pbd" param-name=currently-attached)
+            echo "    PBD on $name: ${pbd:-none}, attached: $attached"
+            [ "$attached" = true ] || problem "the SR is not plugged on $name"
+        done
+        find_sr_vms
+        echo "VMs with disks on $SR_NAME (host, uuid, name):"
+        show_vms
+        [ "$(vm_hosts | wc -l)" -le 1 ] ||
+            problem "VMs of $SR_NAME run on both hosts: keep them on one, apart only to migrate"
+    else
+        problem "there is no LVM SR named $SR_NAME (the sr step creates it)"
+    fi
+    boot=$(boot_check)
+    [ -z "$boot" ] || problem "$boot: run sh runbook.sh boot"
+    if [ -n "$PROBLEMS" ]; then
+        printf 'UNSAFE on %s:\n%s' "$HOST" "$PROBLEMS" >&2
+        exit "$UNSAFE"
+    fi
+    echo "OK: connected, both disks UpToDate, the SR plugged on both hosts, its VMs on one host."
+}
+
+guard_install() {
+    # Both hosts carry the cron entry; only the pool master checks, so a master change needs
+    # nothing. The entry runs a copy of this runbook: the rendered directory may go away.
+    mkdir -p "$(dirname "$INSTALLED_RUNBOOK")" "$STATE_DIR"
+    cp "$HERE/$(basename "$0")" "$INSTALLED_RUNBOOK.partial"
+    chmod 0755 "$INSTALLED_RUNBOOK.partial"
+    mv -f "$INSTALLED_RUNBOOK.partial" "$INSTALLED_RUNBOOK"
+    # cron reads every file in /etc/cron.d but those whose names start with a dot.
+    partial="$(dirname "$CRON_FILE")/.$(basename "$CRON_FILE").partial"
+    cat >"$partial" <<EOF
+# The guard of SR $SR_NAME (DRBD $RESOURCE): once a minute; only the pool master checks.
+# Written by: sh runbook.sh guard install
+* * * * * root /bin/sh $INSTALLED_RUNBOOK guard
+EOF
+    chmod 0644 "$partial"
+    mv -f "$partial" "$CRON_FILE"
+    echo "Installed $CRON_FILE (runs $INSTALLED_RUNBOOK guard every minute)."
+}
+
+step_guard() {
+    case "${1:-}" in
+        install) guard_install; return ;;
+        "") ;;
+        *) usage ;;
+    esac
+    [ "$(xe pool-list params=master --minimal)" = "$(host_uuid_of "$HOST")" ] || exit 0
+    find_sr || die "guard: there is no LVM SR named $SR_NAME to guard"
+    find_sr_vms
+    since_file="$STATE_DIR/$RESOURCE.apart-since"
+    if [ "$(vm_hosts | wc -l)" -le 1 ]; then
+        rm -f "$since_file" "$since_file.hook-ran"
+        exit 0
+    fi
+    now=$(date +%s)
+    since=$(cat "$since_file" 2>/dev/null) || since=""
+    case "$since" in
+        "" | *[!0-9]*)
+            mkdir -p "$STATE_DIR"
+            echo "$now" >"$since_file.partial"
+            mv -f "$since_file.partial" "$since_file"
+            since=$now ;;
+    esac
+    apart=$(((now - since) / 60))
+    # Within the grace period this is a migration.
+    [ "$apart" -ge "$GRACE_MINUTES" ] || exit 0
+    hosts=$(vm_hosts | tr '\n' ' ')
+    message="VMs of SR $SR_NAME have run on both hosts (${hosts% }) for $apart minutes,"
+    message="$message longer than the grace period of $GRACE_MINUTES: move them to one host;"
+    message="$message a split brain now would cost one host's writes"
+    logger -t xcp-drbd-builder -p daemon.err "guard: $message"
+    echo "guard: $message" >&2
+    show_vms >&2
+    if [ -n "$GUARD_HOOK" ] && [ ! -e "$since_file.hook-ran" ]; then
+        # Once per episode; syslog and the exit status repeat every minute.
+        # shellcheck disable=SC2086 # the hook is a command with plain arguments
+        if XDB_RESOURCE=$RESOURCE XDB_SR_NAME=$SR_NAME XDB_MINUTES_APART=$apart \
+            $GUARD_HOOK "$message"; then
+            : >"$since_file.hook-ran"
+        else
+            logger -t xcp-drbd-builder -p daemon.err "guard: the hook $GUARD_HOOK failed"
+        fi
+    fi
+    exit "$UNSAFE"
+}
+
+step_split_brain() {
+    keep=""
+    case "${1:-}" in
+        "") ;;
+        --keep) keep=${2:-} ;;
+        --keep=*) keep=${1#--keep=} ;;
+        *) usage ;;
+    esac
+    if [ "${1:-}" != "" ] && [ "$keep" != "$HOST" ] && [ "$keep" != "$PEER" ]; then
+        die "--keep names the host whose data survives: $HOST or $PEER, not '$keep'"
+    fi
+    cstate=$(drbd_query cstate)
+    lines=$(split_brain_lines)
+    if connected "$cstate"; then
+        die "no split brain: $RESOURCE is $cstate on $HOST; nothing to recover"
+    fi
+    if [ "$cstate" = StandAlone ] && [ -z "$lines" ]; then
+        die "$RESOURCE is StandAlone on $HOST, but the kernel log reports no split brain for" \
+            "drbd$MINOR: disconnected by hand? (drbdadm connect $RESOURCE); not discarding data"
+    fi
+    if [ "$cstate" != StandAlone ] && [ -z "$keep" ]; then
+        die "$RESOURCE is $cstate on $HOST, not StandAlone: no split brain to show here"
+    fi
+    find_sr || die "there is no LVM SR named $SR_NAME"
+    find_sr_vms
+    if [ -z "$keep" ]; then
+        echo "Split brain on $RESOURCE ($DEVICE): $HOST is StandAlone. Kernel log:"
+        printf '%s\n' "$lines" | sed 's/^/    /'
+        echo "Data on $HOST (DRBD generation identifiers: current, bitmap, history):"
+        drbdadm show-gi "$RESOURCE" | sed 's/^/    /'
+        for name in "$HOST" "$PEER"; do
+            echo "VMs with disks on $SR_NAME running now on $name:"
+            vms=$(vms_on "$name")
+            printf '%s\n' "${vms:-(none)}" | sed 's/^/    /'
+        done
+        cat <<EOF
+Run this step on $PEER too, to see its generation identifiers. Then decide which host's
+data to KEEP: the other host's writes since the split are thrown away, for good.
+Shut down the VMs on the host whose data goes (their writes go with it), then run
+    first on the host you keep:  sh runbook.sh split-brain --keep HOST
+    then on the other host:      sh runbook.sh split-brain --keep HOST
+EOF
+        exit "$UNSAFE"
+    fi
+    if [ "$keep" = "$HOST" ]; then
+        # The survivor: reconnect; the peer discards its changes and resyncs from here.
+        if [ "$cstate" = StandAlone ]; then
+            drbdadm connect "$RESOURCE"
+        fi
+        echo "$HOST keeps its data and waits for $PEER. Now run on $PEER:"
+        echo "    sh runbook.sh split-brain --keep $HOST"
+        return
+    fi
+    # The victim: its changes since the split are discarded.
+    here=$(vms_on "$HOST")
+    if [ -n "$here" ]; then
+        die "VMs with disks on $SR_NAME still run on $HOST, on the data being discarded:" \
+            "$(echo "$here" | tr '\n' ' ')- shut them down first (xe vm-shutdown uuid=...)"
+    fi
+    pbd=$(pbd_on "$HOST")
+    attached=false
+    [ -z "$pbd" ] || attached=$(xe pbd-param-get uuid="$pbd" param-name=currently-attached)
+    [ "$attached" != true ] || xe pbd-unplug uuid="$pbd"
+    [ "$(local_part "$(drbd_query role)")" = Secondary ] || drbdadm secondary "$RESOURCE"
+    [ "$cstate" = StandAlone ] || drbdadm disconnect "$RESOURCE"
+    connect_discarding_my_data
+    wait_connected ||
+        die "not connected to $PEER after $((CONNECT_TRIES * WAIT_STEP)) s: run" \
+            "sh runbook.sh split-brain --keep $PEER on $PEER, then this step again"
+    echo "Connected; $HOST resyncs from $PEER."
+    wait_uptodate || die "the resync did not finish; see: sh runbook.sh status"
+    drbdadm primary "$RESOURCE"
+    [ -z "$pbd" ] || xe pbd-plug uuid="$pbd"
+    echo "Recovered: $HOST holds $PEER's data again, is primary and has the SR plugged."
+}
+
+replication_route_problem() {
+    # Why replication would go through the management interface (empty when it would not).
+    if [ "$REPLICATION_INTERFACE" = "$MANAGEMENT_INTERFACE" ]; then
+        echo "replication runs over the management interface $MANAGEMENT_INTERFACE"
+        return
+    fi
+    if ip -o -4 addr show dev "$MANAGEMENT_INTERFACE" | grep -q " $REPLICATION_ADDRESS/"; then
+        echo "the replication address $REPLICATION_ADDRESS is on $MANAGEMENT_INTERFACE"
+        return
+    fi
+    route=$(ip route get "$PEER_REPLICATION_ADDRESS")
+    case " $route " in
+        *" dev $REPLICATION_INTERFACE "*) ;;
+        *) echo "the route to $PEER's replication address is not via" \
+            "$REPLICATION_INTERFACE: $route" ;;
+    esac
+}
+
+step_master_change() {
+    case "${1:-}" in
+        pre)
+            route=$(replication_route_problem)
+            [ -z "$route" ] || die "not safe to change the pool master: $route; a master change" \
+                "bounces the management interface and would break replication"
+            cstate=$(drbd_query cstate)
+            dstate=$(drbd_query dstate)
+            if [ "$cstate" != Connected ] || [ "$dstate" != UpToDate/UpToDate ]; then
+                die "not safe to change the pool master: $RESOURCE is $cstate with disks" \
+                    "$dstate; wait for Connected and UpToDate/UpToDate (sh runbook.sh status)"
+            fi
+            echo "DRBD is Connected and UpToDate over $REPLICATION_INTERFACE: safe to change"
+            echo "the pool master. Run master-change pre on $PEER too, then"
+            echo "    xe pool-designate-new-master host-uuid=<the new master's uuid>"
+            echo "then sh runbook.sh master-change post on both hosts."
+            ;;
+        post)
+            cstate=$(drbd_query cstate)
+            if [ "$cstate" = StandAlone ] || [ "$cstate" = Unconfigured ]; then
+                echo "$RESOURCE is $cstate after the master change: reconnecting."
+                drbdadm adjust "$RESOURCE"
+                [ "$(drbd_query cstate)" != StandAlone ] || drbdadm connect "$RESOURCE"
+            fi
+            wait_connected ||
+                die "$RESOURCE is still $(drbd_query cstate) on $HOST: run sh runbook.sh" \
+                    "master-change post on $PEER; if it stays so, check the replication link" \
+                    "(ping $PEER_REPLICATION_ADDRESS)"
+            wait_uptodate || die "the resync after the reconnect did not finish"
+            echo "$RESOURCE is connected to $PEER again and both disks are UpToDate."
+            ;;
+        *) usage ;;
+    esac
+}
+
+step_boot() {
+    # After a reboot xapi plugs the SR's PBD as it starts: DRBD must be up and primary by then.
+    boot_promotion
+    boot_enable
+}
+
+compatible() {
+    # compatible OLD NEW: can a host run DRBD NEW next to a peer that runs OLD?
+    case "$1" in
+        8.3 | 8.3.*) case "$2" in 8.3 | 8.3.* | 8.4 | 8.4.*) return 0 ;; esac ;;
+        8.4 | 8.4.*) case "$2" in 8.4 | 8.4.*) return 0 ;; esac ;;
+        9 | 9.*) case "$2" in 9 | 9.*) return 0 ;; esac ;;
+    esac
+    return 1
+}
+
+step_upgrade() {
+    # One host at a time: this host's VMs move to the peer, DRBD here stops, the new packages
+    # come in, DRBD reconnects and resyncs; then the same on the peer.
+    cstate=$(drbd_query cstate)
+    dstate=$(drbd_query dstate)
+    if [ "$cstate" != Connected ] || [ "$dstate" != UpToDate/UpToDate ]; then
+        die "not upgrading: $RESOURCE is $cstate with disks $dstate; $PEER must hold all data" \
+            "(Connected, UpToDate/UpToDate) before DRBD stops here"
+    fi
+    running=$(modinfo -F version drbd 2>/dev/null) || running=""
+    me=$(host_uuid_of "$HOST")
+    peer=$(host_uuid_of "$PEER")
+    peer_version=$(xe host-param-get uuid="$peer" param-name=other-config \
+        param-key="$VERSION_KEY" 2>/dev/null) || peer_version=""
+    if [ -z "$peer_version" ]; then
+        # Connected, so the peer speaks with the DRBD this host runs now.
+        peer_version=$running
+        echo "$PEER has not recorded its DRBD version; it runs with this host's $running."
+    fi
+    [ -n "$peer_version" ] || die "cannot tell which DRBD $PEER runs (modinfo drbd failed here)"
+    compatible "$peer_version" "$DRBD_VERSION" ||
+        die "not upgrading: DRBD $DRBD_VERSION here cannot replicate with DRBD $peer_version on" \
+            "$PEER (a change between 8.4 and 9 needs new metadata and a new resource file for" \
+            "both hosts at once, and no version goes back to an older family)"
+    find_sr || die "there is no LVM SR named $SR_NAME"
+    find_sr_vms
+    for vm in $(vms_on "$HOST"); do
+        echo "Moving VM $vm to $PEER."
+        xe vm-migrate uuid="$vm" host-uuid="$peer" live=true
+    done
+    find_sr_vms
+    [ -z "$(vms_on "$HOST")" ] || die "VMs with disks on $SR_NAME still run on $HOST"
+    pbd=$(pbd_on "$HOST")
+    [ -z "$pbd" ] || xe pbd-unplug uuid="$pbd"
+    drbdadm secondary "$RESOURCE"
+    drbdadm down "$RESOURCE"
+    modprobe -r drbd
+    # shellcheck disable=SC2086 # PACKAGES is a list
+    yum -y install $PACKAGES
+    installed=$(modinfo -k "$KERNEL_RELEASE" -F version drbd) ||
+        die "no DRBD module for kernel $KERNEL_RELEASE after yum; see yum's output above"
+    case "$installed" in
+        "$DRBD_VERSION" | "$DRBD_VERSION"[-_.]*) ;;
+        *) die "the DRBD module for $KERNEL_RELEASE is $installed, not $DRBD_VERSION" ;;
+    esac
+    if [ "$(uname -r)" != "$KERNEL_RELEASE" ]; then
+        echo "DRBD $DRBD_VERSION is installed for kernel $KERNEL_RELEASE; this host runs"
+        echo "$(uname -r). Reboot into $KERNEL_RELEASE: DRBD starts at boot (the boot step)."
+        echo "Then wait for sh runbook.sh status to say OK before running upgrade on $PEER."
+        return
+    fi
+    modprobe drbd
+    drbdadm up "$RESOURCE"
+    wait_connected || die "not connected to $PEER after the upgrade; see: sh runbook.sh status"
+    wait_uptodate || die "the resync after the upgrade did not finish"
+    drbdadm primary "$RESOURCE"
+    [ -z "$pbd" ] || xe pbd-plug uuid="$pbd"
+    # The release really installed: the pool file may name a series (8.4).
+    xe host-param-set uuid="$me" other-config:"$VERSION_KEY"="$installed"
+    echo "$HOST runs DRBD $installed, connected and UpToDate; its VMs are on $PEER."
+    echo "Now run sh runbook.sh upgrade on $PEER (it moves them here)."
+}
+"""
+
+
+def day_two_functions(pool: Pool) -> str:
+    """The shell functions of the day-two steps for this pool's DRBD syntax and init system."""
+    init = _SYSVINIT if init_system(pool) is InitSystem.SYSVINIT else _SYSTEMD
+    return _syntax_functions(pool.drbd.syntax) + init + _STEPS
+
+
+def usage_lines() -> str:
+    """The runbook header's list of day-two steps (``sh runbook.sh`` prints it)."""
+    return "".join(f"#   - {step:<22} {who}: {what}\n" for step, who, what in DAY_TWO_STEPS)

@@ -1,0 +1,84 @@
+"""Provenance: a signed statement per published build, tracing each package to its inputs.
+
+At publish time each build that adds packages gets an in-toto Statement (v1): its subjects are
+the signed packages as served (file name and sha256), its predicate the build's
+``manifest.json`` (kernel, DRBD and drbd-utils sources with their sha256, the build image, the
+commands, the unsigned outputs).  The statement is stored beside the packages, in
+``REPO/packages/provenance/<target>/<version>/<digest>.intoto.json``, with a detached signature
+by the repository key (``.asc``), and the package index records which statement covers each
+package.  A consumer holding a package finds its statement with ``grep -rl <sha256>`` under
+``REPO/provenance/`` and checks it with ``gpgv``; ``verify`` checks every one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from builder import sign
+from builder.errors import SigningError
+from builder.specs import SAFE_NAME, Consumer
+
+STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+PREDICATE_TYPE = "urn:xcp-drbd-builder:build-manifest:v1"
+PROVENANCE_DIR = "provenance"
+SUFFIX = ".intoto.json"
+
+
+def statement(manifest: bytes, subjects: Sequence[tuple[str, str]], key_fingerprint: str) -> bytes:
+    """The statement for packages ``subjects`` ((file name, signed sha256)) of one build."""
+    data = {
+        "_type": STATEMENT_TYPE,
+        "subject": [{"name": name, "digest": {"sha256": digest}} for name, digest in subjects],
+        "predicateType": PREDICATE_TYPE,
+        "predicate": {
+            "manifest": json.loads(manifest),
+            "manifestSha256": hashlib.sha256(manifest).hexdigest(),
+            "signedBy": key_fingerprint,
+        },
+    }
+    return (json.dumps(data, indent=1, sort_keys=True) + "\n").encode("utf-8")
+
+
+def relative_path(target: str, version: str, body: bytes) -> str:
+    """Where a statement lives under the store; names were checked as plain names."""
+    if not (SAFE_NAME.fullmatch(target) and SAFE_NAME.fullmatch(version)):
+        raise ValueError(f"{target!r}/{version!r} is not a plain target/version name")
+    digest = hashlib.sha256(body).hexdigest()[:16]
+    return f"{PROVENANCE_DIR}/{target}/{version}/{digest}{SUFFIX}"
+
+
+def signature_consumer(key: sign.SigningKey) -> Consumer:
+    """SHA-256 signatures, except for a DSA-1024 key, which can only make SHA-1 ones."""
+    return Consumer.EL5 if key.algorithm == "DSA" else Consumer.EL7
+
+
+def check(
+    path: Path, public_key: Path, name: str, signed_sha256: str, source_sha256: str
+) -> list[str]:
+    """Problems with the statement at ``path`` as the record of package ``name``."""
+    signature = path.with_name(path.name + ".asc")
+    if not path.is_file() or not signature.is_file():
+        return [f"its provenance statement {path} or its signature is missing"]
+    problems: list[str] = []
+    try:
+        sign.verify_detached(path, signature, public_key, Consumer.EL7)
+    except SigningError as exc:
+        problems.append(f"its provenance statement does not verify: {exc.message}")
+    try:
+        data: Any = json.loads(path.read_bytes())
+        subjects = {s["name"]: s["digest"]["sha256"] for s in data["subject"]}
+        manifest = data["predicate"]["manifest"]
+        outputs = {o["file"]: o["sha256"] for o in manifest["outputs"]}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return [*problems, f"its provenance statement {path.name} is malformed ({exc})"]
+    if data.get("_type") != STATEMENT_TYPE or data.get("predicateType") != PREDICATE_TYPE:
+        problems.append(f"{path.name} is not a statement publish writes")
+    if subjects.get(name) != signed_sha256:
+        problems.append(f"its provenance statement {path.name} does not name it with its sha256")
+    if outputs.get(name) != source_sha256:
+        problems.append(f"the build manifest in {path.name} does not list it as an output")
+    return problems
