@@ -616,13 +616,26 @@ def extract_payload(
         inflater.stop()
         extractor.close()
     _check_symlinks(root, extractor.symlinks, path)
-    _complete_hardlinks(extractor.links)
+    _complete_hardlinks(root, extractor.links, path)
     return extractor.count
 
 
-def _complete_hardlinks(links: dict[tuple[int, int], list[Path]]) -> None:
-    """newc stores a hard-linked file's data once, with its last name: share it with the rest."""
+def _complete_hardlinks(root: Path, links: dict[tuple[int, int], list[Path]], path: Path) -> None:
+    """newc stores a hard-linked file's data once, with its last name: share it with the rest.
+
+    Every name must still be the plain file the payload made: a later entry of the same name
+    (a symlink, say) would otherwise be followed or replaced by the link.
+    """
     for paths in links.values():
+        for name in paths:
+            info = os.lstat(name)
+            if not stat.S_ISREG(info.st_mode):
+                raise InputError(
+                    f"{path} has an unsafe payload: the hard-linked file "
+                    f"{name.relative_to(root).as_posix()!r} was replaced by another entry of "
+                    "the same name.",
+                    hint="The package was refused; nothing of it was kept.",
+                )
         sizes = [(p.stat().st_size, p) for p in paths]
         full = max(sizes)[1]
         for other in paths:
