@@ -172,6 +172,8 @@ def run(args: argparse.Namespace) -> int:
 
     def report(outcome: Outcome) -> None:
         if outcome.error is not None:
+            if len(steps) == 1:
+                return  # the error says it; stdout holds results only
             state = f"failed (exit code {outcome.error.exit_code})"
         else:
             state = "built" if outcome.built else "up to date"
