@@ -35,7 +35,7 @@ from builder.drbdbuild import (
     build_drbd,
     userland_record,
 )
-from builder.errors import BuilderError, BuildsFailed, ConfigError
+from builder.errors import BuilderError, BuildsFailed, ConfigError, NoSpaceError, no_space
 from builder.fetch import Fetched, FetchSettings, Input, fetch
 from builder.kernel import KernelInputs, KernelTree, prepare_kernel
 from builder.locks import timed_lock
@@ -470,7 +470,17 @@ def _attempt(
         else contextlib.nullcontext()
     ):
         try:
-            outcome = _run_step(step, shared, options)
+            try:
+                outcome = _run_step(step, shared, options)
+            except OSError as exc:
+                if not no_space(exc):
+                    raise
+                raise NoSpaceError(
+                    f"No space left on device for {step_name(step)}: writing "
+                    f"{exc.filename or step.output_dir} failed.",
+                    hint="Free some disk space (artifacts, cache) and run the build again; "
+                    "nothing of the unfinished build is kept.",
+                ) from None
         except BuilderError as exc:
             if prefix:
                 # Said now, with the build's name on every line: the summary comes at the end.

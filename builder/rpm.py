@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from builder.errors import InputError
+from builder.errors import InputError, NoSpaceError, no_space
 
 CPIO_MAGIC = (b"070701", b"070702")
 CPIO_HEADER = 110
@@ -603,6 +603,12 @@ def extract_payload(
     except InputError:
         raise
     except OSError as exc:
+        if no_space(exc):
+            raise NoSpaceError(
+                f"No space left on the disk holding {root} while extracting {path.name}.",
+                hint="Free some disk space or choose another --cache DIR; nothing of the "
+                "unfinished tree is kept.",
+            ) from None
         if exc.errno in HOST_ERRNOS:
             raise
         raise corrupt(path, f"its payload cannot be unpacked ({exc})") from None
