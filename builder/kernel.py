@@ -169,7 +169,8 @@ def _read_out(iso: Fetched, inner: str, dest: Path, rpm_name: str, settings: Fet
     with log.step(f"reading {rpm_name} from {iso.path.name}"):
         extract_from_iso(iso.path, inner, dest)
         try:
-            _check_rpm(dest)
+            # One pass checks the RPM's own digests and takes its sha256.
+            sha = verify_integrity(dest, read_info(dest))
         except InputError as exc:
             dest.unlink(missing_ok=True)
             # The RPM is fine as long as the ISO it came from is: name the file at fault.
@@ -186,7 +187,7 @@ def _read_out(iso: Fetched, inner: str, dest: Path, rpm_name: str, settings: Fet
                 hint="The ISO is damaged or not the vendor's: use a good copy (check its "
                 "sha256 against the vendor's).",
             ) from exc
-    sha = hashes.sha256(dest)
+    hashes.store(dest, sha)
     return sha
 
 

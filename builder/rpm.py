@@ -176,24 +176,32 @@ def read_info(path: Path) -> RpmInfo:
         raise corrupt(path, f"its header has no {exc.args[0]} tag") from None
 
 
-def verify_integrity(path: Path, info: RpmInfo) -> None:
-    """Check the digest the RPM carries: the payload sha256, or the header+payload MD5."""
+def verify_integrity(path: Path, info: RpmInfo) -> str:
+    """Check the digest the RPM carries: the payload sha256, or the header+payload MD5.
+
+    Returns the sha256 of the whole file, taken in the same pass (what the cache and the lock
+    file record), so that the file is read once.
+    """
     if info.payload_digest is None and info.sigmd5 is None:
         raise corrupt(path, "it carries neither a payload digest nor a header+payload MD5")
     payload = hashlib.sha256()
     whole = hashlib.md5(usedforsecurity=False)
+    everything = hashlib.sha256()
     with path.open("rb") as stream:
-        stream.seek(info.header_offset)
-        position = info.header_offset
+        position = 0
         while chunk := stream.read(CHUNK):
-            whole.update(chunk)
-            if position + len(chunk) > info.payload_offset:
+            everything.update(chunk)
+            end = position + len(chunk)
+            if end > info.header_offset:
+                whole.update(chunk[max(0, info.header_offset - position) :])
+            if end > info.payload_offset:
                 payload.update(chunk[max(0, info.payload_offset - position) :])
-            position += len(chunk)
+            position = end
     if info.payload_digest is not None and payload.hexdigest() != info.payload_digest:
         raise corrupt(path, "its payload does not match the payload digest in its header")
     if info.sigmd5 is not None and whole.digest() != info.sigmd5:
         raise corrupt(path, "its header and payload do not match the MD5 in its signature")
+    return everything.hexdigest()
 
 
 @dataclass(frozen=True)
