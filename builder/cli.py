@@ -3,19 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import signal
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from types import FrameType
 
 from builder import __version__, log
-from builder.commands import build, deploy, kernel, keygen, publish, targets, verify
 from builder.errors import BuilderError, Interrupted
 
-COMMANDS = (targets, kernel, build, publish, verify, keygen, deploy)
+# Each command's module is imported only when that command runs (or its --help is asked for):
+# start-up then pays for what the command uses, not for every stage of the tool.
+# name: (module under builder.commands, one-line help for the top-level --help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "targets": ("targets", "list dom0 targets and DRBD versions"),
+    "kernel": ("kernel", "fetch, verify and extract a dom0 kernel build tree"),
+    "build": ("build", "build DRBD RPMs for dom0 targets"),
+    "matrix": ("build", "print the build matrix as JSON (one entry per CI job)"),
+    "publish": ("publish", "sign built RPMs and publish them as yum repositories"),
+    "verify": ("verify", "audit a published repository: keys, signatures, checksums, index"),
+    "keygen": ("keygen", "make an RSA signing key for local testing"),
+    "deploy": ("deploy", "render and check a two-host dual-primary DRBD storage repository"),
+}
 
 DESCRIPTION = """\
 Build DRBD userland and kernel-module RPMs for Xen dom0 kernels (XCP, XenServer, XCP-ng)
@@ -65,7 +77,11 @@ def common_parser() -> argparse.ArgumentParser:
     return common
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The command-line parser, with the full options of ``commands`` (default: all).
+
+    Other commands are listed by name and help line only, without importing their modules.
+    """
     parser = argparse.ArgumentParser(
         prog="python -m builder",
         description=DESCRIPTION,
@@ -75,9 +91,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = common_parser()
-    for module in COMMANDS:
-        module.register(sub, common)
+    names = COMMANDS.keys() if commands is None else commands
+    wanted = {COMMANDS[name][0] for name in names if name in COMMANDS}
+    for name, (module, help_text) in COMMANDS.items():
+        if name in sub.choices:
+            continue  # registered with another command of its module (build and matrix)
+        if module in wanted:
+            importlib.import_module(f"builder.commands.{module}").register(sub, common)
+        else:
+            sub.add_parser(name, help=help_text)
     return parser
+
+
+def command_of(argv: Sequence[str]) -> str | None:
+    """The command named in ``argv``: its first word that is no option (the top-level
+    options, --help and --version, take no value)."""
+    return next((word for word in argv if not word.startswith("-")), None)
 
 
 def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
@@ -87,8 +116,10 @@ def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    command = command_of(words)
+    parser = build_parser([command] if command is not None else [])
+    args = parser.parse_args(words)
     if getattr(args, "cache", None) is None and hasattr(args, "cache"):
         args.cache = default_cache_dir()
     log.set_quiet(bool(getattr(args, "quiet", False)))

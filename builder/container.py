@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 import docker
 import docker.errors
@@ -32,7 +32,7 @@ from docker.models.containers import Container
 from docker.types import Mount
 
 from builder import log
-from builder.errors import DockerError
+from builder.errors import DockerError, Interrupted
 from builder.locks import pid_alive
 from builder.specs import DEFAULT_LIMITS, Limits
 
@@ -279,15 +279,50 @@ def labelled_containers(client: docker.DockerClient) -> list[Container]:
     return list(client.containers.list(all=True, filters={"label": LABEL}))
 
 
+class _Running:
+    """The containers this process has started and not yet removed, so that an interrupt in
+    the main thread can stop the builds that other threads run (their threads then clean up
+    as after any failed build), and no new container starts once it has."""
+
+    lock = threading.Lock()
+    names: ClassVar[set[str]] = set()
+    stopping = threading.Event()
+
+
+def stop_all(client: docker.DockerClient | None = None) -> list[str]:
+    """Remove every container this process runs now, and refuse to start new ones."""
+    _Running.stopping.set()
+    with _Running.lock:
+        names = sorted(_Running.names)
+    if not names:
+        return []
+    try:
+        client = client or connect()
+    except DockerError:
+        return []
+    for name in names:
+        _remove(client, name)
+    return names
+
+
+def allow_new_containers() -> None:
+    """Undo :func:`stop_all` (for a process that goes on after an interrupted batch)."""
+    _Running.stopping.clear()
+
+
 @contextlib.contextmanager
 def started_container(client: docker.DockerClient, spec: RunSpec) -> Iterator[Container]:
     """Create and start a labelled container without network; always remove it on exit."""
+    if _Running.stopping.is_set():
+        raise Interrupted("Stopping: no new build container is started.")
     name = f"xcp-drbd-builder-{uuid.uuid4().hex[:12]}"
     mounts = [
         Mount(target=m.target, source=str(m.source), type="bind", read_only=m.read_only)
         for m in spec.mounts
     ]
     keep = os.environ.get(KEEP_ENV) == "1"
+    with _Running.lock:
+        _Running.names.add(name)
     try:
         container = client.containers.create(
             spec.image,
@@ -318,6 +353,8 @@ def started_container(client: docker.DockerClient, spec: RunSpec) -> Iterator[Co
             )
         else:
             _remove(client, name)
+        with _Running.lock:
+            _Running.names.discard(name)
 
 
 def _remove(client: docker.DockerClient, name: str) -> None:

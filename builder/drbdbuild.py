@@ -38,6 +38,8 @@ from builder.recipes import (
     Requirement,
     check_tarball,
     expected_packages,
+    make_environment,
+    parallel_jobs,
     userland_requirement,
 )
 from builder.rpm import vercmp
@@ -148,8 +150,9 @@ class Built:
     kdir: str
 
 
-def _environment(adjustments: Adjustments) -> dict[str, str]:
-    environment = dict(adjustments.make)
+def _environment(adjustments: Adjustments, jobs: int) -> dict[str, str]:
+    # The spec's own make variables win, MAKEFLAGS included.
+    environment = {**make_environment(jobs), **dict(adjustments.make)}
     if adjustments.cflags:
         environment["CFLAGS"] = adjustments.cflags
     return environment
@@ -216,6 +219,7 @@ def ensure_userland(
                 source=source_for(source.tarball, source.version, source.adjustments.patches),
                 arch=build.arch,
                 adjustments=source.adjustments,
+                jobs=parallel_jobs(build.limits.cpus),
             )
             commands = build.recipe.userland.commands(job)
             result = run_build(
@@ -226,7 +230,7 @@ def ensure_userland(
                     commands=commands,
                     tarball=source.tarball,
                     patches=source.adjustments.patches,
-                    environment=_environment(source.adjustments),
+                    environment=_environment(source.adjustments, job.jobs),
                     limits=build.limits,
                 ),
                 output_dir=partial,
@@ -276,9 +280,10 @@ def build_module(
         kdir=kdir,
         kernel_requires=f"{requires[0]} = {requires[1]}" if requires else None,
         userland_requires=module_userland_requirement(build),
+        jobs=parallel_jobs(build.limits.cpus),
     )
     recipe = build.recipe
-    environment = _environment(adjustments)
+    environment = _environment(adjustments, job.jobs)
     if isinstance(recipe, KmodRecipe):
         # Never the online spatch service: the patch comes from the cache or our spatch run.
         environment["SPAAS"] = "false"

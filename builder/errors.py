@@ -126,3 +126,25 @@ class Interrupted(BuilderError):
     """The user pressed Ctrl-C or the process received SIGTERM."""
 
     exit_code = 130
+
+
+class BuildsFailed(BuilderError):
+    """Several builds of one run failed (the others ran to their end).
+
+    The exit code is the one their errors share, else the first failed build's: each build's
+    own message was printed when it failed, and this one names every failed build.
+    """
+
+    def __init__(self, failures: list[tuple[str, BuilderError]], total: int) -> None:
+        names = "; ".join(
+            f"{what} ({type(error).__name__}, exit code {error.exit_code})"
+            for what, error in failures
+        )
+        super().__init__(
+            f"{len(failures)} of {total} builds failed: {names}.",
+            hint="Each failure's reason and build log are printed above; the builds not named "
+            "here finished and their artifacts are complete.",
+        )
+        codes = {error.exit_code for _, error in failures}
+        self.exit_code = codes.pop() if len(codes) == 1 else failures[0][1].exit_code
+        self.failures = failures

@@ -46,9 +46,12 @@ class KernelTree:
     rpm_version_release: str
     source: str  # where the RPM came from (URL or path)
     source_sha256: str  # sha256 of the ISO or RPM that was fetched
+    # The local files this tree was checked against (the ISO or RPM fetched, the RPM, the
+    # tree's marker): while none changes, neither does the tree (builder.kernel_memo).
+    files: tuple[Path, ...] = ()
 
     def to_json(self) -> dict[str, str]:
-        return {key: str(value) for key, value in asdict(self).items()}
+        return {key: str(value) for key, value in asdict(self).items() if key != "files"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,28 +135,12 @@ def _rpm_from_iso(
     # only while its hash entry still matches the file.
     sha = hashes.lookup(dest) if dest.is_file() else None
     if sha is None:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with log.step(f"reading {rpm_name} from {iso.path.name}"):
-            extract_from_iso(iso.path, inner, dest)
-            try:
-                _check_rpm(dest)
-            except InputError as exc:
-                dest.unlink(missing_ok=True)
-                # The RPM is fine as long as the ISO it came from is: name the file at fault.
-                if iso.discard():
-                    raise InputError(
-                        f"{rpm_name} inside the ISO downloaded from {iso.origin} is damaged: "
-                        f"{exc.message}",
-                        hint="The download was deleted; the next run downloads it again. If "
-                        "that fails the same way, the server's copy is damaged: pin the right "
-                        "sha256 in the spec or pass a good copy with --iso.",
-                    ) from exc
-                raise InputError(
-                    f"{rpm_name} inside the ISO {iso.path} is damaged: {exc.message}",
-                    hint="The ISO is damaged or not the vendor's: use a good copy (check its "
-                    "sha256 against the vendor's).",
-                ) from exc
-        sha = hashes.sha256(dest)
+        # Targets on one ISO (and parallel builds of them) read it out once, in turn.
+        name_key = hashlib.sha256(rpm_name.encode()).hexdigest()[:16]
+        with file_lock(settings.cache_dir / "locks" / f"iso-{iso.sha256[:32]}-{name_key}.lock"):
+            sha = hashes.lookup(dest) if dest.is_file() else None
+            if sha is None:
+                sha = _read_out(iso, inner, dest, rpm_name, settings)
     # A verified ISO vouches for the RPM inside it: its hash is recorded (with the ISO's, once
     # the tree checks out) so that a later --kernel-rpm can be checked against it.
     key = f"file:{rpm_name}"
@@ -173,6 +160,35 @@ def _rpm_from_iso(
         untrusted=inner_item if expected_rpm is None else None,
     )
     return rpm, iso
+
+
+def _read_out(iso: Fetched, inner: str, dest: Path, rpm_name: str, settings: FetchSettings) -> str:
+    """Copy the RPM out of the ISO into ``dest``, check it, and return its sha256."""
+    hashes = settings.hashes
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with log.step(f"reading {rpm_name} from {iso.path.name}"):
+        extract_from_iso(iso.path, inner, dest)
+        try:
+            # One pass checks the RPM's own digests and takes its sha256.
+            sha = verify_integrity(dest, read_info(dest))
+        except InputError as exc:
+            dest.unlink(missing_ok=True)
+            # The RPM is fine as long as the ISO it came from is: name the file at fault.
+            if iso.discard():
+                raise InputError(
+                    f"{rpm_name} inside the ISO downloaded from {iso.origin} is damaged: "
+                    f"{exc.message}",
+                    hint="The download was deleted; the next run downloads it again. If "
+                    "that fails the same way, the server's copy is damaged: pin the right "
+                    "sha256 in the spec or pass a good copy with --iso.",
+                ) from exc
+            raise InputError(
+                f"{rpm_name} inside the ISO {iso.path} is damaged: {exc.message}",
+                hint="The ISO is damaged or not the vendor's: use a good copy (check its "
+                "sha256 against the vendor's).",
+            ) from exc
+    hashes.store(dest, sha)
+    return sha
 
 
 def _rpm_from_yum(target: Target, settings: FetchSettings) -> Fetched:
@@ -363,4 +379,5 @@ def prepare_kernel(target: Target, settings: FetchSettings, inputs: KernelInputs
         rpm_version_release=f"{info.version}-{info.release}",
         source=rpm.origin,
         source_sha256=source.sha256,
+        files=(source.path, rpm.path, root.parent / MARKER),
     )

@@ -3,6 +3,10 @@
 Everything here writes to stderr so that stdout stays clean for ``--json`` and other machine
 output.  Nested :func:`step` blocks indent and report how long they took; :class:`Progress`
 draws a bar on a terminal and prints a plain line every few seconds otherwise (CI logs).
+
+Builds run in parallel threads: each thread keeps its own nesting, and :func:`prefixed` puts
+the name of what the thread works on before each of its lines (``[xcp-1.5 8.4.1] …``), so
+interleaved lines still say whose they are.  Whole lines are written under one lock.
 """
 
 from __future__ import annotations
@@ -10,14 +14,23 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import TextIO
 
 
 class _State:
-    depth = 0
     quiet = False
+
+
+class _Thread(threading.local):
+    depth = 0
+    prefix = ""
+
+
+_thread = _Thread()
+_write_lock = threading.Lock()
 
 
 def set_quiet(quiet: bool) -> None:
@@ -29,16 +42,34 @@ def _stream() -> TextIO:
 
 
 def _indent() -> str:
-    return "  " * _State.depth
+    return _thread.prefix + "  " * _thread.depth
+
+
+def _write(line: str) -> None:
+    stream = _stream()
+    with _write_lock:
+        stream.write(line + "\n")
+        stream.flush()
+
+
+@contextlib.contextmanager
+def prefixed(label: str) -> Iterator[None]:
+    """Prefix this thread's lines with ``[label]`` (for work that runs beside other work)."""
+    before = _thread.prefix
+    _thread.prefix = f"[{label}] "
+    try:
+        yield
+    finally:
+        _thread.prefix = before
 
 
 def info(message: str) -> None:
     if not _State.quiet:
-        print(f"{_indent()}{message}", file=_stream(), flush=True)
+        _write(f"{_indent()}{message}")
 
 
 def warn(message: str) -> None:
-    print(f"{_indent()}warning: {message}", file=_stream(), flush=True)
+    _write(f"{_indent()}warning: {message}")
 
 
 def format_seconds(seconds: float) -> str:
@@ -54,13 +85,13 @@ def step(title: str) -> Iterator[None]:
     """Announce a unit of work, indent what happens inside it, and report its duration."""
     info(f"▸ {title}")
     started = time.monotonic()
-    _State.depth += 1
+    _thread.depth += 1
     ok = False
     try:
         yield
         ok = True
     finally:
-        _State.depth -= 1
+        _thread.depth -= 1
         elapsed = format_seconds(time.monotonic() - started)
         if ok:
             info(f"✓ {title} ({elapsed})")
@@ -89,7 +120,8 @@ class Progress:
         self._start = time.monotonic()
         self._last = 0.0
         stream = _stream()
-        self._tty = stream.isatty() and os.environ.get("TERM") != "dumb"
+        # A bar redrawn in place would mix with other threads' lines: plain lines then.
+        self._tty = stream.isatty() and os.environ.get("TERM") != "dumb" and not _thread.prefix
         self._drawn = False
 
     def advance(self, count: int) -> None:
@@ -122,7 +154,7 @@ class Progress:
             stream.flush()
             self._drawn = not final
         elif not final:
-            print(f"{_indent()}{self._describe()}", file=stream, flush=True)
+            _write(f"{_indent()}{self._describe()}")
 
     def finish(self) -> None:
         if self._tty and (self._drawn or self.done):

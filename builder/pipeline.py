@@ -13,17 +13,18 @@ same is skipped without starting Docker.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import shutil
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+import threading
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from builder import __version__, checks, log
+from builder import __version__, checks, container, log
 from builder.checksums import ChecksumLock, sha256_file, write_atomic
 from builder.container import context_hash
 from builder.drbdbuild import (
@@ -34,7 +35,7 @@ from builder.drbdbuild import (
     build_drbd,
     userland_record,
 )
-from builder.errors import ConfigError
+from builder.errors import BuilderError, BuildsFailed, ConfigError, NoSpaceError, no_space
 from builder.fetch import Fetched, FetchSettings, Input, fetch
 from builder.kernel import KernelInputs, KernelTree, prepare_kernel
 from builder.locks import timed_lock
@@ -48,6 +49,7 @@ from builder.rpmbuild import (
 )
 from builder.specs import Limits, Tarball, Target
 
+T = TypeVar("T")
 MANIFEST = "manifest.json"
 BUILD_LOG = "build.log"
 
@@ -60,6 +62,7 @@ class BuildOptions:
     utils_source: Path | None = None  # a local drbd-utils tarball (one drbd-utils version)
     timeout: float | None = None  # replaces the target's container.limits.timeout
     lock_timeout: float = 3600.0  # waiting for another build of the same target and version
+    jobs: int = 1  # builds at once (the command line's default: one per CPU)
     # command-line limits, each replacing the target's container.limits value when given
     memory_mib: int | None = None
     pids: int | None = None
@@ -78,10 +81,33 @@ class BuildOptions:
 @dataclass(frozen=True)
 class Outcome:
     step: BuildStep
-    built: bool  # False: up to date, nothing was done
+    built: bool  # False: up to date, nothing was done, or failed
+    error: BuilderError | None = None  # why the build failed
+
+
+class _KeyedLocks:
+    """One lock per key, for work that builds running at once must not do side by side."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._locks: dict[Hashable, threading.Lock] = {}
+
+    def __call__(self, key: Hashable) -> threading.Lock:
+        with self._lock:
+            return self._locks.setdefault(key, threading.Lock())
+
+
+# Two builds may need one file (a drbd-utils release, a kernel ISO): one fetches it, the
+# other then finds it verified in the cache.
+_FETCHING = _KeyedLocks()
 
 
 def fetch_tarball(entry: Tarball, what: str, local: Path | None, options: BuildOptions) -> Fetched:
+    with _FETCHING(("tarball", entry.url)):
+        return _fetch_tarball(entry, what, local, options)
+
+
+def _fetch_tarball(entry: Tarball, what: str, local: Path | None, options: BuildOptions) -> Fetched:
     return fetch(
         Input(
             what=f"{what} {entry.version} source",
@@ -318,7 +344,40 @@ def build_lock(step: BuildStep, timeout: float) -> contextlib.AbstractContextMan
     )
 
 
-def run_builds(steps: Sequence[BuildStep], options: BuildOptions) -> list[Outcome]:
+class _Once(Generic[T]):
+    """Each key's value made once, by whichever thread asks first; the others wait for it
+    (and get its error, if making it failed)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._made: dict[Hashable, Future[T]] = {}
+
+    def get(self, key: Hashable, make: Callable[[], T]) -> T:
+        with self._lock:
+            future = self._made.get(key)
+            first = future is None
+            if future is None:
+                future = self._made[key] = Future()
+        if first:
+            try:
+                future.set_result(make())
+            except BaseException as exc:
+                future.set_exception(exc)
+        return future.result()
+
+
+@dataclass
+class _Shared:
+    """What the builds of one run share: kernel trees, build contexts, images, sources."""
+
+    trees: _Once[KernelTree] = field(default_factory=_Once)
+    contexts: _Once[tuple[Path, str]] = field(default_factory=_Once)
+    images: _Once[str] = field(default_factory=_Once)
+    spatch_images: _Once[str] = field(default_factory=_Once)
+    sources: _Once[Sources] = field(default_factory=_Once)
+
+
+def _validate(steps: Sequence[BuildStep], options: BuildOptions) -> None:
     if options.source is not None and len({s.drbd.version for s in steps}) > 1:
         raise ConfigError("--source gives one tarball; use it with a single --drbd version.")
     if options.utils_source is not None:
@@ -330,49 +389,161 @@ def run_builds(steps: Sequence[BuildStep], options: BuildOptions) -> list[Outcom
                 + ".",
                 hint="Build the DRBD versions that pair with one drbd-utils release at a time.",
             )
-    outcomes: list[Outcome] = []
-    by_target: dict[str, list[BuildStep]] = {}
-    for step in steps:
-        by_target.setdefault(step.target.id, []).append(step)
-    for target_steps in by_target.values():
-        target = target_steps[0].target
-        tree = prepare_kernel(target, options.settings, options.kernel_inputs)
-        context, context_sha = _context_sha256(target)
-        image: str | None = None
-        spatch_image = functools.cache(partial(ensure_spatch_image, target))
-        for step in target_steps:
-            recipe = recipe_for(step.drbd.family)
-            sources = fetch_sources(step, recipe, options)
-            planned = drbd_build(
-                step,
-                recipe=recipe,
-                tree=tree,
-                sources=sources,
-                image=image or "",
-                context_sha=context_sha,
-                spatch_image=spatch_image,
-                limits=options.limits_for(target),
+
+
+def _run_step(step: BuildStep, shared: _Shared, options: BuildOptions) -> Outcome:
+    """One build: its target's kernel tree and image (shared, made once), then the build."""
+    target = step.target
+
+    def tree_of_target() -> KernelTree:
+        # Targets on one kernel source take turns: the second finds it fetched and extracted.
+        with _FETCHING(("kernel", repr(target.kernel_source))):
+            return prepare_kernel(target, options.settings, options.kernel_inputs)
+
+    tree = shared.trees.get(target.id, tree_of_target)
+    context, context_sha = shared.contexts.get(target.id, lambda: _context_sha256(target))
+    # What the image's tag is made of (builder.rpmbuild.ensure_image): one image per key.
+    image_key = (
+        str(context),
+        context_sha,
+        target.container_family if target.build_context is None else context.name,
+    )
+    recipe = recipe_for(step.drbd.family)
+    sources = shared.sources.get(
+        (step.drbd.version, step.drbd.url, recipe.userland_from_utils),
+        lambda: fetch_sources(step, recipe, options),
+    )
+    planned = drbd_build(
+        step,
+        recipe=recipe,
+        tree=tree,
+        sources=sources,
+        image="",
+        context_sha=context_sha,
+        spatch_image=lambda: shared.spatch_images.get(
+            target.id, partial(ensure_spatch_image, target)
+        ),
+        limits=options.limits_for(target),
+    )
+    inputs = _inputs(step, planned, tree, context, context_sha)
+    with build_lock(step, options.lock_timeout):
+        _recover(step.output_dir)
+        if _up_to_date(step, inputs, options.settings):
+            log.info(
+                f"{target.id} / DRBD {step.drbd.version}: up to date in "
+                f"{step.output_dir}; nothing to do"
             )
-            inputs = _inputs(step, planned, tree, context, context_sha)
-            with build_lock(step, options.lock_timeout):
-                _recover(step.output_dir)
-                if _up_to_date(step, inputs, options.settings):
-                    log.info(
-                        f"{target.id} / DRBD {step.drbd.version}: up to date in "
-                        f"{step.output_dir}; nothing to do"
-                    )
-                    outcomes.append(Outcome(step, built=False))
-                    continue
-                if image is None:
-                    with log.step(f"build image for {target.id} ({context})"):
-                        image = ensure_image(target)
-                with log.step(f"{target.id} / DRBD {step.drbd.version}"):
-                    _build_one(
-                        step,
-                        build=replace(planned, image=image),
-                        sources=sources,
-                        inputs=inputs,
-                        options=options,
-                    )
-                outcomes.append(Outcome(step, built=True))
+            return Outcome(step, built=False)
+
+        def make_image() -> str:
+            with log.step(f"build image for {target.id} ({context})"):
+                return ensure_image(target)
+
+        image = shared.images.get(image_key, make_image)
+        with log.step(f"{target.id} / DRBD {step.drbd.version}"):
+            _build_one(
+                step,
+                build=replace(planned, image=image),
+                sources=sources,
+                inputs=inputs,
+                options=options,
+            )
+    return Outcome(step, built=True)
+
+
+def step_name(step: BuildStep) -> str:
+    return f"{step.target.id} / DRBD {step.drbd.version}"
+
+
+def _attempt(
+    step: BuildStep,
+    shared: _Shared,
+    options: BuildOptions,
+    report: Callable[[Outcome], None],
+    *,
+    prefix: bool,
+) -> Outcome:
+    """Run one step; its failure is its outcome (the other steps go on)."""
+    with (
+        log.prefixed(f"{step.target.id} {step.drbd.version}")
+        if prefix
+        else contextlib.nullcontext()
+    ):
+        try:
+            try:
+                outcome = _run_step(step, shared, options)
+            except OSError as exc:
+                if not no_space(exc):
+                    raise
+                raise NoSpaceError(
+                    f"No space left on device for {step_name(step)}: writing "
+                    f"{exc.filename or step.output_dir} failed.",
+                    hint="Free some disk space (artifacts, cache) and run the build again; "
+                    "nothing of the unfinished build is kept.",
+                ) from None
+        except BuilderError as exc:
+            if prefix:
+                # Said now, with the build's name on every line: the summary comes at the end.
+                for line in f"{step_name(step)} failed: {exc}".splitlines():
+                    log.warn(line)
+            outcome = Outcome(step, built=False, error=exc)
+    report(outcome)
+    return outcome
+
+
+def run_builds(
+    steps: Sequence[BuildStep],
+    options: BuildOptions,
+    report: Callable[[Outcome], None] = lambda outcome: None,
+) -> list[Outcome]:
+    """Run every step, ``options.jobs`` at a time; ``report`` hears of each as it ends.
+
+    A failed step does not stop the others.  When steps failed, the one error is raised (a
+    single failure), or :class:`BuildsFailed` naming each of them.  An interrupt stops the
+    running containers (their builds then clean up as failed builds do) and starts no more.
+    """
+    _validate(steps, options)
+    shared = _Shared()
+    jobs = max(1, min(options.jobs, len(steps)))
+    if jobs == 1:
+        outcomes = [_attempt(step, shared, options, report, prefix=False) for step in steps]
+    else:
+        outcomes = _run_parallel(steps, shared, options, report, jobs)
+    failures = [(step_name(o.step), o.error) for o in outcomes if o.error is not None]
+    if len(failures) == 1:
+        raise failures[0][1]
+    if failures:
+        raise BuildsFailed(failures, len(outcomes))
     return outcomes
+
+
+def _run_parallel(
+    steps: Sequence[BuildStep],
+    shared: _Shared,
+    options: BuildOptions,
+    report: Callable[[Outcome], None],
+    jobs: int,
+) -> list[Outcome]:
+    lock = threading.Lock()
+
+    def reported(outcome: Outcome) -> None:
+        with lock:
+            report(outcome)
+
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="build") as pool:
+        futures = [
+            pool.submit(_attempt, step, shared, options, reported, prefix=True) for step in steps
+        ]
+        try:
+            while wait(futures, timeout=0.5).not_done:
+                pass
+        except BaseException:
+            # Interrupted (Ctrl-C, SIGTERM): nothing new starts, the running containers are
+            # removed, and each build's thread cleans up its own partial output.
+            for future in futures:
+                future.cancel()
+            while wait(futures, timeout=0.5).not_done:
+                container.stop_all()
+            container.stop_all()
+            raise
+        return [future.result() for future in futures]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -81,6 +82,18 @@ class Job:
     kdir: str | None = None  # module runs only, as seen inside the container
     kernel_requires: str | None = None  # "kernel-xen = V-R": what the module must require
     userland_requires: str | None = None  # "drbd-utils >= X", as the DRBD source declares
+    jobs: int = 1  # make's -j: the container's CPU limit (parallel_jobs)
+
+
+def parallel_jobs(cpus: float) -> int:
+    """make's -j for a container limited to ``cpus`` CPUs: every CPU it may use, busy."""
+    return max(1, math.ceil(cpus))
+
+
+def make_environment(jobs: int) -> dict[str, str]:
+    """-j for every make of the build, the ones rpmbuild's spec files run included (DRBD's
+    module targets call make without %{?_smp_mflags})."""
+    return {"MAKEFLAGS": f"-j{jobs}"}
 
 
 Command = list[str]
@@ -140,6 +153,8 @@ def rpmbuild(job: Job, spec: str, *extra: str) -> Command:
         "use_source_date_epoch_as_buildtime 1",
         "--define",
         "clamp_mtime_to_source_date_epoch 1",
+        "--define",
+        f"_smp_mflags -j{job.jobs}",
     ]
     if job.kernel_release is not None and job.kdir is not None:
         command += [

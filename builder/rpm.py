@@ -1,32 +1,45 @@
 """RPM files without ``rpm``: header fields, integrity, and safe payload extraction.
 
-rpmfile parses the lead and headers.  The payload is decompressed as a stream and its cpio
-("newc") records are read one after another, so memory stays flat whatever the package's size.
-Extraction refuses absolute paths, ``..`` components and symlinks that would point outside the
-extraction root; absolute symlinks inside the package (``/lib/modules/X/build``) are rewritten
-relative to the root so the tree stays self-contained.
+``read_info`` reads the lead and the two headers' indexes and decodes only the tags it needs
+(a kernel-devel header lists some 26,000 files).  The payload is decompressed in a thread of
+its own and its cpio ("newc") records are read one after another from bounded chunks, so
+memory stays flat whatever the package's size.  Files are created relative to a directory
+descriptor, with their mode given at creation and their mtime set on the descriptor.
+(Writer threads for small files were tried: on tmpfs they made it slower, the GIL handed
+back and forth between them, and cost 4 MiB more.)
+
+Extraction refuses absolute paths, ``..`` components and symlinks that would point outside
+the extraction root; absolute symlinks inside the package (``/lib/modules/X/build``) are
+rewritten relative to the root so the tree stays self-contained.
 """
 
 from __future__ import annotations
 
 import bz2
-import gzip
+import contextlib
+import errno
 import hashlib
 import lzma
 import os
 import posixpath
+import queue
 import stat
+import struct
+import threading
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from builder.errors import InputError
+from builder.errors import InputError, NoSpaceError, no_space
 
 CPIO_MAGIC = (b"070701", b"070702")
 CPIO_HEADER = 110
 CHUNK = 1 << 20
+# The inflater's hand-over: chunks of this size, this many queued (bounded memory).
+INFLATE_CHUNK = 256 << 10
+QUEUED_CHUNKS = 4
 
 
 class Readable(Protocol):
@@ -66,20 +79,85 @@ def corrupt(path: Path, detail: str) -> InputError:
     )
 
 
-def read_info(path: Path) -> RpmInfo:
-    import rpmfile
+LEAD_SIZE = 96
+HEADER_MAGIC = b"\x8e\xad\xe8\x01"
+HEADER_INTRO = struct.Struct(">4s4xII")  # magic and version, reserved, index entries, store size
+INDEX_ENTRY = struct.Struct(">iiii")  # tag, type, offset, count
+# rpm's own bounds for one header (hdrchkTags, hdrchkData)
+MAX_INDEX = 0xFFFF
+MAX_STORE = 256 << 20
+MAX_VALUE = 4096  # the longest tag value read (names, versions, digests)
+STRING, BIN, STRING_ARRAY, I18NSTRING = 6, 7, 8, 9
+SIGTAG_MD5 = 1004  # header + payload MD5, in the signature header
+TAGS = {
+    1000: "name",
+    1001: "version",
+    1002: "release",
+    1022: "arch",
+    1125: "archive_compression",
+    5092: "payloaddigest",
+    261: "sigmd5",  # the same MD5, where the main header carries it
+}
 
+
+def _header(stream: IO[bytes], path: Path, wanted: dict[int, str]) -> tuple[int, dict[str, Any]]:
+    """Read one header structure at the stream's position: (its offset, wanted tags' values).
+
+    Only the index and the store are read, and only the wanted tags decoded: a kernel-devel
+    header lists some 26,000 files, which nothing here needs.
+    """
+    start = stream.tell()
+    intro = stream.read(HEADER_INTRO.size)
+    if len(intro) != HEADER_INTRO.size:
+        raise corrupt(path, "it ends inside its headers")
+    magic, count, store_size = HEADER_INTRO.unpack(intro)
+    if magic != HEADER_MAGIC:
+        raise corrupt(path, "its header cannot be parsed (no header magic)")
+    if count > MAX_INDEX or store_size > MAX_STORE:
+        raise corrupt(path, f"its header is implausibly large ({count} tags, {store_size} bytes)")
+    index = stream.read(count * INDEX_ENTRY.size)
+    if len(index) != count * INDEX_ENTRY.size:
+        raise corrupt(path, "it ends inside its headers")
+    store = stream.tell()
+    if store_size:
+        stream.seek(store + store_size - 1)
+        if len(stream.read(1)) != 1:
+            raise corrupt(path, "it ends inside its headers")
+    values: dict[str, Any] = {}
+    for tag, kind, offset, number in INDEX_ENTRY.iter_unpack(index):
+        name = wanted.get(tag)
+        if name is None:
+            continue
+        if not 0 <= offset < store_size or number < 0:
+            raise corrupt(path, f"its header's tag {tag} points outside the header")
+        # Only the wanted values are read: short strings and a 16-byte digest.
+        stream.seek(store + offset)
+        data = stream.read(min(MAX_VALUE, store_size - offset))
+        if kind == BIN:
+            values[name] = data[:number]
+        elif kind in (STRING, STRING_ARRAY, I18NSTRING):
+            end = data.find(b"\0")
+            if end < 0:
+                raise corrupt(path, f"its header's tag {tag} is not terminated")
+            values[name] = data[:end]
+    stream.seek(store + store_size)
+    return start, values
+
+
+def read_info(path: Path) -> RpmInfo:
     try:
         with path.open("rb") as stream:
-            lead = stream.read(4)
-            if lead != b"\xed\xab\xee\xdb":
+            lead = stream.read(LEAD_SIZE)
+            if lead[:4] != b"\xed\xab\xee\xdb" or len(lead) != LEAD_SIZE:
                 raise corrupt(path, "it does not start with the RPM lead magic")
-            stream.seek(0)
-            header_range, headers = rpmfile.headers.get_headers(stream)
-    except InputError:
-        raise
-    except Exception as exc:  # rpmfile raises bare exceptions and AssertionError on bad input
-        raise corrupt(path, f"its header cannot be parsed ({type(exc).__name__})") from None
+            _, signature = _header(stream, path, {SIGTAG_MD5: "sigmd5"})
+            # The signature header is padded to a multiple of 8 bytes.
+            stream.seek((-stream.tell()) % 8, os.SEEK_CUR)
+            header_offset, headers = _header(stream, path, TAGS)
+            payload_offset = stream.tell()
+    except OSError as exc:
+        raise corrupt(path, f"it cannot be read ({exc.strerror or exc})") from None
+    headers = {**signature, **headers}
     try:
         sigmd5 = headers.get("sigmd5")
         digest = headers.get("payloaddigest")
@@ -89,8 +167,8 @@ def read_info(path: Path) -> RpmInfo:
             release=_text(headers["release"]),
             arch=_text(headers.get("arch", b"noarch")),
             compressor=_text(headers.get("archive_compression", b"gzip")),
-            payload_offset=header_range[1],
-            header_offset=header_range[0],
+            payload_offset=payload_offset,
+            header_offset=header_offset,
             sigmd5=sigmd5 if isinstance(sigmd5, bytes) and len(sigmd5) == 16 else None,
             payload_digest=_text(digest) if digest else None,
         )
@@ -98,39 +176,32 @@ def read_info(path: Path) -> RpmInfo:
         raise corrupt(path, f"its header has no {exc.args[0]} tag") from None
 
 
-def verify_integrity(path: Path, info: RpmInfo) -> None:
-    """Check the digest the RPM carries: the payload sha256, or the header+payload MD5."""
+def verify_integrity(path: Path, info: RpmInfo) -> str:
+    """Check the digest the RPM carries: the payload sha256, or the header+payload MD5.
+
+    Returns the sha256 of the whole file, taken in the same pass (what the cache and the lock
+    file record), so that the file is read once.
+    """
     if info.payload_digest is None and info.sigmd5 is None:
         raise corrupt(path, "it carries neither a payload digest nor a header+payload MD5")
     payload = hashlib.sha256()
     whole = hashlib.md5(usedforsecurity=False)
+    everything = hashlib.sha256()
     with path.open("rb") as stream:
-        stream.seek(info.header_offset)
-        position = info.header_offset
+        position = 0
         while chunk := stream.read(CHUNK):
-            whole.update(chunk)
-            if position + len(chunk) > info.payload_offset:
+            everything.update(chunk)
+            end = position + len(chunk)
+            if end > info.header_offset:
+                whole.update(chunk[max(0, info.header_offset - position) :])
+            if end > info.payload_offset:
                 payload.update(chunk[max(0, info.payload_offset - position) :])
-            position += len(chunk)
+            position = end
     if info.payload_digest is not None and payload.hexdigest() != info.payload_digest:
         raise corrupt(path, "its payload does not match the payload digest in its header")
     if info.sigmd5 is not None and whole.digest() != info.sigmd5:
         raise corrupt(path, "its header and payload do not match the MD5 in its signature")
-
-
-def _decompressor(raw: IO[bytes], compressor: str, path: Path) -> Readable:
-    if compressor in ("gzip", ""):
-        return gzip.GzipFile(fileobj=raw)
-    if compressor in ("xz", "lzma"):
-        return lzma.LZMAFile(raw)
-    if compressor == "bzip2":
-        return bz2.BZ2File(raw)
-    if compressor == "zstd":
-        import zstandard
-
-        reader: Readable = zstandard.ZstdDecompressor().stream_reader(raw)
-        return reader
-    raise corrupt(path, f"its payload compressor {compressor!r} is not supported")
+    return everything.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -168,48 +239,6 @@ def _too_big(path: Path, what: str, limit: int, option: str) -> InputError:
     )
 
 
-def _read_exact(stream: Readable, size: int, path: Path) -> bytes:
-    data = stream.read(size)
-    if len(data) != size:
-        raise corrupt(path, "its payload ends in the middle of a file")
-    return data
-
-
-def _iter_cpio(stream: Readable, path: Path) -> Iterator[tuple[CpioEntry, Readable]]:
-    """Yield (entry, stream positioned at its data); the caller must read exactly entry.size."""
-    offset = 0
-    while True:
-        header = stream.read(CPIO_HEADER)
-        if len(header) != CPIO_HEADER or header[:6] not in CPIO_MAGIC:
-            raise corrupt(path, "its payload is not a complete cpio archive")
-        try:
-            fields = [int(header[6 + 8 * i : 14 + 8 * i], 16) for i in range(13)]
-        except ValueError:
-            raise corrupt(path, "its payload has a damaged cpio header") from None
-        ino, mode, _uid, _gid, nlink, mtime, size, devmaj, devmin, _rmaj, _rmin, namesize, _c = (
-            fields
-        )
-        if namesize > MAX_NAME + 1:
-            raise InputError(
-                f"{path} has an unsafe payload: an entry name of {namesize} bytes.",
-                hint="The package was refused; nothing of it was kept.",
-            )
-        name_bytes = _read_exact(stream, namesize, path)
-        offset += CPIO_HEADER + namesize
-        pad = (-offset) % 4
-        _read_exact(stream, pad, path)
-        offset += pad
-        name = name_bytes.rstrip(b"\0").decode("utf-8", "surrogateescape")
-        if name == "TRAILER!!!":
-            return
-        entry = CpioEntry(name, mode, size, nlink, (devmaj << 32 | devmin, ino), mtime)
-        yield entry, stream
-        offset += size
-        pad = (-offset) % 4
-        _read_exact(stream, pad, path)
-        offset += pad
-
-
 def _safe_relative(name: str, path: Path) -> str:
     clean = name[2:] if name.startswith("./") else name
     if clean.startswith("/") or not clean:
@@ -241,26 +270,6 @@ def _safe_link_target(relative: str, target: str, path: Path) -> str:
             hint="The package was refused; nothing outside the extraction directory was written.",
         )
     return target
-
-
-def _check_parent(root: Path, relative: str, path: Path, symlinks: set[str]) -> Path:
-    """Return root/relative after checking that no symlink on the way leaves the root.
-
-    Directories the extraction made itself are safe; only a path that passes through one of
-    the package's own symlinks needs resolving.
-    """
-    dest = root / relative
-    parts = relative.split("/")[:-1]
-    if not any("/".join(parts[: i + 1]) in symlinks for i in range(len(parts))):
-        return dest
-    real_parent = dest.parent.resolve()
-    real_root = root.resolve()
-    if real_parent != real_root and real_root not in real_parent.parents:
-        raise InputError(
-            f"{path} has an unsafe payload: {relative!r} would be written through a symlink "
-            "outside the package's tree.",
-        )
-    return dest
 
 
 def _check_symlinks(root: Path, symlinks: set[str], path: Path) -> None:
@@ -310,76 +319,337 @@ def _check_size(entry: CpioEntry, kind: int, total: int, path: Path, limits: Ext
     return total
 
 
+class _Inflater(threading.Thread):
+    """Reads the compressed payload and decompresses it in a thread of its own, handing the
+    extractor bounded chunks: zlib, lzma, bz2 and zstd release the GIL while they work, so
+    decompression runs beside the file writes instead of between them."""
+
+    def __init__(self, path: Path, offset: int, compressor: str) -> None:
+        super().__init__(name=f"inflate {path.name}", daemon=True)
+        self.path = path
+        self.offset = offset
+        self.compressor = compressor
+        self.chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=QUEUED_CHUNKS)
+        self.error: BaseException | None = None
+        self.stopped = threading.Event()
+
+    def _put(self, chunk: bytes | None) -> bool:
+        while not self.stopped.is_set():
+            try:
+                self.chunks.put(chunk, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run(self) -> None:
+        try:
+            with self.path.open("rb") as raw:
+                raw.seek(self.offset)
+                for chunk in _inflate(raw, self.compressor, self.path):
+                    if not self._put(chunk):
+                        return
+        except BaseException as exc:  # handed to the extractor, which raises it
+            self.error = exc
+        self._put(None)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self.chunks.get_nowait()
+        self.join(timeout=5)
+
+
+def _inflate(raw: IO[bytes], compressor: str, path: Path) -> Iterator[bytes]:
+    """The decompressed payload in chunks of at most INFLATE_CHUNK bytes."""
+    if compressor in ("gzip", ""):
+        # zlib directly, fed large blocks: GzipFile's small reads cost more than the inflating.
+        engine = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        while True:
+            data = raw.read(CHUNK)
+            if not data:
+                if not engine.eof:
+                    raise EOFError("the gzip stream ends early")
+                return
+            while data:
+                yield engine.decompress(data, INFLATE_CHUNK)
+                data = engine.unconsumed_tail
+                if engine.eof:
+                    return  # an RPM payload is one gzip member; what follows is not read
+        return
+    stream: Readable
+    if compressor in ("xz", "lzma"):
+        stream = lzma.LZMAFile(raw)  # noqa: SIM115 (the caller closes raw)
+    elif compressor == "bzip2":
+        stream = bz2.BZ2File(raw)
+    elif compressor == "zstd":
+        import zstandard
+
+        stream = zstandard.ZstdDecompressor().stream_reader(raw)
+    else:
+        raise corrupt(path, f"its payload compressor {compressor!r} is not supported")
+    while chunk := stream.read(INFLATE_CHUNK):
+        yield chunk
+
+
+class _Payload:
+    """The decompressed cpio stream, read from the inflater's chunks without copying them."""
+
+    def __init__(self, inflater: _Inflater, path: Path) -> None:
+        self.inflater = inflater
+        self.path = path
+        self.view = memoryview(b"")
+        self.pos = 0
+
+    def _refill(self) -> None:
+        chunk = self.inflater.chunks.get()
+        if chunk is None:
+            error = self.inflater.error
+            if error is not None:
+                raise error
+            raise corrupt(self.path, "its payload ends in the middle of a file")
+        self.view = memoryview(chunk)
+        self.pos = 0
+
+    def take(self, size: int) -> bytes:
+        end = self.pos + size
+        if end <= len(self.view):
+            data = self.view[self.pos : end].tobytes()
+            self.pos = end
+            return data
+        parts = []
+        while size:
+            if self.pos == len(self.view):
+                self._refill()
+            piece = self.view[self.pos : self.pos + size]
+            parts.append(piece.tobytes())
+            self.pos += len(piece)
+            size -= len(piece)
+        return b"".join(parts)
+
+    def skip(self, size: int) -> None:
+        while size:
+            if self.pos == len(self.view):
+                self._refill()
+            step = min(size, len(self.view) - self.pos)
+            self.pos += step
+            size -= step
+
+    def write_to(self, fd: int, size: int) -> None:
+        while size:
+            if self.pos == len(self.view):
+                self._refill()
+            piece = self.view[self.pos : self.pos + size]
+            written = os.write(fd, piece)
+            self.pos += written
+            size -= written
+
+
+def _umask() -> int | None:
+    """The process's umask, read without changing it (threads may be creating files)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return None
+
+
+# Errors of the filesystem written to, not of the package: reported as they are.
+HOST_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+)
+
+
+class _Extractor:
+    """Writes cpio entries under ``root`` through a directory descriptor, by relative paths.
+
+    Directories it made itself are remembered, so a file's parents cost one set lookup; only a
+    path that passes through one of the package's own symlinks is resolved for real.
+    """
+
+    def __init__(self, root: Path, path: Path, limits: ExtractLimits) -> None:
+        self.root = root
+        self.path = path
+        self.limits = limits
+        self.fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.dirs: set[str] = {""}
+        self.symlinks: set[str] = set()
+        self.links: dict[tuple[int, int], list[Path]] = {}
+        umask = _umask()
+        # Modes are set at creation; fchmod only where the umask would take bits away.
+        self.chmod_bits = 0o7777 if umask is None else umask
+        self.count = 0
+        self.total = 0
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def _parent(self, relative: str) -> None:
+        parent = relative.rpartition("/")[0]
+        if parent in self.dirs:
+            return
+        parts = parent.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        if any(prefix in self.symlinks for prefix in prefixes):
+            # Through one of the package's symlinks: resolve it, and never remember it.
+            real_parent = Path(os.path.realpath(self.root / parent))
+            real_root = Path(os.path.realpath(self.root))
+            if real_parent != real_root and real_root not in real_parent.parents:
+                raise InputError(
+                    f"{self.path} has an unsafe payload: {relative!r} would be written through "
+                    "a symlink outside the package's tree.",
+                )
+            real_parent.mkdir(parents=True, exist_ok=True)
+            return
+        for prefix in prefixes:
+            if prefix not in self.dirs:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(prefix, 0o755, dir_fd=self.fd)
+                self.dirs.add(prefix)
+
+    def directory(self, relative: str) -> None:
+        self._parent(relative)
+        if relative in self.dirs:
+            return
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(relative, 0o755, dir_fd=self.fd)
+        if relative not in self.symlinks:
+            self.dirs.add(relative)
+
+    def symlink(self, relative: str, target: str) -> None:
+        self._parent(relative)
+        link = _safe_link_target(relative, target, self.path)
+        try:
+            os.symlink(link, relative, dir_fd=self.fd)
+        except FileExistsError:
+            os.unlink(relative, dir_fd=self.fd)
+            os.symlink(link, relative, dir_fd=self.fd)
+        self.symlinks.add(relative)
+        self.count += 1
+
+    def file(self, relative: str, entry: CpioEntry, payload: _Payload) -> None:
+        self._parent(relative)
+        mode = stat.S_IMODE(entry.mode) & 0o755 | 0o200
+        fd = self._create(relative, mode)
+        try:
+            payload.write_to(fd, entry.size)
+            if mode & self.chmod_bits:
+                os.fchmod(fd, mode)
+            mtime = entry.mtime * 1_000_000_000
+            os.utime(fd, ns=(mtime, mtime))
+        finally:
+            os.close(fd)
+        if entry.nlink > 1:
+            self.links.setdefault(entry.inode, []).append(self.root / relative)
+        self.count += 1
+
+    def _create(self, relative: str, mode: int) -> int:
+        try:
+            return os.open(relative, CREATE, mode, dir_fd=self.fd)
+        except FileExistsError:
+            # An earlier entry of the same name (a symlink, say): replaced, never followed.
+            os.unlink(relative, dir_fd=self.fd)
+            return os.open(relative, CREATE, mode, dir_fd=self.fd)
+
+    def run(self, payload: _Payload) -> None:
+        path = self.path
+        while True:
+            header = payload.take(CPIO_HEADER)
+            if header[:6] not in CPIO_MAGIC:
+                raise corrupt(path, "its payload is not a complete cpio archive")
+            try:
+                fields = CPIO_FIELDS.unpack(bytes.fromhex(header[6:].decode("ascii")))
+            except (ValueError, struct.error):
+                raise corrupt(path, "its payload has a damaged cpio header") from None
+            ino, mode, _uid, _gid, nlink, mtime, size, devmaj, devmin, _r1, _r2, namesize, _c = (
+                fields
+            )
+            if namesize > MAX_NAME + 1:
+                raise InputError(
+                    f"{path} has an unsafe payload: an entry name of {namesize} bytes.",
+                    hint="The package was refused; nothing of it was kept.",
+                )
+            name_bytes = payload.take(namesize)
+            payload.skip((-(CPIO_HEADER + namesize)) % 4)
+            name = name_bytes.rstrip(b"\0").decode("utf-8", "surrogateescape")
+            if name == "TRAILER!!!":
+                return
+            entry = CpioEntry(name, mode, size, nlink, (devmaj << 32 | devmin, ino), mtime)
+            relative = _safe_relative(name, path)
+            kind = stat.S_IFMT(mode)
+            self.total = _check_size(entry, kind, self.total, path, self.limits)
+            if not relative:
+                payload.skip(size)
+            elif kind == stat.S_IFREG:
+                self.file(relative, entry, payload)
+            elif kind == stat.S_IFDIR:
+                self.directory(relative)
+                payload.skip(size)
+            elif kind == stat.S_IFLNK:
+                target = payload.take(size).decode("utf-8", "surrogateescape")
+                self.symlink(relative, target)
+            else:
+                # Device nodes, fifos and sockets have no place in a build tree.
+                payload.skip(size)
+            payload.skip((-size) % 4)
+
+
+CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+CPIO_FIELDS = struct.Struct(">13I")
+
+
 def extract_payload(
     path: Path, info: RpmInfo, root: Path, limits: ExtractLimits = DEFAULT_LIMITS
 ) -> int:
     """Extract the payload of ``path`` under ``root`` (which must exist); return file count."""
-    links: dict[tuple[int, int], list[Path]] = {}
-    symlinks: set[str] = set()
-    count = 0
-    total = 0
-    with path.open("rb") as raw:
-        raw.seek(info.payload_offset)
-        try:
-            stream = _decompressor(raw, info.compressor, path)
-            for entry, data in _iter_cpio(stream, path):
-                relative = _safe_relative(entry.name, path)
-                kind = stat.S_IFMT(entry.mode)
-                total = _check_size(entry, kind, total, path, limits)
-                if not relative:
-                    _read_exact(data, entry.size, path)
-                    continue
-                dest = _check_parent(root, relative, path, symlinks)
-                if kind == stat.S_IFDIR:
-                    dest.mkdir(parents=True, exist_ok=True)
-                    _read_exact(data, entry.size, path)
-                elif kind == stat.S_IFLNK:
-                    target = _read_exact(data, entry.size, path).decode("utf-8", "surrogateescape")
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    if dest.is_symlink() or dest.exists():
-                        dest.unlink()
-                    os.symlink(_safe_link_target(relative, target, path), dest)
-                    symlinks.add(relative)
-                    count += 1
-                elif kind == stat.S_IFREG:
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    if dest.is_symlink():
-                        dest.unlink()
-                    _write_file(dest, data, entry.size, path)
-                    os.chmod(dest, stat.S_IMODE(entry.mode) & 0o755 | 0o200)
-                    os.utime(dest, (entry.mtime, entry.mtime))
-                    if entry.nlink > 1:
-                        links.setdefault(entry.inode, []).append(dest)
-                    count += 1
-                else:
-                    # Device nodes, fifos and sockets have no place in a build tree.
-                    _read_exact(data, entry.size, path)
-        except (OSError, EOFError, lzma.LZMAError, ValueError, zlib.error) as exc:
-            raise corrupt(path, f"its payload cannot be decompressed ({exc})") from None
-        except Exception as exc:
-            if type(exc).__name__ != "ZstdError":  # zstandard is imported only when needed
-                raise
-            raise corrupt(path, f"its payload cannot be decompressed ({exc})") from None
-    _check_symlinks(root, symlinks, path)
-    _complete_hardlinks(links)
-    return count
+    inflater = _Inflater(path, info.payload_offset, info.compressor)
+    extractor = _Extractor(root, path, limits)
+    inflater.start()
+    try:
+        extractor.run(_Payload(inflater, path))
+    except InputError:
+        raise
+    except OSError as exc:
+        if no_space(exc):
+            raise NoSpaceError(
+                f"No space left on the disk holding {root} while extracting {path.name}.",
+                hint="Free some disk space or choose another --cache DIR; nothing of the "
+                "unfinished tree is kept.",
+            ) from None
+        if exc.errno in HOST_ERRNOS:
+            raise
+        raise corrupt(path, f"its payload cannot be unpacked ({exc})") from None
+    except (EOFError, lzma.LZMAError, ValueError, zlib.error) as exc:
+        raise corrupt(path, f"its payload cannot be decompressed ({exc})") from None
+    except Exception as exc:
+        if type(exc).__name__ != "ZstdError":  # zstandard is imported only when needed
+            raise
+        raise corrupt(path, f"its payload cannot be decompressed ({exc})") from None
+    finally:
+        inflater.stop()
+        extractor.close()
+    _check_symlinks(root, extractor.symlinks, path)
+    _complete_hardlinks(root, extractor.links, path)
+    return extractor.count
 
 
-def _write_file(dest: Path, data: Readable, size: int, path: Path) -> None:
-    remaining = size
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "wb") as out:
-        while remaining:
-            chunk = data.read(min(CHUNK, remaining))
-            if not chunk:
-                raise corrupt(path, "its payload ends in the middle of a file")
-            out.write(chunk)
-            remaining -= len(chunk)
+def _complete_hardlinks(root: Path, links: dict[tuple[int, int], list[Path]], path: Path) -> None:
+    """newc stores a hard-linked file's data once, with its last name: share it with the rest.
 
-
-def _complete_hardlinks(links: dict[tuple[int, int], list[Path]]) -> None:
-    """newc stores a hard-linked file's data once, with its last name: share it with the rest."""
+    Every name must still be the plain file the payload made: a later entry of the same name
+    (a symlink, say) would otherwise be followed or replaced by the link.
+    """
     for paths in links.values():
+        for name in paths:
+            info = os.lstat(name)
+            if not stat.S_ISREG(info.st_mode):
+                raise InputError(
+                    f"{path} has an unsafe payload: the hard-linked file "
+                    f"{name.relative_to(root).as_posix()!r} was replaced by another entry of "
+                    "the same name.",
+                    hint="The package was refused; nothing of it was kept.",
+                )
         sizes = [(p.stat().st_size, p) for p in paths]
         full = max(sizes)[1]
         for other in paths:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -113,6 +114,15 @@ def register(
                 "the same --artifacts (default: 3600; 0 fails at once with exit code 14)",
             )
             parser.add_argument(
+                "-j",
+                "--jobs",
+                metavar="N",
+                type=positive_int,
+                default=None,
+                help="builds to run at once (default: one per CPU, %s here); a failed build does "
+                "not stop the others" % (os.cpu_count() or 1),
+            )
+            parser.add_argument(
                 "--dry-run", action="store_true", help="print the plan and do nothing"
             )
             parser.set_defaults(func=run)
@@ -145,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"   {line}")
         return 0
     from builder.kernel import KernelInputs
-    from builder.pipeline import BuildOptions, run_builds
+    from builder.pipeline import BuildOptions, Outcome, run_builds, step_name
 
     options = BuildOptions(
         settings=fetch_settings(args),
@@ -157,12 +167,17 @@ def run(args: argparse.Namespace) -> int:
         memory_mib=args.memory,
         pids=args.pids,
         cpus=args.cpus,
+        jobs=args.jobs or os.cpu_count() or 1,
     )
-    outcomes = run_builds(steps, options)
-    for outcome in outcomes:
-        state = "built" if outcome.built else "up to date"
-        print(
-            f"{outcome.step.target.id} / DRBD {outcome.step.drbd.version}: {state}: "
-            f"{outcome.step.output_dir}"
-        )
+
+    def report(outcome: Outcome) -> None:
+        if outcome.error is not None:
+            if len(steps) == 1:
+                return  # the error says it; stdout holds results only
+            state = f"failed (exit code {outcome.error.exit_code})"
+        else:
+            state = "built" if outcome.built else "up to date"
+        print(f"{step_name(outcome.step)}: {state}: {outcome.step.output_dir}", flush=True)
+
+    run_builds(steps, options, report)
     return 0

@@ -7,12 +7,14 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from builder import log
-from builder.commands.common import add_input_options, fetch_settings
+from builder import kernel_memo, log
+from builder.commands.common import add_input_options
 from builder.errors import ConfigError
-from builder.kernel import KernelInputs, KernelTree, prepare_kernel
-from builder.specs import load_registry
+
+if TYPE_CHECKING:
+    from builder.kernel import KernelTree
 
 DESCRIPTION = """\
 Fetch the target's kernel-devel package (from its ISO, RPM URL or yum repository, or from the
@@ -52,6 +54,8 @@ def register(
 
 
 def copy_tree(tree: KernelTree, output: Path) -> KernelTree:
+    from builder.kernel import KernelTree
+
     if output.exists():
         raise ConfigError(f"--output {output} already exists; choose a new directory.")
     partial = output.with_name(output.name + ".partial")
@@ -76,19 +80,44 @@ def copy_tree(tree: KernelTree, output: Path) -> KernelTree:
     )
 
 
+def _print(target: str, result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"target": target, **result}, indent=2))
+    else:
+        print(f"kernel release: {result['release']}")
+        print(f"build tree:     {result['build_dir']}")
+
+
 def run(args: argparse.Namespace) -> int:
+    spec_dirs = [Path(d).resolve() for d in args.specs]
+    key = [
+        args.target,
+        [str(d) for d in spec_dirs],
+        str(args.cache.resolve()),
+        *(str(p.resolve()) if p is not None else None for p in (args.iso, args.kernel_rpm)),
+        str(args.mirror.resolve()) if args.mirror is not None else None,
+    ]
+    if args.output is None:
+        remembered = kernel_memo.recall(args.cache, key, spec_dirs)
+        if remembered is not None:
+            log.info(f"kernel tree unchanged since the last call: {remembered['build_dir']}")
+            target = remembered.pop("target")
+            _print(target, remembered, args.json)
+            return 0
+    from builder.commands.common import fetch_settings
+    from builder.kernel import KernelInputs, prepare_kernel
+    from builder.specs import SourceKind, load_registry
+
     registry = load_registry(args.specs)
     target = registry.target(args.target)
-    tree = prepare_kernel(
-        target,
-        fetch_settings(args),
-        KernelInputs(iso=args.iso, kernel_rpm=args.kernel_rpm),
-    )
+    inputs = KernelInputs(iso=args.iso, kernel_rpm=args.kernel_rpm)
+    tree = prepare_kernel(target, fetch_settings(args), inputs)
     if args.output is not None:
         tree = copy_tree(tree, args.output)
-    if args.json:
-        print(json.dumps({"target": target.id, **tree.to_json()}, indent=2))
-    else:
-        print(f"kernel release: {tree.release}")
-        print(f"build tree:     {tree.build_dir}")
+    elif target.kernel_source.kind is not SourceKind.YUM or args.kernel_rpm is not None:
+        # Yum-sourced trees are not remembered: a newer kernel there must be found.
+        kernel_memo.remember(
+            args.cache, key, spec_dirs, tree.files, {"target": target.id, **tree.to_json()}
+        )
+    _print(target.id, tree.to_json(), args.json)
     return 0

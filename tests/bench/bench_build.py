@@ -43,11 +43,16 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from builder import container, recipes, rpmbuild  # noqa: E402
+from builder.specs import DEFAULT_LIMITS  # noqa: E402
 from tests.integration import buildenv  # noqa: E402
 from tests.integration.test_build_cli import write_specs  # noqa: E402
 from tests.support.kernelrpm import build_kernel_devel_rpm, installed_headers, make_iso  # noqa: E402
 
 ROUNDS = 5
+# What the tool gives every build's make (its default CPU limit: every CPU), given by hand too.
+MAKEFLAGS = (
+    "MAKEFLAGS=" + recipes.make_environment(recipes.parallel_jobs(DEFAULT_LIMITS.cpus))["MAKEFLAGS"]
+)
 KMOD_ROUNDS = 3
 MODULE_UNITS = 20
 
@@ -89,7 +94,7 @@ def measure(
         "docker", "run", "--rm", "--network", "none", "--user", rpmbuild.BUILD_USER,
         "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
         "-e", f"SOURCE_DATE_EPOCH={manifest['source_date_epoch']}",
-        "-e", f"DRBD_KMOD_REQUIRES={requires}", "-e", f"HOME={recipes.WORK_DIR}",
+        "-e", f"DRBD_KMOD_REQUIRES={requires}", "-e", f"HOME={recipes.WORK_DIR}", "-e", MAKEFLAGS,
         "-v", f"{tarball}:{recipes.INPUT_DIR}/{tarball.name}:ro",
         *[arg for m in mounts for arg in ("-v", f"{m.source}:{m.target}:ro")],
         "-v", f"{out}:{recipes.OUTPUT_DIR}",
@@ -170,7 +175,7 @@ drbd-utils:
         "docker", "run", "--rm", "--network", "none", "--user", rpmbuild.BUILD_USER,
         "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
         "-e", f"SOURCE_DATE_EPOCH={manifest['source_date_epoch']}", "-e", "SPAAS=false",
-        "-e", f"HOME={recipes.WORK_DIR}",
+        "-e", f"HOME={recipes.WORK_DIR}", "-e", MAKEFLAGS,
         "-v", f"{shipped}:{recipes.INPUT_DIR}/{shipped.name}:ro",
         "-v", f"{recipes.KMP_MACROS}:{recipes.MACRO_DIR}/{recipes.KMP_MACROS.name}:ro",
         *[arg for m in mounts for arg in ("-v", f"{m.source}:{m.target}:ro")],

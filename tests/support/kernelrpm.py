@@ -75,8 +75,16 @@ def rpmbuild(spec: Path, topdir: Path, *defines: str) -> list[Path]:
     return sorted((topdir / "RPMS").rglob("*.rpm"))
 
 
-def build_kernel_devel_rpm(workdir: Path, *, name: str = "kernel-xen-devel") -> Path:
-    """A kernel-devel RPM whose payload is Debian's real kernel build tree."""
+def build_kernel_devel_rpm(
+    workdir: Path, *, name: str = "kernel-xen-devel", copies: int = 0, filler_mib: int = 0
+) -> Path:
+    """A kernel-devel RPM whose payload is Debian's real kernel build tree.
+
+    For benchmarks, ``copies`` more copies of the headers' -common tree (about 10,000 entries
+    each, beside the real one, under another name) and ``filler_mib`` MiB of incompressible
+    files (like a real tree's objtool and vmlinux.h) bring it to the size of a real
+    kernel-devel package: one copy and 24 MiB give about 26,000 entries and 40 MB.
+    """
     headers = installed_headers()
     workdir.mkdir(parents=True, exist_ok=True)
     version, _, rest = headers.release.partition("-")
@@ -85,6 +93,16 @@ def build_kernel_devel_rpm(workdir: Path, *, name: str = "kernel-xen-devel") -> 
     flavour_rel = headers.flavour.relative_to("/")
     common_rel = headers.common.relative_to("/")
     kbuild_rel = headers.kbuild.relative_to("/")
+    extra = [f"/{common_rel}-copy{index}" for index in range(copies)]
+    install = [f"cp -a /{common_rel} %{{buildroot}}{copy}" for copy in extra]
+    if filler_mib:
+        install.append(f"mkdir -p %{{buildroot}}/{flavour_rel}/tools/filler")
+        install += [
+            f"head -c 1048576 /dev/urandom > %{{buildroot}}/{flavour_rel}/tools/filler/f{index}"
+            for index in range(filler_mib)
+        ]
+    extra_install = "\n            ".join(install)
+    extra_files = "\n            ".join(extra)
     spec.write_text(
         textwrap.dedent(
             f"""\
@@ -108,11 +126,12 @@ def build_kernel_devel_rpm(workdir: Path, *, name: str = "kernel-xen-devel") -> 
             # hold the upstream version there; DRBD 9's spec names files after it).
             rm -f %{{buildroot}}/{flavour_rel}/include/config/kernel.release
             echo {headers.release} > %{{buildroot}}/{flavour_rel}/include/config/kernel.release
-
+            {extra_install}
             %files
             /{flavour_rel}
             /{common_rel}
             /{kbuild_rel}
+            {extra_files}
             """
         )
     )

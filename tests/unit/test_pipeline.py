@@ -37,7 +37,8 @@ class Fakes:
         source.write_bytes(b"source")
         self.source = Fetched(path=source, sha256="s" * 64, origin=str(source))
         monkeypatch.setattr(pipeline, "prepare_kernel", self.prepare_kernel)
-        monkeypatch.setattr(pipeline, "_context_sha256", lambda t: (tmp, "c" * 64))
+        # One build context per target: targets on one context share its image.
+        monkeypatch.setattr(pipeline, "_context_sha256", lambda t: (tmp, t.id.ljust(64, "c")))
         monkeypatch.setattr(
             pipeline, "fetch_sources", lambda step, recipe, o: pipeline.Sources(self.source, None)
         )

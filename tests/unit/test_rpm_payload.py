@@ -213,3 +213,56 @@ def test_a_payload_within_the_limits_unpacks(tmp_path: Path) -> None:
     root.mkdir()
     assert extract_payload(path, info, root, SMALL) == 1
     assert (root / "ok").stat().st_size == 1 << 20
+
+
+def test_entries_that_replace_queued_files_wait_for_them(tmp_path: Path) -> None:
+    """A name written twice (a file, then a symlink, then a file again) ends as the last
+    entry says, although small files are written by other threads."""
+    path, info = fake_rpm(
+        tmp_path,
+        [
+            ("./d", DIR, b"", 1, 2),
+            ("./d/x", REG, b"first", 2, 1),
+            ("./d/target", REG, b"target", 3, 1),
+            ("./d/x", LNK, b"target", 4, 1),
+            ("./d/y", LNK, b"target", 5, 1),
+            ("./d/y", REG, b"last", 6, 1),
+        ],
+    )
+    root = tmp_path / "root"
+    root.mkdir()
+    extract_payload(path, info, root)
+    assert (root / "d" / "x").is_symlink()
+    assert (root / "d" / "x").read_bytes() == b"target"
+    assert not (root / "d" / "y").is_symlink()
+    assert (root / "d" / "y").read_bytes() == b"last"
+    assert (root / "d" / "target").read_bytes() == b"target"
+
+
+def test_large_files_stream_and_small_ones_keep_modes_and_mtimes(tmp_path: Path) -> None:
+    big = bytes(range(256)) * (5 << 12)  # 5 MiB: over what is handed to the writer threads
+    entries = [(f"./f{n}", REG | 0o111, f"file {n}".encode(), n + 1, 1) for n in range(300)]
+    path, info = fake_rpm(tmp_path, [("./big", REG, big, 1000, 1), *entries])
+    root = tmp_path / "root"
+    root.mkdir()
+    assert extract_payload(path, info, root) == 301
+    assert (root / "big").read_bytes() == big
+    for n in (0, 299):
+        file = root / f"f{n}"
+        assert file.read_bytes() == f"file {n}".encode()
+        assert stat.S_IMODE(file.stat().st_mode) == 0o755
+        assert file.stat().st_mtime == 0  # the payload's mtime, not the time of writing
+
+
+def test_a_refused_entry_after_queued_files_stops_the_writers(tmp_path: Path) -> None:
+    import threading
+
+    entries = [(f"./f{n}", REG, b"x" * 100, n + 1, 1) for n in range(500)]
+    path, info = fake_rpm(tmp_path, [*entries, ("../escape", REG, b"x", 999, 1)])
+    root = tmp_path / "root"
+    root.mkdir()
+    before = threading.active_count()
+    with pytest.raises(InputError, match="climbs out"):
+        extract_payload(path, info, root)
+    assert threading.active_count() == before
+    assert not (tmp_path / "escape").exists()

@@ -1,0 +1,130 @@
+"""Several builds at once, end to end on the real engine: a failure does not stop the
+other build, an interrupt leaves no container and no complete-looking artifact, and the
+RPMs are the very bytes a serial build makes."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import docker
+import pytest
+
+from tests.integration import buildenv
+from tests.integration.test_build_cli import REPO, STARTED, Lab, lab, mine, run
+
+pytestmark = [pytest.mark.integration, pytest.mark.docker]
+
+__all__ = ["lab"]  # the fixture, used by name
+FIRST, SECOND = "8.4.1", "8.4.2"
+
+
+def break_module(source: Path) -> None:
+    module = source / "drbd" / "drbd_main.c"
+    module.write_text(module.read_text() + "\nthis is not C;\n")
+
+
+def slow_down(source: Path) -> None:
+    makefile = source / "Makefile"
+    makefile.write_text(
+        makefile.read_text().replace("tools: user/drbdadm\n", "tools:\n\tsleep 600\n")
+    )
+
+
+def two_versions(lab: Lab, alter: dict[str, Callable[[Path], None] | None]) -> Path:
+    """Specs for the lab target with DRBD 8.4.1 and 8.4.2, each source altered as given."""
+    entries = ""
+    for version in (FIRST, SECOND):
+        directory = lab.tmp / f"src-{version}"
+        directory.mkdir()
+        tarball = buildenv.make_drbd_source(directory, version, alter.get(version))
+        entries += f"  {version}:\n    family: 8.4-early\n    url: file://{tarball}\n"
+    return buildenv.write_lab_specs(
+        lab.tmp / "specs", targets={"lab": "kernel-xen"}, iso=lab.iso, rpm=lab.rpm,
+        release=lab.release, base_image=lab.base_image, drbd="drbd:\n" + entries,
+    )  # fmt: skip
+
+
+def build(specs: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "builder", "build", "--xcp", "lab", "--drbd", FIRST, SECOND,
+        "--specs", str(specs), "--cache", str(out / "cache"), "--artifacts",
+        str(out / "artifacts"), *extra,
+    ]  # fmt: skip
+
+
+def test_a_failing_build_does_not_stop_the_other(
+    lab: Lab, docker_client: docker.DockerClient
+) -> None:
+    # The first in the plan fails: one build after the other would never reach the second.
+    specs = two_versions(lab, {FIRST: break_module})
+    result = run(build(specs, lab.tmp, "--jobs", "2"))
+    assert result.returncode == 9, result.stderr[-3000:]
+    artifacts = lab.tmp / "artifacts" / "lab"
+    assert f"lab / DRBD {SECOND}: built: {artifacts / SECOND}" in result.stdout
+    assert f"lab / DRBD {FIRST}: failed (exit code 9)" in result.stdout
+    assert (artifacts / SECOND / "manifest.json").is_file()
+    assert not (artifacts / FIRST).exists()
+    assert "drbd_main.c" in (artifacts / f"{FIRST}.build.log").read_text()
+    assert not list(artifacts.glob("*.partial"))
+    # The failure is told with the build's name on its lines.
+    assert f"[lab {FIRST}] warning: lab / DRBD {FIRST} failed" in result.stderr
+    assert mine(docker_client) == []
+
+
+def test_sigterm_stops_every_running_build_and_leaves_nothing(
+    lab: Lab, docker_client: docker.DockerClient
+) -> None:
+    specs = two_versions(lab, {FIRST: slow_down, SECOND: slow_down})
+    process = subprocess.Popen(
+        build(specs, lab.tmp, "--jobs", "2"),
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    STARTED.append(process.pid)
+    logs = [lab.tmp / "artifacts" / "lab" / f"{v}.build.log" for v in (FIRST, SECOND)]
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if all(log.is_file() and "sleep 600" in log.read_text() for log in logs):
+                break
+            assert process.poll() is None, process.communicate()[1][-3000:]
+            time.sleep(0.5)
+        else:
+            pytest.fail("the two builds never ran at once")
+        assert len(mine(docker_client)) == 2
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=180)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, stderr[-3000:]
+    assert "SIGTERM" in stderr
+    assert mine(docker_client) == []
+    artifacts = lab.tmp / "artifacts" / "lab"
+    assert not (artifacts / FIRST).exists() and not (artifacts / SECOND).exists()
+    assert not list(artifacts.glob("*.partial"))
+
+
+def test_parallel_builds_make_the_bytes_a_serial_build_makes(lab: Lab) -> None:
+    specs = two_versions(lab, {})
+    serial, parallel = lab.tmp / "serial", lab.tmp / "parallel"
+    # Today's way: one build at a time, make on one CPU; then both at once with make -j2.
+    first = run(build(specs, serial, "--jobs", "1", "--cpus", "1"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run(build(specs, parallel, "--jobs", "2", "--cpus", "2"))
+    assert second.returncode == 0, second.stderr[-3000:]
+    for version in (FIRST, SECOND):
+        made = {p.name: p.read_bytes() for p in (serial / "artifacts/lab" / version).glob("*.rpm")}
+        again = {
+            p.name: p.read_bytes() for p in (parallel / "artifacts/lab" / version).glob("*.rpm")
+        }
+        assert made and made.keys() == again.keys()
+        for name, content in made.items():
+            assert content == again[name], f"{version}/{name} differs"
+        manifest = (parallel / "artifacts/lab" / version / "manifest.json").read_text()
+        assert "_smp_mflags -j2" in manifest

@@ -1,0 +1,56 @@
+"""The warm `kernel` memo: the answer while nothing it came from changed, else nothing."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from builder import kernel_memo
+
+RESULT = {"target": "lab", "release": "6.1.0-1-amd64", "build_dir": "/c/tree/usr/src/x"}
+
+
+def setup(tmp_path: Path) -> tuple[Path, Path, Path, list[object]]:
+    cache, specs = tmp_path / "cache", tmp_path / "specs"
+    specs.mkdir(parents=True)
+    (specs / "lab.yaml").write_text("targets: {}\n")
+    iso = tmp_path / "binpkg.iso"
+    iso.write_bytes(b"iso")
+    key: list[object] = ["lab", str(specs), str(cache), str(iso), None, None]
+    kernel_memo.remember(cache, key, [specs], [iso], RESULT)
+    return cache, specs, iso, key
+
+
+def test_unchanged_inputs_give_the_remembered_result(tmp_path: Path) -> None:
+    cache, specs, _, key = setup(tmp_path)
+    assert kernel_memo.recall(cache, key, [specs]) == RESULT
+
+
+def test_another_key_has_no_memo(tmp_path: Path) -> None:
+    cache, specs, _, key = setup(tmp_path)
+    assert kernel_memo.recall(cache, ["other", *key[1:]], [specs]) is None
+
+
+def test_a_changed_input_or_spec_file_forgets_the_result(tmp_path: Path) -> None:
+    cache, specs, iso, key = setup(tmp_path)
+    stat = iso.stat()
+    iso.write_bytes(b"ISO")  # same size; the mtime may even be restored: ctime still moves
+    os.utime(iso, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert kernel_memo.recall(cache, key, [specs]) is None
+    cache, specs, iso, key = setup(tmp_path / "again")
+    (specs / "lab.yaml").write_text("targets: {lab: {}}\n")
+    assert kernel_memo.recall(cache, key, [specs]) is None
+
+
+def test_a_spec_file_added_or_a_lock_written_forgets_the_result(tmp_path: Path) -> None:
+    cache, specs, _, key = setup(tmp_path)
+    (specs / "checksums.lock").write_text("{}\n")
+    assert kernel_memo.recall(cache, key, [specs]) is None
+
+
+def test_a_missing_input_is_never_remembered(tmp_path: Path) -> None:
+    cache, specs = tmp_path / "cache", tmp_path / "specs"
+    specs.mkdir()
+    key: list[object] = ["lab"]
+    kernel_memo.remember(cache, key, [specs], [tmp_path / "gone"], RESULT)
+    assert kernel_memo.recall(cache, key, [specs]) is None
