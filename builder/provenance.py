@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +57,20 @@ def signature_consumer(key: sign.SigningKey) -> Consumer:
     return Consumer.EL5 if key.algorithm == "DSA" else Consumer.EL7
 
 
-def check(
-    path: Path, public_key: Path, name: str, signed_sha256: str, source_sha256: str
-) -> list[str]:
-    """Problems with the statement at ``path`` as the record of package ``name``."""
+@dataclass
+class Statement:
+    """A statement as read back: what it says, and what is wrong with it as a whole."""
+
+    problems: list[str]
+    subjects: dict[str, str]  # package file name -> signed sha256
+    outputs: dict[str, str]  # build output file name -> unsigned sha256
+
+
+def read(path: Path, public_key: Path) -> Statement:
+    """Check a statement's signature and form once; each package it covers is then looked up."""
     signature = path.with_name(path.name + ".asc")
     if not path.is_file() or not signature.is_file():
-        return [f"its provenance statement {path} or its signature is missing"]
+        return Statement([f"its provenance statement {path} or its signature is missing"], {}, {})
     problems: list[str] = []
     try:
         sign.verify_detached(path, signature, public_key, Consumer.EL7)
@@ -74,11 +82,20 @@ def check(
         manifest = data["predicate"]["manifest"]
         outputs = {o["file"]: o["sha256"] for o in manifest["outputs"]}
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        return [*problems, f"its provenance statement {path.name} is malformed ({exc})"]
+        problems.append(f"its provenance statement {path.name} is malformed ({exc})")
+        return Statement(problems, {}, {})
     if data.get("_type") != STATEMENT_TYPE or data.get("predicateType") != PREDICATE_TYPE:
         problems.append(f"{path.name} is not a statement publish writes")
-    if subjects.get(name) != signed_sha256:
-        problems.append(f"its provenance statement {path.name} does not name it with its sha256")
-    if outputs.get(name) != source_sha256:
-        problems.append(f"the build manifest in {path.name} does not list it as an output")
+    return Statement(problems, subjects, outputs)
+
+
+def check(statement: Statement, name: str, signed_sha256: str, source_sha256: str) -> list[str]:
+    """Problems with ``statement`` as the record of package ``name``."""
+    if statement.problems:
+        return statement.problems
+    problems = []
+    if statement.subjects.get(name) != signed_sha256:
+        problems.append("its provenance statement does not name it with its sha256")
+    if statement.outputs.get(name) != source_sha256:
+        problems.append("the build manifest in its provenance statement does not list it")
     return problems

@@ -255,17 +255,16 @@ def _check_index(
             report.problem(
                 f"{entry.path} has sha256 {actual}; it had {entry.sha256} when it was signed."
             )
+    statements: dict[str, provenance.Statement] = {}
     for entry in entries:
         if not entry.provenance:
             report.notes.append(f"{entry.path} was published before provenance was recorded.")
             continue
-        for problem in provenance.check(
-            store.root / entry.provenance,
-            key,
-            entry.path.rsplit("/", 1)[1],
-            entry.sha256,
-            entry.source_sha256,
-        ):
+        if entry.provenance not in statements:  # one signature check per statement
+            statements[entry.provenance] = provenance.read(store.root / entry.provenance, key)
+        name = entry.path.rsplit("/", 1)[1]
+        statement = statements[entry.provenance]
+        for problem in provenance.check(statement, name, entry.sha256, entry.source_sha256):
             report.problem(f"{entry.path}: {problem}.")
     known = (
         set(indexed) | {e.provenance for e in entries} | {f"{e.provenance}.asc" for e in entries}
