@@ -138,6 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print("error: interrupted; partial work was cleaned up.", file=sys.stderr)
         return Interrupted.exit_code
+    except BrokenPipeError:
+        # The reader went away (`matrix | head`): what it wanted was printed.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as exc:
         if getattr(args, "debug", False):
             traceback.print_exc()

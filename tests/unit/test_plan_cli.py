@@ -129,3 +129,19 @@ def test_all_stands_for_every_target_once(tmp_path: Path) -> None:
     registry = load_registry()
     steps = plan(registry, ["all", "1.5"], ["8.4.1"], tmp_path)
     assert [s.target.id for s in steps] == list(registry.targets)
+
+
+def test_a_reader_that_goes_away_is_not_an_error() -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        f"{sys.executable} -m builder matrix --xcp all | head -c 1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert result.stdout == "{"
+    assert "error" not in result.stderr
