@@ -135,13 +135,16 @@ def test_a_reader_that_goes_away_is_not_an_error() -> None:
     import subprocess
     import sys
 
-    result = subprocess.run(
-        f"{sys.executable} -m builder matrix --xcp all | head -c 1",
-        shell=True,
-        capture_output=True,
-        text=True,
-        check=False,
+    with subprocess.Popen(
+        [sys.executable, "-m", "builder", "matrix", "--xcp", "all"],
         cwd=Path(__file__).resolve().parents[2],
-    )
-    assert result.stdout == "{"
-    assert "error" not in result.stderr
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as process:
+        assert process.stdout is not None and process.stderr is not None
+        assert process.stdout.read(1) == b"{"
+        process.stdout.close()  # like `| head -c 1`
+        errors = process.stderr.read()
+        code = process.wait(timeout=30)
+    assert code == 0
+    assert b"error" not in errors
