@@ -142,8 +142,7 @@ def test_a_reader_that_goes_away_is_not_an_error() -> None:
         stderr=subprocess.PIPE,
     ) as process:
         assert process.stdout is not None and process.stderr is not None
-        assert process.stdout.read(1) == b"{"
-        process.stdout.close()  # like `| head -c 1`
+        process.stdout.close()  # the reader is gone before anything is written
         errors = process.stderr.read()
         code = process.wait(timeout=30)
     assert code == 0
