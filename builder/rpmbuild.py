@@ -17,7 +17,7 @@ import stat
 import tarfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 import docker
@@ -334,6 +334,9 @@ def run_build(
     try:
         client = client or container.connect()
         container.reap_leftovers(client)
+        # An engine elsewhere gets the same inputs at the same paths as a tar stream, and
+        # sends the staging directory's content back the same way.
+        spec = replace(spec, upload=container.uploads_inputs(client))
         with log.step(f"Build {run.what} ({run.arch})"):
             result = container.run_logged(
                 client, spec, log_file=log_file, timeout=timeout, on_line=_Ticker()

@@ -1,0 +1,172 @@
+"""A build on a Docker engine that cannot see this machine's paths: a second dockerd on a TCP
+port of 127.0.0.1, with its own data root, exec root, pid file and socket.  Its inputs go in
+as a tar stream and its RPMs come back as one; they must be the very bytes a bind-mounted
+build on the main engine makes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import docker.errors
+import pytest
+
+from builder import container, drbdbuild
+from tests.integration import buildenv
+
+pytestmark = [pytest.mark.integration, pytest.mark.docker]
+
+VERSION = "8.4.1"
+
+
+@dataclass(frozen=True)
+class Engine:
+    address: str
+    root: Path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def second_engine(docker_client: docker.DockerClient) -> Iterator[Engine]:
+    """A dockerd of its own, started here and stopped in teardown (the main one is left be)."""
+    dockerd = shutil.which("dockerd")
+    if dockerd is None or os.geteuid() != 0:
+        pytest.skip("a second engine needs dockerd and root")
+    # Short: containerd's socket lives under the exec root, and unix socket paths are short.
+    root = Path(tempfile.mkdtemp(prefix="xdb-d2-", dir="/tmp"))
+    address = f"tcp://127.0.0.1:{free_port()}"
+    log_file = (root / "dockerd.log").open("wb")
+    daemon = subprocess.Popen(
+        [
+            dockerd,
+            f"--host={address}",
+            f"--host=unix://{root}/docker.sock",
+            f"--data-root={root}/data",
+            f"--exec-root={root}/exec",
+            f"--pidfile={root}/docker.pid",
+            # No networks of its own: it must not touch the host's firewall or bridge.
+            "--iptables=false",
+            "--ip6tables=false",
+            "--ip-masq=false",
+            "--bridge=none",
+        ],
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                # The SDK asks the engine's version as it is made: inside the retry loop.
+                client = docker.DockerClient(base_url=address.replace("tcp://", "http://"))
+                client.ping()
+                break
+            except (docker.errors.DockerException, OSError) as exc:
+                if daemon.poll() is not None or time.monotonic() > deadline:
+                    text = (root / "dockerd.log").read_text(errors="replace")[-2000:]
+                    pytest.fail(f"the second dockerd did not start ({exc}):\n{text}")
+                time.sleep(0.5)
+        client.close()
+        yield Engine(address, root)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+        log_file.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def load_image(source: docker.DockerClient, destination: docker.DockerClient, image: str) -> None:
+    """``docker save`` from one engine piped into ``docker load`` on the other."""
+    destination.images.load(source.images.get(image).save(named=True))
+    assert destination.images.get(image).id == image
+
+
+def build(
+    image: str,
+    kernel: buildenv.KernelTree,
+    tarball: Path,
+    work: Path,
+    client: docker.DockerClient,
+) -> tuple[dict[str, str], float]:
+    """(RPM name -> sha256, seconds) of a cold build: userland and module."""
+    output = work / "out.partial"
+    output.mkdir(parents=True)
+    started = time.monotonic()
+    built = drbdbuild.build_drbd(
+        buildenv.drbd_build(
+            image, kernel, tarball, version=VERSION, requires=("kernel-xen", "6.1-1")
+        ),
+        output_dir=output,
+        log_file=work / "build.log",
+        cache_dir=work / "cache",
+        timeout=900,
+        client=client,
+    )
+    seconds = time.monotonic() - started
+    assert list(output.glob(".*")) == [], "the staging directory was left behind"
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in built.rpms}, seconds
+
+
+def test_build_on_a_tcp_engine_uploads_its_inputs_and_makes_the_same_rpms(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    second_engine: Engine,
+    docker_client: docker.DockerClient,
+    standin_image: str,
+    kernel_tree: buildenv.KernelTree,
+    own_containers: None,
+) -> None:
+    tarball = buildenv.make_drbd_source(tmp_path, VERSION)
+    monkeypatch.delenv(container.UPLOAD_ENV, raising=False)
+    assert not container.uploads_inputs(docker_client)
+    local, local_seconds = build(
+        standin_image, kernel_tree, tarball, tmp_path / "local", docker_client
+    )
+
+    # The engine comes from DOCKER_HOST, as the Docker CLI's would; its containers are kept
+    # so that what they were given can be read back.
+    monkeypatch.setenv("DOCKER_HOST", second_engine.address)
+    monkeypatch.setenv(container.KEEP_ENV, "1")
+    remote_client = container.connect()
+    try:
+        load_image(docker_client, remote_client, standin_image)
+        assert container.uploads_inputs(remote_client)
+        remote, remote_seconds = build(
+            standin_image, kernel_tree, tarball, tmp_path / "remote", remote_client
+        )
+        kept = container.labelled_containers(remote_client)
+        assert len(kept) == 2  # the userland and the module
+        for run in kept:
+            host_config = run.attrs["HostConfig"]
+            assert run.attrs["Mounts"] == []
+            assert not host_config.get("Binds")
+            assert not host_config.get("Mounts")
+            assert run.attrs["State"]["ExitCode"] == 0
+            run.remove(force=True)
+    finally:
+        remote_client.close()
+    print(
+        f"\nbind-mounted build on the main engine: {local_seconds:.1f} s; "
+        f"uploaded build on the TCP engine: {remote_seconds:.1f} s"
+    )
+    assert remote == local
+    assert any(name.startswith("drbd-km-") for name in remote)
