@@ -568,7 +568,8 @@ def unpack_outputs(archive_file: IO[bytes], destination: Path, *, limit: int) ->
                 os.utime(path, (member.mtime, member.mtime))
                 files.append(name)
     except FileExistsError as exc:
-        raise BuildError(f"The build's output names {exc.filename} twice.") from None
+        name = Path(str(exc.filename)).name
+        raise BuildError(f"The build's output names {name} twice.") from None
     except tarfile.TarError as exc:
         raise DockerError(f"The engine sent back an unreadable archive: {exc}") from exc
     return Downloaded(tuple(files), tuple(refused))

@@ -96,7 +96,10 @@ def second_engine(docker_client: docker.DockerClient) -> Iterator[Engine]:
 
 def load_image(source: docker.DockerClient, destination: docker.DockerClient, image: str) -> None:
     """``docker save`` from one engine piped into ``docker load`` on the other."""
-    destination.images.load(source.images.get(image).save(named=True))
+    # The SDK hands ``data`` to requests, which sends an iterator chunk by chunk: the image
+    # is never held whole in memory (the type stubs name only bytes and files).
+    chunks = source.images.get(image).save(named=True)
+    destination.images.load(chunks)  # type: ignore[arg-type]
     assert destination.images.get(image).id == image
 
 
@@ -129,6 +132,7 @@ def build(
 def test_build_on_a_tcp_engine_uploads_its_inputs_and_makes_the_same_rpms(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    *,
     second_engine: Engine,
     docker_client: docker.DockerClient,
     standin_image: str,
