@@ -169,7 +169,8 @@ def _probe_tcp(address: str, hint: str) -> None:
 
 # The engine each client of connect() talks to, for the local/remote decision.
 _ENDPOINTS: weakref.WeakKeyDictionary[docker.DockerClient, Endpoint] = weakref.WeakKeyDictionary()
-_UPLOADS: weakref.WeakKeyDictionary[docker.DockerClient, bool] = weakref.WeakKeyDictionary()
+# Whether each engine address gets uploads: decided (and said) once per process.
+_UPLOADS: dict[str, bool] = {}
 
 
 def connect() -> docker.DockerClient:
@@ -228,25 +229,25 @@ def uploads_inputs(client: docker.DockerClient) -> bool:
     """Whether builds on ``client``'s engine get their inputs as uploads, not bind mounts.
 
     ``XDB_DOCKER_UPLOAD=1`` forces uploads, ``=0`` bind mounts; otherwise a remote engine
-    (:func:`engine_is_local`) gets uploads.  Decided once per client.
+    (:func:`engine_is_local`) gets uploads.  Decided once per engine address.
     """
     forced = os.environ.get(UPLOAD_ENV, "")
     if forced in ("0", "1"):
         return forced == "1"
     if forced:
         raise ConfigError(f"{UPLOAD_ENV} must be 1 (upload inputs) or 0 (bind-mount them).")
-    known = _UPLOADS.get(client)
-    if known is not None:
-        return known
     endpoint = _ENDPOINTS.get(client)
     address = endpoint.address if endpoint is not None else _address_of(client)
+    known = _UPLOADS.get(address)
+    if known is not None:
+        return known
     try:
         name = str(client.info().get("Name", ""))
     except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
         raise DockerError(f"Cannot ask the Docker engine at {address} about itself: {exc}") from exc
     local, why = engine_is_local(address, name, socket.gethostname())
     log.info(f"{'bind-mounting' if local else 'uploading'} build inputs: {why}")
-    _UPLOADS[client] = not local
+    _UPLOADS[address] = not local
     return not local
 
 
@@ -532,11 +533,13 @@ def unpack_outputs(archive_file: IO[bytes], destination: Path, *, limit: int) ->
     The tar holds the directory itself as its first entry (``out/``) and its content below.
     Only plain files directly below it are written, each under its own base name, created
     anew (never through an existing link) with the permission bits of its header cut to
-    0o755; links, devices and the like are named in ``refused`` for the caller to judge as it
-    judges a bind-mounted output; deeper entries and names that climb out are skipped.
+    0o755; links, devices and the like (and a file another entry hard-links to) are named in
+    ``refused`` for the caller to judge as it judges a bind-mounted output; deeper entries and
+    names that climb out are skipped.
     """
     files: list[str] = []
     refused: list[str] = []
+    linked: set[str] = set()
     total = 0
     try:
         with tarfile.open(fileobj=archive_file, mode="r:") as archive:
@@ -547,6 +550,10 @@ def unpack_outputs(archive_file: IO[bytes], destination: Path, *, limit: int) ->
                 name = parts[1]
                 if not member.isreg():
                     refused.append(name)
+                    if member.islnk():
+                        # Its target has two names too: refused as a bind mount's
+                        # link count would refuse both.
+                        linked.add(PurePosixPath(member.linkname).name)
                     continue
                 total += member.size
                 if total > limit:
@@ -567,6 +574,10 @@ def unpack_outputs(archive_file: IO[bytes], destination: Path, *, limit: int) ->
                 os.chmod(path, member.mode & 0o755)
                 os.utime(path, (member.mtime, member.mtime))
                 files.append(name)
+        for name in sorted(linked.intersection(files)):
+            (destination / name).unlink()
+            files.remove(name)
+            refused.append(name)
     except FileExistsError as exc:
         name = Path(str(exc.filename)).name
         raise BuildError(f"The build's output names {name} twice.") from None
@@ -579,7 +590,14 @@ def _upload(container: Container, spec: RunSpec, scratch: Path) -> None:
     with tempfile.TemporaryFile(dir=scratch) as stream:
         pack_inputs(spec.mounts, stream)
         stream.seek(0)
-        if not container.put_archive("/", stream):
+        try:
+            accepted = container.put_archive("/", stream)
+        except requests.exceptions.RequestException as exc:
+            raise DockerError(
+                f"Lost the connection to the Docker engine while uploading the inputs of "
+                f"container {container.name}: {exc}"
+            ) from exc
+        if not accepted:
             raise DockerError(f"The engine refused the inputs of container {container.name}.")
 
 

@@ -6,6 +6,7 @@ build on the main engine makes."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -22,6 +23,7 @@ import docker.errors
 import pytest
 
 from builder import container, drbdbuild
+from builder.errors import BuildError
 from tests.integration import buildenv
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
@@ -174,3 +176,60 @@ def test_build_on_a_tcp_engine_uploads_its_inputs_and_makes_the_same_rpms(
     )
     assert remote == local
     assert any(name.startswith("drbd-km-") for name in remote)
+
+
+def test_the_current_context_reaches_the_tcp_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, second_engine: Engine
+) -> None:
+    """`docker context use` moves the engine, though docker-py's from_env reads no context."""
+    key = hashlib.sha256(b"second").hexdigest()
+    meta = tmp_path / "contexts" / "meta" / key / "meta.json"
+    meta.parent.mkdir(parents=True)
+    meta.write_text(
+        json.dumps({"Name": "second", "Endpoints": {"docker": {"Host": second_engine.address}}})
+    )
+    (tmp_path / "config.json").write_text(json.dumps({"currentContext": "second"}))
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    monkeypatch.delenv("DOCKER_CONTEXT", raising=False)
+    monkeypatch.delenv(container.UPLOAD_ENV, raising=False)
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    client = container.connect()
+    try:
+        assert client.info()["DockerRootDir"] == f"{second_engine.root}/data"
+        assert container.uploads_inputs(client)
+    finally:
+        client.close()
+
+
+def leave_links(source: Path) -> None:
+    """A hostile source: its build leaves a symlink to a host file and a hard-linked pair."""
+    makefile = source / "Makefile"
+    makefile.write_text(
+        makefile.read_text().replace(
+            "tools: user/drbdadm\n",
+            "tools: user/drbdadm\n"
+            "\tln -s /etc/passwd /build/out/c-link.rpm\n"
+            "\techo x > /build/out/a-made.txt\n"
+            "\tln /build/out/a-made.txt /build/out/b-hard.rpm\n",
+        )
+    )
+
+
+@pytest.mark.parametrize("upload", ["0", "1"], ids=["bind mounts", "uploads"])
+def test_links_left_in_the_output_fail_the_build_alike(
+    upload: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    docker_client: docker.DockerClient,
+    standin_image: str,
+    kernel_tree: buildenv.KernelTree,
+    own_containers: None,
+) -> None:
+    monkeypatch.setenv(container.UPLOAD_ENV, upload)
+    tarball = buildenv.make_drbd_source(tmp_path, VERSION, leave_links)
+    with pytest.raises(BuildError) as caught:
+        build(standin_image, kernel_tree, tarball, tmp_path / "work", docker_client)
+    assert caught.value.exit_code == 9
+    assert "b-hard.rpm in the output is not a plain file" in str(caught.value)
+    assert list((tmp_path / "work" / "out.partial").iterdir()) == []

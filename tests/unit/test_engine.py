@@ -281,3 +281,13 @@ def test_output_beyond_the_limit_is_refused(tmp_path: Path) -> None:
 def test_a_broken_archive_is_a_docker_error(tmp_path: Path) -> None:
     with pytest.raises(DockerError, match="unreadable archive"):
         container.unpack_outputs(io.BytesIO(b"\x00garbage" * 100), tmp_path, limit=1 << 20)
+
+
+def test_a_file_with_a_hard_link_beside_it_is_refused_under_both_names(tmp_path: Path) -> None:
+    stream = archive_of(
+        (entry("out/drbd.rpm"), b"x"),
+        (entry("out/other.txt", tarfile.LNKTYPE, link="out/drbd.rpm"), b""),
+    )
+    got = container.unpack_outputs(stream, tmp_path, limit=1 << 20)
+    assert got == container.Downloaded(files=(), refused=("other.txt", "drbd.rpm"))
+    assert list(tmp_path.iterdir()) == []
