@@ -22,7 +22,7 @@ import docker
 import docker.errors
 import pytest
 
-from builder import container, drbdbuild
+from builder import container, drbdbuild, proc
 from builder.errors import BuildError
 from tests.integration import buildenv
 
@@ -47,29 +47,42 @@ def free_port() -> int:
 def second_engine(docker_client: docker.DockerClient) -> Iterator[Engine]:
     """A dockerd of its own, started here and stopped in teardown (the main one is left be)."""
     dockerd = shutil.which("dockerd")
-    if dockerd is None or os.geteuid() != 0:
-        pytest.skip("a second engine needs dockerd and root")
+    if dockerd is None or shutil.which("ip") is None or os.geteuid() != 0:
+        pytest.skip("a second engine needs dockerd, ip (iproute2) and root")
     # Short: containerd's socket lives under the exec root, and unix socket paths are short.
     root = Path(tempfile.mkdtemp(prefix="xdb-d2-", dir="/tmp"))
     address = f"tcp://127.0.0.1:{free_port()}"
+    # A bridge of its own, never `--bridge=none`: dockerd started with that deletes the
+    # interface docker0 on its way up, which is the running engine's bridge.  The address is
+    # from TEST-NET-2 (RFC 5737), which no network routes.
+    bridge = f"xdb{os.getpid() % 1_000_000}"
+    main_bridge = Path("/sys/class/net/docker0")
+    had_main_bridge = main_bridge.exists()
+    proc.run(["ip", "link", "add", "name", bridge, "type", "bridge"], echo=False)
     log_file = (root / "dockerd.log").open("wb")
-    daemon = subprocess.Popen(
-        [
-            dockerd,
-            f"--host={address}",
-            f"--host=unix://{root}/docker.sock",
-            f"--data-root={root}/data",
-            f"--exec-root={root}/exec",
-            f"--pidfile={root}/docker.pid",
-            # No networks of its own: it must not touch the host's firewall or bridge.
-            "--iptables=false",
-            "--ip6tables=false",
-            "--ip-masq=false",
-            "--bridge=none",
-        ],
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-    )
+    try:
+        proc.run(["ip", "addr", "add", "198.51.100.1/24", "dev", bridge], echo=False)
+        daemon = subprocess.Popen(
+            [
+                dockerd,
+                f"--host={address}",
+                f"--host=unix://{root}/docker.sock",
+                f"--data-root={root}/data",
+                f"--exec-root={root}/exec",
+                f"--pidfile={root}/docker.pid",
+                f"--bridge={bridge}",
+                # The host's firewall is the running engine's: left alone.
+                "--iptables=false",
+                "--ip6tables=false",
+                "--ip-masq=false",
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    except BaseException:
+        log_file.close()
+        proc.run(["ip", "link", "delete", bridge], echo=False, check=False)
+        raise
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -93,7 +106,9 @@ def second_engine(docker_client: docker.DockerClient) -> Iterator[Engine]:
             daemon.kill()
             daemon.wait()
         log_file.close()
+        proc.run(["ip", "link", "delete", bridge], echo=False, check=False)
         shutil.rmtree(root, ignore_errors=True)
+    assert main_bridge.exists() or not had_main_bridge, "the running engine lost docker0"
 
 
 def load_image(source: docker.DockerClient, destination: docker.DockerClient, image: str) -> None:
