@@ -5,9 +5,10 @@
 #       -v "$PWD:$PWD" -w "$PWD" xcp-drbd-builder build --xcp 1.5 --drbd 8.4.1 \
 #       --cache "$PWD/.cache" --artifacts "$PWD/artifacts"
 #
-# `build` starts its build containers on the host's engine through the mounted socket, and
-# that engine bind-mounts the kernel tree and source by their paths: the cache and artifacts
-# must therefore be host paths mounted at the same path inside this container ($PWD:$PWD).
+# `build` starts its build containers on the host's engine through the mounted socket. That
+# engine reports the host's name, not this container's, so the build inputs are uploaded into
+# each build container rather than bind-mounted (README, "Other engines"); $PWD:$PWD keeps
+# the cache and artifacts on the host at the paths the tool prints.
 # `publish` signs on this container's host side of the pipeline, never in a build container:
 # mount the GnuPG home (read-only is not enough for gpg-agent) and pass --gnupg-home.
 ARG BASE_IMAGE=debian:bookworm-slim

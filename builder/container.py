@@ -14,25 +14,32 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
+import shutil
 import socket
 import stat
+import tarfile
+import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Any, ClassVar
 
 import docker
 import docker.errors
 import requests.exceptions
 from docker.models.containers import Container
+from docker.tls import TLSConfig
 from docker.types import Mount
 
 from builder import log
-from builder.errors import DockerError, Interrupted
+from builder.errors import BuildError, ConfigError, DockerError, Interrupted
 from builder.locks import pid_alive
 from builder.specs import DEFAULT_LIMITS, Limits
 
@@ -46,8 +53,89 @@ IMAGE_REPOSITORY = "xcp-drbd-builder"
 IGNORED_NAMES = frozenset({".git", "__pycache__", ".DS_Store"})
 
 
+DEFAULT_ADDRESS = "unix:///var/run/docker.sock"
+UPLOAD_ENV = "XDB_DOCKER_UPLOAD"
+# What a build may send back through the engine (RPMs of a few MiB, a compat patch).
+OUTPUT_LIMIT = 2 << 30
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the Docker engine is, and what named it (for messages)."""
+
+    address: str
+    origin: str  # "DOCKER_HOST", "Docker context NAME", "the default socket"
+    tls: TLSConfig | None = None
+
+
+def _config_dir(environ: Mapping[str, str]) -> Path:
+    configured = environ.get("DOCKER_CONFIG")
+    if configured:
+        return Path(configured)
+    return Path(environ.get("HOME") or Path.home()) / ".docker"
+
+
+def resolve_endpoint(environ: Mapping[str, str]) -> Endpoint:
+    """The engine the Docker CLI would talk to: DOCKER_HOST, else the current context.
+
+    docker-py's ``from_env`` reads DOCKER_HOST, DOCKER_TLS_VERIFY and DOCKER_CERT_PATH but no
+    CLI context, so a user who ran ``docker context use remote`` would get the local socket.
+    The context comes from DOCKER_CONTEXT, else ``currentContext`` in the CLI's config.json;
+    its endpoint and TLS files sit under ``contexts/`` in a directory named by the sha256 of
+    the context's name.
+    """
+    host = environ.get("DOCKER_HOST")
+    if host:
+        return Endpoint(host, "DOCKER_HOST")
+    config = _config_dir(environ)
+    name = environ.get("DOCKER_CONTEXT", "")
+    if not name:
+        try:
+            data = json.loads((config / "config.json").read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            data = {}
+        except (OSError, ValueError) as exc:
+            raise DockerError(
+                f"Cannot read the Docker CLI configuration {config / 'config.json'}: {exc}"
+            ) from exc
+        current = data.get("currentContext") if isinstance(data, dict) else None
+        name = current if isinstance(current, str) else ""
+    if name in ("", "default"):
+        return Endpoint(DEFAULT_ADDRESS, "the default socket")
+    key = hashlib.sha256(name.encode()).hexdigest()
+    meta_file = config / "contexts" / "meta" / key / "meta.json"
+    hint = "Check `docker context ls`, or set DOCKER_HOST."
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        docker_endpoint = meta["Endpoints"]["docker"]
+        address = docker_endpoint["Host"]
+    except FileNotFoundError:
+        raise DockerError(
+            f"The current Docker context {name!r} does not exist ({meta_file} is missing).",
+            hint=hint,
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DockerError(
+            f"The Docker context {name!r} has no readable engine address in {meta_file}: {exc}",
+            hint=hint,
+        ) from None
+    if not isinstance(address, str) or not address:
+        raise DockerError(f"The Docker context {name!r} names no engine in {meta_file}.", hint=hint)
+    tls_dir = config / "contexts" / "tls" / key / "docker"
+    tls = None
+    if tls_dir.is_dir():
+        ca, cert, client_key = (tls_dir / f for f in ("ca.pem", "cert.pem", "key.pem"))
+        verify = not bool(docker_endpoint.get("SkipTLSVerify"))
+        tls = TLSConfig(
+            client_cert=(str(cert), str(client_key)) if cert.is_file() else None,
+            ca_cert=str(ca) if ca.is_file() and verify else None,
+            verify=verify,
+        )
+    return Endpoint(address, f"Docker context {name}", tls)
+
+
 def engine_address() -> str:
-    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    return resolve_endpoint(os.environ).address
 
 
 def _probe_unix_socket(address: str, hint: str) -> None:
@@ -65,24 +153,110 @@ def _probe_unix_socket(address: str, hint: str) -> None:
         probe.close()
 
 
+def _probe_tcp(address: str, hint: str) -> None:
+    """A refused or silent port fails in seconds, not after the SDK's 60-second timeout."""
+    parsed = urllib.parse.urlsplit(address.replace("tcp://", "http://", 1))
+    try:
+        port = parsed.port or 2375
+        with socket.create_connection((parsed.hostname or "localhost", port), timeout=5):
+            pass
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise DockerError(
+            f"The Docker engine is not reachable at {address} ({reason}).", hint=hint
+        ) from None
+
+
+# The engine each client of connect() talks to, for the local/remote decision.
+_ENDPOINTS: weakref.WeakKeyDictionary[docker.DockerClient, Endpoint] = weakref.WeakKeyDictionary()
+# Whether each engine address gets uploads: decided (and said) once per process.
+_UPLOADS: dict[str, bool] = {}
+
+
 def connect() -> docker.DockerClient:
     """Return a client for a Docker engine that answered a ping, or raise :class:`DockerError`."""
-    address = engine_address()
+    endpoint = resolve_endpoint(os.environ)
+    address = endpoint.address
     hint = "Start dockerd (for example `systemctl start docker`) or set DOCKER_HOST."
+    if endpoint.origin.startswith("Docker context"):
+        hint = (
+            f"Start the engine of {endpoint.origin}, choose another with `docker context use`, "
+            "or set DOCKER_HOST."
+        )
     if address.startswith("unix://"):
         # Checked first: docker-py leaks its socket when its first request fails.
         _probe_unix_socket(address, hint)
+    elif address.startswith("tcp://"):
+        _probe_tcp(address, hint)
     client: docker.DockerClient | None = None
     try:
-        client = docker.from_env()
+        if endpoint.origin == "DOCKER_HOST":
+            client = docker.from_env()  # DOCKER_TLS_VERIFY and DOCKER_CERT_PATH too
+        else:
+            client = docker.DockerClient(base_url=address, tls=endpoint.tls or False)
         client.ping()
     except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
         if client is not None:
             client.close()
         raise DockerError(
-            f"The Docker engine is not reachable at {address} ({exc}).", hint=hint
+            f"The Docker engine is not reachable at {address} (from {endpoint.origin}: {exc}).",
+            hint=hint,
         ) from exc
+    _ENDPOINTS[client] = endpoint
     return client
+
+
+def engine_is_local(address: str, engine_name: str, host_name: str) -> tuple[bool, str]:
+    """Whether an engine sees this machine's files at their paths, and why it was judged so.
+
+    Only a unix socket can be this machine's engine for sure: a TCP or SSH address may be
+    127.0.0.1 and still be another machine (a tunnel) or another root (an engine in a VM).
+    Behind a unix socket the engine may still be elsewhere (a forwarded socket, the builder
+    itself in a container with the host's socket), which its name then tells: dockerd
+    reports its machine's host name.
+    """
+    if not address.startswith("unix://"):
+        scheme = address.split("://", 1)[0] if "://" in address else address
+        return False, f"{address} is a {scheme} address, not a unix socket of this machine"
+    if engine_name != host_name:
+        return False, (
+            f"the engine behind {address} runs on {engine_name!r}, and this is {host_name!r}"
+        )
+    return True, f"the engine behind {address} runs on this machine ({host_name})"
+
+
+def uploads_inputs(client: docker.DockerClient) -> bool:
+    """Whether builds on ``client``'s engine get their inputs as uploads, not bind mounts.
+
+    ``XDB_DOCKER_UPLOAD=1`` forces uploads, ``=0`` bind mounts; otherwise a remote engine
+    (:func:`engine_is_local`) gets uploads.  Decided once per engine address.
+    """
+    forced = os.environ.get(UPLOAD_ENV, "")
+    if forced in ("0", "1"):
+        return forced == "1"
+    if forced:
+        raise ConfigError(f"{UPLOAD_ENV} must be 1 (upload inputs) or 0 (bind-mount them).")
+    endpoint = _ENDPOINTS.get(client)
+    address = endpoint.address if endpoint is not None else _address_of(client)
+    known = _UPLOADS.get(address)
+    if known is not None:
+        return known
+    try:
+        name = str(client.info().get("Name", ""))
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        raise DockerError(f"Cannot ask the Docker engine at {address} about itself: {exc}") from exc
+    local, why = engine_is_local(address, name, socket.gethostname())
+    log.info(f"{'bind-mounting' if local else 'uploading'} build inputs: {why}")
+    _UPLOADS[address] = not local
+    return not local
+
+
+def _address_of(client: docker.DockerClient) -> str:
+    # docker-py names a unix socket http+docker://localhost (ssh: http+docker://ssh).
+    base = str(client.api.base_url)
+    if base == "http+docker://localhost":
+        return DEFAULT_ADDRESS
+    return base.replace("http+docker://", "ssh://", 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,6 +403,9 @@ class RunSpec:
     environment: Mapping[str, str] = field(default_factory=dict)
     working_dir: str | None = None
     limits: Limits = DEFAULT_LIMITS
+    # The mounts' content goes in as a tar stream before the container starts, and what the
+    # writable ones hold comes back as one after it ends (an engine that cannot see our paths).
+    upload: bool = False
 
 
 @dataclass(frozen=True)
@@ -310,6 +487,143 @@ def allow_new_containers() -> None:
     _Running.stopping.clear()
 
 
+# ---------------------------------------------------------------------------------------------
+# Inputs and outputs as tar streams, for an engine that cannot see this machine's paths
+
+
+def _root_owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    # As a read-only bind mount shows them to the build user: readable, not writable.
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    info.mode &= 0o755
+    return info
+
+
+def pack_inputs(mounts: Sequence[BindMount], stream: IO[bytes]) -> None:
+    """Write the mounts as one tar to extract at the container's ``/``.
+
+    A read-only mount's file or directory tree lands at its target path (symlinks kept as
+    links, owned by root, not writable by the build user); a writable mount becomes an empty
+    directory that everyone may write to, as the bind-mounted staging directory is.
+    """
+    with tarfile.open(fileobj=stream, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for mount in mounts:
+            name = mount.target.strip("/")
+            if not name or ".." in PurePosixPath(name).parts:
+                raise DockerError(f"Cannot upload to {mount.target!r}: not a path below /.")
+            if not mount.read_only:
+                info = tarfile.TarInfo(name)
+                info.type = tarfile.DIRTYPE
+                info.mode = 0o777
+                info.mtime = int(time.time())
+                archive.addfile(info)
+                continue
+            archive.add(str(mount.source), arcname=name, recursive=True, filter=_root_owned)
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    files: tuple[str, ...]  # regular files written into the destination
+    refused: tuple[str, ...]  # entries at the top that are not regular files (links, devices)
+
+
+def unpack_outputs(archive_file: IO[bytes], destination: Path, *, limit: int) -> Downloaded:
+    """Write the regular files at the top of a ``get_archive`` tar into ``destination``.
+
+    The tar holds the directory itself as its first entry (``out/``) and its content below.
+    Only plain files directly below it are written, each under its own base name, created
+    anew (never through an existing link) with the permission bits of its header cut to
+    0o755; links, devices and the like (and a file another entry hard-links to) are named in
+    ``refused`` for the caller to judge as it judges a bind-mounted output; deeper entries and
+    names that climb out are skipped.
+    """
+    files: list[str] = []
+    refused: list[str] = []
+    linked: set[str] = set()
+    total = 0
+    try:
+        with tarfile.open(fileobj=archive_file, mode="r:") as archive:
+            for member in archive:
+                parts = PurePosixPath(member.name).parts
+                if len(parts) != 2 or parts[0] in ("/", "..") or parts[1] in (".", ".."):
+                    continue
+                name = parts[1]
+                if not member.isreg():
+                    refused.append(name)
+                    if member.islnk():
+                        # Its target has two names too: refused as a bind mount's
+                        # link count would refuse both.
+                        linked.add(PurePosixPath(member.linkname).name)
+                    continue
+                total += member.size
+                if total > limit:
+                    raise BuildError(
+                        f"The build's output is larger than {limit >> 20} MiB; nothing of it "
+                        "is kept."
+                    )
+                source = archive.extractfile(member)
+                if source is None:
+                    refused.append(name)
+                    continue
+                path = destination / name
+                descriptor = os.open(
+                    path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600
+                )
+                with os.fdopen(descriptor, "wb") as sink:
+                    shutil.copyfileobj(source, sink, 1 << 20)
+                os.chmod(path, member.mode & 0o755)
+                os.utime(path, (member.mtime, member.mtime))
+                files.append(name)
+        for name in sorted(linked.intersection(files)):
+            (destination / name).unlink()
+            files.remove(name)
+            refused.append(name)
+    except FileExistsError as exc:
+        name = Path(str(exc.filename)).name
+        raise BuildError(f"The build's output names {name} twice.") from None
+    except tarfile.TarError as exc:
+        raise DockerError(f"The engine sent back an unreadable archive: {exc}") from exc
+    return Downloaded(tuple(files), tuple(refused))
+
+
+def _upload(container: Container, spec: RunSpec, scratch: Path) -> None:
+    with tempfile.TemporaryFile(dir=scratch) as stream:
+        pack_inputs(spec.mounts, stream)
+        stream.seek(0)
+        try:
+            accepted = container.put_archive("/", stream)
+        except requests.exceptions.RequestException as exc:
+            raise DockerError(
+                f"Lost the connection to the Docker engine while uploading the inputs of "
+                f"container {container.name}: {exc}"
+            ) from exc
+        if not accepted:
+            raise DockerError(f"The engine refused the inputs of container {container.name}.")
+
+
+def _download(container: Container, spec: RunSpec) -> None:
+    for mount in spec.mounts:
+        if mount.read_only:
+            continue
+        with tempfile.TemporaryFile(dir=mount.source) as stream:
+            chunks, _ = container.get_archive(mount.target)
+            received = 0
+            for chunk in chunks:
+                received += len(chunk)
+                if received > OUTPUT_LIMIT + (1 << 20):
+                    raise BuildError(
+                        f"The build's output in {mount.target} is larger than "
+                        f"{OUTPUT_LIMIT >> 20} MiB; nothing of it is kept."
+                    )
+                stream.write(chunk)
+            stream.seek(0)
+            downloaded = unpack_outputs(stream, mount.source, limit=OUTPUT_LIMIT)
+        for name in downloaded.refused:
+            # Left for the caller's checks to refuse, as a bind-mounted link would be.
+            with contextlib.suppress(OSError):
+                os.symlink(f"refused: not a regular file in {mount.target}", mount.source / name)
+
+
 @contextlib.contextmanager
 def started_container(client: docker.DockerClient, spec: RunSpec) -> Iterator[Container]:
     """Create and start a labelled container without network; always remove it on exit."""
@@ -318,7 +632,7 @@ def started_container(client: docker.DockerClient, spec: RunSpec) -> Iterator[Co
     name = f"xcp-drbd-builder-{uuid.uuid4().hex[:12]}"
     mounts = [
         Mount(target=m.target, source=str(m.source), type="bind", read_only=m.read_only)
-        for m in spec.mounts
+        for m in ([] if spec.upload else spec.mounts)
     ]
     keep = os.environ.get(KEEP_ENV) == "1"
     with _Running.lock:
@@ -342,6 +656,8 @@ def started_container(client: docker.DockerClient, spec: RunSpec) -> Iterator[Co
             nano_cpus=int(spec.limits.cpus * 1e9),
             detach=True,
         )
+        if spec.upload:
+            _upload(container, spec, scratch=Path(tempfile.gettempdir()))
         container.start()
         yield container
     except docker.errors.APIError as exc:
@@ -409,6 +725,8 @@ def run_logged(
                         for line in complete:
                             on_line(line.decode("utf-8", "replace"))
             status = container.wait()
+            if spec.upload and int(status.get("StatusCode", -1)) == 0 and not timed_out.is_set():
+                _download(container, spec)
         except requests.exceptions.RequestException as exc:
             raise DockerError(
                 f"Lost the connection to the Docker engine while container {name} ran: {exc}"

@@ -17,7 +17,7 @@ import stat
 import tarfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 import docker
@@ -334,6 +334,7 @@ def run_build(
     try:
         client = client or container.connect()
         container.reap_leftovers(client)
+        spec = _for_engine(spec, client, log_file)
         with log.step(f"Build {run.what} ({run.arch})"):
             result = container.run_logged(
                 client, spec, log_file=log_file, timeout=timeout, on_line=_Ticker()
@@ -381,6 +382,18 @@ def run_build(
         log_file=log_file,
         seconds=time.monotonic() - started,
     )
+
+
+def _for_engine(
+    spec: container.RunSpec, client: docker.DockerClient, log_file: Path
+) -> container.RunSpec:
+    """``spec`` as the engine can run it: an engine elsewhere gets the same inputs at the same
+    paths as a tar stream, and sends the staging directory's content back the same way."""
+    if not container.uploads_inputs(client):
+        return spec
+    with log_file.open("a", encoding="utf-8") as header:
+        header.write("# inputs uploaded into the container, outputs sent back as a tar stream\n")
+    return replace(spec, upload=True)
 
 
 # Lines that name the cause of a failed build, which rpmbuild's closing summary of warnings
