@@ -415,7 +415,8 @@ def _run_step(step: BuildStep, shared: _Shared, options: BuildOptions) -> Outcom
 
     def tree_of_target() -> KernelTree:
         # Targets on one kernel source take turns: the second finds it fetched and extracted.
-        with _FETCHING(("kernel", repr(target.kernel_source), step.kernel)):
+        # So do the kernels of one yum source: they read the same repository metadata.
+        with _FETCHING(("kernel", repr(target.kernel_source))):
             tree = prepare_kernel(target, options.settings, options.kernel_inputs, step.kernel)
         if step.kernel is not None and tree.rpm_version_release != step.kernel:
             raise InputError(
