@@ -29,7 +29,9 @@ build drbd and drbd-km from one tarball; 8.4.5 and later build the module from t
 tarball and the userland from the drbd-utils release the version names. A userland is built
 once per build image and shared by the targets that use it. The module package requires the
 exact dom0 kernel it was built for. Results go to ARTIFACTS/<target>/<version>/ with a
-manifest.json, only after the post-build checks passed.
+manifest.json, only after the post-build checks passed. A target whose kernel-devel comes from
+yum repositories is built once per selected kernel (--kernel), into
+ARTIFACTS/<target>/<version>+k<kernel-devel version-release>/.
 """
 
 
