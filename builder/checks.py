@@ -81,6 +81,8 @@ class Expectation:
     exact_userland: bool = True
     # The dom0 kernel package the module must require exactly: ("kernel-xen", "V-R").
     kernel_package: tuple[str, str] | None = None
+    # What the module package's release must end with: its kernel-devel's (builder.kernels).
+    release_suffix: str = ""
 
     @property
     def userland(self) -> str:
@@ -234,6 +236,12 @@ def problems(packages: Sequence[PackageInfo], expect: Expectation) -> list[str]:
         found.extend(_module_problems(module_package, expect))
         found.extend(_requires_problems(module_package, by_name, expect))
         found.extend(_kernel_problems(module_package, expect))
+        if not module_package.release.endswith(expect.release_suffix):
+            found.append(
+                f"{module_package.file_name}: release {module_package.release} does not end "
+                f"with {expect.release_suffix}, so the packages for two kernel-devel releases "
+                "with one uname -r would have one name-version-release"
+            )
     return found
 
 

@@ -88,6 +88,9 @@ class KernelInput:
     # What identifies the tree's content (the kernel-devel RPM's sha256); "" if unknown.
     # DRBD 9's compat.h depends only on it, the source and the image, so it is remembered.
     identity: str = ""
+    # What the module package's release gains for this kernel-devel (builder.kernels); ""
+    # keeps the spec's release.
+    release_suffix: str = ""
 
 
 def _no_spatch_image() -> str:
@@ -130,6 +133,7 @@ class DrbdBuild:
             userland_version=self.userland_source.version,
             exact_userland=self.recipe.requirement is Requirement.EXACT,
             kernel_package=self.kernel.requires,
+            release_suffix=self.kernel.release_suffix,
         )
 
 
@@ -280,6 +284,7 @@ def build_module(
         kdir=kdir,
         kernel_requires=f"{requires[0]} = {requires[1]}" if requires else None,
         userland_requires=module_userland_requirement(build),
+        release_suffix=build.kernel.release_suffix or None,
         jobs=parallel_jobs(build.limits.cpus),
     )
     recipe = build.recipe

@@ -78,7 +78,7 @@ def _check_rpm(path: Path) -> RpmInfo:
 
 
 def _fetch_rpm(
-    target: Target, settings: FetchSettings, inputs: KernelInputs
+    target: Target, settings: FetchSettings, inputs: KernelInputs, evr: str | None = None
 ) -> tuple[Fetched, Fetched]:
     """The kernel-devel RPM for ``target`` as a verified local file, and the file it came from."""
     source = target.kernel_source
@@ -86,7 +86,7 @@ def _fetch_rpm(
     if inputs.kernel_rpm is None and source.kind is SourceKind.ISO:
         return _rpm_from_iso(target, settings, inputs, lock)
     if inputs.kernel_rpm is None and source.kind is SourceKind.YUM:
-        rpm = _rpm_from_yum(target, settings)
+        rpm = _rpm_from_yum(target, settings, evr)
         return rpm, rpm
     # The RPM itself: the target's RPM URL, or the user's file (checked against what a verified
     # source recorded for it, when the target's source is an ISO or a repository).
@@ -191,18 +191,32 @@ def _read_out(iso: Fetched, inner: str, dest: Path, rpm_name: str, settings: Fet
     return sha
 
 
-def _rpm_from_yum(target: Target, settings: FetchSettings) -> Fetched:
-    from builder.yumrepo import find_package
+def _rpm_from_yum(target: Target, settings: FetchSettings, evr: str | None) -> Fetched:
+    """The newest match of the target's evr:, or the match whose version-release is ``evr``."""
+    from builder.yumrepo import find_packages
 
     source = target.kernel_source
-    package = find_package(
+    packages = find_packages(
         source.repos,
         name=target.kernel_package,
         arch=target.arch,
         evr_glob=source.evr,
         settings=settings,
     )
-    log.info(f"newest match in the repositories: {package.name}-{package.evr}.{package.arch}")
+    if evr is None:
+        package = packages[0]
+        log.info(f"newest match in the repositories: {package.name}-{package.evr}.{package.arch}")
+    else:
+        exact = [p for p in packages if p.evr == evr]
+        if not exact:
+            raise InputError(
+                f"No {target.kernel_package}-{evr} matching {source.evr or '*'} in the "
+                f"repositories {', '.join(source.repos)}.",
+                hint="`matrix` lists the kernels the repositories hold now; pass one of them "
+                "to --kernel, or latest or all.",
+            )
+        package = exact[0]
+        log.info(f"from the repositories: {package.name}-{package.evr}.{package.arch}")
     pinned = package.checksum if package.checksum_type == "sha256" else None
 
     def verify(path: Path) -> None:
@@ -335,8 +349,11 @@ def _extract_tree(rpm: Fetched, info: RpmInfo, settings: FetchSettings) -> dict[
     return data
 
 
-def prepare_kernel(target: Target, settings: FetchSettings, inputs: KernelInputs) -> KernelTree:
-    """Fetch, verify and extract ``target``'s kernel-devel; check its release."""
+def prepare_kernel(
+    target: Target, settings: FetchSettings, inputs: KernelInputs, evr: str | None = None
+) -> KernelTree:
+    """Fetch, verify and extract ``target``'s kernel-devel (from a yum source: the one whose
+    version-release is ``evr``, else the newest match); check its release."""
     kind = target.kernel_source.kind
     if inputs.iso is not None and inputs.kernel_rpm is not None:
         raise ConfigError("Give either --iso or --kernel-rpm, not both.")
@@ -347,7 +364,7 @@ def prepare_kernel(target: Target, settings: FetchSettings, inputs: KernelInputs
             hint="Pass the kernel-devel RPM itself with --kernel-rpm PATH.",
         )
     with log.step(f"kernel-devel for {target.id}"):
-        rpm, source = _fetch_rpm(target, settings, inputs)
+        rpm, source = _fetch_rpm(target, settings, inputs, evr)
         info = read_info(rpm.path)
         if info.name != target.kernel_package:
             raise InputError(

@@ -35,9 +35,17 @@ from builder.drbdbuild import (
     build_drbd,
     userland_record,
 )
-from builder.errors import BuilderError, BuildsFailed, ConfigError, NoSpaceError, no_space
+from builder.errors import (
+    BuilderError,
+    BuildsFailed,
+    ConfigError,
+    InputError,
+    NoSpaceError,
+    no_space,
+)
 from builder.fetch import Fetched, FetchSettings, Input, fetch
 from builder.kernel import KernelInputs, KernelTree, prepare_kernel
+from builder.kernels import per_kernel, release_suffix
 from builder.locks import timed_lock
 from builder.plan import BuildStep
 from builder.recipes import Recipe, recipe_for
@@ -184,6 +192,9 @@ def drbd_build(
             release=tree.release,
             requires=(step.target.kernel_runtime, tree.rpm_version_release),
             identity=tree.rpm_sha256,
+            release_suffix=release_suffix(tree.rpm_version_release)
+            if per_kernel(step.target)
+            else "",
         ),
         arch=step.target.arch,
         image=image,
@@ -198,7 +209,7 @@ def _inputs(
     step: BuildStep, build: DrbdBuild, tree: KernelTree, context: Path, context_sha: str
 ) -> dict[str, Any]:
     utils = build.utils
-    return {
+    inputs: dict[str, Any] = {
         "tool": f"xcp-drbd-builder {__version__}",
         "kernel_source": {"origin": tree.source.split("!/")[0], "sha256": tree.source_sha256},
         "kernel_rpm": {"nvra": tree.rpm_nvra, "sha256": tree.rpm_sha256},
@@ -224,6 +235,10 @@ def _inputs(
         "arch": step.target.arch,
         "kernel_requires": list(build.kernel.requires or ()),
     }
+    if build.kernel.release_suffix:
+        # Only where there is one: the inputs of single-kernel targets stay as they were.
+        inputs["module_release_suffix"] = build.kernel.release_suffix
+    return inputs
 
 
 def _up_to_date(step: BuildStep, inputs: dict[str, Any], settings: FetchSettings) -> bool:
@@ -253,6 +268,9 @@ def _manifest(step: BuildStep, inputs: dict[str, Any], built: Built) -> dict[str
     return {
         "target": target.id,
         "drbd_version": step.drbd.version,
+        # the artifacts directory's name: publish takes only a directory its manifest names
+        "build_name": step.build_name,
+        "kernel_evr": inputs["kernel_requires"][1] if inputs["kernel_requires"] else None,
         "kernel_release": target.kernel_release,
         "consumer": target.consumer.value,
         "arch": target.arch,
@@ -330,13 +348,13 @@ def _build_one(
 
 
 def build_lock(step: BuildStep, timeout: float) -> contextlib.AbstractContextManager[None]:
-    """One build at a time of one target and version into one artifacts directory: they share
-    ``<version>.partial`` and ``<version>.build.log``.  The lock lives in ``ARTIFACTS/.locks/``,
-    which publish does not read."""
-    name = f"{step.target.id}/{step.drbd.version}"
+    """One build at a time of one target, version and kernel into one artifacts directory: they
+    share ``<build>.partial`` and ``<build>.build.log``.  The lock lives in
+    ``ARTIFACTS/.locks/``, which publish does not read."""
+    name = f"{step.target.id}/{step.build_name}"
     artifacts = step.output_dir.parent.parent
     return timed_lock(
-        artifacts / ".locks" / step.target.id / f"{step.drbd.version}.lock",
+        artifacts / ".locks" / step.target.id / f"{step.build_name}.lock",
         timeout=timeout,
         what=f"Another build (pid {{pid}}) of {name} is writing {step.output_dir.parent}",
         waiting=f"waiting for another build (pid {{pid}}) of {name}",
@@ -397,10 +415,19 @@ def _run_step(step: BuildStep, shared: _Shared, options: BuildOptions) -> Outcom
 
     def tree_of_target() -> KernelTree:
         # Targets on one kernel source take turns: the second finds it fetched and extracted.
+        # So do the kernels of one yum source: they read the same repository metadata.
         with _FETCHING(("kernel", repr(target.kernel_source))):
-            return prepare_kernel(target, options.settings, options.kernel_inputs)
+            tree = prepare_kernel(target, options.settings, options.kernel_inputs, step.kernel)
+        if step.kernel is not None and tree.rpm_version_release != step.kernel:
+            raise InputError(
+                f"{tree.rpm.name} is {target.kernel_package} {tree.rpm_version_release}, but "
+                f"this build of {target.id} is for {step.kernel}.",
+                hint="Pass the kernel-devel RPM of that release with --kernel-rpm, or that "
+                "RPM's version-release to --kernel.",
+            )
+        return tree
 
-    tree = shared.trees.get(target.id, tree_of_target)
+    tree = shared.trees.get((target.id, step.kernel), tree_of_target)
     context, context_sha = shared.contexts.get(target.id, lambda: _context_sha256(target))
     # What the image's tag is made of (builder.rpmbuild.ensure_image): one image per key.
     image_key = (
@@ -429,10 +456,7 @@ def _run_step(step: BuildStep, shared: _Shared, options: BuildOptions) -> Outcom
     with build_lock(step, options.lock_timeout):
         _recover(step.output_dir)
         if _up_to_date(step, inputs, options.settings):
-            log.info(
-                f"{target.id} / DRBD {step.drbd.version}: up to date in "
-                f"{step.output_dir}; nothing to do"
-            )
+            log.info(f"{step_name(step)}: up to date in {step.output_dir}; nothing to do")
             return Outcome(step, built=False)
 
         def make_image() -> str:
@@ -440,7 +464,7 @@ def _run_step(step: BuildStep, shared: _Shared, options: BuildOptions) -> Outcom
                 return ensure_image(target)
 
         image = shared.images.get(image_key, make_image)
-        with log.step(f"{target.id} / DRBD {step.drbd.version}"):
+        with log.step(step_name(step)):
             _build_one(
                 step,
                 build=replace(planned, image=image),
@@ -452,7 +476,8 @@ def _run_step(step: BuildStep, shared: _Shared, options: BuildOptions) -> Outcom
 
 
 def step_name(step: BuildStep) -> str:
-    return f"{step.target.id} / DRBD {step.drbd.version}"
+    kernel = f" / kernel {step.kernel}" if step.kernel else ""
+    return f"{step.target.id} / DRBD {step.drbd.version}{kernel}"
 
 
 def _attempt(
@@ -465,9 +490,7 @@ def _attempt(
 ) -> Outcome:
     """Run one step; its failure is its outcome (the other steps go on)."""
     with (
-        log.prefixed(f"{step.target.id} {step.drbd.version}")
-        if prefix
-        else contextlib.nullcontext()
+        log.prefixed(f"{step.target.id} {step.build_name}") if prefix else contextlib.nullcontext()
     ):
         try:
             try:

@@ -7,11 +7,12 @@ prints it and ``matrix`` emits it as JSON for an external CI engine.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from builder.errors import ConfigError
+from builder.kernels import build_name
 from builder.recipes import recipe_for
 from builder.specs import DrbdVersion, Registry, SourceKind, Target
 
@@ -22,7 +23,14 @@ CONTAINERS_DIR = Path(__file__).resolve().parent.parent / "containers"
 class BuildStep:
     target: Target
     drbd: DrbdVersion
-    output_dir: Path  # artifacts/<target>/<version>
+    output_dir: Path  # artifacts/<target>/<version>, or <version>+k<kernel> (builder.kernels)
+    # The kernel-devel version-release this build is for, when the target is built per kernel
+    # (a yum kernel source); None: the target's one kernel.
+    kernel: str | None = None
+
+    @property
+    def build_name(self) -> str:
+        return self.output_dir.name
 
     @property
     def build_context(self) -> Path:
@@ -35,9 +43,12 @@ class BuildStep:
         elif source.kind is SourceKind.RPM:
             kernel_from = source.url or source.file_name
         else:
-            kernel_from = f"newest {target.kernel_package} {source.evr or ''} in " + ", ".join(
-                source.repos
+            which = (
+                f"{target.kernel_package}-{self.kernel}"
+                if self.kernel
+                else f"newest {target.kernel_package} {source.evr or ''}"
             )
+            kernel_from = f"{which} in " + ", ".join(source.repos)
         image = f"build context {self.build_context}"
         if target.base_image:
             image += f" on base image {target.base_image}"
@@ -52,7 +63,9 @@ class BuildStep:
             pairing = f"drbd-utils = {self.drbd.version}"
         patches = [p.name for p in (self.drbd.adjustments + target.adjustments).patches]
         lines = [
-            f"{target.id} / DRBD {self.drbd.version} ({self.drbd.family.value} recipe)",
+            f"{target.id} / DRBD {self.drbd.version}"
+            + (f" / kernel {self.kernel}" if self.kernel else "")
+            + f" ({self.drbd.family.value} recipe)",
             f"  kernel:  {target.kernel_package} from {kernel_from}",
             f"           build tree must report release {target.kernel_release}",
             f"  source:  {self.drbd.url}",
@@ -83,24 +96,30 @@ class BuildStep:
             "utils": self.drbd.utils.version if self.drbd.utils else "",
             "family": self.drbd.family.value,
             "kernel_release": self.target.kernel_release,
+            # what `build --kernel` takes for this one job
+            "kernel": self.kernel or "latest",
+            # artifacts/<target>/<build>/: where the job's build lands, relative to --artifacts
+            "build": self.build_name,
             "output": str(self.output_dir),
         }
 
 
 def plan(
-    registry: Registry, targets: Sequence[str], versions: Sequence[str], artifacts: Path
+    registry: Registry,
+    targets: Sequence[str],
+    versions: Sequence[str],
+    artifacts: Path,
+    kernels: Mapping[str, Sequence[str]] | None = None,
 ) -> list[BuildStep]:
-    """One step per (target, version), targets in the order given, duplicates dropped.
+    """One step per (target, version, kernel), targets in the order given, duplicates dropped.
 
     ``all`` stands for every target of the registry.  Without ``versions``, each target gets
-    the DRBD versions its spec lists as fitting it.
+    the DRBD versions its spec lists as fitting it.  ``kernels`` names the kernel-devel
+    version-releases of each target built per kernel (``builder.kernels.resolve``); a target
+    it does not name gets one step per version.
     """
-    resolved_targets: list[Target] = []
-    for name in targets:
-        chosen = list(registry.targets.values()) if name == "all" else [registry.target(name)]
-        for target in chosen:
-            if target not in resolved_targets:
-                resolved_targets.append(target)
+    kernels = kernels or {}
+    resolved_targets = registry.targets_named(targets)
     steps: list[BuildStep] = []
     for target in resolved_targets:
         wanted = versions or target.drbd_versions
@@ -114,8 +133,15 @@ def plan(
             entry = registry.drbd_version(version)
             if entry not in resolved_versions:
                 resolved_versions.append(entry)
+        evrs: Sequence[str | None] = kernels.get(target.id) or [None]
         steps += [
-            BuildStep(target=target, drbd=v, output_dir=artifacts / target.id / v.version)
+            BuildStep(
+                target=target,
+                drbd=v,
+                output_dir=artifacts / target.id / build_name(v.version, evr),
+                kernel=evr,
+            )
             for v in resolved_versions
+            for evr in evrs
         ]
     return steps

@@ -82,6 +82,9 @@ class Job:
     kdir: str | None = None  # module runs only, as seen inside the container
     kernel_requires: str | None = None  # "kernel-xen = V-R": what the module must require
     userland_requires: str | None = None  # "drbd-utils >= X", as the DRBD source declares
+    # appended to the module package's release: one package per kernel-devel release when
+    # the kernel release (uname -r) stays the same across kernel updates (builder.kernels)
+    release_suffix: str | None = None
     jobs: int = 1  # make's -j: the container's CPU limit (parallel_jobs)
 
 
@@ -176,6 +179,22 @@ def km_package_name(kernel_release: str, prefix: str = "drbd-km") -> str:
     return f"{prefix}-{kernel_release.replace('-', '_')}"
 
 
+def km_release(job: Job, spec: str) -> list[Command]:
+    """drbd-km.spec's module subpackage gets ``Release: %{release}<suffix>``, and the build
+    stops if the spec has no ``%package %{krelver}`` line to put it under.
+
+    The main package's Release stays: the spec's Source and ``%setup`` name the tarball
+    after it (``drbd-8.4.11-1.tar.gz``).  A subpackage may set its own Release (kmodtool's
+    kmod packages do), and only the subpackage is built as a package."""
+    if not job.release_suffix:
+        return []
+    line = f"Release: %{{release}}{job.release_suffix}"
+    return [
+        ["sed", "-i", "-e", rf"/^%package[[:space:]]\+%{{krelver}}[[:space:]]*$/a {line}", spec],
+        ["grep", "-qxF", line, spec],
+    ]
+
+
 def bundled_commands(job: Job, km: str, spec: str) -> list[Command]:
     """DRBD's own recipe for 8.3 and 8.4.0-8.4.4: configure, ``make tgz <spec>``, rpmbuild."""
     tgz = f"drbd-{job.source.version}.tar.gz"
@@ -186,6 +205,7 @@ def bundled_commands(job: Job, km: str, spec: str) -> list[Command]:
         # xsltproc and DocBook stylesheets fetched over the network, which is off here.
         ["make", "tgz", spec, "FORCE=1"],
         ["cp", tgz, f"{TOP_DIR}/SOURCES/{tgz}"],
+        *km_release(job, spec),
         rpmbuild(job, spec),
         COLLECT,
     ]
@@ -292,6 +312,7 @@ class ModuleOnlyRecipe(Recipe):
         return [
             *unpack(job),
             into_sources(job, job.source.file_name),
+            *km_release(job, "drbd-km.spec"),
             rpmbuild(job, "drbd-km.spec"),
             COLLECT,
         ]
@@ -385,6 +406,8 @@ class KmodRecipe(Recipe):
             defines.append(f"xdb_kernel_requires {job.kernel_requires}")
         if job.userland_requires:
             defines.append(f"xdb_userland_requires {job.userland_requires}")
+        if job.release_suffix:
+            defines.append(f"xdb_release_suffix {job.release_suffix}")
         return [
             *commands,
             into_sources(job, job.source.file_name, changed=compat is not None),

@@ -73,7 +73,9 @@ PARTIAL_SUFFIX = ".partial"
 
 @dataclass(frozen=True, kw_only=True)
 class Build:
-    """One finished build: ``artifacts/<target>/<drbd version>/`` with its manifest."""
+    """One finished build: ``artifacts/<target>/<build name>/`` with its manifest (the build
+    name is the DRBD version, or ``<version>+k<kernel-devel version-release>`` for a target
+    built per kernel)."""
 
     target: str
     drbd_version: str
@@ -121,7 +123,8 @@ def read_build(
     raw, data = loaded if loaded is not None else _load_manifest(manifest)
     target = data.get("target") or directory.parent.name
     version = data.get("drbd_version") or directory.name
-    for what, name in (("target", target), ("drbd_version", version)):
+    build_name = data.get("build_name") or version
+    for what, name in (("target", target), ("drbd_version", version), ("build_name", build_name)):
         if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
             raise _manifest_error(manifest, f"{what} {name!r} is not a plain name")
     consumer_value = data.get("consumer")
@@ -168,7 +171,8 @@ def read_build(
 
 
 def scan_artifacts(artifacts: Path, registry: Callable[[], Registry]) -> list[Build]:
-    """Finished builds under ``artifacts/<target>/<version>/``; unfinished ones are skipped."""
+    """Finished builds under ``artifacts/<target>/<build name>/``; unfinished ones are
+    skipped."""
     if not artifacts.is_dir():
         raise ConfigError(f"Artifacts directory {artifacts} does not exist.")
     builds: list[Build] = []
@@ -184,13 +188,13 @@ def scan_artifacts(artifacts: Path, registry: Callable[[], Registry]) -> list[Bu
                 log.warn(f"skipping {where}: no manifest.json, so not a finished build")
                 continue
             loaded = _load_manifest(build_dir / "manifest.json")
-            recorded = loaded[1].get("drbd_version")
+            recorded = loaded[1].get("build_name") or loaded[1].get("drbd_version")
             if isinstance(recorded, str) and recorded and recorded != build_dir.name:
-                # The build stage moves a finished build aside as <version>.old-<pid> before
+                # The build stage moves a finished build aside as <name>.old-<pid> before
                 # putting the new one in place; an interrupt can leave that copy behind.
                 log.warn(
-                    f"skipping {where}: its manifest.json is for DRBD {recorded}, so it is a "
-                    "leftover or a copy, not a finished build"
+                    f"skipping {where}: its manifest.json is for the build {recorded}, so it "
+                    "is a leftover or a copy, not a finished build"
                 )
                 continue
             builds.append(read_build(build_dir, registry, loaded))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,8 @@ LOCK_FILE_NAME = "checksums.lock"
 # Names end up in file names, container names, rpm macros and shell runbooks: keep them plain.
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]*$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# --kernel and a yum source's kernels: latest, all, an exact version-release or a glob on it.
+KERNEL_CHOICE = re.compile(r"^[A-Za-z0-9*?\[\]!][A-Za-z0-9._+~*?\[\]!-]*$")
 
 
 class SourceKind(enum.StrEnum):
@@ -126,6 +128,8 @@ class KernelSource:
     path: str | None = None  # path inside the ISO
     repos: tuple[str, ...] = ()  # yum base URLs
     evr: str | None = None  # yum: glob on "version-release" selecting the package
+    # yum: which matches of evr are built, unless --kernel says: latest, all, or a glob
+    kernels: str = "latest"
     sha256: str | None = None  # pinned hash of the ISO or RPM
     note: str | None = None  # how to obtain the file when there is no URL
 
@@ -218,6 +222,15 @@ class Registry:
         )
         raise ConfigError(f"Unknown target {name!r}.", hint=f"Valid targets: {valid}.")
 
+    def targets_named(self, names: Sequence[str]) -> list[Target]:
+        """Targets by id or alias, ``all`` for every one, in order, each once."""
+        found: list[Target] = []
+        for name in names:
+            for target in self.targets.values() if name == "all" else [self.target(name)]:
+                if target not in found:
+                    found.append(target)
+        return found
+
     def drbd_version(self, version: str) -> DrbdVersion:
         check_safe_name(version, "DRBD version")
         if version in self.drbd:
@@ -266,7 +279,13 @@ def _kernel_source(reader: YamlReader) -> KernelSource:
             if not repo.startswith(("http://", "https://", "file://")):
                 raise reader.fail(f"yum[{index}]", f"{repo!r} is not a URL")
         evr = reader.text("evr", required=False)
-        source = KernelSource(kind=kind, repos=repos, evr=evr)
+        kernels = reader.text(
+            "kernels",
+            required=False,
+            pattern=KERNEL_CHOICE,
+            explain="latest, all, or a glob on the kernel-devel's version-release",
+        )
+        source = KernelSource(kind=kind, repos=repos, evr=evr, kernels=kernels or "latest")
     reader.done()
     return source
 

@@ -95,16 +95,26 @@ def read_primary(primary: Path, base: str = "") -> list[RepoPackage]:
     return found
 
 
-def find_package(
+def newest_first(packages: list[RepoPackage]) -> list[RepoPackage]:
+    """Packages sorted by rpm's version order, newest first."""
+
+    def order(a: RepoPackage, b: RepoPackage) -> int:
+        return vercmp(a.version, b.version) or vercmp(a.release, b.release)
+
+    return sorted(packages, key=functools.cmp_to_key(order), reverse=True)
+
+
+def find_packages(
     repos: tuple[str, ...],
     *,
     name: str,
     arch: str,
     evr_glob: str | None,
     settings: FetchSettings,
-) -> RepoPackage:
-    """The newest package called ``name`` for ``arch`` whose version-release matches the glob."""
-    candidates: list[RepoPackage] = []
+) -> list[RepoPackage]:
+    """Every package called ``name`` for ``arch`` whose version-release matches the glob,
+    newest first, each version-release once (the first repository listing it wins)."""
+    candidates: dict[str, RepoPackage] = {}
     for base in repos:
         base_url = base if base.endswith("/") else base + "/"
         # Metadata is fetched without a lock: the repository signs and checksums it itself.
@@ -137,7 +147,7 @@ def find_package(
                 continue
             if evr_glob and not fnmatch.fnmatchcase(package.evr, evr_glob):
                 continue
-            candidates.append(package)
+            candidates.setdefault(package.evr, package)
     if not candidates:
         wanted = f"{name}.{arch}" + (f" matching {evr_glob}" if evr_glob else "")
         raise InputError(
@@ -145,8 +155,16 @@ def find_package(
             hint="Check the target's yum: and evr: in its spec, or pass the RPM with "
             "--kernel-rpm PATH.",
         )
+    return newest_first(list(candidates.values()))
 
-    def order(a: RepoPackage, b: RepoPackage) -> int:
-        return vercmp(a.version, b.version) or vercmp(a.release, b.release)
 
-    return max(candidates, key=functools.cmp_to_key(order))
+def find_package(
+    repos: tuple[str, ...],
+    *,
+    name: str,
+    arch: str,
+    evr_glob: str | None,
+    settings: FetchSettings,
+) -> RepoPackage:
+    """The newest package called ``name`` for ``arch`` whose version-release matches the glob."""
+    return find_packages(repos, name=name, arch=arch, evr_glob=evr_glob, settings=settings)[0]

@@ -29,7 +29,9 @@ build drbd and drbd-km from one tarball; 8.4.5 and later build the module from t
 tarball and the userland from the drbd-utils release the version names. A userland is built
 once per build image and shared by the targets that use it. The module package requires the
 exact dom0 kernel it was built for. Results go to ARTIFACTS/<target>/<version>/ with a
-manifest.json, only after the post-build checks passed.
+manifest.json, only after the post-build checks passed. A target whose kernel-devel comes from
+yum repositories is built once per selected kernel (--kernel), into
+ARTIFACTS/<target>/<version>+k<kernel-devel version-release>/.
 """
 
 
@@ -66,6 +68,17 @@ def register(
             default=[],
             help="DRBD versions (see `targets`); several allowed; default: the versions each "
             "target's spec lists as fitting its kernel",
+        )
+        parser.add_argument(
+            "--kernel",
+            metavar="latest|all|EVR-GLOB",
+            type=kernel_choice,
+            default=None,
+            help="for targets whose kernel-devel comes from yum repositories: build for the "
+            "newest match of the spec's evr: (latest), for every match (all), or for the "
+            "matches of a glob on the version-release, one build each (default: the spec's "
+            "kernel.source.kernels, else latest); targets with an ISO or RPM URL have one "
+            "kernel and take only latest or all",
         )
         parser.add_argument(
             "--artifacts",
@@ -130,13 +143,36 @@ def register(
             parser.set_defaults(func=run_matrix)
 
 
+def kernel_choice(text: str) -> str:
+    from builder.specs import KERNEL_CHOICE
+
+    if not KERNEL_CHOICE.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not latest, all, or a glob on a version-release"
+        )
+    return text
+
+
 def _steps(args: argparse.Namespace) -> list[BuildStep]:
     # Imported here: every command's start-up pays for what cli.py imports.
+    from builder import kernels
     from builder.plan import plan
     from builder.specs import load_registry
 
     registry = load_registry(args.specs)
-    return plan(registry, args.targets, args.versions, args.artifacts)
+    targets = registry.targets_named(args.targets)
+    local_rpm: Path | None = getattr(args, "kernel_rpm", None)
+    if local_rpm is not None:
+        # The user's kernel-devel RPM is the one kernel: no repository is read.
+        for target in targets:
+            kernels.check_choice(target, args.kernel)
+        evr = kernels.rpm_version_release(local_rpm)
+        chosen: dict[str, tuple[str, ...]] = {
+            t.id: (evr,) for t in targets if kernels.per_kernel(t)
+        }
+    else:
+        chosen = kernels.resolve(targets, args.kernel, fetch_settings(args))
+    return plan(registry, args.targets, args.versions, args.artifacts, chosen)
 
 
 def run_matrix(args: argparse.Namespace) -> int:

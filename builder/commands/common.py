@@ -99,6 +99,9 @@ def fetch_settings(args: argparse.Namespace) -> FetchSettings:
     from builder.rpm import MIB, ExtractLimits
 
     cache: Path = args.cache
+    if not hasattr(args, "max_file"):
+        # A command without the input options (matrix): it reads repository metadata only.
+        return FetchSettings(cache_dir=cache)
     limits = ExtractLimits(max_file=args.max_file * MIB, max_total=args.max_unpacked * MIB)
     return FetchSettings(
         cache_dir=cache,

@@ -292,12 +292,18 @@ def write_lab_specs(
     release: str,
     base_image: str,
     drbd: str,
+    yum: str | None = None,
 ) -> Path:
     """A spec directory with targets on the stand-in (name -> dom0 kernel package), whose
-    kernel-devel RPM ``rpm`` is read from ``iso``, and ``drbd``: the ``drbd:`` (and
+    kernel-devel RPM ``rpm`` is read from ``iso`` (or, given ``yum``, whose kernel-devel
+    packages come from that yum repository), and ``drbd``: the ``drbd:`` (and
     ``drbd-utils:``) sections as YAML text."""
     directory.mkdir(parents=True, exist_ok=True)
     entries = []
+    source = f"""iso: file://{iso}
+        path: domain0/RPMS/{rpm.parent.name}/{rpm.name}"""
+    if yum is not None:
+        source = f"yum: [{yum}]"
     for name, runtime in targets.items():
         entries.append(
             f"""  {name}:
@@ -308,8 +314,7 @@ def write_lab_specs(
       runtime: {runtime}
       release: {release}
       source:
-        iso: file://{iso}
-        path: domain0/RPMS/{rpm.parent.name}/{rpm.name}
+        {source}
     container:
       family: standin
       context: {STANDIN_CONTEXT}

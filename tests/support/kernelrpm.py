@@ -76,7 +76,12 @@ def rpmbuild(spec: Path, topdir: Path, *defines: str) -> list[Path]:
 
 
 def build_kernel_devel_rpm(
-    workdir: Path, *, name: str = "kernel-xen-devel", copies: int = 0, filler_mib: int = 0
+    workdir: Path,
+    *,
+    name: str = "kernel-xen-devel",
+    copies: int = 0,
+    filler_mib: int = 0,
+    release: str | None = None,
 ) -> Path:
     """A kernel-devel RPM whose payload is Debian's real kernel build tree.
 
@@ -84,11 +89,13 @@ def build_kernel_devel_rpm(
     each, beside the real one, under another name) and ``filler_mib`` MiB of incompressible
     files (like a real tree's objtool and vmlinux.h) bring it to the size of a real
     kernel-devel package: one copy and 24 MiB give about 26,000 entries and 40 MB.
+    ``release`` replaces the RPM's release (the headers' ABI number): kernel updates that
+    keep ``uname -r``, as XCP-ng's do.
     """
     headers = installed_headers()
     workdir.mkdir(parents=True, exist_ok=True)
     version, _, rest = headers.release.partition("-")
-    abi = rest.split("-")[0] or "1"
+    abi = release or rest.split("-")[0] or "1"
     spec = workdir / "kernel-devel.spec"
     flavour_rel = headers.flavour.relative_to("/")
     common_rel = headers.common.relative_to("/")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import struct
 from pathlib import Path
 
@@ -290,3 +291,16 @@ def test_satisfies_follows_rpm_version_rules(
     provided: str, flags: int, wanted: str, expected: bool
 ) -> None:
     assert checks.satisfies(provided, Requirement("drbd-utils", flags, wanted)) is expected
+
+
+def test_a_per_kernel_module_must_carry_its_kernel_devel_in_its_release() -> None:
+    expect = dataclasses.replace(EXPECT, release_suffix=".k2.6.32.12_0.7.1")
+    suffixed = replace(
+        good_build(), dataclasses.replace(good_build()[-1], release="1.k2.6.32.12_0.7.1")
+    )
+    assert checks.problems(suffixed, expect) == []
+    assert checks.problems(good_build(), expect) == [
+        f"{KM}-8.4.1-1.i686.rpm: release 1 does not end with .k2.6.32.12_0.7.1, so the "
+        "packages for two kernel-devel releases with one uname -r would have one "
+        "name-version-release"
+    ]

@@ -28,10 +28,12 @@ class Parallel(Fakes):
         self.failing: set[str] = set()
         self.kernel_calls = 0
 
-    def prepare_kernel(self, target: Any, settings: Any, inputs: Any) -> KernelTree:
+    def prepare_kernel(
+        self, target: Any, settings: Any, inputs: Any, evr: str | None = None
+    ) -> KernelTree:
         self.kernel_calls += 1
         time.sleep(0.2)  # long enough for the other builds of the target to ask meanwhile
-        return super().prepare_kernel(target, settings, inputs)
+        return super().prepare_kernel(target, settings, inputs, evr)
 
     def build_drbd(self, build: DrbdBuild, **kwargs: Any) -> Built:
         self.barrier.wait()

@@ -46,11 +46,14 @@ class Fakes:
         monkeypatch.setattr(pipeline, "build_drbd", self.build_drbd)
         monkeypatch.setattr(checks, "check_packages", self.check_packages)
 
-    def prepare_kernel(self, target: Any, settings: Any, inputs: Any) -> KernelTree:
+    def prepare_kernel(
+        self, target: Any, settings: Any, inputs: Any, evr: str | None = None
+    ) -> KernelTree:
         self.kernels.append(target.id)
         return KernelTree(
             release=target.kernel_release, root=self.tmp, build_dir=self.tmp, rpm=self.tmp,
-            rpm_nvra="k", rpm_sha256="r" * 64, rpm_version_release="1-1", source="iso",
+            rpm_nvra="k", rpm_sha256=(evr or "r").ljust(64, "r"), rpm_version_release=evr or "1-1",
+            source="iso",
             source_sha256="i" * 64,
         )  # fmt: skip
 

@@ -136,7 +136,7 @@ def test_a_reader_that_goes_away_is_not_an_error() -> None:
     import sys
 
     with subprocess.Popen(
-        [sys.executable, "-m", "builder", "matrix", "--xcp", "all"],
+        [sys.executable, "-m", "builder", "matrix", "--xcp", "1.5", "1.6"],
         cwd=Path(__file__).resolve().parents[2],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -66,8 +66,8 @@ def test_scan_skips_build_directories_named_unlike_their_manifest(
         finished / "drbd-8.4.1-2.i686.rpm"
     ]
     err = capsys.readouterr().err
-    assert "skipping xcp-1.5/8.4.1.old-4242: its manifest.json is for DRBD 8.4.1" in err
-    assert "skipping xcp-1.5/8.4.1 copy: its manifest.json is for DRBD 8.4.1" in err
+    assert "skipping xcp-1.5/8.4.1.old-4242: its manifest.json is for the build 8.4.1" in err
+    assert "skipping xcp-1.5/8.4.1 copy: its manifest.json is for the build 8.4.1" in err
 
 
 def test_consumer_comes_from_manifest_or_the_target_registry(tmp_path: Path) -> None:
