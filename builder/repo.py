@@ -362,7 +362,9 @@ def plan_publish(
             candidates[path] = (source, actual, build)
     new_sources = [source for source, _, _ in candidates.values()]
     nevra_of = nevras(new_sources) if new_sources else {}
-    published_nevras = {(p.family, p.nevra): p for p in by_path.values()}
+    published_nevras = (
+        {(p.family, p.nevra): p for p in by_path.values()} if candidates else {}
+    )  # only new packages are looked up: a publish with nothing new skips the index
     incoming: list[Incoming] = []
     claimed: dict[tuple[str, str], Path] = {}
     for source, actual, build in candidates.values():
@@ -389,8 +391,11 @@ def plan_publish(
             )
         )
     published = list(by_path.values())
-    families = {f: Consumer(f.split("/", 1)[0]) for f in {p.family for p in published}}
-    families.update({item.family: item.consumer for item in incoming})
+    families: dict[str, Consumer] = {}
+    if incoming:  # the families of the new version; nothing to make without new packages
+        names = {p.path.rsplit("/", 1)[0] for p in published}
+        families = {f: Consumer(f.split("/", 1)[0]) for f in names}
+        families.update({item.family: item.consumer for item in incoming})
     return Plan(incoming=tuple(incoming), published=published, families=families)
 
 
