@@ -115,6 +115,16 @@ def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
     )
 
 
+def _unraisable(unraisable: sys.UnraisableHookArgs) -> None:
+    """Ctrl-C or SIGTERM inside a finalizer: keep it for the next command, print nothing."""
+    from builder import proc
+
+    if isinstance(unraisable.exc_value, KeyboardInterrupt | Interrupted):
+        proc.pending_interrupt.append(unraisable.exc_value)
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else list(argv)
     command = command_of(words)
@@ -125,6 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.set_quiet(bool(getattr(args, "quiet", False)))
     # SIGTERM becomes an exception so that every `finally` (containers, *.partial) runs.
     previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    sys.unraisablehook = _unraisable
     try:
         result: int = args.func(args)
         return result

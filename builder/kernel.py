@@ -193,16 +193,10 @@ def _read_out(iso: Fetched, inner: str, dest: Path, rpm_name: str, settings: Fet
 
 def _rpm_from_yum(target: Target, settings: FetchSettings, evr: str | None) -> Fetched:
     """The newest match of the target's evr:, or the match whose version-release is ``evr``."""
-    from builder.yumrepo import find_packages
+    from builder import kernels
 
     source = target.kernel_source
-    packages = find_packages(
-        source.repos,
-        name=target.kernel_package,
-        arch=target.arch,
-        evr_glob=source.evr,
-        settings=settings,
-    )
+    packages = kernels.packages(target, settings)
     if evr is None:
         package = packages[0]
         log.info(f"newest match in the repositories: {package.name}-{package.evr}.{package.arch}")

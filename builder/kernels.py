@@ -25,6 +25,7 @@ from builder.specs import SAFE_NAME, SourceKind, Target
 
 if TYPE_CHECKING:
     from builder.fetch import FetchSettings
+    from builder.yumrepo import RepoPackage
 
 LATEST = "latest"
 ALL = "all"
@@ -84,20 +85,24 @@ def check_choice(target: Target, choice: str | None) -> None:
     )
 
 
-def available(target: Target, settings: FetchSettings) -> list[str]:
-    """Every kernel-devel version-release in ``target``'s repositories matching ``evr:``,
-    newest first (reads the repositories' metadata)."""
+def packages(target: Target, settings: FetchSettings) -> list[RepoPackage]:
+    """Every kernel-devel in ``target``'s repositories matching ``evr:``, newest first (reads
+    the repositories' metadata)."""
     from builder.yumrepo import find_packages
 
     source = target.kernel_source
-    packages = find_packages(
+    return find_packages(
         source.repos,
         name=target.kernel_package,
         arch=target.arch,
         evr_glob=source.evr,
         settings=settings,
     )
-    return [package.evr for package in packages]
+
+
+def available(target: Target, settings: FetchSettings) -> list[str]:
+    """Every kernel-devel version-release matching ``evr:``, newest first."""
+    return [package.evr for package in packages(target, settings)]
 
 
 def resolve(

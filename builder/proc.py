@@ -36,6 +36,16 @@ def tail(text: str, lines: int = TAIL_LINES) -> str:
     return "\n".join(kept)
 
 
+# An interrupt that arrived while Python ran a finalizer (a ``__del__``), where an exception
+# cannot propagate; the next command run here raises it instead (see builder.cli).
+pending_interrupt: list[BaseException] = []
+
+
+def raise_pending_interrupt() -> None:
+    if pending_interrupt:
+        raise pending_interrupt.pop()
+
+
 def run(
     cmd: Sequence[str | os.PathLike[str]],
     *,
@@ -53,6 +63,7 @@ def run(
     ``env`` entries are added to the current environment.  With ``check`` (the default) a
     non-zero exit raises ``error`` naming the command and showing the tail of its output.
     """
+    raise_pending_interrupt()
     args = [os.fspath(part) for part in cmd]
     program = which(args[0])
     line = shlex.join(args)
@@ -79,6 +90,7 @@ def run(
             f"Command timed out after {timeout} s: {line}",
             hint=hint,
         ) from exc
+    raise_pending_interrupt()
     if check and result.returncode != 0:
         output = tail((result.stdout or "") + (result.stderr or ""))
         raise error(

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from builder import log, proc, provenance, sign
+from builder.checksums import sha256_file
 from builder.errors import (
     BuilderError,
     CommandError,
@@ -58,7 +59,6 @@ from builder.store import (
     Entry,
     Mark,
     Store,
-    sha256_file,
 )
 
 KEY_FILE_NAME = "RPM-GPG-KEY-xcp-drbd-builder"
@@ -762,11 +762,9 @@ def _publish_locked(
         with contextlib.suppress(OSError):
             if added:
                 os.truncate(store.index, mark.length)
-            for entry in added:
-                (store.root / entry.path).unlink(missing_ok=True)
-                if entry.provenance:
-                    (store.root / entry.provenance).unlink(missing_ok=True)
-                    (store.root / f"{entry.provenance}.asc").unlink(missing_ok=True)
+            # Whatever this run put in the store: packages, statements, and the temporary
+            # files rpmsign and gpg were writing there when it stopped.
+            store.remove_strays(entries)
         raise
     store.record(added)
     with log.step(f"Switch {options.repo / 'current'} to {version_id}"):

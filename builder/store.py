@@ -34,13 +34,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 from builder import log
+from builder.checksums import sha256_file
 from builder.errors import PublishError
 
 STORE_DIR = "packages"
 INDEX_NAME = "index.jsonl"
 VERIFIED_NAME = ".verified"
 INCOMING_PREFIX = ".incoming-"
-CHUNK = 1 << 20
 
 
 class Entry(NamedTuple):
@@ -85,14 +85,6 @@ class Mark:
 
 
 EMPTY = Mark(length=0, sha256=hashlib.sha256(b"").hexdigest(), count=0)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fingerprint(info: os.stat_result) -> str:

@@ -147,3 +147,28 @@ def test_a_reader_that_goes_away_is_not_an_error() -> None:
         code = process.wait(timeout=30)
     assert code == 0
     assert b"error" not in errors
+
+
+def test_ctrl_c_inside_a_finalizer_stops_the_next_command_quietly(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Python cannot raise out of a ``__del__``; the interrupt is kept for the next command."""
+    import sys
+
+    from builder import cli, proc
+
+    class Finalized:
+        def __del__(self) -> None:
+            raise KeyboardInterrupt
+
+    previous = sys.unraisablehook
+    sys.unraisablehook = cli._unraisable
+    try:
+        Finalized()  # collected at once: the interrupt lands in __del__
+        with pytest.raises(KeyboardInterrupt):
+            proc.run(["true"], echo=False)
+    finally:
+        sys.unraisablehook = previous
+        proc.pending_interrupt.clear()
+    assert "Traceback" not in capsys.readouterr().err
+    assert proc.run(["true"], echo=False).returncode == 0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from builder import cli, repo, store
+from builder import checksums, cli, repo, store
 from builder.commands import publish
 from builder.errors import CommandError, ConfigError, InputError, LockedError, PublishError
 from builder.specs import Consumer, load_registry
@@ -25,7 +25,7 @@ def make_build(
     outputs = []
     for name, content in files.items():
         (directory / name).write_bytes(content)
-        outputs.append({"file": name, "sha256": store.sha256_file(directory / name)})
+        outputs.append({"file": name, "sha256": checksums.sha256_file(directory / name)})
     data = {"target": target, "drbd_version": version, "outputs": outputs, **manifest}
     (directory / "manifest.json").write_text(json.dumps(data))
     return directory
@@ -140,7 +140,7 @@ def test_plan_reads_only_new_outputs(tmp_path: Path) -> None:
 
     def digest(path: Path) -> str:
         hashed.append(path.name)
-        return store.sha256_file(path)
+        return checksums.sha256_file(path)
 
     (directory / "a-1-1.i686.rpm").unlink()  # published already: the artifact is not needed
     builds = repo.scan_artifacts(tmp_path, load_registry)
