@@ -432,22 +432,31 @@ def reap_leftovers(client: docker.DockerClient) -> list[str]:
     """
     removed: list[str] = []
     try:
-        containers = client.containers.list(all=True, filters={"label": LABEL})
+        # Sparse: the listing's own labels, no inspect per container, which a build running
+        # beside this one may remove in between (404).
+        containers = client.containers.list(all=True, filters={"label": LABEL}, sparse=True)
     except docker.errors.DockerException as exc:
         raise DockerError(f"Cannot list containers: {exc}") from exc
     host = socket.gethostname()
     for container in containers:
-        labels = container.labels or {}
+        labels = container.attrs.get("Labels") or {}
         if labels.get(LABEL_HOST) != host or labels.get(LABEL_KEEP) == "1":
             continue
         pid_text = labels.get(LABEL_PID, "")
         if pid_text.isdigit() and pid_alive(int(pid_text)):
             continue
-        name = container.name or container.id or "?"
-        with contextlib.suppress(docker.errors.NotFound):
+        names = container.attrs.get("Names") or [container.id or "?"]
+        name = str(names[0]).lstrip("/")
+        try:
             container.remove(force=True)
-            removed.append(name)
-            log.info(f"removed container {name} left behind by an interrupted run")
+        except docker.errors.NotFound:
+            continue  # gone already
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:  # another run is removing it right now
+                continue
+            raise DockerError(f"Cannot remove container {name}: {exc}") from exc
+        removed.append(name)
+        log.info(f"removed container {name} left behind by an interrupted run")
     return removed
 
 

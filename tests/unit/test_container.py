@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import docker
 import pytest
 
 from builder import container
@@ -70,12 +71,25 @@ def test_unreachable_engine_says_what_to_do(
 
 @dataclass
 class FakeContainer:
+    """As a sparse listing gives it: labels and names in ``attrs``, nothing inspected."""
+
     name: str
     labels: dict[str, str]
     removed: bool = False
+    gone: bool = False  # removed by a build running beside the reaper
+
+    @property
+    def id(self) -> str:
+        return f"id-{self.name}"
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return {"Labels": self.labels, "Names": [f"/{self.name}"]}
 
     def remove(self, force: bool = False) -> None:
         assert force
+        if self.gone:
+            raise docker.errors.NotFound("No such container")
         self.removed = True
 
 
@@ -84,7 +98,10 @@ class FakeContainers:
     items: list[FakeContainer]
     filters: list[Any] = field(default_factory=list)
 
-    def list(self, all: bool = False, filters: Any = None) -> list[FakeContainer]:
+    def list(
+        self, all: bool = False, filters: Any = None, sparse: bool = False
+    ) -> list[FakeContainer]:
+        assert sparse, "a full listing inspects each container, which may be gone by then"
         self.filters.append(filters)
         return self.items
 
@@ -114,7 +131,8 @@ def test_reaping_removes_only_this_machines_orphans() -> None:
     live = FakeContainer("live", labels(host, os.getpid()))
     remote = FakeContainer("remote", labels("another-builder", dead_pid()))
     kept = FakeContainer("kept", {**labels(host, dead_pid()), container.LABEL_KEEP: "1"})
-    client = FakeClient(FakeContainers([orphan, live, remote, kept]))
+    vanished = FakeContainer("vanished", labels(host, dead_pid()), gone=True)
+    client = FakeClient(FakeContainers([orphan, live, remote, kept, vanished]))
 
     removed = container.reap_leftovers(client)  # type: ignore[arg-type]
 
