@@ -8,6 +8,8 @@ unless ``--debug`` is given.
 
 from __future__ import annotations
 
+import errno
+
 
 class BuilderError(Exception):
     """Base class: a failure the user can act on."""
@@ -117,8 +119,6 @@ class NoSpaceError(BuilderError):
 
 def no_space(exc: BaseException) -> bool:
     """Whether ``exc`` is the operating system saying a disk (or a quota) is full."""
-    import errno
-
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from builder import log, proc, provenance, sign
-from builder.checksums import sha256_file
+from builder.checksums import sha256_file, write_atomic
 from builder.errors import (
     BuilderError,
     CommandError,
@@ -559,7 +559,7 @@ def find_createrepo(
         remembered = {k: v for k, v in remembered.items() if k.split("\n", 1)[0] != checksum}
         remembered[key] = chosen
         with contextlib.suppress(OSError):
-            write_atomic(memo, json.dumps(remembered, indent=1) + "\n")
+            write_atomic(memo, (json.dumps(remembered, indent=1) + "\n").encode())
     return chosen
 
 
@@ -573,17 +573,6 @@ def _read_choice(memo: Path | None) -> dict[str, str]:
     if not isinstance(data, dict):
         return {}
     return {str(k): str(v) for k, v in data.items()}
-
-
-def write_atomic(path: Path, text: str) -> None:
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temp.write_text(text, encoding="utf-8")
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
 
 
 def checksum_for(consumer: Consumer) -> str:
@@ -753,7 +742,7 @@ def _publish_locked(
                 options=options,
             )
             new_state = State(key=key.fingerprint, index=new_mark)
-            write_atomic(partial / STATE_FILE_NAME, new_state.to_json())
+            write_atomic(partial / STATE_FILE_NAME, new_state.to_json().encode())
             final = versions / version_id
             os.replace(partial, final)
             _fsync_dir(versions)
@@ -893,10 +882,10 @@ def _assemble(
             repomd = folder / "repodata" / "repomd.xml"
             signature = sign.detach_sign(repomd, key, consumer)
             sign.verify_detached(repomd, signature, public_key, consumer)
-    write_atomic(root / KEY_FILE_NAME, public_key.read_text(encoding="ascii"))
+    write_atomic(root / KEY_FILE_NAME, public_key.read_bytes())
     base_url = options.base_url or options.repo.resolve().as_uri()
     for consumer in sorted(set(plan.families.values())):
-        write_atomic(root / repo_file_name(consumer), render_repo_file(base_url, consumer))
+        write_atomic(root / repo_file_name(consumer), render_repo_file(base_url, consumer).encode())
 
 
 def _adopt_format_1(repo: Path, previous: Path, state: State) -> State:
@@ -922,7 +911,9 @@ def _adopt_format_1(repo: Path, previous: Path, state: State) -> State:
         store.index.unlink(missing_ok=True)
         mark = store.append(EMPTY, entries)
         store.record(entries)
-        write_atomic(previous / STATE_FILE_NAME, State(key=state.key, index=mark).to_json())
+        write_atomic(
+            previous / STATE_FILE_NAME, State(key=state.key, index=mark).to_json().encode()
+        )
     return State(key=state.key, index=mark)
 
 

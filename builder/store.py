@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from builder import log
-from builder.checksums import sha256_file
+from builder.checksums import sha256_file, write_atomic
 from builder.errors import PublishError
 
 STORE_DIR = "packages"
@@ -113,6 +113,7 @@ class Store:
         self.index = self.root / INDEX_NAME
         self.verified = self.root / VERIFIED_NAME
         self.repaired = False  # read() cut off what an interrupted publish had appended
+        self._prefix: tuple[Mark, hashlib._Hash] | None = None  # read()'s digest, for append
 
     def family_dir(self, family: str) -> Path:
         return self.root / family
@@ -129,7 +130,8 @@ class Store:
             data, longer = b"", False
         except OSError as exc:
             raise _damaged(f"Cannot read the package index {self.index}: {exc.strerror}.") from exc
-        if len(data) != mark.length or hashlib.sha256(data).hexdigest() != mark.sha256:
+        prefix = hashlib.sha256(data)
+        if len(data) != mark.length or prefix.hexdigest() != mark.sha256:
             raise _damaged(
                 f"The package index {self.index} does not match what the live version recorded "
                 f"({mark.count} packages, {mark.length} bytes, sha256 {mark.sha256})."
@@ -146,13 +148,21 @@ class Store:
             log.info(f"cutting {self.index.name} back to the live version's {mark.count} entries")
             os.truncate(self.index, mark.length)
             self.repaired = True
+        self._prefix = (mark, prefix)
         return entries
 
     def append(self, mark: Mark, entries: Sequence[Entry]) -> Mark:
-        """Add ``entries`` after the ``mark`` bytes; durable before the caller goes on."""
-        digest = hashlib.sha256()
-        with self.index.open("rb") if self.index.exists() else _empty() as handle:
-            digest.update(handle.read(mark.length))
+        """Add ``entries`` after the ``mark`` bytes; durable before the caller goes on.
+
+        After :meth:`read` of the same ``mark`` its digest goes on; the index is not read again.
+        """
+        if self._prefix is not None and self._prefix[0] == mark:
+            digest = self._prefix[1].copy()
+        else:
+            digest = hashlib.sha256()
+            if mark.length:
+                with self.index.open("rb") as handle:
+                    digest.update(handle.read(mark.length))
         added = b"".join(entry.line() for entry in entries)
         digest.update(added)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -172,27 +182,35 @@ class Store:
 
     # --- packages ----------------------------------------------------------------------
 
-    def remove_strays(self, entries: Iterable[Entry]) -> list[str]:
-        """Delete files no entry names: what an interrupted publish left in the store."""
+    def strays(self, entries: Iterable[Entry]) -> list[str]:
+        """Files in the store that no entry names: what an interrupted publish left there."""
         known = set()
         for entry in entries:
             known.add(entry.path)
             if entry.provenance:
                 known |= {entry.provenance, f"{entry.provenance}.asc"}
-        removed: list[str] = []
+        found: list[str] = []
         if not self.root.is_dir():
-            return removed
+            return found
         for top in sorted(p for p in self.root.iterdir() if p.is_dir()):
             for folder, dirs, files in os.walk(top):
                 dirs.sort()
                 where = Path(folder).relative_to(self.root).as_posix()
                 if "repodata" in dirs and where.count("/") == 1:
                     dirs.remove("repodata")  # a family folder's link to the live metadata
-                for name in sorted(files):
-                    if f"{where}/{name}" not in known and name != "repodata":
-                        os.unlink(os.path.join(folder, name))
-                        removed.append(f"{where}/{name}")
-        return removed
+                found += [
+                    f"{where}/{name}"
+                    for name in sorted(files)
+                    if f"{where}/{name}" not in known and name != "repodata"
+                ]
+        return found
+
+    def remove_strays(self, entries: Iterable[Entry]) -> list[str]:
+        """Delete what :meth:`strays` finds."""
+        found = self.strays(entries)
+        for relative in found:
+            (self.root / relative).unlink()
+        return found
 
     def check_unchanged(self, entries: Sequence[Entry]) -> int:
         """Refuse to go on if any published package differs from what was signed.
@@ -213,7 +231,7 @@ class Store:
                     f"The published package {path} is no longer a regular file "
                     f"(it is a {_kind(info.st_mode)})."
                 )
-            fingerprint = f"{info.st_ino} {info.st_size} {info.st_mtime_ns} {info.st_ctime_ns}"
+            fingerprint = _fingerprint(info)
             if cached.get(entry.path) == f"{fingerprint} {entry.sha256}":
                 continue
             actual = sha256_file(Path(path)) if info.st_size == entry.size else None
@@ -226,7 +244,8 @@ class Store:
                 )
             fresh.append(f"{fingerprint} {entry.sha256} {entry.path}\n")
         if fresh:
-            self._record_verified(fresh, len(cached) + len(fresh) > 2 * len(entries) + 64, entries)
+            compact = len(cached) + len(fresh) > 2 * len(entries) + 64
+            self._record_verified(fresh, entries, cached if compact else None)
         return len(fresh)
 
     def record(self, entries: Sequence[Entry]) -> None:
@@ -234,7 +253,7 @@ class Store:
         lines = [
             f"{_fingerprint(os.lstat(self.root / e.path))} {e.sha256} {e.path}\n" for e in entries
         ]
-        self._record_verified(lines, False, entries)
+        self._record_verified(lines, entries)
 
     def _read_verified(self) -> dict[str, str]:
         cached: dict[str, str] = {}
@@ -248,19 +267,18 @@ class Store:
                 cached[parts[5]] = " ".join(parts[:5])
         return cached
 
-    def _record_verified(self, lines: list[str], compact: bool, entries: Sequence[Entry]) -> None:
+    def _record_verified(
+        self, lines: list[str], entries: Sequence[Entry], cached: dict[str, str] | None = None
+    ) -> None:
+        """Append ``lines``; given the ``cached`` lines, rewrite the file to one per package."""
         try:
-            if compact:
-                # Keep the file proportional to the store: one line per package.
-                merged = self._read_verified()
+            if cached is not None:
                 for line in lines:
                     parts = line.rstrip("\n").split(" ", 5)
-                    merged[parts[5]] = " ".join(parts[:5])
+                    cached[parts[5]] = " ".join(parts[:5])
                 known = {e.path for e in entries}
-                text = "".join(f"{v} {path}\n" for path, v in merged.items() if path in known)
-                temp = self.verified.with_name(f"{VERIFIED_NAME}.{os.getpid()}.tmp")
-                temp.write_text(text, encoding="utf-8")
-                os.replace(temp, self.verified)
+                text = "".join(f"{v} {path}\n" for path, v in cached.items() if path in known)
+                write_atomic(self.verified, text.encode("utf-8"))
             else:
                 with self.verified.open("a", encoding="utf-8") as handle:
                     handle.writelines(lines)
@@ -269,23 +287,6 @@ class Store:
                 f"cannot update {self.verified} ({exc.strerror}); the next publish reads "
                 "those packages again"
             )
-
-
-def _empty() -> _EmptyReader:
-    return _EmptyReader()
-
-
-class _EmptyReader:
-    def __enter__(self) -> _EmptyReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def read(self, size: int) -> bytes:
-        if size:
-            raise _damaged("The package index is missing.")
-        return b""
 
 
 def _kind(mode: int) -> str:

@@ -266,30 +266,12 @@ def _check_index(
         statement = statements[entry.provenance]
         for problem in provenance.check(statement, name, entry.sha256, entry.source_sha256):
             report.problem(f"{entry.path}: {problem}.")
-    known = (
-        set(indexed) | {e.provenance for e in entries} | {f"{e.provenance}.asc" for e in entries}
-    )
-    strays = _strays(store, known)
+    strays = store.strays(entries)
     if strays:
         report.notes.append(
             f"{len(strays)} file(s) in {store.root} belong to no published version (left by an "
             f"interrupted publish; the next publish removes them): {', '.join(strays[:5])}"
         )
-
-
-def _strays(store: Store, known: set[str]) -> list[str]:
-    found: list[str] = []
-    for folder, dirs, files in os.walk(store.root):
-        where = Path(folder).relative_to(store.root).as_posix()
-        if where == ".":
-            dirs.sort()
-            continue
-        if "repodata" in dirs:
-            dirs.remove("repodata")
-        for name in sorted(files):
-            if name != "repodata" and f"{where}/{name}" not in known:
-                found.append(f"{where}/{name}")
-    return found
 
 
 def _check_links(report: Report, repo: Path, consumers: set[Consumer]) -> None:
