@@ -579,9 +579,9 @@ def checksum_for(consumer: Consumer) -> str:
     return "sha" if consumer is Consumer.EL5 else "sha256"
 
 
-def make_metadata(
+def metadata_command(
     packages: Path, output: Path, consumer: Consumer, previous: Path | None, createrepo: str
-) -> None:
+) -> list[str]:
     """createrepo_c over the store's ``packages`` folder into ``output``/repodata.
 
     ``--update`` reuses ``previous``'s entries for files whose size and mtime are unchanged.
@@ -605,10 +605,7 @@ def make_metadata(
         cmd.append("--no-database")
     if previous is not None and (previous / "repodata" / "repomd.xml").is_file():
         cmd += ["--update", "--update-md-path", str(previous)]
-    try:
-        proc.run([*cmd, str(packages)], echo=False)
-    except CommandError as exc:
-        raise PublishError(f"createrepo_c failed for {packages}.\n{exc.message}") from exc
+    return [*cmd, str(packages)]
 
 
 # --- the pipeline ------------------------------------------------------------------------
@@ -721,26 +718,24 @@ def _publish_locked(
     if previous is not None and not plan.incoming:
         log.info(f"nothing new: {options.repo / 'current'} stays at {previous.name}")
         return PublishResult(version=None, new_packages=(), total_packages=plan.total)
-    with log.step(f"Check the {len(entries)} published package(s) against their signed digests"):
-        reread = store.check_unchanged(entries)
-        log.info(f"{len(entries) - reread} unchanged since their last check, {reread} hashed")
     version_id = _new_version_id(versions)
     partial = versions / f"{version_id}{PARTIAL_SUFFIX}"
     partial.mkdir()
     added: list[Entry] = []
     try:
         with sign.public_key_file(key) as public_key:
-            added = _add_packages(store, plan, key, public_key)
-            new_mark = store.append(mark, added)
-            _assemble(
-                partial,
-                store=store,
-                plan=plan,
+            added = _add_packages(
+                store,
+                plan,
+                key,
+                public_key,
+                published=entries,
+                root=partial,
                 previous=previous,
-                key=key,
-                public_key=public_key,
                 options=options,
             )
+            new_mark = store.append(mark, added)
+            _assemble(partial, plan=plan, previous=previous, public_key=public_key, options=options)
             new_state = State(key=key.fingerprint, index=new_mark)
             write_atomic(partial / STATE_FILE_NAME, new_state.to_json().encode())
             final = versions / version_id
@@ -769,20 +764,97 @@ def _publish_locked(
     )
 
 
-def _add_packages(store: Store, plan: Plan, key: sign.SigningKey, public_key: Path) -> list[Entry]:
-    """Copy, sign and verify the new packages, record their provenance, move them in place."""
+def _add_packages(
+    store: Store,
+    plan: Plan,
+    key: sign.SigningKey,
+    public_key: Path,
+    *,
+    published: Sequence[Entry],
+    root: Path,
+    previous: Path | None,
+    options: PublishOptions,
+) -> list[Entry]:
+    """Sign the new packages into the store, make the changed families' metadata in ``root``
+    and sign it, record the builds' provenance, verify every new signature, and check every
+    ``published`` package against its signed digest.
+
+    createrepo_c runs while the rest is done: it needs only the signed files, and a failure
+    on either side stops the whole publish before anything goes live.
+    """
+    signed = _sign_into_store(store, plan, key)
+    memo = options.repo / CREATEREPO_CHOICE
+    with contextlib.ExitStack() as running:
+        metadata: dict[str, tuple[Consumer, Path | None, proc.Started]] = {}
+        for family in sorted(plan.changed_families):
+            consumer = plan.families[family]
+            folder = root / family
+            folder.mkdir(parents=True)
+            prior = previous / family if previous and (previous / family).is_dir() else None
+            cmd = metadata_command(
+                store.family_dir(family),
+                folder,
+                consumer,
+                prior,
+                find_createrepo(consumer, options.createrepo, memo),
+            )
+            job = running.enter_context(proc.started(cmd, echo=False))
+            metadata[family] = (consumer, prior, job)
+        with log.step(
+            f"Check the {len(published)} published package(s) against their signed digests"
+        ):
+            reread = store.check_unchanged(published)
+            log.info(f"{len(published) - reread} unchanged since their last check, {reread} hashed")
+        for consumer in sorted({item.consumer for item, _, _ in signed}):
+            files = [path for item, path, _ in signed if item.consumer is consumer]
+            with log.step(f"Check the signatures of {len(files)} new {consumer.value} package(s)"):
+                sign.verify_rpms(files, public_key)
+        statements = _write_provenance(store, signed, key, public_key)
+        for family, (consumer, prior, job) in metadata.items():
+            folder = root / family
+            with log.step(f"Make metadata for {family}"):
+                try:
+                    job.wait()
+                except CommandError as exc:
+                    raise PublishError(
+                        f"createrepo_c failed for {store.family_dir(family)}.\n{exc.message}"
+                    ) from exc
+                _keep_previous_metadata(folder, prior)
+            with log.step(f"Sign and verify {family}/repodata/repomd.xml"):
+                repomd = folder / "repodata" / "repomd.xml"
+                signature = sign.detach_sign(repomd, key, consumer)
+                sign.verify_detached(repomd, signature, public_key, consumer)
+    return [
+        Entry(
+            item.path,
+            item.nevra,
+            item.source_sha256,
+            digest,
+            path.stat().st_size,
+            statements[id(item.build)],
+        )
+        for item, path, digest in signed
+    ]
+
+
+def _sign_into_store(
+    store: Store, plan: Plan, key: sign.SigningKey
+) -> list[tuple[Incoming, Path, str]]:
+    """Copy and sign the new packages, check their signature packets, move them in place.
+
+    A package in the store that the index does not list yet is a stray: if anything later
+    fails, the publish removes it with the rest of what it wrote.
+    """
     by_consumer: dict[Consumer, list[tuple[Incoming, Path]]] = {}
-    signed: list[tuple[Incoming, Path, str]] = []
-    written: list[Path] = []
     try:
         for item in plan.incoming:
             folder = store.family_dir(item.family)
             folder.mkdir(parents=True, exist_ok=True)
             temp = folder / f"{INCOMING_PREFIX}{os.getpid()}-{item.source.name}"
-            written.append(temp)
+            by_consumer.setdefault(item.consumer, []).append((item, temp))
             shutil.copyfile(item.source, temp)
             os.chmod(temp, 0o644)
-            by_consumer.setdefault(item.consumer, []).append((item, temp))
+        signed: list[tuple[Incoming, Path, str]] = []
         for consumer, pairs in sorted(by_consumer.items()):
             files = [temp for _, temp in pairs]
             how = " (V3 signatures, GnuPG 1.4)" if consumer is Consumer.EL5 else ""
@@ -791,32 +863,18 @@ def _add_packages(store: Store, plan: Plan, key: sign.SigningKey, public_key: Pa
             ):
                 sign.sign_rpms(files, key, consumer)
                 sign.check_signatures(files, key, consumer)
-                sign.verify_rpms(files, public_key)
-            signed += [(item, temp, sha256_file(temp)) for item, temp in pairs]
-        statements = _write_provenance(store, signed, key, public_key, written)
-        added: list[Entry] = []
-        for item, temp, digest in signed:
-            entry = Entry(
-                item.path,
-                item.nevra,
-                item.source_sha256,
-                digest,
-                temp.stat().st_size,
-                statements[id(item.build)],
-            )
-            os.replace(temp, store.root / item.path)
-            written.append(store.root / item.path)
-            added.append(entry)
-    except BaseException:
+            for item, temp in pairs:
+                digest = sha256_file(temp)
+                final = store.root / item.path
+                os.replace(temp, final)
+                signed.append((item, final, digest))
+    finally:
         for pairs in by_consumer.values():
             for _, temp in pairs:
                 temp.unlink(missing_ok=True)
-        for path in written:
-            path.unlink(missing_ok=True)
-        raise
     for family in {item.family for item in plan.incoming}:
         _fsync_dir(store.family_dir(family))
-    return added
+    return signed
 
 
 def _write_provenance(
@@ -824,7 +882,6 @@ def _write_provenance(
     signed: list[tuple[Incoming, Path, str]],
     key: sign.SigningKey,
     public_key: Path,
-    written: list[Path],
 ) -> dict[int, str]:
     """One signed statement per build with new packages; where each is, by build."""
     by_build: dict[int, list[tuple[Incoming, str]]] = {}
@@ -839,7 +896,6 @@ def _write_provenance(
             relative = provenance.relative_path(build.target, build.drbd_version, body)
             path = store.root / relative
             path.parent.mkdir(parents=True, exist_ok=True)
-            written += [path, path.with_name(path.name + ".asc")]
             path.write_bytes(body)
             os.chmod(path, 0o644)
             signature = sign.detach_sign(path, key, provenance.signature_consumer(key))
@@ -852,15 +908,13 @@ def _write_provenance(
 def _assemble(
     root: Path,
     *,
-    store: Store,
     plan: Plan,
     previous: Path | None,
-    key: sign.SigningKey,
     public_key: Path,
     options: PublishOptions,
 ) -> None:
-    changed = plan.changed_families
-    for family in sorted(set(plan.families) - changed):
+    """The rest of a new version: untouched families' metadata, the key, the .repo files."""
+    for family in sorted(set(plan.families) - plan.changed_families):
         # Untouched family: its metadata and signature are still exact.
         assert previous is not None  # noqa: S101 - only a previous version has such families
         shutil.copytree(
@@ -868,20 +922,6 @@ def _assemble(
             root / family / "repodata",
             copy_function=_link_or_copy,
         )
-    memo = options.repo / CREATEREPO_CHOICE
-    for family in sorted(changed):
-        consumer = plan.families[family]
-        folder = root / family
-        folder.mkdir(parents=True)
-        prior = previous / family if previous and (previous / family).is_dir() else None
-        with log.step(f"Make metadata for {family}"):
-            createrepo = find_createrepo(consumer, options.createrepo, memo)
-            make_metadata(store.family_dir(family), folder, consumer, prior, createrepo)
-            _keep_previous_metadata(folder, prior)
-        with log.step(f"Sign and verify {family}/repodata/repomd.xml"):
-            repomd = folder / "repodata" / "repomd.xml"
-            signature = sign.detach_sign(repomd, key, consumer)
-            sign.verify_detached(repomd, signature, public_key, consumer)
     write_atomic(root / KEY_FILE_NAME, public_key.read_bytes())
     base_url = options.base_url or options.repo.resolve().as_uri()
     for consumer in sorted(set(plan.families.values())):

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from builder import repo, sign
+from builder import proc, repo, sign
 from builder.errors import ConfigError, InputError, SigningError
 from builder.specs import Consumer
 from tests.rpmfactory import build_rpms, write_build
@@ -331,7 +331,7 @@ def test_dnf_refuses_package_signed_by_another_key(
     # Metadata and repomd.xml.asc are genuine: only the package's signature is foreign.
     good = sign.find_key(keys.fingerprint, keys.home)
     createrepo = repo.find_createrepo(Consumer.EL7)
-    repo.make_metadata(folder, folder, Consumer.EL7, None, createrepo)
+    proc.run(repo.metadata_command(folder, folder, Consumer.EL7, None, createrepo))
     sign.detach_sign(folder / "repodata" / "repomd.xml", good, Consumer.EL7)
     with served(tree) as url:
         refused = dnf_fetch(tmp_path / "dnf", url, "drbd-kmod")
