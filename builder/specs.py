@@ -21,10 +21,11 @@ from typing import Any
 
 import yaml
 
+from builder import resources
 from builder.errors import ConfigError
 from builder.yamlreader import YamlReader, printable
 
-DEFAULT_SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
+DEFAULT_SPECS_DIR = resources.SPECS_DIR
 LOCK_FILE_NAME = "checksums.lock"
 
 # Names end up in file names, container names, rpm macros and shell runbooks: keep them plain.
@@ -48,7 +49,7 @@ class Consumer(enum.StrEnum):
 
 
 class DrbdFamily(enum.StrEnum):
-    """DRBD source layouts that share one build recipe (``builder.recipes``)."""
+    """DRBD source layouts that share one build recipe (``builder.build.recipes``)."""
 
     V83 = "8.3"  # 8.3.x: userland + module in one tarball
     V84_EARLY = "8.4-early"  # 8.4.0 - 8.4.4: the same layout

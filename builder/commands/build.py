@@ -17,7 +17,7 @@ from builder.commands.common import (
 )
 
 if TYPE_CHECKING:
-    from builder.plan import BuildStep
+    from builder.build.plan import BuildStep
 
 DEFAULT_ARTIFACTS = Path(__file__).resolve().parent.parent.parent / "artifacts"
 
@@ -155,8 +155,8 @@ def kernel_choice(text: str) -> str:
 
 def _steps(args: argparse.Namespace) -> list[BuildStep]:
     # Imported here: every command's start-up pays for what cli.py imports.
-    from builder import kernels
-    from builder.plan import plan
+    from builder.build.plan import plan
+    from builder.inputs import kernels
     from builder.specs import load_registry
 
     registry = load_registry(args.specs)
@@ -190,8 +190,8 @@ def run(args: argparse.Namespace) -> int:
             for line in lines[1:]:
                 print(f"   {line}")
         return 0
-    from builder.kernel import KernelInputs
-    from builder.pipeline import BuildOptions, Outcome, run_builds, step_name
+    from builder.build.pipeline import BuildOptions, Outcome, run_builds, step_name
+    from builder.inputs.kernel import KernelInputs
 
     options = BuildOptions(
         settings=fetch_settings(args),

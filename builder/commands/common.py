@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, TypeVar
 Number = TypeVar("Number", int, float)
 
 if TYPE_CHECKING:
-    from builder.fetch import FetchSettings
+    from builder.inputs.fetch import FetchSettings
 
 
 def add_input_options(parser: argparse.ArgumentParser) -> None:
@@ -95,8 +95,8 @@ def non_negative_int(text: str) -> int:
 
 
 def fetch_settings(args: argparse.Namespace) -> FetchSettings:
-    from builder.fetch import FetchSettings
-    from builder.rpm import MIB, ExtractLimits
+    from builder.inputs.fetch import FetchSettings
+    from builder.inputs.rpm import MIB, ExtractLimits
 
     cache: Path = args.cache
     if not hasattr(args, "max_file"):

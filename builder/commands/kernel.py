@@ -9,12 +9,13 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from builder import kernel_memo, log
+from builder import log
 from builder.commands.common import add_input_options
 from builder.errors import ConfigError
+from builder.inputs import kernel_memo
 
 if TYPE_CHECKING:
-    from builder.kernel import KernelTree
+    from builder.inputs.kernel import KernelTree
 
 DESCRIPTION = """\
 Fetch the target's kernel-devel package (from its ISO, RPM URL or yum repository, or from the
@@ -54,7 +55,7 @@ def register(
 
 
 def copy_tree(tree: KernelTree, output: Path) -> KernelTree:
-    from builder.kernel import KernelTree
+    from builder.inputs.kernel import KernelTree
 
     if output.exists():
         raise ConfigError(f"--output {output} already exists; choose a new directory.")
@@ -105,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
             _print(target, remembered, args.json)
             return 0
     from builder.commands.common import fetch_settings
-    from builder.kernel import KernelInputs, prepare_kernel
+    from builder.inputs.kernel import KernelInputs, prepare_kernel
     from builder.specs import SourceKind, load_registry
 
     registry = load_registry(args.specs)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from builder import log, sign
+from builder import log
+from builder.publish import sign
 
 
 def register(

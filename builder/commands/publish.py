@@ -6,8 +6,9 @@ import argparse
 import os
 from pathlib import Path
 
-from builder import log, repo, sign
+from builder import log
 from builder.errors import ConfigError
+from builder.publish import publisher, sign
 from builder.specs import Consumer, Registry, load_registry
 
 DESCRIPTION = """\
@@ -145,7 +146,7 @@ def _require(value: object, option: str, variable: str) -> None:
         raise ConfigError(f"{option} is required.", hint=f"Pass {option} or set {variable}.")
 
 
-def options_from_args(args: argparse.Namespace) -> repo.PublishOptions:
+def options_from_args(args: argparse.Namespace) -> publisher.PublishOptions:
     _require(args.artifacts, "--artifacts", "XDB_ARTIFACTS")
     _require(args.repo, "--repo", "XDB_REPO")
     _require(args.key, "--key", "XDB_SIGNING_KEY")
@@ -153,7 +154,7 @@ def options_from_args(args: argparse.Namespace) -> repo.PublishOptions:
         raise ConfigError(f"--keep must be at least 1, not {args.keep}.")
     if args.lock_timeout < 0:
         raise ConfigError(f"--lock-timeout must not be negative, not {args.lock_timeout}.")
-    return repo.PublishOptions(
+    return publisher.PublishOptions(
         artifacts=Path(args.artifacts),
         repo=Path(args.repo),
         key=str(args.key),
@@ -173,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(
                 "--print-repo-file needs --consumer el5 or el7 (one .repo file per family)."
             )
-        print(repo.render_repo_file(args.print_repo_file, Consumer(args.consumer)), end="")
+        print(publisher.render_repo_file(args.print_repo_file, Consumer(args.consumer)), end="")
         return 0
     options = options_from_args(args)
     cached: list[Registry] = []
@@ -184,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
         return cached[0]
 
     with log.step(f"Publish {options.artifacts} to {options.repo}"):
-        result = repo.publish(options, registry)
+        result = publisher.publish(options, registry)
     if result.version is None:
         print(f"{options.repo}: unchanged, {result.total_packages} package(s)")
     else:

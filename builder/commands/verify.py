@@ -60,7 +60,7 @@ def register(
 
 
 def run(args: argparse.Namespace) -> int:
-    from builder import verify
+    from builder.publish import verify
 
     if not args.repo:
         raise ConfigError("--repo is required.", hint="Pass --repo or set XDB_REPO.")

@@ -15,8 +15,8 @@ from __future__ import annotations
 import enum
 import re
 
+from builder.build.recipes import Syntax
 from builder.deploy.pool import Pool
-from builder.recipes import Syntax
 from builder.specs import Consumer
 
 STATE_DIR = "/var/lib/xcp-drbd-builder"

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import yaml
 
+from builder.build.recipes import Recipe, Syntax, recipe_of_version
 from builder.errors import ConfigError
-from builder.recipes import Recipe, Syntax, recipe_of_version
 from builder.specs import Consumer, Registry, Target
 from builder.yamlreader import YamlReader
 

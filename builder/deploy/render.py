@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder import __version__
+from builder.build.recipes import Syntax
 from builder.deploy.checks import kernel_module_package
 from builder.deploy.daytwo import (
     DAY_TWO_STEPS,
@@ -32,7 +33,6 @@ from builder.deploy.daytwo import (
 )
 from builder.deploy.pool import Fencing, Host, Pool, WithoutPygpgme
 from builder.errors import DeployError
-from builder.recipes import Syntax
 from builder.specs import Consumer
 
 REPO_ID = "xcp-drbd-builder"

@@ -88,7 +88,7 @@ def local_path(base: str) -> Path:
 def read_packages(base: str) -> list[Package]:
     """Every package the repository at ``base`` (directory holding ``repodata/``) lists."""
     from builder.errors import InputError
-    from builder.yumrepo import primary_metadata, read_primary
+    from builder.inputs.yumsource import primary_metadata, read_primary
 
     with tempfile.TemporaryDirectory(prefix="xdb-repo-") as temp:
         repomd = Path(temp) / "repomd.xml"

@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from builder import sign  # noqa: E402
+from builder.publish import sign  # noqa: E402
 from tests.rpmfactory import build_rpms, write_build  # noqa: E402
 
 SCALES = (100, 1000, 5000)

@@ -29,10 +29,10 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from builder.build.recipes import Syntax
 from builder.deploy import pool
 from builder.deploy.checks import CHECK_IDS
 from builder.deploy.pool import syntax_of
-from builder.recipes import Syntax
 from builder.yamlreader import printable
 from tests.deploy_support import BASE_POOL
 from tests.faults.harness import REPO, Result, builder, changes, snapshot

@@ -24,9 +24,10 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from builder import drbdbuild, proc
-from builder.container import context_hash
-from builder.recipes import recipe_for
+from builder import proc
+from builder.build import drbdbuild
+from builder.build.container import context_hash
+from builder.build.recipes import recipe_for
 from builder.specs import DrbdFamily
 
 HERE = Path(__file__).resolve().parent

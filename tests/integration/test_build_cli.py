@@ -16,7 +16,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from builder import container
+from builder.build import container
 from builder.specs import Target
 from tests.integration import buildenv
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import docker
 import pytest
 
-from builder import checks, container, drbdbuild, proc, recipes, rpmbuild
+from builder import proc
+from builder.build import container, drbdbuild, postbuild, recipes, rpmbuild
 from builder.errors import BuildError, CheckError, DockerError
 from builder.specs import DEFAULT_LIMITS, Limits, Target
 from tests.integration import buildenv
@@ -142,7 +143,7 @@ def test_build_is_recorded_for_the_manifest(built: Built) -> None:
 def test_module_built_for_another_kernel_is_rejected(built: Built) -> None:
     km = recipes.km_package_name(built.kernel.release)
     other = "2.6.32.12-0.7.1.xs1.4.90.530.170661xen"
-    expect = checks.Expectation(
+    expect = postbuild.Expectation(
         kernel_release=other,
         arch="x86_64",
         version=VERSION,
@@ -150,7 +151,7 @@ def test_module_built_for_another_kernel_is_rejected(built: Built) -> None:
         module_package=km,
     )
     with pytest.raises(CheckError) as caught:
-        checks.check_packages(built.result.rpms, expect)
+        postbuild.check_packages(built.result.rpms, expect)
     message = str(caught.value)
     assert f"built for kernel {built.kernel.release}" in message
     assert other in message
@@ -246,7 +247,7 @@ def test_missing_build_requirement_stops_rpmbuild(
 RUNNER = """
 import json, signal, sys
 from pathlib import Path
-from builder import drbdbuild
+from builder.build import drbdbuild
 from builder.errors import BuilderError, Interrupted
 from tests.integration import buildenv
 

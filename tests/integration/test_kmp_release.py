@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from builder.kernels import release_suffix
-from builder.recipes import KMP_MACROS
+from builder.build.recipes import KMP_MACROS
+from builder.inputs.kernels import release_suffix
 
 pytestmark = [pytest.mark.integration]
 

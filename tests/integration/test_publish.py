@@ -24,8 +24,9 @@ from typing import Any
 
 import pytest
 
-from builder import proc, repo, sign
+from builder import proc
 from builder.errors import ConfigError, InputError, SigningError
+from builder.publish import publisher, sign
 from builder.specs import Consumer
 from tests.rpmfactory import build_rpms, write_build
 
@@ -232,7 +233,7 @@ def test_dnf_downloads_and_verifies_the_published_packages(
 
 def test_repo_files_and_key_sit_next_to_the_repos(published: tuple[Path, Path]) -> None:
     _, target = published
-    assert "BEGIN PGP PUBLIC KEY BLOCK" in (target / repo.KEY_FILE_NAME).read_text()
+    assert "BEGIN PGP PUBLIC KEY BLOCK" in (target / publisher.KEY_FILE_NAME).read_text()
     el5 = (target / "xcp-drbd-el5.repo").read_text()
     assert f"baseurl={target.resolve().as_uri()}/el5/$basearch/" in el5
     assert "repo_gpgcheck=1" in el5
@@ -284,7 +285,7 @@ def test_el5_repo_has_what_rpm_44_and_yum_3_need(published: tuple[Path, Path]) -
 def copy_served_tree(target: Path, destination: Path) -> Path:
     """A private copy of what clients see (the stable names, links followed), for tampering."""
     destination.mkdir()
-    for name in ("el5", "el7", repo.KEY_FILE_NAME):
+    for name in ("el5", "el7", publisher.KEY_FILE_NAME):
         if (target / name).is_dir():
             shutil.copytree(target / name, destination / name, symlinks=False)
         elif (target / name).exists():
@@ -330,8 +331,8 @@ def test_dnf_refuses_package_signed_by_another_key(
     sign.sign_rpms([foreign], other, Consumer.EL7)
     # Metadata and repomd.xml.asc are genuine: only the package's signature is foreign.
     good = sign.find_key(keys.fingerprint, keys.home)
-    createrepo = repo.find_createrepo(Consumer.EL7)
-    proc.run(repo.metadata_command(folder, folder, Consumer.EL7, None, createrepo))
+    createrepo = publisher.find_createrepo(Consumer.EL7)
+    proc.run(publisher.metadata_command(folder, folder, Consumer.EL7, None, createrepo))
     sign.detach_sign(folder / "repodata" / "repomd.xml", good, Consumer.EL7)
     with served(tree) as url:
         refused = dnf_fetch(tmp_path / "dnf", url, "drbd-kmod")
@@ -409,14 +410,16 @@ def test_old_metadata_is_kept_one_round_not_forever(tmp_path: Path, keys: Keys, 
     listed = []
     for version, packages in updates:
         listed.append(
-            repo.metadata_files((target / "el7" / "x86_64" / "repodata" / "repomd.xml").resolve())
+            publisher.metadata_files(
+                (target / "el7" / "x86_64" / "repodata" / "repomd.xml").resolve()
+            )
         )
         write_build(artifacts, "xcp-ng-8.2", version, packages, consumer="el7", basearch="x86_64")
         result = run_publish(artifacts, target, keys)
         assert result.returncode == 0, result.stderr
     el7 = (target / "current" / "el7" / "x86_64").resolve()
     assert _generations(el7 / "repodata") == {"primary": 2, "filelists": 2, "other": 2}
-    newest = repo.metadata_files(el7 / "repodata" / "repomd.xml")
+    newest = publisher.metadata_files(el7 / "repodata" / "repomd.xml")
     # The previous generation stays for clients that read the old repomd.xml; the first goes.
     assert {p.name for p in (el7 / "repodata").iterdir()} == {
         "repomd.xml",
@@ -610,7 +613,7 @@ def test_el5_and_el7_from_one_build_carry_the_packets_their_rpm_verifies(
     el7 = sorted((target / "el7" / "i386").glob("*.rpm"))
     assert [p.name for p in el5] == [p.name for p in el7] == sorted(p.name for p in rpms.el5)
     short_id = keys.fingerprint[-8:].lower()
-    key_file = target / repo.KEY_FILE_NAME
+    key_file = target / publisher.KEY_FILE_NAME
 
     verdicts = rpm_kv(el5 + el7, key_file, tmp_path / "rpmdb-kv")
     for package in el5:
@@ -784,7 +787,7 @@ def test_el5_repomd_signature_satisfies_gnupg_1_4_as_yum_3_uses_it(
     home = tmp_path / "gnupg1"
     home.mkdir(mode=0o700)
     base = ["gpg1", "--homedir", str(home), "--batch", "--no-tty"]
-    subprocess.run([*base, "--import", str(target / repo.KEY_FILE_NAME)], check=True)
+    subprocess.run([*base, "--import", str(target / publisher.KEY_FILE_NAME)], check=True)
     repodata = target / "el5" / "i386" / "repodata"
     signature, repomd = str(repodata / "repomd.xml.asc"), str(repodata / "repomd.xml")
     good = subprocess.run(
@@ -800,11 +803,11 @@ def test_el5_repomd_signature_satisfies_gnupg_1_4_as_yum_3_uses_it(
     tampered = tmp_path / "repomd.xml"
     tampered.write_text((repodata / "repomd.xml").read_text().replace("<revision>", "<revision>1"))
     sign.verify_detached_gnupg1(
-        repodata / "repomd.xml", repodata / "repomd.xml.asc", target / repo.KEY_FILE_NAME
+        repodata / "repomd.xml", repodata / "repomd.xml.asc", target / publisher.KEY_FILE_NAME
     )
     with pytest.raises(SigningError, match=r"GnuPG 1\.4, which yum 3\.2\.22"):
         sign.verify_detached_gnupg1(
-            tampered, repodata / "repomd.xml.asc", target / repo.KEY_FILE_NAME
+            tampered, repodata / "repomd.xml.asc", target / publisher.KEY_FILE_NAME
         )
 
 
@@ -957,7 +960,7 @@ def test_a_certify_only_key_signs_with_its_signing_subkey(tmp_path: Path, rpms: 
         # The published key is the whole key, so the subkey's signatures verify with it.
         exported = tmp_path / "imported"
         exported.mkdir(mode=0o700)
-        _gpg(exported, "--import", str(target / repo.KEY_FILE_NAME))
+        _gpg(exported, "--import", str(target / publisher.KEY_FILE_NAME))
         assert _fingerprints(exported, "pub", "--list-keys") == [primary]
         assert _fingerprints(exported, "sub", "--list-keys") == subkeys
         _kill_agent(exported)
@@ -980,9 +983,9 @@ def test_a_file_that_is_not_an_rpm_is_an_input_error(tmp_path: Path, rpms: Rpms)
     garbage = tmp_path / "drbd-9.0-1.x86_64.rpm"
     garbage.write_bytes(b"this is not an RPM package\n")
     with pytest.raises(InputError, match="Cannot read an RPM header") as raised:
-        repo.query_nevras([rpms.el7[0], garbage])
+        publisher.query_nevras([rpms.el7[0], garbage])
     assert raised.value.exit_code == 5
-    assert repo.query_nevras(rpms.el7[:1]) == {rpms.el7[0]: "drbd-kmod-0:9.0-1.x86_64"}
+    assert publisher.query_nevras(rpms.el7[:1]) == {rpms.el7[0]: "drbd-kmod-0:9.0-1.x86_64"}
 
 
 def test_a_text_file_named_like_an_rpm_is_refused_not_read_as_a_manifest(
@@ -992,7 +995,7 @@ def test_a_text_file_named_like_an_rpm_is_refused_not_read_as_a_manifest(
     listing = tmp_path / "drbd-9.0-1.x86_64.rpm"
     listing.write_text(f"{rpms.el7[0]}\n")
     with pytest.raises(InputError, match="Cannot read an RPM header"):
-        repo.query_nevras([listing])
+        publisher.query_nevras([listing])
 
 
 def run_verify(target: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -1129,11 +1132,11 @@ def test_a_repository_from_before_the_package_store_is_moved_into_it(
         source = next(r for r in [*rpms.el5, *rpms.el7] if r.name == path.name)
         digest = hashlib.sha256(source.read_bytes()).hexdigest()
         packages.append({"path": relative, "nevra": nevra, "source_sha256": digest})
-    for name in (repo.KEY_FILE_NAME, "xcp-drbd-el5.repo", "xcp-drbd-el7.repo"):
+    for name in (publisher.KEY_FILE_NAME, "xcp-drbd-el5.repo", "xcp-drbd-el7.repo"):
         shutil.copyfile(made / name, version / name)
         os.symlink(f"current/{name}", target / name)
     state = {"format": 1, "key": keys.fingerprint, "packages": packages}
-    (version / repo.STATE_FILE_NAME).write_text(json.dumps(state))
+    (version / publisher.STATE_FILE_NAME).write_text(json.dumps(state))
     os.symlink(f"versions/{version.name}", target / "current")
     assert _published_names(target) == {r.name for r in [*rpms.el5, *rpms.el7]}
 
@@ -1174,7 +1177,14 @@ def test_each_package_traces_to_its_build_through_a_signed_statement(
     assert {"file": package.name, "sha256": source_digest} in manifest["outputs"]
     keyring = tmp_path / "keyring.gpg"
     subprocess.run(
-        ["gpg", "--batch", "--dearmor", "--output", str(keyring), str(target / repo.KEY_FILE_NAME)],
+        [
+            "gpg",
+            "--batch",
+            "--dearmor",
+            "--output",
+            str(keyring),
+            str(target / publisher.KEY_FILE_NAME),
+        ],
         check=True,
     )
     checked = subprocess.run(

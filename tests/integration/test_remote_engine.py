@@ -22,7 +22,8 @@ import docker
 import docker.errors
 import pytest
 
-from builder import container, drbdbuild, proc
+from builder import proc
+from builder.build import container, drbdbuild
 from builder.errors import BuildError
 from tests.integration import buildenv
 

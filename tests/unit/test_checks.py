@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from builder import checks, recipes
-from builder.checks import Expectation, PackageInfo, Requirement
+from builder.build import postbuild, recipes
+from builder.build.postbuild import Expectation, PackageInfo, Requirement
 from builder.errors import CheckError
 
 RELEASE = "2.6.32.12-0.7.1.xs1.4.90.530.170661xen"
@@ -62,16 +62,16 @@ def test_modinfo_reads_vermagic_from_the_modinfo_section(bits: int, little: bool
         bits=bits,
         little=little,
     )
-    info = checks.modinfo(elf)
+    info = postbuild.modinfo(elf)
     assert info["vermagic"] == f"{RELEASE} SMP mod_unload 686 "
     assert info["license"] == "GPL"
 
 
 def test_modinfo_rejects_files_that_are_not_modules() -> None:
     with pytest.raises(ValueError, match="not an ELF"):
-        checks.modinfo(b"#!/bin/sh\necho not a module\n" * 4)
+        postbuild.modinfo(b"#!/bin/sh\necho not a module\n" * 4)
     with pytest.raises(ValueError, match=r"no \.modinfo section"):
-        checks.modinfo(make_elf({".text": b"\xc3"}))
+        postbuild.modinfo(make_elf({".text": b"\xc3"}))
 
 
 def package(name: str, **overrides: object) -> PackageInfo:
@@ -94,7 +94,7 @@ def good_build() -> list[PackageInfo]:
         package("drbd-udev", arch="noarch"),
         package(
             KM,
-            requires=(Requirement("drbd-utils", checks.RPMSENSE_EQUAL, "8.4.1"),),
+            requires=(Requirement("drbd-utils", postbuild.RPMSENSE_EQUAL, "8.4.1"),),
             modules={MODULE: f"{RELEASE} SMP mod_unload modversions 686 "},
         ),
     ]
@@ -114,7 +114,7 @@ def replace(packages: list[PackageInfo], new: PackageInfo) -> list[PackageInfo]:
 
 
 def test_a_correct_build_has_no_problems() -> None:
-    assert checks.problems(good_build(), EXPECT) == []
+    assert postbuild.problems(good_build(), EXPECT) == []
 
 
 def test_km_package_name_follows_drbd_km_spec() -> None:
@@ -127,11 +127,11 @@ def test_module_for_another_kernel_is_named_with_both_releases() -> None:
         good_build(),
         package(
             KM,
-            requires=(Requirement("drbd-utils", checks.RPMSENSE_EQUAL, "8.4.1"),),
+            requires=(Requirement("drbd-utils", postbuild.RPMSENSE_EQUAL, "8.4.1"),),
             modules={MODULE: "6.1.0-56-amd64 SMP preempt mod_unload modversions "},
         ),
     )
-    [problem] = checks.problems(other, EXPECT)
+    [problem] = postbuild.problems(other, EXPECT)
     assert "built for kernel 6.1.0-56-amd64" in problem
     assert RELEASE in problem
 
@@ -141,19 +141,19 @@ def test_a_release_that_only_starts_like_the_target_is_not_accepted() -> None:
         good_build(),
         package(
             KM,
-            requires=(Requirement("drbd-utils", checks.RPMSENSE_EQUAL, "8.4.1"),),
+            requires=(Requirement("drbd-utils", postbuild.RPMSENSE_EQUAL, "8.4.1"),),
             modules={MODULE: f"{RELEASE}-debug SMP mod_unload 686 "},
         ),
     )
-    assert len(checks.problems(other, EXPECT)) == 1
+    assert len(postbuild.problems(other, EXPECT)) == 1
 
 
 def test_module_package_without_module_or_vermagic_fails() -> None:
-    requires = (Requirement("drbd-utils", checks.RPMSENSE_EQUAL, "8.4.1"),)
+    requires = (Requirement("drbd-utils", postbuild.RPMSENSE_EQUAL, "8.4.1"),)
     empty = replace(good_build(), package(KM, requires=requires))
-    assert "contains no kernel module" in checks.problems(empty, EXPECT)[0]
+    assert "contains no kernel module" in postbuild.problems(empty, EXPECT)[0]
     blank = replace(good_build(), package(KM, requires=requires, modules={MODULE: ""}))
-    assert "has no vermagic" in checks.problems(blank, EXPECT)[0]
+    assert "has no vermagic" in postbuild.problems(blank, EXPECT)[0]
 
 
 @pytest.mark.parametrize(
@@ -161,8 +161,12 @@ def test_module_package_without_module_or_vermagic_fails() -> None:
     [
         (),
         (Requirement("drbd-utils"),),
-        (Requirement("drbd-utils", checks.RPMSENSE_EQUAL | checks.RPMSENSE_GREATER, "8.4.1"),),
-        (Requirement("drbd-utils", checks.RPMSENSE_EQUAL, "8.4.0"),),
+        (
+            Requirement(
+                "drbd-utils", postbuild.RPMSENSE_EQUAL | postbuild.RPMSENSE_GREATER, "8.4.1"
+            ),
+        ),
+        (Requirement("drbd-utils", postbuild.RPMSENSE_EQUAL, "8.4.0"),),
     ],
 )
 def test_module_package_must_require_exactly_this_userland(
@@ -170,21 +174,21 @@ def test_module_package_must_require_exactly_this_userland(
 ) -> None:
     modules = {MODULE: f"{RELEASE} SMP "}
     loose = replace(good_build(), package(KM, requires=requires, modules=modules))
-    [problem] = checks.problems(loose, EXPECT)
+    [problem] = postbuild.problems(loose, EXPECT)
     assert "must require drbd-utils = 8.4.1" in problem
 
 
 def test_version_release_and_epoch_forms_of_the_requirement_are_accepted() -> None:
     for version in ("8.4.1-1", "0:8.4.1"):
-        requires = (Requirement("drbd-utils", checks.RPMSENSE_EQUAL, version),)
+        requires = (Requirement("drbd-utils", postbuild.RPMSENSE_EQUAL, version),)
         exact = replace(good_build(), package(KM, requires=requires, modules={MODULE: RELEASE}))
-        assert checks.problems(exact, EXPECT) == []
+        assert postbuild.problems(exact, EXPECT) == []
 
 
 def test_wrong_arch_missing_packages_and_other_versions_are_all_reported() -> None:
     packages = [p for p in good_build() if p.name != "drbd-xen"]
     packages = replace(packages, package("drbd-utils", arch="i386", version="8.4.2"))
-    found = checks.problems(packages, EXPECT)
+    found = postbuild.problems(packages, EXPECT)
     assert any("missing: drbd-xen" in p for p in found)
     assert any("architecture is i386, the target needs i686" in p for p in found)
     assert any("version is 8.4.2" in p for p in found)
@@ -195,11 +199,11 @@ def test_check_packages_raises_with_every_problem(tmp_path: Path) -> None:
     not_rpm = tmp_path / "drbd-8.4.1-1.i686.rpm"
     not_rpm.write_bytes(b"this is not an rpm")
     with pytest.raises(CheckError, match=r"Cannot read built package"):
-        checks.check_packages([not_rpm], EXPECT)
-    assert str(Requirement("drbd-utils", checks.RPMSENSE_EQUAL, "8.4.1")) == "drbd-utils = 8.4.1"
+        postbuild.check_packages([not_rpm], EXPECT)
+    assert str(Requirement("drbd-utils", postbuild.RPMSENSE_EQUAL, "8.4.1")) == "drbd-utils = 8.4.1"
 
 
-GE = checks.RPMSENSE_GREATER | checks.RPMSENSE_EQUAL
+GE = postbuild.RPMSENSE_GREATER | postbuild.RPMSENSE_EQUAL
 MODULE_ONLY = Expectation(
     kernel_release="4.19.0+1",
     arch="x86_64",
@@ -227,7 +231,7 @@ def module_only_build(
             requires=requires
             or (
                 Requirement("drbd-utils", GE, "8.9.2"),
-                Requirement("kernel", checks.RPMSENSE_EQUAL, "4.19.19-7.0.15.1.xcpng8.2"),
+                Requirement("kernel", postbuild.RPMSENSE_EQUAL, "4.19.19-7.0.15.1.xcpng8.2"),
             ),
             modules={"/lib/modules/4.19.0+1/updates/drbd.ko": "4.19.0+1 SMP mod_unload "},
         ),
@@ -235,11 +239,11 @@ def module_only_build(
 
 
 def test_a_module_only_build_with_a_newer_drbd_utils_has_no_problems() -> None:
-    assert checks.problems(module_only_build(), MODULE_ONLY) == []
+    assert postbuild.problems(module_only_build(), MODULE_ONLY) == []
 
 
 def test_the_paired_drbd_utils_must_satisfy_the_module_s_requirement() -> None:
-    too_old = checks.problems(module_only_build(utils="8.9.1"), MODULE_ONLY)
+    too_old = postbuild.problems(module_only_build(utils="8.9.1"), MODULE_ONLY)
     # Its own version is checked against the pairing first, then the range.
     assert any("requires drbd-utils >= 8.9.2" in p and "8.9.1-1" in p for p in too_old)
     assert any("utils: in its spec entry" in p for p in too_old)
@@ -248,9 +252,9 @@ def test_the_paired_drbd_utils_must_satisfy_the_module_s_requirement() -> None:
 def test_a_module_without_a_versioned_userland_requirement_fails() -> None:
     unversioned = (
         Requirement("drbd-utils"),
-        Requirement("kernel", checks.RPMSENSE_EQUAL, "4.19.19-7.0.15.1.xcpng8.2"),
+        Requirement("kernel", postbuild.RPMSENSE_EQUAL, "4.19.19-7.0.15.1.xcpng8.2"),
     )
-    found = checks.problems(module_only_build(requires=unversioned), MODULE_ONLY)
+    found = postbuild.problems(module_only_build(requires=unversioned), MODULE_ONLY)
     assert any("must require a version of drbd-utils" in p for p in found)
 
 
@@ -259,14 +263,14 @@ def test_a_module_without_a_versioned_userland_requirement_fails() -> None:
     [
         Requirement("kernel"),  # any kernel: the spec's default
         Requirement("kernel", GE, "4.19.19-7.0.15.1.xcpng8.2"),  # a range, not this one
-        Requirement("kernel", checks.RPMSENSE_EQUAL, "4.19.19-7.0.14.1.xcpng8.2"),  # another
+        Requirement("kernel", postbuild.RPMSENSE_EQUAL, "4.19.19-7.0.14.1.xcpng8.2"),  # another
     ],
 )
 def test_the_module_must_require_exactly_the_dom0_kernel_it_was_built_for(
     kernel: Requirement,
 ) -> None:
     requires = (Requirement("drbd-utils", GE, "8.9.2"), kernel)
-    found = checks.problems(module_only_build(requires=requires), MODULE_ONLY)
+    found = postbuild.problems(module_only_build(requires=requires), MODULE_ONLY)
     assert found == [
         "drbd-km-4.19.0+1-8.4.1-1.i686.rpm: must require kernel = 4.19.19-7.0.15.1.xcpng8.2 "
         "(the dom0 kernel it was built for) so that yum never installs it beside another "
@@ -282,15 +286,15 @@ def test_the_module_must_require_exactly_the_dom0_kernel_it_was_built_for(
         ("8.9.1-7", GE, "8.9.2", False),
         ("9.27.0-1", GE, "9.27.0", True),
         ("9.22.0-1", GE, "9.27.0", False),
-        ("9.22.0-1", checks.RPMSENSE_EQUAL, "9.22.0-1", True),
-        ("9.22.0-2", checks.RPMSENSE_EQUAL, "9.22.0-1", False),
-        ("9.22.0-2", checks.RPMSENSE_LESS, "9.22.1", True),
+        ("9.22.0-1", postbuild.RPMSENSE_EQUAL, "9.22.0-1", True),
+        ("9.22.0-2", postbuild.RPMSENSE_EQUAL, "9.22.0-1", False),
+        ("9.22.0-2", postbuild.RPMSENSE_LESS, "9.22.1", True),
     ],
 )
 def test_satisfies_follows_rpm_version_rules(
     provided: str, flags: int, wanted: str, expected: bool
 ) -> None:
-    assert checks.satisfies(provided, Requirement("drbd-utils", flags, wanted)) is expected
+    assert postbuild.satisfies(provided, Requirement("drbd-utils", flags, wanted)) is expected
 
 
 def test_a_per_kernel_module_must_carry_its_kernel_devel_in_its_release() -> None:
@@ -298,8 +302,8 @@ def test_a_per_kernel_module_must_carry_its_kernel_devel_in_its_release() -> Non
     suffixed = replace(
         good_build(), dataclasses.replace(good_build()[-1], release="1.k2.6.32.12_0.7.1")
     )
-    assert checks.problems(suffixed, expect) == []
-    assert checks.problems(good_build(), expect) == [
+    assert postbuild.problems(suffixed, expect) == []
+    assert postbuild.problems(good_build(), expect) == [
         f"{KM}-8.4.1-1.i686.rpm: release 1 does not end with .k2.6.32.12_0.7.1, so the "
         "packages for two kernel-devel releases with one uname -r would have one "
         "name-version-release"

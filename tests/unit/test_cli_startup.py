@@ -65,8 +65,8 @@ def test_a_command_imports_only_its_own_module(argv: list[str], command: str) ->
     modules = imported_by(*argv)
     assert commands_of(modules) == {command}
     assert heavy(modules) == []
-    assert "builder.pipeline" not in modules
-    assert "builder.kernel" not in modules
+    assert "builder.build.pipeline" not in modules
+    assert "builder.inputs.kernel" not in modules
 
 
 def subcommand_help(parser: argparse.ArgumentParser) -> dict[str, str]:

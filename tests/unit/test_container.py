@@ -11,7 +11,7 @@ from typing import Any
 import docker
 import pytest
 
-from builder import container
+from builder.build import container
 from builder.errors import DockerError
 
 

@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 import yaml
 
+from builder.build.recipes import Syntax
 from builder.cli import main
 from builder.deploy.pool import EXAMPLE_POOL, Fencing, Guard, load_pool, parse_pool, syntax_of
 from builder.errors import ConfigError
-from builder.recipes import Syntax
 from builder.specs import load_registry
 from tests.deploy_support import pool_data, write_pool
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from builder import container
+from builder.build import container
 from builder.errors import BuildError, ConfigError, DockerError
 
 

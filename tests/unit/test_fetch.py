@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from builder.checksums import ChecksumLock
 from builder.errors import ChecksumError, FetchError, InputError
-from builder.fetch import FetchSettings, Input, cache_path, fetch
+from builder.inputs.checksums import ChecksumLock
+from builder.inputs.fetch import FetchSettings, Input, cache_path, fetch
 from tests.support.http import serve
 
 

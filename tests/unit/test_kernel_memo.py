@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from builder import kernel_memo
+from builder.inputs import kernel_memo
 
 RESULT = {"target": "lab", "release": "6.1.0-1-amd64", "build_dir": "/c/tree/usr/src/x"}
 

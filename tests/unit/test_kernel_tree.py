@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from builder import kernel
-from builder.fetch import Fetched, FetchSettings
-from builder.kernel import find_build_dirs, read_release
-from builder.rpm import RpmInfo
+from builder.inputs import kernel
+from builder.inputs.fetch import Fetched, FetchSettings
+from builder.inputs.kernel import find_build_dirs, read_release
+from builder.inputs.rpm import RpmInfo
 
 UTS = {"include/generated/utsrelease.h": '#define UTS_RELEASE "6.1.0-1-amd64"'}
 

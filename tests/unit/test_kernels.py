@@ -10,18 +10,19 @@ from typing import Any
 
 import pytest
 
-from builder import kernels, pipeline, recipes
+from builder.build import pipeline, recipes
+from builder.build.plan import plan
+from builder.build.recipes import Job, Source
 from builder.cli import main
 from builder.errors import ConfigError, InputError
-from builder.fetch import FetchSettings
-from builder.kernel import KernelInputs
-from builder.plan import plan
-from builder.recipes import Job, Source
-from builder.repo import scan_artifacts
+from builder.inputs import kernels
+from builder.inputs.fetch import FetchSettings
+from builder.inputs.kernel import KernelInputs
+from builder.publish.publisher import scan_artifacts
 from builder.specs import DrbdFamily, load_registry
 from tests.unit.test_pipeline import Fakes
 
-# newest first, as builder.yumrepo.find_packages lists them
+# newest first, as builder.inputs.yumsource.find_packages lists them
 HELD = ["4.19.19-7.0.23.1.xcpng8.2", "4.19.19-7.0.15.1.xcpng8.2", "4.19.19-7.0.9.1.xcpng8.2"]
 
 

@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 
-from builder import log, pipeline, recipes
-from builder.drbdbuild import Built, DrbdBuild, _environment
+from builder import log
+from builder.build import pipeline, recipes
+from builder.build.drbdbuild import Built, DrbdBuild, _environment
+from builder.build.plan import plan
 from builder.errors import BuildError, BuildsFailed, CheckError
-from builder.kernel import KernelTree
-from builder.plan import plan
+from builder.inputs.kernel import KernelTree
 from builder.specs import NO_ADJUSTMENTS, load_registry
 from tests.unit.test_pipeline import Fakes, options
 

@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
-from builder import checks, pipeline
-from builder.drbdbuild import Built, BuiltUserland, DrbdBuild
+from builder.build import pipeline, postbuild
+from builder.build.drbdbuild import Built, BuiltUserland, DrbdBuild
+from builder.build.plan import plan
+from builder.build.recipes import recipe_for
+from builder.build.rpmbuild import BuildResult
 from builder.errors import BuildError, CheckError, ConfigError, LockedError
-from builder.fetch import Fetched, FetchSettings
-from builder.kernel import KernelInputs, KernelTree
-from builder.plan import plan
-from builder.recipes import recipe_for
-from builder.rpmbuild import BuildResult
+from builder.inputs.fetch import Fetched, FetchSettings
+from builder.inputs.kernel import KernelInputs, KernelTree
 from builder.specs import load_registry
 
 
@@ -44,7 +44,7 @@ class Fakes:
         )
         monkeypatch.setattr(pipeline, "ensure_image", self.ensure_image)
         monkeypatch.setattr(pipeline, "build_drbd", self.build_drbd)
-        monkeypatch.setattr(checks, "check_packages", self.check_packages)
+        monkeypatch.setattr(postbuild, "check_packages", self.check_packages)
 
     def prepare_kernel(
         self, target: Any, settings: Any, inputs: Any, evr: str | None = None
@@ -188,7 +188,7 @@ def test_the_module_must_require_the_exact_dom0_kernel_package(
         seen.append(expect)
         return []
 
-    monkeypatch.setattr(checks, "check_packages", record)
+    monkeypatch.setattr(postbuild, "check_packages", record)
     steps = plan(load_registry(), ["1.5"], ["8.4.1"], tmp_path / "artifacts")
     pipeline.run_builds(steps, options(tmp_path))
     # kernel-xen on XCP 1.x, at the version-release of the kernel-devel the tree came from.

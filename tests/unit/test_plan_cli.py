@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from builder.build.plan import plan
 from builder.cli import main
-from builder.plan import plan
 from builder.specs import load_registry
 
 

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from builder import checksums, cli, repo, store
+from builder import cli
 from builder.commands import publish
 from builder.errors import CommandError, ConfigError, InputError, LockedError, PublishError
+from builder.inputs import checksums
+from builder.publish import publisher, store
 from builder.specs import Consumer, load_registry
 
 FPR = "8491801EA5E36A6613E10D71C5E71C6396DBB809"
@@ -42,7 +44,7 @@ def test_scan_skips_unfinished_builds_and_says_so(
     make_build(tmp_path, "xcp-1.5", "8.4.1", {"drbd-8.4.1-1.i686.rpm": b"a"})
     (tmp_path / "xcp-1.5" / "8.4.2.partial").mkdir()
     (tmp_path / "xcp-1.6" / "8.4.1").mkdir(parents=True)
-    builds = repo.scan_artifacts(tmp_path, load_registry)
+    builds = publisher.scan_artifacts(tmp_path, load_registry)
     assert [b.directory.name for b in builds] == ["8.4.1"]
     err = capsys.readouterr().err
     assert "skipping xcp-1.5/8.4.2.partial: an unfinished build" in err
@@ -60,7 +62,7 @@ def test_scan_skips_build_directories_named_unlike_their_manifest(
         data = json.loads((directory / "manifest.json").read_text())
         data["drbd_version"] = "8.4.1"
         (directory / "manifest.json").write_text(json.dumps(data))
-    builds = repo.scan_artifacts(tmp_path, load_registry)
+    builds = publisher.scan_artifacts(tmp_path, load_registry)
     assert [b.directory for b in builds] == [finished]
     assert [b.directory / name for b in builds for name, _ in b.outputs] == [
         finished / "drbd-8.4.1-2.i686.rpm"
@@ -75,7 +77,7 @@ def test_consumer_comes_from_manifest_or_the_target_registry(tmp_path: Path) -> 
     make_build(
         tmp_path, "custom", "9.0", {"b-1-1.x86_64.rpm": b"b"}, consumer="el7", basearch="x86_64"
     )
-    builds = {b.target: b for b in repo.scan_artifacts(tmp_path, load_registry)}
+    builds = {b.target: b for b in publisher.scan_artifacts(tmp_path, load_registry)}
     assert builds["xcp-1.5"].family == "el5/i386"
     assert builds["custom"].family == "el7/x86_64"
 
@@ -83,37 +85,37 @@ def test_consumer_comes_from_manifest_or_the_target_registry(tmp_path: Path) -> 
 def test_unknown_target_without_consumer_names_the_target(tmp_path: Path) -> None:
     make_build(tmp_path, "mystery", "9.0", {"b-1-1.x86_64.rpm": b"b"})
     with pytest.raises(ConfigError, match="Unknown target 'mystery'"):
-        repo.scan_artifacts(tmp_path, load_registry)
+        publisher.scan_artifacts(tmp_path, load_registry)
 
 
 def test_bad_manifests_are_input_errors(tmp_path: Path) -> None:
     directory = make_build(tmp_path, "xcp-1.5", "8.4.1", {"a-1-1.i686.rpm": b"a"})
     (directory / "manifest.json").write_text("{not json")
     with pytest.raises(InputError, match="not valid JSON"):
-        repo.scan_artifacts(tmp_path, load_registry)
+        publisher.scan_artifacts(tmp_path, load_registry)
     (directory / "manifest.json").write_text(
         json.dumps({"consumer": "el6", "basearch": "i386", "outputs": []})
     )
     with pytest.raises(InputError, match="consumer 'el6' is not one of"):
-        repo.scan_artifacts(tmp_path, load_registry)
+        publisher.scan_artifacts(tmp_path, load_registry)
     (directory / "manifest.json").write_text(
         json.dumps({"target": "xcp-1.5", "outputs": [{"file": "../x.rpm", "sha256": "0" * 64}]})
     )
     with pytest.raises(InputError, match="not a plain name"):
-        repo.scan_artifacts(tmp_path, load_registry)
+        publisher.scan_artifacts(tmp_path, load_registry)
 
 
-def plan(artifacts: Path, previous: repo.Published | None, key: str = FPR) -> repo.Plan:
-    builds = repo.scan_artifacts(artifacts, load_registry)
-    return repo.plan_publish(builds, previous, key, nevras=fake_nevras)
+def plan(artifacts: Path, previous: publisher.Published | None, key: str = FPR) -> publisher.Plan:
+    builds = publisher.scan_artifacts(artifacts, load_registry)
+    return publisher.plan_publish(builds, previous, key, nevras=fake_nevras)
 
 
-def published_after(result: repo.Plan, key: str = FPR) -> repo.Published:
+def published_after(result: publisher.Plan, key: str = FPR) -> publisher.Published:
     """What the repository holds once ``result`` went live (signed digests made up)."""
     added = [
         store.Entry(i.path, i.nevra, i.source_sha256, "f" * 64, 1, "") for i in result.incoming
     ]
-    return repo.Published(key=key, packages=[*result.published, *added])
+    return publisher.Published(key=key, packages=[*result.published, *added])
 
 
 def test_plan_reuses_unchanged_packages_and_adds_new_ones(tmp_path: Path) -> None:
@@ -143,8 +145,8 @@ def test_plan_reads_only_new_outputs(tmp_path: Path) -> None:
         return checksums.sha256_file(path)
 
     (directory / "a-1-1.i686.rpm").unlink()  # published already: the artifact is not needed
-    builds = repo.scan_artifacts(tmp_path, load_registry)
-    result = repo.plan_publish(builds, first, FPR, nevras=fake_nevras, digest=digest)
+    builds = publisher.scan_artifacts(tmp_path, load_registry)
+    result = publisher.plan_publish(builds, first, FPR, nevras=fake_nevras, digest=digest)
     assert hashed == ["c-1-1.i686.rpm"]
     assert [i.path for i in result.incoming] == ["el5/i386/c-1-1.i686.rpm"]
 
@@ -159,7 +161,7 @@ def test_plan_refuses_same_file_with_other_content(tmp_path: Path) -> None:
 
 
 def test_plan_refuses_same_nevra_under_another_file_name(tmp_path: Path) -> None:
-    previous = repo.Published(
+    previous = publisher.Published(
         key=FPR,
         packages=[store.Entry("el5/i386/x.rpm", "a-1-1.i686", "0" * 64, "1" * 64, 1, "")],
     )
@@ -190,17 +192,17 @@ def test_plan_refuses_to_mix_keys(tmp_path: Path) -> None:
 
 
 def test_state_round_trips_and_rejects_garbage(tmp_path: Path) -> None:
-    state = repo.State(key=FPR, index=store.Mark(length=10, sha256="1" * 64, count=2))
+    state = publisher.State(key=FPR, index=store.Mark(length=10, sha256="1" * 64, count=2))
     path = tmp_path / "state.json"
     path.write_text(state.to_json())
-    assert repo.State.from_file(path) == state
+    assert publisher.State.from_file(path) == state
     path.write_text('{"format": 99}')
     with pytest.raises(PublishError, match="unreadable"):
-        repo.State.from_file(path)
+        publisher.State.from_file(path)
 
 
 def test_repo_file_checks_package_and_metadata_signatures() -> None:
-    text = repo.render_repo_file("https://example.org/drbd/", Consumer.EL5)
+    text = publisher.render_repo_file("https://example.org/drbd/", Consumer.EL5)
     assert text.splitlines() == [
         "[xcp-drbd-el5]",
         "name=DRBD for Xen dom0 (el5, $basearch)",
@@ -215,12 +217,12 @@ def test_repo_file_checks_package_and_metadata_signatures() -> None:
 
 def test_lock_fails_clearly_when_held(tmp_path: Path) -> None:
     with (
-        repo.publish_lock(tmp_path, timeout=0),
+        publisher.publish_lock(tmp_path, timeout=0),
         pytest.raises(LockedError, match=f"pid {os.getpid()}"),
-        repo.publish_lock(tmp_path, timeout=0.2),
+        publisher.publish_lock(tmp_path, timeout=0.2),
     ):
         pass
-    with repo.publish_lock(tmp_path, timeout=0):
+    with publisher.publish_lock(tmp_path, timeout=0):
         pass  # released
 
 
@@ -229,7 +231,7 @@ def test_prune_keeps_the_newest_and_the_current(tmp_path: Path) -> None:
     for name in ("20260101T000000Z", "20260102T000000Z", "20260103T000000Z", "20260104T000000Z"):
         (versions / name).mkdir(parents=True)
     os.symlink("versions/20260101T000000Z", tmp_path / "current")
-    removed = repo.prune_versions(tmp_path, keep=2)
+    removed = publisher.prune_versions(tmp_path, keep=2)
     assert [p.name for p in removed] == ["20260102T000000Z"]
     assert sorted(p.name for p in versions.iterdir()) == [
         "20260101T000000Z",
@@ -273,5 +275,5 @@ def test_missing_rpm_program_is_a_command_error_not_a_bad_input(
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
     with pytest.raises(CommandError, match="'rpm' is not installed") as raised:
-        repo.query_nevras([package])
+        publisher.query_nevras([package])
     assert raised.value.exit_code == 7

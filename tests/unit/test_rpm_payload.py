@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from builder.errors import InputError
-from builder.rpm import ExtractLimits, RpmInfo, extract_payload, vercmp
+from builder.inputs.rpm import ExtractLimits, RpmInfo, extract_payload, vercmp
 
 
 def cpio(entries: list[tuple[str, int, bytes, int, int]]) -> bytes:

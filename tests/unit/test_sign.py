@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from builder import sign
 from builder.errors import CommandError, SigningError
+from builder.publish import sign
 from builder.specs import Consumer
 
 PRIMARY = "0123456789ABCDEF0123456789ABCDEF01234567"

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from builder import sign
 from builder.errors import SigningError
+from builder.publish import sign
 from builder.specs import SAFE_NAME, Consumer
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"

@@ -11,19 +11,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from builder import resources
 from builder.errors import ConfigError
-from builder.kernels import build_name
-from builder.recipes import recipe_for
+from builder.inputs.kernels import build_name
+from builder.build.recipes import recipe_for
 from builder.specs import DrbdVersion, Registry, SourceKind, Target
 
-CONTAINERS_DIR = Path(__file__).resolve().parent.parent / "containers"
+CONTAINERS_DIR = resources.CONTAINERS_DIR
 
 
 @dataclass(frozen=True, kw_only=True)
 class BuildStep:
     target: Target
     drbd: DrbdVersion
-    output_dir: Path  # artifacts/<target>/<version>, or <version>+k<kernel> (builder.kernels)
+    output_dir: Path  # artifacts/<target>/<version>, or <version>+k<kernel> (builder.inputs.kernels)
     # The kernel-devel version-release this build is for, when the target is built per kernel
     # (a yum kernel source); None: the target's one kernel.
     kernel: str | None = None
@@ -115,7 +116,7 @@ def plan(
 
     ``all`` stands for every target of the registry.  Without ``versions``, each target gets
     the DRBD versions its spec lists as fitting it.  ``kernels`` names the kernel-devel
-    version-releases of each target built per kernel (``builder.kernels.resolve``); a target
+    version-releases of each target built per kernel (``builder.inputs.kernels.resolve``); a target
     it does not name gets one step per version.
     """
     kernels = kernels or {}

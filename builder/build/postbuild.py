@@ -17,7 +17,7 @@ from typing import Any
 import rpmfile
 
 from builder.errors import CheckError
-from builder.rpm import vercmp
+from builder.inputs.rpm import vercmp
 
 RPMSENSE_LESS = 0x02
 RPMSENSE_GREATER = 0x04
@@ -81,7 +81,7 @@ class Expectation:
     exact_userland: bool = True
     # The dom0 kernel package the module must require exactly: ("kernel-xen", "V-R").
     kernel_package: tuple[str, str] | None = None
-    # What the module package's release must end with: its kernel-devel's (builder.kernels).
+    # What the module package's release must end with: its kernel-devel's (builder.inputs.kernels).
     release_suffix: str = ""
 
     @property

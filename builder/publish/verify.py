@@ -26,17 +26,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder import log, provenance, sign
+from builder import log
 from builder.errors import BuilderError, PublishError, VerifyError
-from builder.repo import (
+from builder.publish import provenance, sign
+from builder.publish.publisher import (
     KEY_FILE_NAME,
     STATE_FILE_NAME,
     State,
     current_version,
     repo_file_name,
 )
+from builder.publish.store import STORE_DIR, Store
 from builder.specs import Consumer
-from builder.store import STORE_DIR, Store
 
 _DIGESTS: dict[str, Callable[[], hashlib._Hash]] = {
     "sha": hashlib.sha1,

@@ -24,8 +24,8 @@ from builder.errors import ConfigError, InputError
 from builder.specs import SAFE_NAME, SourceKind, Target
 
 if TYPE_CHECKING:
-    from builder.fetch import FetchSettings
-    from builder.yumrepo import RepoPackage
+    from builder.inputs.fetch import FetchSettings
+    from builder.inputs.yumsource import RepoPackage
 
 LATEST = "latest"
 ALL = "all"
@@ -88,7 +88,7 @@ def check_choice(target: Target, choice: str | None) -> None:
 def packages(target: Target, settings: FetchSettings) -> list[RepoPackage]:
     """Every kernel-devel in ``target``'s repositories matching ``evr:``, newest first (reads
     the repositories' metadata)."""
-    from builder.yumrepo import find_packages
+    from builder.inputs.yumsource import find_packages
 
     source = target.kernel_source
     return find_packages(
@@ -129,7 +129,7 @@ def resolve(
 
 def rpm_version_release(path: Path) -> str:
     """The version-release of a local kernel-devel RPM (``--kernel-rpm``), from its header."""
-    from builder.rpm import read_info
+    from builder.inputs.rpm import read_info
 
     try:
         info = read_info(path)

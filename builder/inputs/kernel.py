@@ -20,13 +20,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from builder import log
-from builder.checksums import ChecksumLock, file_lock, write_atomic
 from builder.errors import ChecksumError, ConfigError, InputError, KernelMismatchError
-from builder.fetch import Fetched, FetchSettings, Input, fetch
-from builder.iso import extract as extract_from_iso
-from builder.iso import locate
+from builder.inputs.checksums import ChecksumLock, file_lock, write_atomic
+from builder.inputs.fetch import Fetched, FetchSettings, Input, fetch
+from builder.inputs.iso import extract as extract_from_iso
+from builder.inputs.iso import locate
+from builder.inputs.rpm import RpmInfo, extract_payload, read_info, verify_integrity
 from builder.locks import pid_alive
-from builder.rpm import RpmInfo, extract_payload, read_info, verify_integrity
 from builder.specs import SourceKind, Target
 
 MARKER = "tree.json"
@@ -47,7 +47,7 @@ class KernelTree:
     source: str  # where the RPM came from (URL or path)
     source_sha256: str  # sha256 of the ISO or RPM that was fetched
     # The local files this tree was checked against (the ISO or RPM fetched, the RPM, the
-    # tree's marker): while none changes, neither does the tree (builder.kernel_memo).
+    # tree's marker): while none changes, neither does the tree (builder.inputs.kernel_memo).
     files: tuple[Path, ...] = ()
 
     def to_json(self) -> dict[str, str]:
@@ -193,7 +193,7 @@ def _read_out(iso: Fetched, inner: str, dest: Path, rpm_name: str, settings: Fet
 
 def _rpm_from_yum(target: Target, settings: FetchSettings, evr: str | None) -> Fetched:
     """The newest match of the target's evr:, or the match whose version-release is ``evr``."""
-    from builder import kernels
+    from builder.inputs import kernels
 
     source = target.kernel_source
     packages = kernels.packages(target, settings)

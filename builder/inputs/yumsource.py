@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from builder.errors import InputError
-from builder.fetch import FetchSettings, Input, fetch
-from builder.rpm import vercmp
+from builder.inputs.fetch import FetchSettings, Input, fetch
+from builder.inputs.rpm import vercmp
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Run planned builds: inputs → image → container build → checks → artifacts + manifest.
 
 Builds of one target share its kernel tree and image; builds on one build context share a
-userland (``builder.drbdbuild``).  Each build writes into
+userland (``builder.build.drbdbuild``).  Each build writes into
 ``<target>/<version>.partial`` and is renamed to ``<target>/<version>`` only when its RPMs passed
 the checks and its ``manifest.json`` is written, so a directory without ``.partial`` in its
 name is always complete.  A build whose recorded inputs (kernel source, kernel RPM, DRBD
@@ -24,10 +24,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from builder import __version__, checks, container, log
-from builder.checksums import ChecksumLock, sha256_file, write_atomic
-from builder.container import context_hash
-from builder.drbdbuild import (
+from builder import __version__, log
+from builder.build import container, postbuild
+from builder.inputs.checksums import ChecksumLock, sha256_file, write_atomic
+from builder.build.container import context_hash
+from builder.build.drbdbuild import (
     Built,
     DrbdBuild,
     KernelInput,
@@ -43,13 +44,13 @@ from builder.errors import (
     NoSpaceError,
     no_space,
 )
-from builder.fetch import Fetched, FetchSettings, Input, fetch
-from builder.kernel import KernelInputs, KernelTree, prepare_kernel
-from builder.kernels import per_kernel, release_suffix
+from builder.inputs.fetch import Fetched, FetchSettings, Input, fetch
+from builder.inputs.kernel import KernelInputs, KernelTree, prepare_kernel
+from builder.inputs.kernels import per_kernel, release_suffix
 from builder.locks import timed_lock
-from builder.plan import BuildStep
-from builder.recipes import Recipe, recipe_for
-from builder.rpmbuild import (
+from builder.build.plan import BuildStep
+from builder.build.recipes import Recipe, recipe_for
+from builder.build.rpmbuild import (
     build_context_for,
     ensure_image,
     ensure_spatch_image,
@@ -336,7 +337,7 @@ def _build_one(
             f"Check {len(built.rpms)} RPMs against kernel {expect.kernel_release} and arch "
             f"{expect.arch}"
         ):
-            checks.check_packages(built.rpms, expect)
+            postbuild.check_packages(built.rpms, expect)
         os.replace(log_file, partial / BUILD_LOG)
         manifest = _manifest(step, inputs, built)
         write_atomic(partial / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
@@ -429,7 +430,7 @@ def _run_step(step: BuildStep, shared: _Shared, options: BuildOptions) -> Outcom
 
     tree = shared.trees.get((target.id, step.kernel), tree_of_target)
     context, context_sha = shared.contexts.get(target.id, lambda: _context_sha256(target))
-    # What the image's tag is made of (builder.rpmbuild.ensure_image): one image per key.
+    # What the image's tag is made of (builder.build.rpmbuild.ensure_image): one image per key.
     image_key = (
         str(context),
         context_sha,

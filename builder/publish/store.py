@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from builder import log
-from builder.checksums import sha256_file, write_atomic
 from builder.errors import PublishError
+from builder.inputs.checksums import sha256_file, write_atomic
 
 STORE_DIR = "packages"
 INDEX_NAME = "index.jsonl"

@@ -83,7 +83,7 @@ class Job:
     kernel_requires: str | None = None  # "kernel-xen = V-R": what the module must require
     userland_requires: str | None = None  # "drbd-utils >= X", as the DRBD source declares
     # appended to the module package's release: one package per kernel-devel release when
-    # the kernel release (uname -r) stays the same across kernel updates (builder.kernels)
+    # the kernel release (uname -r) stays the same across kernel updates (builder.inputs.kernels)
     release_suffix: str | None = None
     jobs: int = 1  # make's -j: the container's CPU limit (parallel_jobs)
 

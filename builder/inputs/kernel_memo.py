@@ -21,11 +21,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from builder import __version__
+from builder import __version__, resources
 
 MEMO_DIR = "memo"
 # The built-in specs, as builder.specs finds them (not imported here: it imports yaml).
-BUILTIN_SPECS = Path(__file__).resolve().parent.parent / "specs"
+BUILTIN_SPECS = resources.SPECS_DIR
 
 
 def identity(path: Path) -> list[int] | None:

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from builder import log
-from builder.checksums import ChecksumLock, HashCache, mismatch
 from builder.errors import ChecksumError, FetchError, InputError, NoSpaceError, no_space
-from builder.rpm import DEFAULT_LIMITS, ExtractLimits
+from builder.inputs.checksums import ChecksumLock, HashCache, mismatch
+from builder.inputs.rpm import DEFAULT_LIMITS, ExtractLimits
 
 if TYPE_CHECKING:
     import requests

@@ -3,7 +3,7 @@
 Layout of a published tree (``--repo DIR``)::
 
     DIR/.lock                       held while publishing (one publisher at a time)
-    DIR/packages/                   the package store (``builder.store``): signed packages that
+    DIR/packages/                   the package store (``store``): signed packages that
         el5/i386/*.rpm              every version shares, added once, never replaced, and
         el5/i386/repodata           -> ../../../current/el5/i386/repodata
         index.jsonl                 every package published, append-only
@@ -39,8 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from builder import log, proc, provenance, sign
-from builder.checksums import sha256_file, write_atomic
+from builder import log, proc
 from builder.errors import (
     BuilderError,
     CommandError,
@@ -50,9 +49,10 @@ from builder.errors import (
     PublishError,
     no_space,
 )
+from builder.inputs.checksums import sha256_file, write_atomic
 from builder.locks import timed_lock
-from builder.specs import SAFE_NAME, Consumer, Registry
-from builder.store import (
+from builder.publish import provenance, sign
+from builder.publish.store import (
     EMPTY,
     INCOMING_PREFIX,
     STORE_DIR,
@@ -60,6 +60,7 @@ from builder.store import (
     Mark,
     Store,
 )
+from builder.specs import SAFE_NAME, Consumer, Registry
 
 KEY_FILE_NAME = "RPM-GPG-KEY-xcp-drbd-builder"
 STATE_FILE_NAME = "publish-state.json"

@@ -1,10 +1,10 @@
 """Run one recipe's commands in a build container and collect the RPMs it made.
 
-The recipes (``builder.recipes``) say what to run; this module runs it: the container runs as
+The recipes (``builder.build.recipes``) say what to run; this module runs it: the container runs as
 a non-root user with the network off and ``SOURCE_DATE_EPOCH`` set; the source tarball, its
 patches and the kernel tree are mounted read-only; RPMs are copied flat into a writable
 staging directory, then into the caller's output directory.  The post-build checks are the
-pipeline's next stage (``builder.checks``).
+pipeline's next stage (``builder.build.postbuild``).
 """
 
 from __future__ import annotations
@@ -22,12 +22,14 @@ from pathlib import Path, PurePosixPath
 
 import docker
 
-from builder import container, log
+from builder import resources
+from builder.build import container
+from builder import log
 from builder.errors import BuildError, ConfigError, InputError
-from builder.recipes import INPUT_DIR, OUTPUT_DIR, PATCH_DIR, WORK_DIR, Command, Source
+from builder.build.recipes import INPUT_DIR, OUTPUT_DIR, PATCH_DIR, WORK_DIR, Command, Source
 from builder.specs import DEFAULT_LIMITS, Limits, Target
 
-CONTAINERS_DIR = Path(__file__).resolve().parent.parent / "containers"
+CONTAINERS_DIR = resources.CONTAINERS_DIR
 BUILD_USER = "builder"
 # Where a kernel tree outside usr/src and usr/lib is mounted.
 KERNEL_FALLBACK_DIR = "/build/kernel"

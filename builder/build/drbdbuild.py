@@ -23,11 +23,12 @@ from typing import Any
 
 import docker
 
-from builder import __version__, container, log
-from builder.checks import Expectation
-from builder.checksums import file_lock, sha256_file, write_atomic
+from builder import __version__, log
+from builder.build import container
+from builder.build.postbuild import Expectation
+from builder.inputs.checksums import file_lock, sha256_file, write_atomic
 from builder.errors import ConfigError, InputError
-from builder.recipes import (
+from builder.build.recipes import (
     COCCI_CACHE,
     COMPAT_DIR,
     KMP_MACROS,
@@ -42,8 +43,8 @@ from builder.recipes import (
     parallel_jobs,
     userland_requirement,
 )
-from builder.rpm import vercmp
-from builder.rpmbuild import (
+from builder.inputs.rpm import vercmp
+from builder.build.rpmbuild import (
     BuildResult,
     Run,
     kernel_mounts,
@@ -88,7 +89,7 @@ class KernelInput:
     # What identifies the tree's content (the kernel-devel RPM's sha256); "" if unknown.
     # DRBD 9's compat.h depends only on it, the source and the image, so it is remembered.
     identity: str = ""
-    # What the module package's release gains for this kernel-devel (builder.kernels); ""
+    # What the module package's release gains for this kernel-devel (builder.inputs.kernels); ""
     # keeps the spec's release.
     release_suffix: str = ""
 

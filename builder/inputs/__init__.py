@@ -1,0 +1,3 @@
+"""Stage 1 and 2, the inputs: fetch and verify downloads (``fetch``, ``checksums``), read the
+kernel-devel RPM out of an ISO (``iso``) or pick it from a yum repository (``yumsource``,
+``kernels``), and extract its kernel build tree safely (``rpm``, ``kernel``, ``kernel_memo``)."""
