@@ -7,6 +7,7 @@ from pathlib import Path
 
 from builder import log
 from builder.publish import sign
+from builder.specs import Consumer
 
 
 def register(
@@ -43,8 +44,10 @@ def run(args: argparse.Namespace) -> int:
     home = (args.gnupg_home or sign.default_gnupg_home()).absolute()
     with log.step(f"Make a test signing key in {home}"):
         fingerprint = sign.generate_test_key(home, name=args.name)
-        # The same check publish makes for EL5 dom0s: a key made here must pass it.
-        sign.check_key_for_el5(sign.find_key(fingerprint, home), [])
+        # The same checks publish makes for every consumer: a key made here must pass them.
+        key = sign.find_key(fingerprint, home)
+        for consumer in Consumer:
+            sign.check_key_for(consumer, key, [])
         log.info("usable for el5 (rpm 4.4, V3 signatures made with gpg1) and el7")
     log.info(f"use it with: python -m builder publish --gnupg-home {home} --key {fingerprint}")
     print(fingerprint)

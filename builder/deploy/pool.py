@@ -22,7 +22,9 @@ import yaml
 
 from builder.build.recipes import Recipe, Syntax, recipe_of_version
 from builder.errors import ConfigError
-from builder.specs import Consumer, Registry, Target
+from builder.publish import layout
+from builder.publish.consumers import profile
+from builder.specs import Registry, Target
 from builder.yamlreader import YamlReader
 
 HOST_NAME = re.compile(
@@ -177,7 +179,7 @@ class Pool:
 
     @property
     def repo_baseurl(self) -> str:
-        return f"{self.repo.url.rstrip('/')}/{self.target.consumer.value}/{self.target.basearch}/"
+        return layout.baseurl(self.repo.url, self.target.consumer, self.target.basearch)
 
 
 def syntax_of(version: str) -> Syntax | None:
@@ -383,7 +385,7 @@ def parse_pool(file: Path, text: str, registry: Registry) -> Pool:
         gpgkey=repo_reader.text(
             "gpgkey",
             URL,
-            default=f"{url}/RPM-GPG-KEY-xcp-drbd-builder",
+            default=f"{url}/{layout.KEY_FILE_NAME}",
             explain="an http://, https:// or file:// URL",
         ),
         without_pygpgme=WithoutPygpgme(
@@ -392,7 +394,8 @@ def parse_pool(file: Path, text: str, registry: Registry) -> Pool:
             )
         ),
     )
-    if repo.without_pygpgme is not WithoutPygpgme.STOP and target.consumer is not Consumer.EL5:
+    needs_pygpgme = profile(target.consumer).metadata_check_needs_pygpgme
+    if repo.without_pygpgme is not WithoutPygpgme.STOP and not needs_pygpgme:
         raise repo_reader.fail(
             "without_pygpgme",
             f"only EL5 dom0s can lack pygpgme; {target.name} is {target.consumer.value}, whose "

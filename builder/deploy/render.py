@@ -33,10 +33,11 @@ from builder.deploy.daytwo import (
 )
 from builder.deploy.pool import Fencing, Host, Pool, WithoutPygpgme
 from builder.errors import DeployError
-from builder.specs import Consumer
+from builder.publish import layout
+from builder.publish.consumers import profile
 
-REPO_ID = "xcp-drbd-builder"
-KEY_FILE = "/etc/pki/rpm-gpg/RPM-GPG-KEY-xcp-drbd-builder"
+REPO_ID = layout.REPO_ID
+KEY_FILE = layout.INSTALLED_KEY_FILE
 # The .repo file an EL5 host without pygpgme installs, rendered only when the pool allows it.
 REPO_FILE_WITHOUT_PYGPGME = f"{REPO_ID}.repo.without-pygpgme"
 # What XCP's own lvm.conf rejects: VM disks (xvd*) and the logical volumes inside SRs, which
@@ -205,18 +206,14 @@ def render_repo_file(pool: Pool, header: str, *, repo_gpgcheck: bool = True) -> 
             "# (gpgcheck=1). Install pygpgme and run the runbook's install step again to\n"
             "# check the metadata too.\n"
         )
-    return (
-        f"{header}"
-        f"#\n"
-        f"# Install as /etc/yum.repos.d/{REPO_ID}.repo after importing the key to {KEY_FILE}.\n"
-        f"{why}"
-        f"[{REPO_ID}]\n"
-        f"name=DRBD for {pool.target.name} (xcp-drbd-builder)\n"
-        f"baseurl={pool.repo_baseurl}\n"
-        f"enabled=1\n"
-        f"gpgcheck=1\n"
-        f"repo_gpgcheck={1 if repo_gpgcheck else 0}\n"
-        f"gpgkey=file://{KEY_FILE}\n"
+    return layout.render_repo_file(
+        name=f"DRBD for {pool.target.name} (xcp-drbd-builder)",
+        baseurl=pool.repo_baseurl,
+        gpgkey=f"file://{KEY_FILE}",
+        repo_gpgcheck=repo_gpgcheck,
+        comment=f"{header}#\n"
+        f"# Install as {layout.INSTALLED_REPO_FILE} after importing the key to {KEY_FILE}.\n"
+        f"{why}",
     )
 
 
@@ -250,8 +247,9 @@ _PYGPGME_FALLBACK = f"""\
 
 
 def _pygpgme_check(pool: Pool) -> str:
-    """The shell function that picks the .repo file an EL5 host can use (empty for EL7)."""
-    if pool.target.consumer is not Consumer.EL5:
+    """The shell function that picks the .repo file an EL5 host can use (empty where the
+    consumer's yum checks metadata signatures without pygpgme)."""
+    if not profile(pool.target.consumer).metadata_check_needs_pygpgme:
         return ""
     missing = (
         _PYGPGME_FALLBACK
@@ -310,7 +308,8 @@ def render_runbook(pool: Pool, host: Host, header: str) -> str:
         if is_first
         else f"DRBD metadata, then the initial sync from {first.name}"
     )
-    pygpgme_call = "    check_pygpgme\n" if pool.target.consumer is Consumer.EL5 else ""
+    needs_pygpgme = profile(pool.target.consumer).metadata_check_needs_pygpgme
+    pygpgme_call = "    check_pygpgme\n" if needs_pygpgme else ""
     variables = {
         "HOST": host.name,
         "PEER": peer.name,
@@ -329,7 +328,7 @@ def render_runbook(pool: Pool, host: Host, header: str) -> str:
         "SR_NAME": pool.sr_name,
         "GPGKEY_URL": pool.repo.gpgkey,
         "KEY_FILE": KEY_FILE,
-        "REPO_FILE": f"/etc/yum.repos.d/{REPO_ID}.repo",
+        "REPO_FILE": layout.INSTALLED_REPO_FILE,
         "PACKAGES": " ".join(packages(pool)),
         "LVM_FILTER": _lvm_list(lvm_filter(host)),
         **paths(pool),

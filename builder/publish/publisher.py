@@ -51,7 +51,9 @@ from builder.errors import (
 )
 from builder.inputs.checksums import sha256_file, write_atomic
 from builder.locks import timed_lock
-from builder.publish import provenance, sign
+from builder.publish import layout, provenance, sign
+from builder.publish.consumers import profile
+from builder.publish.layout import KEY_FILE_NAME, family_path, repo_file_name
 from builder.publish.store import (
     EMPTY,
     INCOMING_PREFIX,
@@ -62,9 +64,7 @@ from builder.publish.store import (
 )
 from builder.specs import SAFE_NAME, Consumer, Registry
 
-KEY_FILE_NAME = "RPM-GPG-KEY-xcp-drbd-builder"
 STATE_FILE_NAME = "publish-state.json"
-REPO_ID_PREFIX = "xcp-drbd"
 STATE_FORMAT = 2
 PARTIAL_SUFFIX = ".partial"
 
@@ -89,10 +89,6 @@ class Build:
     @property
     def family(self) -> str:
         return family_path(self.consumer, self.basearch)
-
-
-def family_path(consumer: Consumer, basearch: str) -> str:
-    return f"{consumer.value}/{basearch}"
 
 
 def _manifest_error(manifest: Path, problem: str) -> InputError:
@@ -403,26 +399,13 @@ def plan_publish(
 # --- consumer configuration --------------------------------------------------------------
 
 
-def repo_id(consumer: Consumer) -> str:
-    return f"{REPO_ID_PREFIX}-{consumer.value}"
-
-
-def repo_file_name(consumer: Consumer) -> str:
-    return f"{repo_id(consumer)}.repo"
-
-
 def render_repo_file(base_url: str, consumer: Consumer) -> str:
-    """A ``.repo`` file for dom0: package and metadata signatures both checked."""
+    """The ``.repo`` file served for a consumer family: packages and metadata both checked."""
     base = base_url.rstrip("/")
-    return (
-        f"[{repo_id(consumer)}]\n"
-        f"name=DRBD for Xen dom0 ({consumer.value}, $basearch)\n"
-        f"baseurl={base}/{consumer.value}/$basearch/\n"
-        "enabled=1\n"
-        "gpgcheck=1\n"
-        "repo_gpgcheck=1\n"
-        f"gpgkey={base}/{KEY_FILE_NAME}\n"
-        "metadata_expire=1h\n"
+    return layout.render_repo_file(
+        name=f"DRBD for Xen dom0 ({consumer.value}, $basearch)",
+        baseurl=layout.baseurl(base, consumer),
+        gpgkey=f"{base}/{KEY_FILE_NAME}",
     )
 
 
@@ -577,7 +560,7 @@ def _read_choice(memo: Path | None) -> dict[str, str]:
 
 
 def checksum_for(consumer: Consumer) -> str:
-    return "sha" if consumer is Consumer.EL5 else "sha256"
+    return profile(consumer).repodata_checksum
 
 
 def metadata_command(
@@ -601,8 +584,7 @@ def metadata_command(
         "--outputdir",
         str(output),
     ]
-    if consumer is Consumer.EL5:
-        # yum 3 builds its own sqlite cache from XML; the host's newer sqlite files are not needed.
+    if not profile(consumer).sqlite_metadata:
         cmd.append("--no-database")
     if previous is not None and (previous / "repodata" / "repomd.xml").is_file():
         cmd += ["--update", "--update-md-path", str(previous)]
@@ -636,17 +618,7 @@ class PublishResult:
 def publish(options: PublishOptions, registry: Callable[[], Registry]) -> PublishResult:
     key = sign.find_key(options.key, options.gnupg_home, options.passphrase_file)
     builds = scan_artifacts(options.artifacts, registry)
-    el5 = sorted({b.target for b in builds if b.consumer is Consumer.EL5})
-    if el5:
-        # Before the lock and before anything is signed: a host or key that cannot make
-        # signatures rpm 4.4 verifies would publish a repository EL5 dom0s refuse.
-        sign.check_key_for_el5(key, el5)
-        sign.require_gpg1(el5)
-    elif key.is_subkey:
-        log.warn(
-            f"signing with subkey {key.signing_fingerprint} of key {key.fingerprint}: rpm before "
-            "4.13 trusts only primary keys; check that every consumer's rpm is newer"
-        )
+    check_signing_key(key, builds)
     try:
         options.repo.mkdir(parents=True, exist_ok=True)
         versions = options.repo / "versions"
@@ -664,6 +636,23 @@ def publish(options: PublishOptions, registry: Callable[[], Registry]) -> Publis
                 "again; the next publish removes what this one left.",
             ) from exc
         raise
+
+
+def check_signing_key(key: sign.SigningKey, builds: Sequence[Build]) -> None:
+    """Before the lock and before anything is signed: a host or key that cannot make the
+    signatures a consumer's rpm verifies would publish a repository its dom0s refuse."""
+    targets: dict[Consumer, set[str]] = {}
+    for build in builds:
+        targets.setdefault(build.consumer, set()).add(build.target)
+    for consumer, names in sorted(targets.items()):
+        sign.check_key_for(consumer, key, sorted(names))
+        if profile(consumer).v3_signatures:
+            sign.require_gpg1(sorted(names))
+    if key.is_subkey:
+        log.warn(
+            f"signing with subkey {key.signing_fingerprint} of key {key.fingerprint}: rpm before "
+            "4.13 trusts only primary keys; check that every consumer's rpm is newer"
+        )
 
 
 def _nearly_full(path: Path) -> bool:
@@ -858,7 +847,7 @@ def _sign_into_store(
         signed: list[tuple[Incoming, Path, str]] = []
         for consumer, pairs in sorted(by_consumer.items()):
             files = [temp for _, temp in pairs]
-            how = " (V3 signatures, GnuPG 1.4)" if consumer is Consumer.EL5 else ""
+            how = " (V3 signatures, GnuPG 1.4)" if profile(consumer).v3_signatures else ""
             with log.step(
                 f"Sign {len(files)} new {consumer.value} package(s) with {key.key_id}{how}"
             ):

@@ -29,14 +29,11 @@ from pathlib import Path
 
 from builder import log, proc
 from builder.errors import CommandError, ConfigError, SigningError
+from builder.publish.consumers import profile
 from builder.specs import Consumer
 
 # OpenPGP public-key algorithms rpm 4.4 can verify (RFC 4880: 1 = RSA, 17 = DSA).
 RPM44_KEY_ALGOS = {"1": "RSA", "17": "DSA"}
-# Key sizes rpm 4.4.2.3 verifies: it reads a DSA signature's r and s as 160-bit numbers (DSA-1024
-# with SHA-1; larger DSA keys need a longer hash), and an RSA number through a 2048-character hex
-# buffer (at most 8176 bits; GnuPG makes up to 4096).
-RPM44_KEY_BITS = {"RSA": (1024, 4096), "DSA": (1024, 1024)}
 GNUPG1_PACKAGE = "gnupg1"
 # RFC 4880 numbers, for messages.
 PUBKEY_ALGOS = {1: "RSA", 3: "RSA(sign-only)", 17: "DSA", 19: "ECDSA", 22: "EdDSA"}
@@ -206,36 +203,32 @@ def _warn_if_readable_by_others(path: Path) -> None:
         )
 
 
-def digest_for(consumer: Consumer) -> str:
-    """The signature digest the consumer's rpm can verify."""
-    return "sha1" if consumer is Consumer.EL5 else "sha256"
-
-
-def packet_version_for(consumer: Consumer) -> int | None:
-    """The OpenPGP signature packet version the consumer's rpm needs (None: any it can read)."""
-    return 3 if consumer is Consumer.EL5 else None
-
-
-def check_key_for_el5(key: SigningKey, targets: Sequence[str]) -> None:
-    """Refuse a key whose signatures rpm 4.4 on the EL5 dom0s of ``targets`` could not verify.
+def check_key_for(consumer: Consumer, key: SigningKey, targets: Sequence[str]) -> None:
+    """Refuse a key whose signatures the consumer's rpm on the dom0s of ``targets`` could not
+    verify.
 
     A repository its consumers cannot verify is worse than none: every package would be
     refused on the dom0, after publishing, instead of here.
     """
-    where = f"EL5 dom0s ({', '.join(targets)})" if targets else "EL5 dom0s"
-    if key.is_subkey:
+    rules = profile(consumer)
+    name = consumer.value.upper()
+    where = f"{name} dom0s ({', '.join(targets)})" if targets else f"{name} dom0s"
+    rpm = rules.rpm
+    if rules.primary_key_only and key.is_subkey:
         raise SigningError(
             f"Key {key.fingerprint} would sign with its subkey {key.signing_fingerprint}, "
-            f"but rpm 4.4 on {where} trusts only primary keys and would refuse every package "
+            f"but {rpm} on {where} trusts only primary keys and would refuse every package "
             "as NOKEY.",
             hint="Sign with a key whose primary key can sign (for example one made by "
             "`python -m builder keygen`, or `gpg --quick-gen-key NAME rsa2048 sign`).",
         )
-    low, high = RPM44_KEY_BITS[key.algorithm]
+    if rules.key_bits is None:
+        return
+    low, high = rules.key_bits[key.algorithm]
     if not low <= key.bits <= high:
         allowed = f"{low}" if low == high else f"{low} to {high}"
         raise SigningError(
-            f"Key {key.fingerprint} is {key.algorithm}-{key.bits}; rpm 4.4 on {where} verifies "
+            f"Key {key.fingerprint} is {key.algorithm}-{key.bits}; {rpm} on {where} verifies "
             f"{key.algorithm} signatures only from keys of {allowed} bits"
             + (" (160-bit q, SHA-1)" if key.algorithm == "DSA" else "")
             + ".",
@@ -411,12 +404,13 @@ def _gpg1_args(key: SigningKey) -> list[str]:
 def sign_rpms(files: Sequence[Path], key: SigningKey, consumer: Consumer) -> None:
     """Sign ``files`` in place with rpmsign.
 
-    EL7: V4 signatures with SHA-256 made by gpg.  EL5: V3 signatures with SHA-1 made by gpg1,
-    in both the header-only and the header+payload signature (``--rpmv3``).
+    As the consumer's profile says: EL7, V4 signatures with SHA-256 made by gpg; EL5, V3
+    signatures with SHA-1 made by gpg1, in both the header-only and the header+payload
+    signature (``--rpmv3``).
     """
     if not files:
         return
-    if consumer is Consumer.EL5:
+    if profile(consumer).v3_signatures:
         with gnupg1_home(key) as home:
             _rpmsign(files, key, gpg=gpg1(), home=home, extra=_gpg1_args(key), consumer=consumer)
     else:
@@ -453,11 +447,11 @@ def _rpmsign(
         "--define",
         f"_gpg_name {key.signer}",
         "--define",
-        f"_gpg_digest_algo {digest_for(consumer)}",
+        f"_gpg_digest_algo {profile(consumer).signature_digest}",
         "--define",
         f"_gpg_sign_cmd_extra_args {extra_args}",
     ]
-    if consumer is Consumer.EL5:
+    if profile(consumer).header_and_payload_signature:
         cmd.append("--rpmv3")
     for chunk in _chunks(files):
         try:
@@ -560,11 +554,12 @@ def check_signatures(files: Sequence[Path], key: SigningKey, consumer: Consumer)
 
     Unfit: a digest or (for EL5) a signature packet version the consumer's rpm cannot verify.
     """
-    want_digest = digest_for(consumer).upper()
-    want_version = packet_version_for(consumer)
+    rules = profile(consumer)
+    want_digest = rules.signature_digest.upper()
+    want_version = rules.signature_packet
     header_tag = "RSAHEADER" if key.algorithm == "RSA" else "DSAHEADER"
     legacy_tag = "SIGPGP" if key.algorithm == "RSA" else "SIGGPG"
-    required = [header_tag] + ([legacy_tag] if consumer is Consumer.EL5 else [])
+    required = [header_tag] + ([legacy_tag] if rules.header_and_payload_signature else [])
     for path, sigs in read_signatures(files).items():
         for tag in required:
             sig = sigs[tag]
@@ -667,7 +662,7 @@ def detach_sign(file: Path, key: SigningKey, consumer: Consumer) -> Path:
                 "--local-user",
                 key.signer,
                 "--digest-algo",
-                digest_for(consumer),
+                profile(consumer).signature_digest,
                 "--armor",
                 "--detach-sign",
                 "--output",
@@ -684,7 +679,8 @@ def detach_sign(file: Path, key: SigningKey, consumer: Consumer) -> Path:
 
 
 def verify_detached(file: Path, signature: Path, public_key: Path, consumer: Consumer) -> None:
-    """``gpgv`` with a keyring that holds only ``public_key``; for EL5 also GnuPG 1.4's verdict."""
+    """``gpgv`` with a keyring that holds only ``public_key``; where the consumer's yum checks
+    through pygpgme (EL5), also GnuPG 1.4's verdict."""
     with tempfile.TemporaryDirectory(prefix="xdb-gpgv-") as tmp:
         keyring = Path(tmp) / "keyring.gpg"
         proc.run(
@@ -701,7 +697,7 @@ def verify_detached(file: Path, signature: Path, public_key: Path, consumer: Con
                 f"The signature {signature.name} does not verify {file}:\n"
                 f"{proc.tail(result.stderr)}"
             )
-    if consumer is Consumer.EL5:
+    if profile(consumer).metadata_check_needs_pygpgme:
         verify_detached_gnupg1(file, signature, public_key)
 
 

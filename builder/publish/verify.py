@@ -29,13 +29,9 @@ from pathlib import Path
 from builder import log
 from builder.errors import BuilderError, PublishError, VerifyError
 from builder.publish import provenance, sign
-from builder.publish.publisher import (
-    KEY_FILE_NAME,
-    STATE_FILE_NAME,
-    State,
-    current_version,
-    repo_file_name,
-)
+from builder.publish.consumers import profile
+from builder.publish.layout import KEY_FILE_NAME, repo_file_name
+from builder.publish.publisher import STATE_FILE_NAME, State, current_version
 from builder.publish.store import STORE_DIR, Store
 from builder.specs import Consumer
 
@@ -219,14 +215,18 @@ def _check_packages(report: Report, listed: list[_Listed], public_key: Path) -> 
         for item in present:
             if verdicts[item.served] != "OK":
                 report.problem(f"{item.family}/{item.href}: {verdicts[item.served]}.")
-        el5 = [item.served for item in present if item.consumer is Consumer.EL5]
-        for path, sigs in sign.read_signatures(el5).items():
-            for tag, sig in sigs.items():
-                if sig.packet is not None and sig.packet.version != 3:
-                    report.problem(
-                        f"el5: {path.name}: its {tag} signature is a {sig.packet.describe()} "
-                        "packet, which rpm 4.4 cannot verify."
-                    )
+        for consumer in sorted({item.consumer for item in present}):
+            rules = profile(consumer)
+            if rules.signature_packet is None:
+                continue
+            files = [item.served for item in present if item.consumer is consumer]
+            for path, sigs in sign.read_signatures(files).items():
+                for tag, sig in sigs.items():
+                    if sig.packet is not None and sig.packet.version != rules.signature_packet:
+                        report.problem(
+                            f"{consumer.value}: {path.name}: its {tag} signature is a "
+                            f"{sig.packet.describe()} packet, which {rules.rpm} cannot verify."
+                        )
 
 
 def _check_index(

@@ -136,7 +136,7 @@ def dnf_download(repo: Path, work: Path, package: str) -> subprocess.CompletedPr
             [
                 "dnf", "-y", f"--installroot={work / 'root'}", f"--setopt=reposdir={repos}",
                 f"--setopt=cachedir={work / 'cache'}", "--releasever=7", "--disablerepo=*",
-                "--enablerepo=xcp-drbd-el7", "install", "--downloadonly",
+                "--enablerepo=xcp-drbd-builder", "install", "--downloadonly",
                 f"--downloaddir={work / 'downloads'}", package,
             ],
             capture_output=True, text=True, check=False, timeout=120, cwd=REPO,

@@ -26,7 +26,7 @@ import pytest
 
 from builder import proc
 from builder.errors import ConfigError, InputError, SigningError
-from builder.publish import publisher, sign
+from builder.publish import layout, publisher, sign
 from builder.specs import Consumer
 from tests.rpmfactory import build_rpms, write_build
 
@@ -187,7 +187,7 @@ def _run_dnf(work: Path, repos: Path, package: str) -> subprocess.CompletedProce
             f"--setopt=cachedir={work / 'cache'}",
             "--releasever=7",
             "--disablerepo=*",
-            "--enablerepo=xcp-drbd-el7",
+            "--enablerepo=xcp-drbd-builder",
             "install",
             "--downloadonly",
             f"--downloaddir={work / 'downloads'}",
@@ -233,7 +233,7 @@ def test_dnf_downloads_and_verifies_the_published_packages(
 
 def test_repo_files_and_key_sit_next_to_the_repos(published: tuple[Path, Path]) -> None:
     _, target = published
-    assert "BEGIN PGP PUBLIC KEY BLOCK" in (target / publisher.KEY_FILE_NAME).read_text()
+    assert "BEGIN PGP PUBLIC KEY BLOCK" in (target / layout.KEY_FILE_NAME).read_text()
     el5 = (target / "xcp-drbd-el5.repo").read_text()
     assert f"baseurl={target.resolve().as_uri()}/el5/$basearch/" in el5
     assert "repo_gpgcheck=1" in el5
@@ -285,7 +285,7 @@ def test_el5_repo_has_what_rpm_44_and_yum_3_need(published: tuple[Path, Path]) -
 def copy_served_tree(target: Path, destination: Path) -> Path:
     """A private copy of what clients see (the stable names, links followed), for tampering."""
     destination.mkdir()
-    for name in ("el5", "el7", publisher.KEY_FILE_NAME):
+    for name in ("el5", "el7", layout.KEY_FILE_NAME):
         if (target / name).is_dir():
             shutil.copytree(target / name, destination / name, symlinks=False)
         elif (target / name).exists():
@@ -613,7 +613,7 @@ def test_el5_and_el7_from_one_build_carry_the_packets_their_rpm_verifies(
     el7 = sorted((target / "el7" / "i386").glob("*.rpm"))
     assert [p.name for p in el5] == [p.name for p in el7] == sorted(p.name for p in rpms.el5)
     short_id = keys.fingerprint[-8:].lower()
-    key_file = target / publisher.KEY_FILE_NAME
+    key_file = target / layout.KEY_FILE_NAME
 
     verdicts = rpm_kv(el5 + el7, key_file, tmp_path / "rpmdb-kv")
     for package in el5:
@@ -661,7 +661,7 @@ def test_keygen_makes_a_key_both_consumer_families_verify(tmp_path: Path) -> Non
         key = sign.find_key(result.stdout.strip(), home)
         # rpm 4.4 trusts only primary keys and verifies RSA up to 4096 bits.
         assert (key.algorithm, key.bits, key.is_subkey) == ("RSA", 2048, False)
-        sign.check_key_for_el5(key, ["xcp-1.5"])
+        sign.check_key_for(Consumer.EL5, key, ["xcp-1.5"])
     finally:
         _kill_agent(home)
 
@@ -787,7 +787,7 @@ def test_el5_repomd_signature_satisfies_gnupg_1_4_as_yum_3_uses_it(
     home = tmp_path / "gnupg1"
     home.mkdir(mode=0o700)
     base = ["gpg1", "--homedir", str(home), "--batch", "--no-tty"]
-    subprocess.run([*base, "--import", str(target / publisher.KEY_FILE_NAME)], check=True)
+    subprocess.run([*base, "--import", str(target / layout.KEY_FILE_NAME)], check=True)
     repodata = target / "el5" / "i386" / "repodata"
     signature, repomd = str(repodata / "repomd.xml.asc"), str(repodata / "repomd.xml")
     good = subprocess.run(
@@ -803,11 +803,11 @@ def test_el5_repomd_signature_satisfies_gnupg_1_4_as_yum_3_uses_it(
     tampered = tmp_path / "repomd.xml"
     tampered.write_text((repodata / "repomd.xml").read_text().replace("<revision>", "<revision>1"))
     sign.verify_detached_gnupg1(
-        repodata / "repomd.xml", repodata / "repomd.xml.asc", target / publisher.KEY_FILE_NAME
+        repodata / "repomd.xml", repodata / "repomd.xml.asc", target / layout.KEY_FILE_NAME
     )
     with pytest.raises(SigningError, match=r"GnuPG 1\.4, which yum 3\.2\.22"):
         sign.verify_detached_gnupg1(
-            tampered, repodata / "repomd.xml.asc", target / publisher.KEY_FILE_NAME
+            tampered, repodata / "repomd.xml.asc", target / layout.KEY_FILE_NAME
         )
 
 
@@ -960,7 +960,7 @@ def test_a_certify_only_key_signs_with_its_signing_subkey(tmp_path: Path, rpms: 
         # The published key is the whole key, so the subkey's signatures verify with it.
         exported = tmp_path / "imported"
         exported.mkdir(mode=0o700)
-        _gpg(exported, "--import", str(target / publisher.KEY_FILE_NAME))
+        _gpg(exported, "--import", str(target / layout.KEY_FILE_NAME))
         assert _fingerprints(exported, "pub", "--list-keys") == [primary]
         assert _fingerprints(exported, "sub", "--list-keys") == subkeys
         _kill_agent(exported)
@@ -1132,7 +1132,7 @@ def test_a_repository_from_before_the_package_store_is_moved_into_it(
         source = next(r for r in [*rpms.el5, *rpms.el7] if r.name == path.name)
         digest = hashlib.sha256(source.read_bytes()).hexdigest()
         packages.append({"path": relative, "nevra": nevra, "source_sha256": digest})
-    for name in (publisher.KEY_FILE_NAME, "xcp-drbd-el5.repo", "xcp-drbd-el7.repo"):
+    for name in (layout.KEY_FILE_NAME, "xcp-drbd-el5.repo", "xcp-drbd-el7.repo"):
         shutil.copyfile(made / name, version / name)
         os.symlink(f"current/{name}", target / name)
     state = {"format": 1, "key": keys.fingerprint, "packages": packages}
@@ -1183,7 +1183,7 @@ def test_each_package_traces_to_its_build_through_a_signed_statement(
             "--dearmor",
             "--output",
             str(keyring),
-            str(target / publisher.KEY_FILE_NAME),
+            str(target / layout.KEY_FILE_NAME),
         ],
         check=True,
     )

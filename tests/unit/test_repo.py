@@ -204,7 +204,7 @@ def test_state_round_trips_and_rejects_garbage(tmp_path: Path) -> None:
 def test_repo_file_checks_package_and_metadata_signatures() -> None:
     text = publisher.render_repo_file("https://example.org/drbd/", Consumer.EL5)
     assert text.splitlines() == [
-        "[xcp-drbd-el5]",
+        "[xcp-drbd-builder]",
         "name=DRBD for Xen dom0 (el5, $basearch)",
         "baseurl=https://example.org/drbd/el5/$basearch/",
         "enabled=1",

@@ -9,6 +9,7 @@ import pytest
 
 from builder.errors import CommandError, SigningError
 from builder.publish import sign
+from builder.publish.consumers import profile
 from builder.specs import Consumer
 
 PRIMARY = "0123456789ABCDEF0123456789ABCDEF01234567"
@@ -85,7 +86,7 @@ def key(algorithm: str = "RSA", bits: int = 2048, signer: str = PRIMARY) -> sign
     ("algorithm", "bits"), [("RSA", 1024), ("RSA", 2048), ("RSA", 4096), ("DSA", 1024)]
 )
 def test_keys_rpm_44_verifies_pass(algorithm: str, bits: int) -> None:
-    sign.check_key_for_el5(key(algorithm, bits), ["xcp-1.5"])
+    sign.check_key_for(Consumer.EL5, key(algorithm, bits), ["xcp-1.5"])
 
 
 @pytest.mark.parametrize(
@@ -99,7 +100,7 @@ def test_keys_rpm_44_verifies_pass(algorithm: str, bits: int) -> None:
 )
 def test_keys_rpm_44_cannot_verify_are_refused(algorithm: str, bits: int, message: str) -> None:
     with pytest.raises(SigningError) as raised:
-        sign.check_key_for_el5(key(algorithm, bits), ["xcp-1.5", "xcp-1.6"])
+        sign.check_key_for(Consumer.EL5, key(algorithm, bits), ["xcp-1.5", "xcp-1.6"])
     assert message in raised.value.message
     assert raised.value.exit_code == 12
     assert raised.value.hint is not None
@@ -108,7 +109,7 @@ def test_keys_rpm_44_cannot_verify_are_refused(algorithm: str, bits: int, messag
 
 def test_a_signing_subkey_is_refused_for_el5() -> None:
     with pytest.raises(SigningError, match="trusts only primary keys"):
-        sign.check_key_for_el5(key(signer=SUBKEY), ["xcp-1.5"])
+        sign.check_key_for(Consumer.EL5, key(signer=SUBKEY), ["xcp-1.5"])
 
 
 def test_without_gpg1_the_error_names_the_debian_package(
@@ -126,12 +127,10 @@ def test_without_gpg1_the_error_names_the_debian_package(
 
 
 def test_consumers_get_their_digest_and_packet_version() -> None:
-    assert (sign.digest_for(Consumer.EL5), sign.packet_version_for(Consumer.EL5)) == (
-        "sha1",
-        3,
-    )
-    assert sign.digest_for(Consumer.EL7) == "sha256"
-    assert sign.packet_version_for(Consumer.EL7) is None
+    el5, el7 = profile(Consumer.EL5), profile(Consumer.EL7)
+    assert (el5.signature_digest, el5.signature_packet) == ("sha1", 3)
+    assert el7.signature_digest == "sha256"
+    assert el7.signature_packet is None
 
 
 def test_a_passphrase_file_others_can_read_gets_a_warning(

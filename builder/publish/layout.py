@@ -1,0 +1,48 @@
+"""The names a published repository and its clients agree on, in one place: the repository
+id, the key file, the family folders, the ``.repo`` files and how one reads.
+
+``publish`` writes them, ``verify`` checks them, and ``deploy`` installs them on dom0; a
+dom0 that gets its ``.repo`` file from either sees one repository, under one id.
+"""
+
+from __future__ import annotations
+
+from builder.specs import Consumer
+
+REPO_ID = "xcp-drbd-builder"
+KEY_FILE_NAME = f"RPM-GPG-KEY-{REPO_ID}"  # beside the repository, and what dom0 imports
+INSTALLED_KEY_FILE = f"/etc/pki/rpm-gpg/{KEY_FILE_NAME}"
+INSTALLED_REPO_FILE = f"/etc/yum.repos.d/{REPO_ID}.repo"
+METADATA_EXPIRE = "1h"  # a module for a kernel update is found within the hour
+
+
+def family_path(consumer: Consumer, basearch: str) -> str:
+    """The folder of one consumer family and architecture: ``el5/i386``."""
+    return f"{consumer.value}/{basearch}"
+
+
+def repo_file_name(consumer: Consumer) -> str:
+    """The ``.repo`` file publish serves for one consumer family."""
+    return f"xcp-drbd-{consumer.value}.repo"
+
+
+def baseurl(base_url: str, consumer: Consumer, basearch: str = "$basearch") -> str:
+    return f"{base_url.rstrip('/')}/{family_path(consumer, basearch)}/"
+
+
+def render_repo_file(
+    *, name: str, baseurl: str, gpgkey: str, repo_gpgcheck: bool = True, comment: str = ""
+) -> str:
+    """A ``.repo`` file: package signatures always checked, metadata signatures unless a
+    pool explicitly allows a dom0 without pygpgme to go without (``repo_gpgcheck=0``)."""
+    return (
+        f"{comment}"
+        f"[{REPO_ID}]\n"
+        f"name={name}\n"
+        f"baseurl={baseurl}\n"
+        "enabled=1\n"
+        "gpgcheck=1\n"
+        f"repo_gpgcheck={1 if repo_gpgcheck else 0}\n"
+        f"gpgkey={gpgkey}\n"
+        f"metadata_expire={METADATA_EXPIRE}\n"
+    )
