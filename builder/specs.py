@@ -49,7 +49,7 @@ class Consumer(enum.StrEnum):
 
 
 class DrbdFamily(enum.StrEnum):
-    """DRBD source layouts that share one build recipe (``builder.build.recipes``)."""
+    """DRBD source layouts that share one build recipe (``builder.builds.recipes``)."""
 
     V83 = "8.3"  # 8.3.x: userland + module in one tarball
     V84_EARLY = "8.4-early"  # 8.4.0 - 8.4.4: the same layout

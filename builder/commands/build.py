@@ -17,7 +17,7 @@ from builder.commands.common import (
 )
 
 if TYPE_CHECKING:
-    from builder.build.plan import BuildStep
+    from builder.builds.plan import BuildStep
 
 DEFAULT_ARTIFACTS = Path(__file__).resolve().parent.parent.parent / "artifacts"
 
@@ -155,7 +155,7 @@ def kernel_choice(text: str) -> str:
 
 def _steps(args: argparse.Namespace) -> list[BuildStep]:
     # Imported here: every command's start-up pays for what cli.py imports.
-    from builder.build.plan import plan
+    from builder.builds.plan import plan
     from builder.inputs import kernels
     from builder.specs import load_registry
 
@@ -190,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
             for line in lines[1:]:
                 print(f"   {line}")
         return 0
-    from builder.build.pipeline import BuildOptions, Outcome, run_builds, step_name
+    from builder.builds.pipeline import BuildOptions, Outcome, run_builds, step_name
     from builder.inputs.kernel import KernelInputs
 
     options = BuildOptions(

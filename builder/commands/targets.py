@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from builder.build.recipes import describe_families
+from builder.builds.recipes import describe_families
 from builder.specs import Registry, Target, load_registry
 
 

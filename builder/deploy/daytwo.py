@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 import re
 
-from builder.build.recipes import Syntax
+from builder.builds.recipes import Syntax
 from builder.deploy.pool import Pool
 from builder.specs import Consumer
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from builder.build.recipes import Recipe, Syntax, recipe_of_version
+from builder.builds.recipes import Recipe, Syntax, recipe_of_version
 from builder.errors import ConfigError
 from builder.publish import layout
 from builder.publish.consumers import profile

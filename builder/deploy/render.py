@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder import __version__
-from builder.build.recipes import Syntax
+from builder.builds.recipes import Syntax
 from builder.deploy.checks import kernel_module_package
 from builder.deploy.daytwo import (
     DAY_TWO_STEPS,

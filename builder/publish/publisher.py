@@ -40,10 +40,11 @@ from pathlib import Path
 from typing import Any
 
 from builder import log, proc
+from builder.artifacts import manifest
+from builder.artifacts.manifest import Manifest, scan
 from builder.errors import (
     BuilderError,
     CommandError,
-    ConfigError,
     InputError,
     NoSpaceError,
     PublishError,
@@ -62,140 +63,10 @@ from builder.publish.store import (
     Mark,
     Store,
 )
-from builder.specs import SAFE_NAME, Consumer, Registry
+from builder.specs import Consumer, Registry
 
 STATE_FILE_NAME = "publish-state.json"
 STATE_FORMAT = 2
-PARTIAL_SUFFIX = ".partial"
-
-
-# --- inputs: the build stage's artifacts ---------------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True)
-class Build:
-    """One finished build: ``artifacts/<target>/<build name>/`` with its manifest (the build
-    name is the DRBD version, or ``<version>+k<kernel-devel version-release>`` for a target
-    built per kernel)."""
-
-    target: str
-    drbd_version: str
-    consumer: Consumer
-    basearch: str
-    directory: Path
-    outputs: tuple[tuple[str, str], ...]  # (RPM file name, sha256 from the manifest)
-    manifest: bytes = b""  # manifest.json as written, for the provenance statement
-
-    @property
-    def family(self) -> str:
-        return family_path(self.consumer, self.basearch)
-
-
-def _manifest_error(manifest: Path, problem: str) -> InputError:
-    return InputError(
-        f"{manifest}: {problem}",
-        hint="Rebuild this target with `python -m builder build`, or move the directory aside.",
-    )
-
-
-def _load_manifest(manifest: Path) -> tuple[bytes, dict[str, Any]]:
-    try:
-        raw = manifest.read_bytes()
-        data = json.loads(raw)
-    except OSError as exc:
-        raise _manifest_error(manifest, f"cannot read: {exc.strerror}") from exc
-    except ValueError as exc:
-        raise _manifest_error(manifest, f"not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise _manifest_error(manifest, "must be a JSON object")
-    return raw, data
-
-
-def read_build(
-    directory: Path,
-    registry: Callable[[], Registry],
-    loaded: tuple[bytes, dict[str, Any]] | None = None,
-) -> Build:
-    manifest = directory / "manifest.json"
-    raw, data = loaded if loaded is not None else _load_manifest(manifest)
-    target = data.get("target") or directory.parent.name
-    version = data.get("drbd_version") or directory.name
-    build_name = data.get("build_name") or version
-    for what, name in (("target", target), ("drbd_version", version), ("build_name", build_name)):
-        if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
-            raise _manifest_error(manifest, f"{what} {name!r} is not a plain name")
-    consumer_value = data.get("consumer")
-    basearch = data.get("basearch")
-    if consumer_value is None or basearch is None:
-        # Older manifests: the target registry knows the consumer and $basearch.
-        known = registry().target(str(target))
-        consumer_value = consumer_value or known.consumer.value
-        basearch = basearch or known.basearch
-    try:
-        consumer = Consumer(consumer_value)
-    except ValueError:
-        valid = ", ".join(c.value for c in Consumer)
-        raise _manifest_error(
-            manifest, f"consumer {consumer_value!r} is not one of {valid}"
-        ) from None
-    if not isinstance(basearch, str) or not SAFE_NAME.fullmatch(basearch):
-        raise _manifest_error(manifest, f"basearch {basearch!r} is not a plain name")
-    outputs_raw = data.get("outputs")
-    if not isinstance(outputs_raw, list):
-        raise _manifest_error(manifest, "outputs must be a list of {file, sha256}")
-    outputs: list[tuple[str, str]] = []
-    for index, entry in enumerate(outputs_raw):
-        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
-            raise _manifest_error(manifest, f"outputs[{index}] needs a file name")
-        name = entry["file"]
-        if not name.endswith(".rpm"):
-            continue
-        if "/" in name or not SAFE_NAME.fullmatch(name):
-            raise _manifest_error(manifest, f"outputs[{index}].file {name!r} is not a plain name")
-        digest = entry.get("sha256")
-        if not isinstance(digest, str) or len(digest) != 64:
-            raise _manifest_error(manifest, f"outputs[{index}].sha256 is missing or malformed")
-        outputs.append((name, digest.lower()))
-    return Build(
-        target=str(target),
-        drbd_version=str(version),
-        consumer=consumer,
-        basearch=basearch,
-        directory=directory,
-        outputs=tuple(outputs),
-        manifest=raw,
-    )
-
-
-def scan_artifacts(artifacts: Path, registry: Callable[[], Registry]) -> list[Build]:
-    """Finished builds under ``artifacts/<target>/<build name>/``; unfinished ones are
-    skipped."""
-    if not artifacts.is_dir():
-        raise ConfigError(f"Artifacts directory {artifacts} does not exist.")
-    builds: list[Build] = []
-    for target_dir in sorted(p for p in artifacts.iterdir() if p.is_dir()):
-        if target_dir.name.startswith("."):
-            continue
-        for build_dir in sorted(p for p in target_dir.iterdir() if p.is_dir()):
-            where = build_dir.relative_to(artifacts)
-            if build_dir.name.endswith(PARTIAL_SUFFIX):
-                log.warn(f"skipping {where}: an unfinished build (*.partial)")
-                continue
-            if not (build_dir / "manifest.json").is_file():
-                log.warn(f"skipping {where}: no manifest.json, so not a finished build")
-                continue
-            loaded = _load_manifest(build_dir / "manifest.json")
-            recorded = loaded[1].get("build_name") or loaded[1].get("drbd_version")
-            if isinstance(recorded, str) and recorded and recorded != build_dir.name:
-                # The build stage moves a finished build aside as <name>.old-<pid> before
-                # putting the new one in place; an interrupt can leave that copy behind.
-                log.warn(
-                    f"skipping {where}: its manifest.json is for the build {recorded}, so it "
-                    "is a leftover or a copy, not a finished build"
-                )
-                continue
-            builds.append(read_build(build_dir, registry, loaded))
-    return builds
 
 
 def query_nevras(files: Sequence[Path]) -> dict[Path, str]:
@@ -281,7 +152,7 @@ class Incoming:
     nevra: str
     family: str
     consumer: Consumer
-    build: Build
+    build: Manifest
 
     @property
     def path(self) -> str:
@@ -306,7 +177,7 @@ class Plan:
 
 
 def plan_publish(
-    builds: Sequence[Build],
+    builds: Sequence[Manifest],
     previous: Published | None,
     key_fingerprint: str,
     nevras: Callable[[Sequence[Path]], dict[Path, str]] = query_nevras,
@@ -324,9 +195,9 @@ def plan_publish(
             hint="Publish with the repository's key, or start a new --repo directory.",
         )
     by_path = {p.path: p for p in previous.packages} if previous else {}
-    candidates: dict[str, tuple[Path, str, Build]] = {}
+    candidates: dict[str, tuple[Path, str, Manifest]] = {}
     for build in builds:
-        family = build.family
+        family = family_path(build.consumer, build.basearch)
         for name, manifest_sha in build.outputs:
             path = f"{family}/{name}"
             known = by_path.get(path)
@@ -335,7 +206,7 @@ def plan_publish(
             source = build.directory / name
             if not source.is_file():
                 raise InputError(
-                    f"{source} is listed in {build.directory / 'manifest.json'} but missing."
+                    f"{source} is listed in {build.directory / manifest.MANIFEST} but missing."
                 )
             actual = digest(source)
             if actual != manifest_sha:
@@ -366,23 +237,24 @@ def plan_publish(
     claimed: dict[tuple[str, str], Path] = {}
     for source, actual, build in candidates.values():
         nevra = nevra_of[source]
-        other = published_nevras.get((build.family, nevra))
+        family = family_path(build.consumer, build.basearch)
+        other = published_nevras.get((family, nevra))
         if other is not None:
             raise PublishError(
-                f"{source.name} is {nevra}, which {build.family} already holds as {other.path} "
+                f"{source.name} is {nevra}, which {family} already holds as {other.path} "
                 "with different content.",
                 hint="Bump the release and rebuild instead of replacing a published package.",
             )
-        twin = claimed.get((build.family, nevra))
+        twin = claimed.get((family, nevra))
         if twin is not None:
             raise PublishError(f"{source} and {twin} are both {nevra} with different content.")
-        claimed[(build.family, nevra)] = source
+        claimed[(family, nevra)] = source
         incoming.append(
             Incoming(
                 source=source,
                 source_sha256=actual,
                 nevra=nevra,
-                family=build.family,
+                family=family,
                 consumer=build.consumer,
                 build=build,
             )
@@ -470,7 +342,7 @@ def prune_versions(repo: Path, keep: int) -> list[Path]:
     versions = repo / "versions"
     current = current_version(repo)
     finished = sorted(
-        p for p in versions.iterdir() if p.is_dir() and not p.name.endswith(PARTIAL_SUFFIX)
+        p for p in versions.iterdir() if p.is_dir() and not p.name.endswith(manifest.PARTIAL_SUFFIX)
     )
     removed = []
     for old in finished[: max(len(finished) - keep, 0)]:
@@ -617,7 +489,7 @@ class PublishResult:
 
 def publish(options: PublishOptions, registry: Callable[[], Registry]) -> PublishResult:
     key = sign.find_key(options.key, options.gnupg_home, options.passphrase_file)
-    builds = scan_artifacts(options.artifacts, registry)
+    builds = scan(options.artifacts, registry)
     check_signing_key(key, builds)
     try:
         options.repo.mkdir(parents=True, exist_ok=True)
@@ -638,7 +510,7 @@ def publish(options: PublishOptions, registry: Callable[[], Registry]) -> Publis
         raise
 
 
-def check_signing_key(key: sign.SigningKey, builds: Sequence[Build]) -> None:
+def check_signing_key(key: sign.SigningKey, builds: Sequence[Manifest]) -> None:
     """Before the lock and before anything is signed: a host or key that cannot make the
     signatures a consumer's rpm verifies would publish a repository its dom0s refuse."""
     targets: dict[Consumer, set[str]] = {}
@@ -669,7 +541,7 @@ def _nearly_full(path: Path) -> bool:
 def _open_store(repo: Path, versions: Path) -> tuple[Store, Path | None, State | None, list[Entry]]:
     """The store, the live version and its packages, after clearing an interrupted publish."""
     interrupted = False
-    for stale in versions.glob(f"*{PARTIAL_SUFFIX}"):
+    for stale in versions.glob(f"*{manifest.PARTIAL_SUFFIX}"):
         log.info(f"removing {stale.name}, left by an interrupted publish")
         shutil.rmtree(stale, ignore_errors=True)
         interrupted = True
@@ -688,7 +560,7 @@ def _open_store(repo: Path, versions: Path) -> tuple[Store, Path | None, State |
 
 
 def _publish_locked(
-    options: PublishOptions, builds: Sequence[Build], key: sign.SigningKey, versions: Path
+    options: PublishOptions, builds: Sequence[Manifest], key: sign.SigningKey, versions: Path
 ) -> PublishResult:
     store, previous, state, entries = _open_store(options.repo, versions)
     mark = state.index if state else EMPTY
@@ -709,7 +581,7 @@ def _publish_locked(
         log.info(f"nothing new: {options.repo / 'current'} stays at {previous.name}")
         return PublishResult(version=None, new_packages=(), total_packages=plan.total)
     version_id = _new_version_id(versions)
-    partial = versions / f"{version_id}{PARTIAL_SUFFIX}"
+    partial = versions / f"{version_id}{manifest.PARTIAL_SUFFIX}"
     partial.mkdir()
     added: list[Entry] = []
     try:

@@ -42,7 +42,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from builder.build import container, recipes, rpmbuild  # noqa: E402
+from builder.builds import container, recipes, rpmbuild  # noqa: E402
 from builder.specs import DEFAULT_LIMITS  # noqa: E402
 from tests.integration import buildenv  # noqa: E402
 from tests.integration.test_build_cli import write_specs  # noqa: E402

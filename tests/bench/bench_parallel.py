@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from builder.build import container  # noqa: E402
+from builder.builds import container  # noqa: E402
 from tests.bench.abba import Goals, Row, abba  # noqa: E402
 from tests.bench.bench_build import drbd_sized_module  # noqa: E402
 from tests.integration import buildenv  # noqa: E402

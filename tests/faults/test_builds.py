@@ -17,7 +17,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from builder.build import container
+from builder.builds import container
 from builder.errors import DockerError
 from tests.faults.disks import assert_says_disk_is_full, fill, small_disk
 from tests.faults.harness import Result, builder, finish, running, spawn

@@ -29,7 +29,7 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from builder.build.recipes import Syntax
+from builder.builds.recipes import Syntax
 from builder.deploy import pool
 from builder.deploy.checks import CHECK_IDS
 from builder.deploy.pool import syntax_of

@@ -25,9 +25,9 @@ import docker
 import docker.errors
 
 from builder import proc
-from builder.build import drbdbuild
-from builder.build.container import context_hash
-from builder.build.recipes import recipe_for
+from builder.builds import drbdbuild
+from builder.builds.container import context_hash
+from builder.builds.recipes import recipe_for
 from builder.specs import DrbdFamily
 
 HERE = Path(__file__).resolve().parent

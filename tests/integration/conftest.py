@@ -14,7 +14,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from builder.build import container, rpmbuild
+from builder.builds import container, rpmbuild
 from builder.errors import DockerError
 from builder.specs import Consumer, KernelSource, SourceKind, Target
 from tests.integration import buildenv

@@ -16,7 +16,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from builder.build import container
+from builder.builds import container
 from builder.specs import Target
 from tests.integration import buildenv
 

@@ -15,7 +15,7 @@ import docker
 import pytest
 
 from builder import proc
-from builder.build import container, drbdbuild, postbuild, recipes, rpmbuild
+from builder.builds import container, drbdbuild, postbuild, recipes, rpmbuild
 from builder.errors import BuildError, CheckError, DockerError
 from builder.specs import DEFAULT_LIMITS, Limits, Target
 from tests.integration import buildenv
@@ -247,7 +247,7 @@ def test_missing_build_requirement_stops_rpmbuild(
 RUNNER = """
 import json, signal, sys
 from pathlib import Path
-from builder.build import drbdbuild
+from builder.builds import drbdbuild
 from builder.errors import BuilderError, Interrupted
 from tests.integration import buildenv
 

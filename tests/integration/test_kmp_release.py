@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.build.recipes import KMP_MACROS
+from builder.builds.recipes import KMP_MACROS
 from builder.inputs.kernels import release_suffix
 
 pytestmark = [pytest.mark.integration]

@@ -23,7 +23,7 @@ import docker.errors
 import pytest
 
 from builder import proc
-from builder.build import container, drbdbuild
+from builder.builds import container, drbdbuild
 from builder.errors import BuildError
 from tests.integration import buildenv
 

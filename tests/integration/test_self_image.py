@@ -14,7 +14,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from builder.build import container
+from builder.builds import container
 from builder.specs import Target
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from builder.build import postbuild, recipes
-from builder.build.postbuild import Expectation, PackageInfo, Requirement
+from builder.builds import postbuild, recipes
+from builder.builds.postbuild import Expectation, PackageInfo, Requirement
 from builder.errors import CheckError
 
 RELEASE = "2.6.32.12-0.7.1.xs1.4.90.530.170661xen"

@@ -65,7 +65,7 @@ def test_a_command_imports_only_its_own_module(argv: list[str], command: str) ->
     modules = imported_by(*argv)
     assert commands_of(modules) == {command}
     assert heavy(modules) == []
-    assert "builder.build.pipeline" not in modules
+    assert "builder.builds.pipeline" not in modules
     assert "builder.inputs.kernel" not in modules
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import docker
 import pytest
 
-from builder.build import container
+from builder.builds import container
 from builder.errors import DockerError
 
 

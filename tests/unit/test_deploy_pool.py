@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import yaml
 
-from builder.build.recipes import Syntax
+from builder.builds.recipes import Syntax
 from builder.cli import main
 from builder.deploy.pool import EXAMPLE_POOL, Fencing, Guard, load_pool, parse_pool, syntax_of
 from builder.errors import ConfigError

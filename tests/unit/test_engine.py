@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.build import container
+from builder.builds import container
 from builder.errors import BuildError, ConfigError, DockerError
 
 

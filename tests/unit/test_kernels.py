@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 
-from builder.build import pipeline, recipes
-from builder.build.plan import plan
-from builder.build.recipes import Job, Source
+from builder.artifacts.manifest import scan as scan_artifacts
+from builder.builds import pipeline, recipes
+from builder.builds.plan import plan
+from builder.builds.recipes import Job, Source
 from builder.cli import main
 from builder.errors import ConfigError, InputError
 from builder.inputs import kernels
 from builder.inputs.fetch import FetchSettings
 from builder.inputs.kernel import KernelInputs
-from builder.publish.publisher import scan_artifacts
 from builder.specs import DrbdFamily, load_registry
 from tests.unit.test_pipeline import Fakes
 

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from builder import log
-from builder.build import pipeline, recipes
-from builder.build.drbdbuild import Built, DrbdBuild, _environment
-from builder.build.plan import plan
+from builder.builds import pipeline, recipes
+from builder.builds.drbdbuild import Built, DrbdBuild, _environment
+from builder.builds.plan import plan
 from builder.errors import BuildError, BuildsFailed, CheckError
 from builder.inputs.kernel import KernelTree
 from builder.specs import NO_ADJUSTMENTS, load_registry

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from builder.build import pipeline, postbuild
-from builder.build.drbdbuild import Built, BuiltUserland, DrbdBuild
-from builder.build.plan import plan
-from builder.build.recipes import recipe_for
-from builder.build.rpmbuild import BuildResult
+from builder.builds import pipeline, postbuild
+from builder.builds.drbdbuild import Built, BuiltUserland, DrbdBuild
+from builder.builds.plan import plan
+from builder.builds.recipes import recipe_for
+from builder.builds.rpmbuild import BuildResult
 from builder.errors import BuildError, CheckError, ConfigError, LockedError
 from builder.inputs.fetch import Fetched, FetchSettings
 from builder.inputs.kernel import KernelInputs, KernelTree

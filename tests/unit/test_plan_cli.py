@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.build.plan import plan
+from builder.builds.plan import plan
 from builder.cli import main
 from builder.specs import load_registry
 

@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 
 from builder import cli
+from builder.artifacts.manifest import scan
 from builder.commands import publish
 from builder.errors import CommandError, ConfigError, InputError, LockedError, PublishError
 from builder.inputs import checksums
 from builder.publish import publisher, store
+from builder.publish.layout import family_path
 from builder.specs import Consumer, load_registry
 
 FPR = "8491801EA5E36A6613E10D71C5E71C6396DBB809"
@@ -44,7 +46,7 @@ def test_scan_skips_unfinished_builds_and_says_so(
     make_build(tmp_path, "xcp-1.5", "8.4.1", {"drbd-8.4.1-1.i686.rpm": b"a"})
     (tmp_path / "xcp-1.5" / "8.4.2.partial").mkdir()
     (tmp_path / "xcp-1.6" / "8.4.1").mkdir(parents=True)
-    builds = publisher.scan_artifacts(tmp_path, load_registry)
+    builds = scan(tmp_path, load_registry)
     assert [b.directory.name for b in builds] == ["8.4.1"]
     err = capsys.readouterr().err
     assert "skipping xcp-1.5/8.4.2.partial: an unfinished build" in err
@@ -62,7 +64,7 @@ def test_scan_skips_build_directories_named_unlike_their_manifest(
         data = json.loads((directory / "manifest.json").read_text())
         data["drbd_version"] = "8.4.1"
         (directory / "manifest.json").write_text(json.dumps(data))
-    builds = publisher.scan_artifacts(tmp_path, load_registry)
+    builds = scan(tmp_path, load_registry)
     assert [b.directory for b in builds] == [finished]
     assert [b.directory / name for b in builds for name, _ in b.outputs] == [
         finished / "drbd-8.4.1-2.i686.rpm"
@@ -77,36 +79,37 @@ def test_consumer_comes_from_manifest_or_the_target_registry(tmp_path: Path) -> 
     make_build(
         tmp_path, "custom", "9.0", {"b-1-1.x86_64.rpm": b"b"}, consumer="el7", basearch="x86_64"
     )
-    builds = {b.target: b for b in publisher.scan_artifacts(tmp_path, load_registry)}
-    assert builds["xcp-1.5"].family == "el5/i386"
-    assert builds["custom"].family == "el7/x86_64"
+    builds = {b.target: b for b in scan(tmp_path, load_registry)}
+    families = {t: family_path(b.consumer, b.basearch) for t, b in builds.items()}
+    assert families["xcp-1.5"] == "el5/i386"
+    assert families["custom"] == "el7/x86_64"
 
 
 def test_unknown_target_without_consumer_names_the_target(tmp_path: Path) -> None:
     make_build(tmp_path, "mystery", "9.0", {"b-1-1.x86_64.rpm": b"b"})
     with pytest.raises(ConfigError, match="Unknown target 'mystery'"):
-        publisher.scan_artifacts(tmp_path, load_registry)
+        scan(tmp_path, load_registry)
 
 
 def test_bad_manifests_are_input_errors(tmp_path: Path) -> None:
     directory = make_build(tmp_path, "xcp-1.5", "8.4.1", {"a-1-1.i686.rpm": b"a"})
     (directory / "manifest.json").write_text("{not json")
     with pytest.raises(InputError, match="not valid JSON"):
-        publisher.scan_artifacts(tmp_path, load_registry)
+        scan(tmp_path, load_registry)
     (directory / "manifest.json").write_text(
         json.dumps({"consumer": "el6", "basearch": "i386", "outputs": []})
     )
     with pytest.raises(InputError, match="consumer 'el6' is not one of"):
-        publisher.scan_artifacts(tmp_path, load_registry)
+        scan(tmp_path, load_registry)
     (directory / "manifest.json").write_text(
         json.dumps({"target": "xcp-1.5", "outputs": [{"file": "../x.rpm", "sha256": "0" * 64}]})
     )
     with pytest.raises(InputError, match="not a plain name"):
-        publisher.scan_artifacts(tmp_path, load_registry)
+        scan(tmp_path, load_registry)
 
 
 def plan(artifacts: Path, previous: publisher.Published | None, key: str = FPR) -> publisher.Plan:
-    builds = publisher.scan_artifacts(artifacts, load_registry)
+    builds = scan(artifacts, load_registry)
     return publisher.plan_publish(builds, previous, key, nevras=fake_nevras)
 
 
@@ -145,7 +148,7 @@ def test_plan_reads_only_new_outputs(tmp_path: Path) -> None:
         return checksums.sha256_file(path)
 
     (directory / "a-1-1.i686.rpm").unlink()  # published already: the artifact is not needed
-    builds = publisher.scan_artifacts(tmp_path, load_registry)
+    builds = scan(tmp_path, load_registry)
     result = publisher.plan_publish(builds, first, FPR, nevras=fake_nevras, digest=digest)
     assert hashed == ["c-1-1.i686.rpm"]
     assert [i.path for i in result.incoming] == ["el5/i386/c-1-1.i686.rpm"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.build import recipes, rpmbuild
+from builder.builds import recipes, rpmbuild
 from builder.errors import ConfigError, InputError
 from builder.specs import Adjustments, DrbdFamily, load_registry
 

@@ -283,7 +283,7 @@ def test_a_spec_file_that_is_not_utf8_is_a_configuration_error(tmp_path: Path) -
 
 
 def test_container_limits_come_from_the_spec_and_the_command_line_wins(tmp_path: Path) -> None:
-    from builder.build.pipeline import BuildOptions
+    from builder.builds.pipeline import BuildOptions
     from builder.inputs.fetch import FetchSettings
     from builder.inputs.kernel import KernelInputs
     from builder.specs import DEFAULT_LIMITS

@@ -1,10 +1,10 @@
 """Run one recipe's commands in a build container and collect the RPMs it made.
 
-The recipes (``builder.build.recipes``) say what to run; this module runs it: the container runs as
+The recipes (``builder.builds.recipes``) say what to run; this module runs it: the container runs as
 a non-root user with the network off and ``SOURCE_DATE_EPOCH`` set; the source tarball, its
 patches and the kernel tree are mounted read-only; RPMs are copied flat into a writable
 staging directory, then into the caller's output directory.  The post-build checks are the
-pipeline's next stage (``builder.build.postbuild``).
+pipeline's next stage (``builder.builds.postbuild``).
 """
 
 from __future__ import annotations
@@ -22,11 +22,10 @@ from pathlib import Path, PurePosixPath
 
 import docker
 
-from builder import resources
-from builder.build import container
-from builder import log
+from builder import log, resources
+from builder.builds import container
+from builder.builds.recipes import INPUT_DIR, OUTPUT_DIR, PATCH_DIR, WORK_DIR, Command, Source
 from builder.errors import BuildError, ConfigError, InputError
-from builder.build.recipes import INPUT_DIR, OUTPUT_DIR, PATCH_DIR, WORK_DIR, Command, Source
 from builder.specs import DEFAULT_LIMITS, Limits, Target
 
 CONTAINERS_DIR = resources.CONTAINERS_DIR

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder import resources
+from builder.builds.recipes import recipe_for
 from builder.errors import ConfigError
 from builder.inputs.kernels import build_name
-from builder.build.recipes import recipe_for
 from builder.specs import DrbdVersion, Registry, SourceKind, Target
 
 CONTAINERS_DIR = resources.CONTAINERS_DIR
@@ -24,7 +24,9 @@ CONTAINERS_DIR = resources.CONTAINERS_DIR
 class BuildStep:
     target: Target
     drbd: DrbdVersion
-    output_dir: Path  # artifacts/<target>/<version>, or <version>+k<kernel> (builder.inputs.kernels)
+    output_dir: (
+        Path  # artifacts/<target>/<version>, or <version>+k<kernel> (builder.inputs.kernels)
+    )
     # The kernel-devel version-release this build is for, when the target is built per kernel
     # (a yum kernel source); None: the target's one kernel.
     kernel: str | None = None

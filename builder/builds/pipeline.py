@@ -1,7 +1,7 @@
 """Run planned builds: inputs → image → container build → checks → artifacts + manifest.
 
 Builds of one target share its kernel tree and image; builds on one build context share a
-userland (``builder.build.drbdbuild``).  Each build writes into
+userland (``builder.builds.drbdbuild``).  Each build writes into
 ``<target>/<version>.partial`` and is renamed to ``<target>/<version>`` only when its RPMs passed
 the checks and its ``manifest.json`` is written, so a directory without ``.partial`` in its
 name is always complete.  A build whose recorded inputs (kernel source, kernel RPM, DRBD
@@ -13,7 +13,6 @@ same is skipped without starting Docker.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import threading
@@ -25,16 +24,24 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from builder import __version__, log
-from builder.build import container, postbuild
-from builder.inputs.checksums import ChecksumLock, sha256_file, write_atomic
-from builder.build.container import context_hash
-from builder.build.drbdbuild import (
+from builder.artifacts import manifest
+from builder.builds import container, postbuild
+from builder.builds.container import context_hash
+from builder.builds.drbdbuild import (
     Built,
     DrbdBuild,
     KernelInput,
     SourceInput,
     build_drbd,
     userland_record,
+)
+from builder.builds.plan import BuildStep
+from builder.builds.recipes import Recipe, recipe_for
+from builder.builds.rpmbuild import (
+    build_context_for,
+    ensure_image,
+    ensure_spatch_image,
+    tarball_top_dir,
 )
 from builder.errors import (
     BuilderError,
@@ -44,23 +51,14 @@ from builder.errors import (
     NoSpaceError,
     no_space,
 )
+from builder.inputs.checksums import ChecksumLock, sha256_file
 from builder.inputs.fetch import Fetched, FetchSettings, Input, fetch
 from builder.inputs.kernel import KernelInputs, KernelTree, prepare_kernel
 from builder.inputs.kernels import per_kernel, release_suffix
 from builder.locks import timed_lock
-from builder.build.plan import BuildStep
-from builder.build.recipes import Recipe, recipe_for
-from builder.build.rpmbuild import (
-    build_context_for,
-    ensure_image,
-    ensure_spatch_image,
-    tarball_top_dir,
-)
 from builder.specs import Limits, Tarball, Target
 
 T = TypeVar("T")
-MANIFEST = "manifest.json"
-BUILD_LOG = "build.log"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -244,12 +242,12 @@ def _inputs(
 
 def _up_to_date(step: BuildStep, inputs: dict[str, Any], settings: FetchSettings) -> bool:
     try:
-        manifest = json.loads((step.output_dir / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        _, recorded = manifest.load(step.output_dir / manifest.MANIFEST)
+    except InputError:
         return False
-    if not isinstance(manifest, dict) or manifest.get("inputs") != inputs:
+    if recorded.get("inputs") != inputs:
         return False
-    outputs = manifest.get("outputs")
+    outputs = recorded.get("outputs")
     if not isinstance(outputs, list) or not outputs:
         return False
     hashes = settings.hashes
@@ -291,24 +289,6 @@ def _manifest(step: BuildStep, inputs: dict[str, Any], built: Built) -> dict[str
     }
 
 
-def _recover(final: Path) -> None:
-    """Undo what a run killed between the two renames of :func:`_replace_dir` left behind."""
-    for old in sorted(final.parent.glob(f"{final.name}.old-*")):
-        if not final.exists() and (old / MANIFEST).is_file():
-            os.replace(old, final)
-        else:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _replace_dir(partial: Path, final: Path) -> None:
-    """Put ``partial`` in place of ``final``; a stale ``final`` is moved aside first."""
-    old = final.with_name(f"{final.name}.old-{os.getpid()}")
-    if final.exists():
-        os.replace(final, old)
-    os.replace(partial, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _build_one(
     step: BuildStep,
     *,
@@ -319,8 +299,8 @@ def _build_one(
 ) -> None:
     final = step.output_dir
     final.parent.mkdir(parents=True, exist_ok=True)
-    partial = final.with_name(f"{final.name}.partial")
-    log_file = final.with_name(f"{final.name}.{BUILD_LOG}")
+    partial = manifest.partial_of(final)
+    log_file = final.with_name(f"{final.name}.{manifest.BUILD_LOG}")
     shutil.rmtree(partial, ignore_errors=True)
     log_file.unlink(missing_ok=True)
     partial.mkdir()
@@ -338,10 +318,9 @@ def _build_one(
             f"{expect.arch}"
         ):
             postbuild.check_packages(built.rpms, expect)
-        os.replace(log_file, partial / BUILD_LOG)
-        manifest = _manifest(step, inputs, built)
-        write_atomic(partial / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
-        _replace_dir(partial, final)
+        os.replace(log_file, partial / manifest.BUILD_LOG)
+        manifest.write(partial, _manifest(step, inputs, built))
+        manifest.put_in_place(partial, final)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -430,7 +409,7 @@ def _run_step(step: BuildStep, shared: _Shared, options: BuildOptions) -> Outcom
 
     tree = shared.trees.get((target.id, step.kernel), tree_of_target)
     context, context_sha = shared.contexts.get(target.id, lambda: _context_sha256(target))
-    # What the image's tag is made of (builder.build.rpmbuild.ensure_image): one image per key.
+    # What the image's tag is made of (builder.builds.rpmbuild.ensure_image): one image per key.
     image_key = (
         str(context),
         context_sha,
@@ -455,7 +434,7 @@ def _run_step(step: BuildStep, shared: _Shared, options: BuildOptions) -> Outcom
     )
     inputs = _inputs(step, planned, tree, context, context_sha)
     with build_lock(step, options.lock_timeout):
-        _recover(step.output_dir)
+        manifest.recover(step.output_dir)
         if _up_to_date(step, inputs, options.settings):
             log.info(f"{step_name(step)}: up to date in {step.output_dir}; nothing to do")
             return Outcome(step, built=False)

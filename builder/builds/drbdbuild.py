@@ -24,11 +24,9 @@ from typing import Any
 import docker
 
 from builder import __version__, log
-from builder.build import container
-from builder.build.postbuild import Expectation
-from builder.inputs.checksums import file_lock, sha256_file, write_atomic
-from builder.errors import ConfigError, InputError
-from builder.build.recipes import (
+from builder.builds import container
+from builder.builds.postbuild import Expectation
+from builder.builds.recipes import (
     COCCI_CACHE,
     COMPAT_DIR,
     KMP_MACROS,
@@ -43,8 +41,7 @@ from builder.build.recipes import (
     parallel_jobs,
     userland_requirement,
 )
-from builder.inputs.rpm import vercmp
-from builder.build.rpmbuild import (
+from builder.builds.rpmbuild import (
     BuildResult,
     Run,
     kernel_mounts,
@@ -53,6 +50,9 @@ from builder.build.rpmbuild import (
     source_for,
     top_level_files,
 )
+from builder.errors import ConfigError, InputError
+from builder.inputs.checksums import file_lock, sha256_file, write_atomic
+from builder.inputs.rpm import vercmp
 from builder.specs import DEFAULT_LIMITS, NO_ADJUSTMENTS, Adjustments, Limits
 
 USERLAND_RECORD = "userland.json"
