@@ -23,6 +23,7 @@ import yaml
 
 from builder import resources
 from builder.errors import ConfigError
+from builder.urls import URL_SCHEMES
 from builder.yamlreader import YamlReader, printable
 
 DEFAULT_SPECS_DIR = resources.SPECS_DIR
@@ -277,7 +278,7 @@ def _kernel_source(reader: YamlReader) -> KernelSource:
         if not repos:
             raise reader.fail("yum", "must list at least one repository base URL")
         for index, repo in enumerate(repos):
-            if not repo.startswith(("http://", "https://", "file://")):
+            if not repo.startswith(URL_SCHEMES):
                 raise reader.fail(f"yum[{index}]", f"{repo!r} is not a URL")
         evr = reader.text("evr", required=False)
         kernels = reader.text(

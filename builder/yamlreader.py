@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from builder.errors import ConfigError
-
-URL_SCHEMES = ("http://", "https://", "file://")
+from builder.urls import URL_SCHEMES
 
 
 def printable(text: str) -> str:

@@ -296,8 +296,16 @@ def _context_files(context: Path) -> Iterator[Path]:
                 yield Path(root) / name
 
 
-def image_tag(name: str, context: Path, build_args: Mapping[str, str] | None = None) -> str:
-    return f"{IMAGE_REPOSITORY}/{name}:{context_hash(context, build_args)[:16]}"
+def image_tag(
+    name: str,
+    context: Path,
+    build_args: Mapping[str, str] | None = None,
+    content_sha256: str | None = None,
+) -> str:
+    """The tag an image of ``context`` gets: its name and the content hash (given, when the
+    caller hashed the context already)."""
+    digest = content_sha256 or context_hash(context, build_args)
+    return f"{IMAGE_REPOSITORY}/{name}:{digest[:16]}"
 
 
 def build_image(
@@ -307,10 +315,14 @@ def build_image(
     name: str,
     build_args: Mapping[str, str] | None = None,
     log_file: Path | None = None,
+    content_sha256: str | None = None,
 ) -> str:
-    """Build ``context`` unless an image with its content tag exists; return the image id."""
+    """Build ``context`` unless an image with its content tag exists; return the image id.
+
+    ``content_sha256`` is :func:`context_hash` of ``context`` and ``build_args``, when known.
+    """
     args = {k: v for k, v in (build_args or {}).items()}
-    tag = image_tag(name, context, args)
+    tag = image_tag(name, context, args, content_sha256)
     try:
         image = client.images.get(tag)
     except docker.errors.ImageNotFound:
@@ -412,7 +424,6 @@ class RunSpec:
 class RunResult:
     exit_code: int
     timed_out: bool
-    container_name: str
     out_of_memory: bool = False  # the kernel killed a process at the memory limit
 
 
@@ -753,6 +764,5 @@ def run_logged(
         return RunResult(
             exit_code=exit_code,
             timed_out=timed_out.is_set(),
-            container_name=name,
             out_of_memory=out_of_memory,
         )

@@ -26,7 +26,6 @@ from typing import Any, Generic, TypeVar
 from builder import __version__, log
 from builder.artifacts import manifest
 from builder.builds import container, postbuild
-from builder.builds.container import context_hash
 from builder.builds.drbdbuild import (
     Built,
     DrbdBuild,
@@ -38,7 +37,8 @@ from builder.builds.drbdbuild import (
 from builder.builds.plan import BuildStep
 from builder.builds.recipes import Recipe, recipe_for
 from builder.builds.rpmbuild import (
-    build_context_for,
+    BuildImage,
+    build_image_of,
     ensure_image,
     ensure_spatch_image,
     tarball_top_dir,
@@ -147,12 +147,6 @@ def fetch_sources(step: BuildStep, recipe: Recipe, options: BuildOptions) -> Sou
     if recipe.userland_from_utils and step.drbd.utils is not None:
         utils = fetch_tarball(step.drbd.utils, "drbd-utils", options.utils_source, options)
     return Sources(drbd, utils)
-
-
-def _context_sha256(target: Target) -> tuple[Path, str]:
-    context = build_context_for(target)
-    args = {"BASE_IMAGE": target.base_image} if target.base_image else {}
-    return context, context_hash(context, args)
 
 
 def drbd_build(
@@ -369,7 +363,7 @@ class _Shared:
     """What the builds of one run share: kernel trees, build contexts, images, sources."""
 
     trees: _Once[KernelTree] = field(default_factory=_Once)
-    contexts: _Once[tuple[Path, str]] = field(default_factory=_Once)
+    build_images: _Once[BuildImage] = field(default_factory=_Once)
     images: _Once[str] = field(default_factory=_Once)
     spatch_images: _Once[str] = field(default_factory=_Once)
     sources: _Once[Sources] = field(default_factory=_Once)
@@ -408,13 +402,10 @@ def _run_step(step: BuildStep, shared: _Shared, options: BuildOptions) -> Outcom
         return tree
 
     tree = shared.trees.get((target.id, step.kernel), tree_of_target)
-    context, context_sha = shared.contexts.get(target.id, lambda: _context_sha256(target))
-    # What the image's tag is made of (builder.builds.rpmbuild.ensure_image): one image per key.
-    image_key = (
-        str(context),
-        context_sha,
-        target.container_family if target.build_context is None else context.name,
-    )
+    build_image = shared.build_images.get(target.id, lambda: build_image_of(target))
+    context, context_sha = build_image.context, build_image.context_sha256
+    # What the image's tag is made of: one image per key.
+    image_key = (str(context), context_sha, build_image.name)
     recipe = recipe_for(step.drbd.family)
     sources = shared.sources.get(
         (step.drbd.version, step.drbd.url, recipe.userland_from_utils),
@@ -441,7 +432,7 @@ def _run_step(step: BuildStep, shared: _Shared, options: BuildOptions) -> Outcom
 
         def make_image() -> str:
             with log.step(f"build image for {target.id} ({context})"):
-                return ensure_image(target)
+                return ensure_image(target, image=build_image)
 
         image = shared.images.get(image_key, make_image)
         with log.step(step_name(step)):

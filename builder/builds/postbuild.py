@@ -17,7 +17,7 @@ from typing import Any
 import rpmfile
 
 from builder.errors import CheckError
-from builder.inputs.rpm import vercmp
+from builder.inputs.rpm import text_of, vercmp
 
 RPMSENSE_LESS = 0x02
 RPMSENSE_GREATER = 0x04
@@ -145,14 +145,6 @@ def _elf_section(elf: bytes, wanted: str) -> bytes:
 # Reading RPMs
 
 
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, list) and value:
-        return _text(value[0])
-    return "" if value is None else str(value)
-
-
 def _list(value: Any) -> list[Any]:
     if value is None:
         return []
@@ -165,16 +157,16 @@ def read_package(path: Path) -> PackageInfo:
         # Our own file object: rpmfile leaks its own when the header is malformed.
         with path.open("rb") as stream, rpmfile.open(fileobj=stream) as rpm:
             headers = rpm.headers
-            names = [_text(n) for n in _list(headers.get("requirename"))]
+            names = [text_of(n) for n in _list(headers.get("requirename"))]
             flags = [int(f) for f in _list(headers.get("requireflags"))]
-            versions = [_text(v) for v in _list(headers.get("requireversion"))]
+            versions = [text_of(v) for v in _list(headers.get("requireversion"))]
             flags += [0] * (len(names) - len(flags))
             versions += [""] * (len(names) - len(versions))
             requires = tuple(
                 Requirement(n, f, v) for n, f, v in zip(names, flags, versions, strict=True)
             )
-            dirs = [_text(d) for d in _list(headers.get("dirnames"))]
-            bases = [_text(b) for b in _list(headers.get("basenames"))]
+            dirs = [text_of(d) for d in _list(headers.get("dirnames"))]
+            bases = [text_of(b) for b in _list(headers.get("basenames"))]
             indexes = [int(i) for i in _list(headers.get("dirindexes"))]
             files = tuple(dirs[i] + b for i, b in zip(indexes, bases, strict=True))
             modules: dict[str, str] = {}
@@ -189,10 +181,10 @@ def read_package(path: Path) -> PackageInfo:
                     modules[member_name] = ""
             return PackageInfo(
                 file_name=path.name,
-                name=_text(headers.get("name")),
-                version=_text(headers.get("version")),
-                release=_text(headers.get("release")),
-                arch=_text(headers.get("arch")),
+                name=text_of(headers.get("name")),
+                version=text_of(headers.get("version")),
+                release=text_of(headers.get("release")),
+                arch=text_of(headers.get("arch")),
                 requires=requires,
                 files=files,
                 modules=modules,

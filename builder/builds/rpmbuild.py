@@ -192,27 +192,49 @@ def build_context_for(target: Target, containers_dir: Path = CONTAINERS_DIR) -> 
     return context
 
 
+@dataclass(frozen=True, kw_only=True)
+class BuildImage:
+    """A target's build image, resolved once: the context ``containers/<container.family>/``
+    (or the target's own ``container.context``), the image's name, the ``BASE_IMAGE`` build
+    argument (``container.image``) and the content hash its tag and the manifest carry."""
+
+    context: Path
+    name: str
+    build_args: Mapping[str, str]
+    context_sha256: str
+
+
+def build_image_of(target: Target, containers_dir: Path = CONTAINERS_DIR) -> BuildImage:
+    context = build_context_for(target, containers_dir)
+    args = {"BASE_IMAGE": target.base_image} if target.base_image else {}
+    return BuildImage(
+        context=context,
+        name=target.container_family if target.build_context is None else context.name,
+        build_args=args,
+        context_sha256=container.context_hash(context, args),
+    )
+
+
 def ensure_image(
     target: Target,
     *,
     client: docker.DockerClient | None = None,
     containers_dir: Path = CONTAINERS_DIR,
     log_file: Path | None = None,
+    image: BuildImage | None = None,
 ) -> str:
     """Build (or reuse) the build image for ``target``; return its image id (``sha256:…``).
 
-    The context is ``containers/<container.family>/`` unless the target names its own
-    ``container.context``; ``container.image`` is passed as the ``BASE_IMAGE`` build argument.
+    ``image`` is the target's :func:`build_image_of`, when the caller resolved it already.
     """
-    context = build_context_for(target, containers_dir)
-    args = {"BASE_IMAGE": target.base_image} if target.base_image else {}
-    name = target.container_family if target.build_context is None else context.name
+    spec = image or build_image_of(target, containers_dir)
     return container.build_image(
         client or container.connect(),
-        context=context,
-        name=name,
-        build_args=args,
+        context=spec.context,
+        name=spec.name,
+        build_args=spec.build_args,
         log_file=log_file,
+        content_sha256=spec.context_sha256,
     )
 
 

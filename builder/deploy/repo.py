@@ -13,6 +13,8 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+from builder import urls
+
 TIMEOUT_SECONDS = 15
 
 
@@ -77,12 +79,13 @@ def _short_reason(exc: Exception) -> str:
 
 def local_path(base: str) -> Path:
     """The directory a local path or ``file://`` URL names."""
-    if not base.startswith("file://"):
-        return Path(base)
-    parsed = urllib.parse.urlparse(base)
-    if parsed.netloc not in ("", "localhost"):
-        raise RepoUnreachable(f"{base}: file:// URLs must name a local path")
-    return Path(urllib.parse.unquote(parsed.path))
+    try:
+        path = urls.local_path(base)
+    except urls.NotLocal as exc:
+        raise RepoUnreachable(str(exc)) from None
+    if path is None:
+        raise RepoUnreachable(f"{base} is not a local path or file:// URL")
+    return path
 
 
 def read_packages(base: str) -> list[Package]:

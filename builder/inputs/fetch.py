@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import os
 import time
-import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from builder import log
 from builder.errors import ChecksumError, FetchError, InputError, NoSpaceError, no_space
 from builder.inputs.checksums import ChecksumLock, HashCache, mismatch
 from builder.inputs.rpm import DEFAULT_LIMITS, ExtractLimits
+from builder.urls import NotLocal, local_path
 
 if TYPE_CHECKING:
     import requests
@@ -92,14 +92,6 @@ class Fetched:
 Verifier = Callable[[Path], object]  # raises InputError; the result is ignored
 
 
-def _local_path(url: str) -> Path | None:
-    if url.startswith("file://"):
-        return Path(urllib.parse.unquote(urllib.parse.urlparse(url).path))
-    if "://" not in url:
-        return Path(url)
-    return None
-
-
 def _expected(item: Input) -> tuple[str | None, str]:
     if item.pinned:
         return item.pinned, "pinned in the spec file"
@@ -125,7 +117,13 @@ def fetch(
         if candidate.is_file():
             local = candidate
     if local is None and item.url is not None:
-        local = _local_path(item.url)
+        try:
+            local = local_path(item.url)
+        except NotLocal as exc:
+            raise FetchError(
+                f"Cannot read the {item.what}: {exc}.",
+                hint="Use file:///path for a file on this machine, or an http(s):// URL.",
+            ) from None
     if local is not None:
         return _use_local(
             item, local, expected=expected, source=source, settings=settings, verify=verify

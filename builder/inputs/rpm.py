@@ -63,12 +63,13 @@ class RpmInfo:
         return f"{self.name}-{self.version}-{self.release}.{self.arch}"
 
 
-def _text(value: Any) -> str:
+def text_of(value: Any) -> str:
+    """A header value as text: bytes decoded, the first of a list, None as empty."""
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     if isinstance(value, list) and value:
-        return _text(value[0])
-    return str(value)
+        return text_of(value[0])
+    return "" if value is None else str(value)
 
 
 def corrupt(path: Path, detail: str) -> InputError:
@@ -162,15 +163,15 @@ def read_info(path: Path) -> RpmInfo:
         sigmd5 = headers.get("sigmd5")
         digest = headers.get("payloaddigest")
         return RpmInfo(
-            name=_text(headers["name"]),
-            version=_text(headers["version"]),
-            release=_text(headers["release"]),
-            arch=_text(headers.get("arch", b"noarch")),
-            compressor=_text(headers.get("archive_compression", b"gzip")),
+            name=text_of(headers["name"]),
+            version=text_of(headers["version"]),
+            release=text_of(headers["release"]),
+            arch=text_of(headers.get("arch", b"noarch")),
+            compressor=text_of(headers.get("archive_compression", b"gzip")),
             payload_offset=payload_offset,
             header_offset=header_offset,
             sigmd5=sigmd5 if isinstance(sigmd5, bytes) and len(sigmd5) == 16 else None,
-            payload_digest=_text(digest) if digest else None,
+            payload_digest=text_of(digest) if digest else None,
         )
     except KeyError as exc:
         raise corrupt(path, f"its header has no {exc.args[0]} tag") from None

@@ -17,7 +17,7 @@ from builder.builds import pipeline, postbuild
 from builder.builds.drbdbuild import Built, BuiltUserland, DrbdBuild
 from builder.builds.plan import plan
 from builder.builds.recipes import recipe_for
-from builder.builds.rpmbuild import BuildResult
+from builder.builds.rpmbuild import BuildImage, BuildResult
 from builder.errors import BuildError, CheckError, ConfigError, LockedError
 from builder.inputs.fetch import Fetched, FetchSettings
 from builder.inputs.kernel import KernelInputs, KernelTree
@@ -38,7 +38,16 @@ class Fakes:
         self.source = Fetched(path=source, sha256="s" * 64, origin=str(source))
         monkeypatch.setattr(pipeline, "prepare_kernel", self.prepare_kernel)
         # One build context per target: targets on one context share its image.
-        monkeypatch.setattr(pipeline, "_context_sha256", lambda t: (tmp, t.id.ljust(64, "c")))
+        monkeypatch.setattr(
+            pipeline,
+            "build_image_of",
+            lambda t: BuildImage(
+                context=tmp,
+                name=t.container_family if t.build_context is None else tmp.name,
+                build_args={},
+                context_sha256=t.id.ljust(64, "c"),
+            ),
+        )
         monkeypatch.setattr(
             pipeline, "fetch_sources", lambda step, recipe, o: pipeline.Sources(self.source, None)
         )
@@ -57,7 +66,7 @@ class Fakes:
             source_sha256="i" * 64,
         )  # fmt: skip
 
-    def ensure_image(self, target: Any) -> str:
+    def ensure_image(self, target: Any, image: BuildImage | None = None) -> str:
         self.images.append(target.id)
         return f"sha256:{target.id}"
 
