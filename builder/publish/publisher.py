@@ -160,7 +160,7 @@ class Incoming:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Plan:
+class Changes:
     """What a publish changes: the new packages, on top of those already published."""
 
     incoming: tuple[Incoming, ...]
@@ -176,13 +176,13 @@ class Plan:
         return len(self.published) + len(self.incoming)
 
 
-def plan_publish(
+def changes_of(
     builds: Sequence[Manifest],
     previous: Published | None,
     key_fingerprint: str,
     nevras: Callable[[Sequence[Path]], dict[Path, str]] = query_nevras,
     digest: Callable[[Path], str] = sha256_file,
-) -> Plan:
+) -> Changes:
     """Decide which inputs are new; refuse a known name-version-release with other content.
 
     An output whose manifest records the digest already published under its name is not
@@ -265,7 +265,7 @@ def plan_publish(
         names = {p.path.rsplit("/", 1)[0] for p in published}
         families = {f: Consumer(f.split("/", 1)[0]) for f in names}
         families.update({item.family: item.consumer for item in incoming})
-    return Plan(incoming=tuple(incoming), published=published, families=families)
+    return Changes(incoming=tuple(incoming), published=published, families=families)
 
 
 # --- consumer configuration --------------------------------------------------------------
@@ -566,7 +566,7 @@ def _publish_locked(
     mark = state.index if state else EMPTY
     with log.step("Plan"):
         published = Published(key=state.key, packages=entries) if state else None
-        plan = plan_publish(builds, published, key.fingerprint)
+        plan = changes_of(builds, published, key.fingerprint)
         log.info(
             f"{len(builds)} build(s), {len(plan.incoming)} new package(s), "
             f"{plan.total} in the repository after publishing"
@@ -628,7 +628,7 @@ def _publish_locked(
 
 def _add_packages(
     store: Store,
-    plan: Plan,
+    plan: Changes,
     key: sign.SigningKey,
     public_key: Path,
     *,
@@ -700,7 +700,7 @@ def _add_packages(
 
 
 def _sign_into_store(
-    store: Store, plan: Plan, key: sign.SigningKey
+    store: Store, plan: Changes, key: sign.SigningKey
 ) -> list[tuple[Incoming, Path, str]]:
     """Copy and sign the new packages, check their signature packets, move them in place.
 
@@ -770,7 +770,7 @@ def _write_provenance(
 def _assemble(
     root: Path,
     *,
-    plan: Plan,
+    plan: Changes,
     previous: Path | None,
     public_key: Path,
     options: PublishOptions,

@@ -108,12 +108,14 @@ def test_bad_manifests_are_input_errors(tmp_path: Path) -> None:
         scan(tmp_path, load_registry)
 
 
-def plan(artifacts: Path, previous: publisher.Published | None, key: str = FPR) -> publisher.Plan:
+def plan(
+    artifacts: Path, previous: publisher.Published | None, key: str = FPR
+) -> publisher.Changes:
     builds = scan(artifacts, load_registry)
-    return publisher.plan_publish(builds, previous, key, nevras=fake_nevras)
+    return publisher.changes_of(builds, previous, key, nevras=fake_nevras)
 
 
-def published_after(result: publisher.Plan, key: str = FPR) -> publisher.Published:
+def published_after(result: publisher.Changes, key: str = FPR) -> publisher.Published:
     """What the repository holds once ``result`` went live (signed digests made up)."""
     added = [
         store.Entry(i.path, i.nevra, i.source_sha256, "f" * 64, 1, "") for i in result.incoming
@@ -149,7 +151,7 @@ def test_plan_reads_only_new_outputs(tmp_path: Path) -> None:
 
     (directory / "a-1-1.i686.rpm").unlink()  # published already: the artifact is not needed
     builds = scan(tmp_path, load_registry)
-    result = publisher.plan_publish(builds, first, FPR, nevras=fake_nevras, digest=digest)
+    result = publisher.changes_of(builds, first, FPR, nevras=fake_nevras, digest=digest)
     assert hashed == ["c-1-1.i686.rpm"]
     assert [i.path for i in result.incoming] == ["el5/i386/c-1-1.i686.rpm"]
 
