@@ -57,7 +57,6 @@ from builder.publish.consumers import profile
 from builder.publish.layout import KEY_FILE_NAME, family_path, repo_file_name
 from builder.publish.store import (
     EMPTY,
-    INCOMING_PREFIX,
     STORE_DIR,
     Entry,
     Mark,
@@ -552,6 +551,8 @@ def _open_store(repo: Path, versions: Path) -> tuple[Store, Path | None, State |
         assert previous is not None  # noqa: S101 - a state comes from a version
         state = _adopt_format_1(repo, previous, state)
     entries = store.read(state.index if state else EMPTY, repair=True)
+    for folder in store.remove_incoming(but=os.getpid()):
+        log.info(f"removed {folder}, left by a publish that was killed")
     if interrupted or store.repaired:
         # Packages reach the store only while a version is being assembled (*.partial).
         for stray in store.remove_strays(entries):
@@ -708,11 +709,13 @@ def _sign_into_store(
     fails, the publish removes it with the rest of what it wrote.
     """
     by_consumer: dict[Consumer, list[tuple[Incoming, Path]]] = {}
+    incoming = store.incoming(os.getpid())
     try:
-        for item in plan.incoming:
-            folder = store.family_dir(item.family)
-            folder.mkdir(parents=True, exist_ok=True)
-            temp = folder / f"{INCOMING_PREFIX}{os.getpid()}-{item.source.name}"
+        for index, item in enumerate(plan.incoming):
+            store.family_dir(item.family).mkdir(parents=True, exist_ok=True)
+            # One folder per package: one name may be new in two families (noarch).
+            temp = incoming / str(index) / item.source.name
+            temp.parent.mkdir(parents=True)
             by_consumer.setdefault(item.consumer, []).append((item, temp))
             shutil.copyfile(item.source, temp)
             os.chmod(temp, 0o644)
@@ -731,9 +734,7 @@ def _sign_into_store(
                 os.replace(temp, final)
                 signed.append((item, final, digest))
     finally:
-        for pairs in by_consumer.values():
-            for _, temp in pairs:
-                temp.unlink(missing_ok=True)
+        shutil.rmtree(incoming, ignore_errors=True)
     for family in {item.family for item in plan.incoming}:
         _fsync_dir(store.family_dir(family))
     return signed

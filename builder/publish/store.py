@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,10 @@ from builder.inputs.checksums import sha256_file, write_atomic
 STORE_DIR = "packages"
 INDEX_NAME = "index.jsonl"
 VERIFIED_NAME = ".verified"
+# packages/.incoming-<pid>/: where one publish copies and signs its new packages before they
+# move into place. rpmsign and gpg write their temporary files beside the package, and a
+# publisher killed outright (SIGKILL) leaves them running: in a folder of its own, what they
+# write later can never land in a family folder, and the next publish removes the folder.
 INCOMING_PREFIX = ".incoming-"
 
 
@@ -206,11 +211,30 @@ class Store:
         return found
 
     def remove_strays(self, entries: Iterable[Entry]) -> list[str]:
-        """Delete what :meth:`strays` finds."""
+        """Delete what :meth:`strays` finds, and the incoming folders of other publishes."""
         found = self.strays(entries)
         for relative in found:
             (self.root / relative).unlink()
+        self.remove_incoming(but=None)
         return found
+
+    def incoming(self, pid: int) -> Path:
+        """The folder where publish ``pid`` signs its new packages (see INCOMING_PREFIX)."""
+        return self.root / f"{INCOMING_PREFIX}{pid}"
+
+    def remove_incoming(self, *, but: int | None) -> list[str]:
+        """Remove every publish's incoming folder but that of publish ``but``: under the
+        publish lock, any other is a killed publisher's, whose signing programs may still be
+        writing there."""
+        removed: list[str] = []
+        if not self.root.is_dir():
+            return removed
+        for folder in sorted(self.root.glob(f"{INCOMING_PREFIX}*")):
+            if but is not None and folder == self.incoming(but):
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder.name)
+        return removed
 
     def check_unchanged(self, entries: Sequence[Entry]) -> int:
         """Refuse to go on if any published package differs from what was signed.

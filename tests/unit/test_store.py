@@ -124,3 +124,30 @@ def test_the_fastest_capable_createrepo_is_chosen_once_and_remembered(
     fast.write_text(fast.read_text() + "\n")  # a candidate changed: probe again
     publisher.find_createrepo(Consumer.EL5, memo=memo)
     assert len((tmp_path / "calls").read_text().split()) > len(calls) + 3
+
+
+def test_a_killed_publishers_incoming_folder_goes_and_what_it_writes_later_cannot_land(
+    tmp_path: Path,
+) -> None:
+    """A publisher killed outright leaves rpmsign and gpg running; they write temporary files
+    beside the package they sign. Those live in the publisher's own incoming folder, which the
+    next publish removes, so a late write fails instead of leaving a file in a family folder."""
+    packages = store.Store(tmp_path)
+    live = [put(packages, "el7/x86_64/a.rpm", b"a")]
+    killed = packages.incoming(4242)
+    (killed / "0").mkdir(parents=True)
+    (killed / "0" / "b.rpm").write_bytes(b"b")
+    (killed / "0" / "b.rpm.sig").write_bytes(b"signature being written")
+    mine = packages.incoming(os.getpid())
+    mine.mkdir()
+
+    assert packages.strays(live) == [
+        f"{store.INCOMING_PREFIX}4242/0/b.rpm",
+        f"{store.INCOMING_PREFIX}4242/0/b.rpm.sig",
+    ]
+    assert packages.remove_incoming(but=os.getpid()) == [f"{store.INCOMING_PREFIX}4242"]
+    assert not killed.exists()
+    assert mine.is_dir()
+    with pytest.raises(FileNotFoundError):
+        (killed / "0" / "b.rpm.sig").write_bytes(b"the killed run's signer, later")
+    assert packages.strays(live) == []
