@@ -71,6 +71,8 @@ def read(
     registry: Callable[[], Registry],
     loaded: tuple[bytes, dict[str, Any]] | None = None,
 ) -> Manifest:
+    """The finished build in ``directory``, its manifest checked (``loaded``: the manifest as
+    :func:`load` read it already)."""
     manifest = directory / MANIFEST
     raw, data = loaded if loaded is not None else load(manifest)
     target = data.get("target") or directory.parent.name
@@ -95,11 +97,24 @@ def read(
         ) from None
     if not isinstance(basearch, str) or not SAFE_NAME.fullmatch(basearch):
         raise _manifest_error(manifest, f"basearch {basearch!r} is not a plain name")
-    outputs_raw = data.get("outputs")
-    if not isinstance(outputs_raw, list):
+    return Manifest(
+        target=str(target),
+        drbd_version=str(version),
+        build_name=str(build_name),
+        consumer=consumer,
+        basearch=basearch,
+        directory=directory,
+        outputs=_rpm_outputs(manifest, data.get("outputs")),
+        manifest=raw,
+    )
+
+
+def _rpm_outputs(manifest: Path, outputs: Any) -> tuple[tuple[str, str], ...]:
+    """(file name, sha256) of every RPM the manifest lists as an output."""
+    if not isinstance(outputs, list):
         raise _manifest_error(manifest, "outputs must be a list of {file, sha256}")
-    outputs: list[tuple[str, str]] = []
-    for index, entry in enumerate(outputs_raw):
+    found: list[tuple[str, str]] = []
+    for index, entry in enumerate(outputs):
         if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
             raise _manifest_error(manifest, f"outputs[{index}] needs a file name")
         name = entry["file"]
@@ -110,17 +125,8 @@ def read(
         digest = entry.get("sha256")
         if not isinstance(digest, str) or len(digest) != 64:
             raise _manifest_error(manifest, f"outputs[{index}].sha256 is missing or malformed")
-        outputs.append((name, digest.lower()))
-    return Manifest(
-        target=str(target),
-        drbd_version=str(version),
-        build_name=str(build_name),
-        consumer=consumer,
-        basearch=basearch,
-        directory=directory,
-        outputs=tuple(outputs),
-        manifest=raw,
-    )
+        found.append((name, digest.lower()))
+    return tuple(found)
 
 
 def scan(artifacts: Path, registry: Callable[[], Registry]) -> list[Manifest]:

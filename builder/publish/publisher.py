@@ -28,16 +28,11 @@ next publish.  Nothing is done per unchanged package but a ``stat``.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
-import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from builder import log, proc
 from builder.artifacts import manifest
@@ -51,21 +46,33 @@ from builder.errors import (
     no_space,
 )
 from builder.inputs.checksums import sha256_file, write_atomic
-from builder.locks import timed_lock
 from builder.publish import layout, provenance, sign
 from builder.publish.consumers import profile
 from builder.publish.layout import KEY_FILE_NAME, family_path, repo_file_name
+from builder.publish.metadata import (
+    CREATEREPO_CHOICE,
+    find_createrepo,
+    keep_previous_metadata,
+    metadata_command,
+)
 from builder.publish.store import (
     EMPTY,
-    STORE_DIR,
     Entry,
-    Mark,
     Store,
 )
+from builder.publish.versions import (
+    STATE_FILE_NAME,
+    State,
+    current_version,
+    fsync_dir,
+    link_or_copy,
+    new_version_id,
+    prune_versions,
+    publish_lock,
+    replace_symlink,
+    stable_links,
+)
 from builder.specs import Consumer, Registry
-
-STATE_FILE_NAME = "publish-state.json"
-STATE_FORMAT = 2
 
 
 def query_nevras(files: Sequence[Path]) -> dict[Path, str]:
@@ -93,45 +100,6 @@ def query_nevras(files: Sequence[Path]) -> dict[Path, str]:
             raise InputError(f"rpm printed {len(lines)} headers for {len(chunk)} packages.")
         found.update(zip(chunk, lines, strict=True))
     return found
-
-
-# --- state of a published version --------------------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True)
-class State:
-    """``publish-state.json`` of a version: the signing key and how much of the index it covers.
-
-    Format 1 (before the shared package store) listed every package in each version; such a
-    repository is moved into the store by its next publish (see :func:`_adopt_format_1`).
-    """
-
-    key: str
-    index: Mark
-    legacy: tuple[tuple[str, str, str], ...] = ()  # format 1: (path, nevra, source sha256)
-
-    def to_json(self) -> str:
-        data = {"format": STATE_FORMAT, "key": self.key, "index": self.index.to_json()}
-        return json.dumps(data, indent=1) + "\n"
-
-    @classmethod
-    def from_file(cls, path: Path) -> State:
-        try:
-            data: Any = json.loads(path.read_text(encoding="utf-8"))
-            if data.get("format") == 1:
-                legacy = tuple(
-                    (str(p["path"]), str(p["nevra"]), str(p["source_sha256"]))
-                    for p in data["packages"]
-                )
-                return cls(key=str(data["key"]), index=EMPTY, legacy=legacy)
-            if data.get("format") != STATE_FORMAT:
-                raise ValueError(f"unknown format {data.get('format')!r}")
-            return cls(key=str(data["key"]), index=Mark.from_json(data["index"]))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise PublishError(
-                f"The published state {path} is unreadable: {exc}",
-                hint="Publish into a fresh --repo directory, or restore the file.",
-            ) from exc
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -175,6 +143,9 @@ class Changes:
         return len(self.published) + len(self.incoming)
 
 
+Candidate = tuple[Path, str, Manifest]  # an output not published yet: file, sha256, build
+
+
 def changes_of(
     builds: Sequence[Manifest],
     previous: Published | None,
@@ -194,7 +165,24 @@ def changes_of(
             hint="Publish with the repository's key, or start a new --repo directory.",
         )
     by_path = {p.path: p for p in previous.packages} if previous else {}
-    candidates: dict[str, tuple[Path, str, Manifest]] = {}
+    candidates = _new_outputs(builds, by_path, digest)
+    new_sources = [source for source, _, _ in candidates.values()]
+    nevra_of = nevras(new_sources) if new_sources else {}
+    incoming = _named(candidates, nevra_of, by_path)
+    published = list(by_path.values())
+    families: dict[str, Consumer] = {}
+    if incoming:  # the families of the new version; nothing to make without new packages
+        names = {p.path.rsplit("/", 1)[0] for p in published}
+        families = {f: Consumer(f.split("/", 1)[0]) for f in names}
+        families.update({item.family: item.consumer for item in incoming})
+    return Changes(incoming=tuple(incoming), published=published, families=families)
+
+
+def _new_outputs(
+    builds: Sequence[Manifest], by_path: dict[str, Entry], digest: Callable[[Path], str]
+) -> dict[str, Candidate]:
+    """The outputs not published yet, by store path, each checked against its manifest."""
+    candidates: dict[str, Candidate] = {}
     for build in builds:
         family = family_path(build.consumer, build.basearch)
         for name, manifest_sha in build.outputs:
@@ -227,17 +215,22 @@ def changes_of(
                     "bump the release and rebuild.",
                 )
             candidates[path] = (source, actual, build)
-    new_sources = [source for source, _, _ in candidates.values()]
-    nevra_of = nevras(new_sources) if new_sources else {}
-    published_nevras = (
-        {(p.family, p.nevra): p for p in by_path.values()} if candidates else {}
-    )  # only new packages are looked up: a publish with nothing new skips the index
+    return candidates
+
+
+def _named(
+    candidates: dict[str, Candidate], nevra_of: dict[Path, str], by_path: dict[str, Entry]
+) -> list[Incoming]:
+    """The new packages with their name-epoch:version-release.arch, none of which a family
+    holds yet, and no two of them the same."""
+    # Only new packages are looked up: a publish with nothing new skips the index.
+    published = {(p.family, p.nevra): p for p in by_path.values()} if candidates else {}
     incoming: list[Incoming] = []
     claimed: dict[tuple[str, str], Path] = {}
     for source, actual, build in candidates.values():
         nevra = nevra_of[source]
         family = family_path(build.consumer, build.basearch)
-        other = published_nevras.get((family, nevra))
+        other = published.get((family, nevra))
         if other is not None:
             raise PublishError(
                 f"{source.name} is {nevra}, which {family} already holds as {other.path} "
@@ -258,16 +251,7 @@ def changes_of(
                 build=build,
             )
         )
-    published = list(by_path.values())
-    families: dict[str, Consumer] = {}
-    if incoming:  # the families of the new version; nothing to make without new packages
-        names = {p.path.rsplit("/", 1)[0] for p in published}
-        families = {f: Consumer(f.split("/", 1)[0]) for f in names}
-        families.update({item.family: item.consumer for item in incoming})
-    return Changes(incoming=tuple(incoming), published=published, families=families)
-
-
-# --- consumer configuration --------------------------------------------------------------
+    return incoming
 
 
 def render_repo_file(base_url: str, consumer: Consumer) -> str:
@@ -278,191 +262,6 @@ def render_repo_file(base_url: str, consumer: Consumer) -> str:
         baseurl=layout.baseurl(base, consumer),
         gpgkey=f"{base}/{KEY_FILE_NAME}",
     )
-
-
-# --- locking and the atomic pointer ------------------------------------------------------
-
-
-def publish_lock(repo: Path, timeout: float) -> contextlib.AbstractContextManager[None]:
-    """Exclusive lock on ``repo/.lock``; wait up to ``timeout`` seconds, then fail clearly."""
-    return timed_lock(
-        repo / ".lock",
-        timeout=timeout,
-        what=f"Another publish (pid {{pid}}) is writing {repo}",
-        waiting=f"waiting for another publish (pid {{pid}}) to release {repo / '.lock'}",
-        hint="Wait for it to finish, or pass a longer --lock-timeout.",
-    )
-
-
-def current_version(repo: Path) -> Path | None:
-    pointer = repo / "current"
-    if not pointer.is_symlink():
-        return None
-    target = pointer.resolve()
-    if not target.is_dir():
-        raise PublishError(f"{pointer} points at {target}, which does not exist.")
-    return target
-
-
-def _replace_symlink(link: Path, target: str) -> None:
-    temp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
-    temp.unlink(missing_ok=True)
-    os.symlink(target, temp)
-    os.replace(temp, link)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _new_version_id(versions: Path) -> str:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-    candidate = stamp
-    counter = 1
-    while (versions / candidate).exists():
-        counter += 1
-        candidate = f"{stamp}-{counter}"
-    return candidate
-
-
-def _link_or_copy(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
-
-
-def prune_versions(repo: Path, keep: int) -> list[Path]:
-    """Delete the oldest versions beyond the ``keep`` newest (never the current one)."""
-    versions = repo / "versions"
-    current = current_version(repo)
-    finished = sorted(
-        p for p in versions.iterdir() if p.is_dir() and not p.name.endswith(manifest.PARTIAL_SUFFIX)
-    )
-    removed = []
-    for old in finished[: max(len(finished) - keep, 0)]:
-        if current is not None and old.resolve() == current:
-            continue
-        shutil.rmtree(old)
-        removed.append(old)
-    return removed
-
-
-# --- createrepo_c ------------------------------------------------------------------------
-
-CREATEREPO_CHOICE = ".createrepo.json"
-FALLBACK_BIN = ("/usr/bin",)  # Debian's createrepo_c, even when PATH leaves it out
-
-
-def _candidates() -> list[str]:
-    found: dict[str, str] = {}  # real path -> first name on PATH (/bin is /usr/bin on Debian)
-    for directory in [*os.environ.get("PATH", "").split(os.pathsep), *FALLBACK_BIN]:
-        path = Path(directory or ".") / "createrepo_c"
-        if os.access(path, os.X_OK):
-            found.setdefault(os.path.realpath(path), str(path))
-    return list(found.values())
-
-
-def _identity(path: str) -> str:
-    info = os.stat(path)
-    return f"{os.path.realpath(path)} {info.st_ino} {info.st_size} {info.st_mtime_ns}"
-
-
-def find_createrepo(
-    consumer: Consumer, explicit: str | None = None, memo: Path | None = None
-) -> str:
-    """The fastest createrepo_c on PATH that can write the consumer's checksum type.
-
-    Some builds (PyPI wheels, newer distributions) drop SHA-1, which EL5's yum needs; Debian's
-    0.17 keeps it.  A wrapper script first on PATH (a Python environment's shim) can take ten
-    times as long as the program it wraps.  Each candidate is probed once, on an empty
-    directory, and the choice is remembered in ``memo`` until PATH or a candidate changes.
-    """
-    checksum = checksum_for(consumer)
-    if explicit:
-        return explicit
-    candidates = _candidates()
-    if not candidates:
-        raise PublishError("createrepo_c is not installed.", hint="apt-get install createrepo-c")
-    key = "\n".join([checksum, *(_identity(c) for c in candidates)])
-    remembered = _read_choice(memo)
-    if remembered.get(key) in candidates:
-        return remembered[key]
-    timings: list[tuple[float, str]] = []
-    for candidate in candidates:
-        with tempfile.TemporaryDirectory(prefix="xdb-probe-") as tmp:
-            started = time.perf_counter()
-            result = proc.run(
-                [candidate, "-q", "--no-database", "-s", checksum, tmp], echo=False, check=False
-            )
-            elapsed = time.perf_counter() - started
-        if result.returncode == 0:
-            timings.append((elapsed, candidate))
-    if not timings:
-        raise PublishError(
-            f"No createrepo_c on PATH can write {checksum!r} checksums, which the "
-            f"{consumer.value} consumer needs (tried {', '.join(candidates)}).",
-            hint="Debian's createrepo-c package supports them: apt-get install createrepo-c, "
-            "or name one with --createrepo PATH.",
-        )
-    chosen = min(timings)[1]
-    if memo is not None:
-        remembered = {k: v for k, v in remembered.items() if k.split("\n", 1)[0] != checksum}
-        remembered[key] = chosen
-        with contextlib.suppress(OSError):
-            write_atomic(memo, (json.dumps(remembered, indent=1) + "\n").encode())
-    return chosen
-
-
-def _read_choice(memo: Path | None) -> dict[str, str]:
-    if memo is None:
-        return {}
-    try:
-        data = json.loads(memo.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(data, dict):
-        return {}
-    return {str(k): str(v) for k, v in data.items()}
-
-
-def checksum_for(consumer: Consumer) -> str:
-    return profile(consumer).repodata_checksum
-
-
-def metadata_command(
-    packages: Path, output: Path, consumer: Consumer, previous: Path | None, createrepo: str
-) -> list[str]:
-    """createrepo_c over the store's ``packages`` folder into ``output``/repodata.
-
-    ``--update`` reuses ``previous``'s entries for files whose size and mtime are unchanged.
-    That is safe here: store files are never replaced, and they are checked against their
-    signed digest before every publish.
-    """
-    cmd = [
-        createrepo,
-        "--quiet",
-        "--checksum",
-        checksum_for(consumer),
-        "--general-compress-type",
-        "gz",
-        "--workers",
-        "2",
-        "--outputdir",
-        str(output),
-    ]
-    if not profile(consumer).sqlite_metadata:
-        cmd.append("--no-database")
-    if previous is not None and (previous / "repodata" / "repomd.xml").is_file():
-        cmd += ["--update", "--update-md-path", str(previous)]
-    return [*cmd, str(packages)]
-
-
-# --- the pipeline ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -581,7 +380,7 @@ def _publish_locked(
     if previous is not None and not plan.incoming:
         log.info(f"nothing new: {options.repo / 'current'} stays at {previous.name}")
         return PublishResult(version=None, new_packages=(), total_packages=plan.total)
-    version_id = _new_version_id(versions)
+    version_id = new_version_id(versions)
     partial = versions / f"{version_id}{manifest.PARTIAL_SUFFIX}"
     partial.mkdir()
     added: list[Entry] = []
@@ -603,7 +402,7 @@ def _publish_locked(
             write_atomic(partial / STATE_FILE_NAME, new_state.to_json().encode())
             final = versions / version_id
             os.replace(partial, final)
-            _fsync_dir(versions)
+            fsync_dir(versions)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         with contextlib.suppress(OSError):
@@ -615,9 +414,9 @@ def _publish_locked(
         raise
     store.record(added)
     with log.step(f"Switch {options.repo / 'current'} to {version_id}"):
-        _stable_links(options.repo, store, plan.families)
-        _replace_symlink(options.repo / "current", f"versions/{version_id}")
-        _fsync_dir(options.repo)
+        stable_links(options.repo, store, plan.families)
+        replace_symlink(options.repo / "current", f"versions/{version_id}")
+        fsync_dir(options.repo)
         for old in prune_versions(options.repo, options.keep):
             log.info(f"removed old version {old.name}")
     return PublishResult(
@@ -682,7 +481,7 @@ def _add_packages(
                     raise PublishError(
                         f"createrepo_c failed for {store.family_dir(family)}.\n{exc.message}"
                     ) from exc
-                _keep_previous_metadata(folder, prior)
+                keep_previous_metadata(folder, prior)
             with log.step(f"Sign and verify {family}/repodata/repomd.xml"):
                 repomd = folder / "repodata" / "repomd.xml"
                 signature = sign.detach_sign(repomd, key, consumer)
@@ -736,7 +535,7 @@ def _sign_into_store(
     finally:
         shutil.rmtree(incoming, ignore_errors=True)
     for family in {item.family for item in plan.incoming}:
-        _fsync_dir(store.family_dir(family))
+        fsync_dir(store.family_dir(family))
     return signed
 
 
@@ -783,7 +582,7 @@ def _assemble(
         shutil.copytree(
             previous / family / "repodata",
             root / family / "repodata",
-            copy_function=_link_or_copy,
+            copy_function=link_or_copy,
         )
     write_atomic(root / KEY_FILE_NAME, public_key.read_bytes())
     base_url = options.base_url or options.repo.resolve().as_uri()
@@ -807,7 +606,7 @@ def _adopt_format_1(repo: Path, previous: Path, state: State) -> State:
             target = store.root / path
             target.parent.mkdir(parents=True, exist_ok=True)
             if not target.exists():
-                _link_or_copy(source, target)
+                link_or_copy(source, target)
             entries.append(
                 Entry(path, nevra, source_sha, sha256_file(target), target.stat().st_size, "")
             )
@@ -818,82 +617,3 @@ def _adopt_format_1(repo: Path, previous: Path, state: State) -> State:
             previous / STATE_FILE_NAME, State(key=state.key, index=mark).to_json().encode()
         )
     return State(key=state.key, index=mark)
-
-
-def _keep_previous_metadata(folder: Path, prior: Path | None) -> None:
-    """Keep last version's metadata files one more round, and no older ones.
-
-    A client that fetched the old ``repomd.xml`` just before the switch then asks for the old
-    ``…-primary.xml.gz``; with unique file names that file is still there, instead of a 404.
-    Only the files the previous ``repomd.xml`` lists are kept: the previous ``repodata/`` also
-    holds the generation before it, and copying all of it would keep every generation forever.
-    """
-    if prior is None:
-        return
-    for href in metadata_files(prior / "repodata" / "repomd.xml"):
-        target = folder / href
-        if not target.exists() and (prior / href).is_file():
-            _link_or_copy(prior / href, target)
-
-
-def metadata_files(repomd: Path) -> list[str]:
-    """The ``repodata/…`` files a ``repomd.xml`` lists, relative to its repository.
-
-    Read with the standard library: ``repomd.xml`` is a short list of ``<location href>``,
-    and importing createrepo_c's bindings costs more than a publish of one package spends
-    on everything else it parses.
-    """
-    from xml.etree import ElementTree
-
-    try:
-        # The previous version's own file; expat 2.4+ bounds entity expansion besides.
-        root = ElementTree.parse(repomd).getroot()  # noqa: S314
-    except (OSError, ElementTree.ParseError) as exc:
-        raise PublishError(f"The published metadata {repomd} cannot be parsed: {exc}.") from None
-    hrefs: list[str] = []
-    for data in root.iter(f"{_REPO_NS}data"):
-        location = data.find(f"{_REPO_NS}location")
-        href = location.get("href", "") if location is not None else ""
-        parts = href.split("/")
-        if len(parts) != 2 or parts[0] != "repodata" or parts[1] in ("", ".", ".."):
-            raise PublishError(f"{repomd} lists {href!r}, which is not a file in repodata/.")
-        hrefs.append(href)
-    return hrefs
-
-
-_REPO_NS = "{http://linux.duke.edu/metadata/repo}"
-
-
-def _stable_links(repo: Path, store: Store, families: dict[str, Consumer]) -> None:
-    """Names clients use; they never change once made.
-
-    ``REPO/el5 -> packages/el5`` serves the packages from the store, and each family folder's
-    ``repodata`` leads through ``current``, so the one switch of ``current`` still changes the
-    metadata of every family at once.
-    """
-    for family in sorted(families):
-        link = store.family_dir(family) / "repodata"
-        depth = "/".join([".."] * (family.count("/") + 2))
-        wanted = f"{depth}/current/{family}/repodata"
-        if not (link.is_symlink() and os.readlink(link) == wanted):
-            _replace_symlink(link, wanted)
-    for consumer in sorted({c.value for c in families.values()}):
-        _ensure_link(repo / consumer, f"{STORE_DIR}/{consumer}", {f"current/{consumer}"})
-    for name in sorted({KEY_FILE_NAME} | {repo_file_name(c) for c in families.values()}):
-        _ensure_link(repo / name, f"current/{name}", set())
-    if (store.root / provenance.PROVENANCE_DIR).is_dir():
-        _ensure_link(
-            repo / provenance.PROVENANCE_DIR, f"{STORE_DIR}/{provenance.PROVENANCE_DIR}", set()
-        )
-
-
-def _ensure_link(link: Path, wanted: str, replaceable: set[str]) -> None:
-    if link.is_symlink():
-        if os.readlink(link) == wanted:
-            return
-        if os.readlink(link) in replaceable:
-            _replace_symlink(link, wanted)  # a repository made before the package store
-            return
-    if link.exists() or link.is_symlink():
-        raise PublishError(f"{link} exists and is not the link publish makes; move it away.")
-    _replace_symlink(link, wanted)

@@ -26,7 +26,7 @@ import pytest
 
 from builder import proc
 from builder.errors import ConfigError, InputError, SigningError
-from builder.publish import layout, publisher, sign
+from builder.publish import layout, metadata, publisher, sign, versions
 from builder.specs import Consumer
 from tests.rpmfactory import build_rpms, write_build
 
@@ -331,8 +331,8 @@ def test_dnf_refuses_package_signed_by_another_key(
     sign.sign_rpms([foreign], other, Consumer.EL7)
     # Metadata and repomd.xml.asc are genuine: only the package's signature is foreign.
     good = sign.find_key(keys.fingerprint, keys.home)
-    createrepo = publisher.find_createrepo(Consumer.EL7)
-    proc.run(publisher.metadata_command(folder, folder, Consumer.EL7, None, createrepo))
+    createrepo = metadata.find_createrepo(Consumer.EL7)
+    proc.run(metadata.metadata_command(folder, folder, Consumer.EL7, None, createrepo))
     sign.detach_sign(folder / "repodata" / "repomd.xml", good, Consumer.EL7)
     with served(tree) as url:
         refused = dnf_fetch(tmp_path / "dnf", url, "drbd-kmod")
@@ -410,7 +410,7 @@ def test_old_metadata_is_kept_one_round_not_forever(tmp_path: Path, keys: Keys, 
     listed = []
     for version, packages in updates:
         listed.append(
-            publisher.metadata_files(
+            metadata.metadata_files(
                 (target / "el7" / "x86_64" / "repodata" / "repomd.xml").resolve()
             )
         )
@@ -419,7 +419,7 @@ def test_old_metadata_is_kept_one_round_not_forever(tmp_path: Path, keys: Keys, 
         assert result.returncode == 0, result.stderr
     el7 = (target / "current" / "el7" / "x86_64").resolve()
     assert _generations(el7 / "repodata") == {"primary": 2, "filelists": 2, "other": 2}
-    newest = publisher.metadata_files(el7 / "repodata" / "repomd.xml")
+    newest = metadata.metadata_files(el7 / "repodata" / "repomd.xml")
     # The previous generation stays for clients that read the old repomd.xml; the first goes.
     assert {p.name for p in (el7 / "repodata").iterdir()} == {
         "repomd.xml",
@@ -1136,7 +1136,7 @@ def test_a_repository_from_before_the_package_store_is_moved_into_it(
         shutil.copyfile(made / name, version / name)
         os.symlink(f"current/{name}", target / name)
     state = {"format": 1, "key": keys.fingerprint, "packages": packages}
-    (version / publisher.STATE_FILE_NAME).write_text(json.dumps(state))
+    (version / versions.STATE_FILE_NAME).write_text(json.dumps(state))
     os.symlink(f"versions/{version.name}", target / "current")
     assert _published_names(target) == {r.name for r in [*rpms.el5, *rpms.el7]}
 

@@ -14,7 +14,7 @@ from builder.artifacts.manifest import scan
 from builder.commands import publish
 from builder.errors import CommandError, ConfigError, InputError, LockedError, PublishError
 from builder.inputs import checksums
-from builder.publish import publisher, store
+from builder.publish import publisher, store, versions
 from builder.publish.layout import family_path
 from builder.specs import Consumer, load_registry
 
@@ -197,13 +197,13 @@ def test_plan_refuses_to_mix_keys(tmp_path: Path) -> None:
 
 
 def test_state_round_trips_and_rejects_garbage(tmp_path: Path) -> None:
-    state = publisher.State(key=FPR, index=store.Mark(length=10, sha256="1" * 64, count=2))
+    state = versions.State(key=FPR, index=store.Mark(length=10, sha256="1" * 64, count=2))
     path = tmp_path / "state.json"
     path.write_text(state.to_json())
-    assert publisher.State.from_file(path) == state
+    assert versions.State.from_file(path) == state
     path.write_text('{"format": 99}')
     with pytest.raises(PublishError, match="unreadable"):
-        publisher.State.from_file(path)
+        versions.State.from_file(path)
 
 
 def test_repo_file_checks_package_and_metadata_signatures() -> None:
@@ -222,23 +222,23 @@ def test_repo_file_checks_package_and_metadata_signatures() -> None:
 
 def test_lock_fails_clearly_when_held(tmp_path: Path) -> None:
     with (
-        publisher.publish_lock(tmp_path, timeout=0),
+        versions.publish_lock(tmp_path, timeout=0),
         pytest.raises(LockedError, match=f"pid {os.getpid()}"),
-        publisher.publish_lock(tmp_path, timeout=0.2),
+        versions.publish_lock(tmp_path, timeout=0.2),
     ):
         pass
-    with publisher.publish_lock(tmp_path, timeout=0):
+    with versions.publish_lock(tmp_path, timeout=0):
         pass  # released
 
 
 def test_prune_keeps_the_newest_and_the_current(tmp_path: Path) -> None:
-    versions = tmp_path / "versions"
+    folder = tmp_path / "versions"
     for name in ("20260101T000000Z", "20260102T000000Z", "20260103T000000Z", "20260104T000000Z"):
-        (versions / name).mkdir(parents=True)
+        (folder / name).mkdir(parents=True)
     os.symlink("versions/20260101T000000Z", tmp_path / "current")
-    removed = publisher.prune_versions(tmp_path, keep=2)
+    removed = versions.prune_versions(tmp_path, keep=2)
     assert [p.name for p in removed] == ["20260102T000000Z"]
-    assert sorted(p.name for p in versions.iterdir()) == [
+    assert sorted(p.name for p in folder.iterdir()) == [
         "20260101T000000Z",
         "20260103T000000Z",
         "20260104T000000Z",

@@ -10,7 +10,7 @@ import pytest
 
 from builder.errors import PublishError
 from builder.inputs import checksums
-from builder.publish import publisher, store
+from builder.publish import metadata, store
 from builder.specs import Consumer
 
 
@@ -113,16 +113,16 @@ def test_the_fastest_capable_createrepo_is_chosen_once_and_remembered(
     fast = fake_createrepo(tmp_path / "native", "native", delay=0, sha1=True)
     no_sha1 = fake_createrepo(tmp_path / "wheel", "wheel", delay=0.15, sha1=False)
     monkeypatch.setenv("PATH", os.pathsep.join(str(p.parent) for p in (slow, no_sha1, fast)))
-    monkeypatch.setattr(publisher, "FALLBACK_BIN", ())
+    monkeypatch.setattr(metadata, "FALLBACK_BIN", ())
     memo = tmp_path / "choice.json"
-    assert publisher.find_createrepo(Consumer.EL5, memo=memo) == str(fast)
+    assert metadata.find_createrepo(Consumer.EL5, memo=memo) == str(fast)
     calls = (tmp_path / "calls").read_text().split()
     assert sorted(calls) == ["native", "shim", "wheel"]
-    assert publisher.find_createrepo(Consumer.EL5, memo=memo) == str(fast)
+    assert metadata.find_createrepo(Consumer.EL5, memo=memo) == str(fast)
     assert (tmp_path / "calls").read_text().split() == calls  # remembered: no probe
-    assert publisher.find_createrepo(Consumer.EL7, memo=memo) == str(fast)  # wheel is slower here
+    assert metadata.find_createrepo(Consumer.EL7, memo=memo) == str(fast)  # wheel is slower here
     fast.write_text(fast.read_text() + "\n")  # a candidate changed: probe again
-    publisher.find_createrepo(Consumer.EL5, memo=memo)
+    metadata.find_createrepo(Consumer.EL5, memo=memo)
     assert len((tmp_path / "calls").read_text().split()) > len(calls) + 3
 
 
