@@ -567,6 +567,10 @@ def load_registry(extra_dirs: Iterable[Path] = (), *, builtin: bool = True) -> R
     utils: dict[str, UtilsVersion] = {}
     for directory in dirs:
         if not directory.is_dir():
+            if builtin and directory == DEFAULT_SPECS_DIR:
+                raise ConfigError(
+                    f"The built-in registry {directory} is missing.", hint=resources.MISSING_HINT
+                )
             raise ConfigError(f"Spec directory {directory} does not exist or is not a directory.")
         seen_here: dict[str, Path] = {}
         for file in sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml")):
