@@ -26,7 +26,7 @@ from typing import Any, Generic, TypeVar
 
 from builder import __version__, log
 from builder.build import container, postbuild
-from builder.inputs.checksums import ChecksumLock, sha256_file, write_atomic
+from builder.inputs.checksums import lock_for, sha256_file, write_atomic
 from builder.build.container import context_hash
 from builder.build.drbdbuild import (
     Built,
@@ -124,7 +124,7 @@ def _fetch_tarball(entry: Tarball, what: str, local: Path | None, options: Build
             file_name=entry.tarball_name,
             key=entry.url,
             pinned=entry.sha256,
-            lock=ChecksumLock(entry.lock_file),
+            lock=lock_for(entry.spec_file, options.settings.state_dir),
             local=local,
         ),
         options.settings,

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from builder.commands.common import (
     add_input_options,
+    add_state_option,
     fetch_settings,
     positive_int,
     positive_number,
@@ -32,6 +33,10 @@ exact dom0 kernel it was built for. Results go to ARTIFACTS/<target>/<version>/ 
 manifest.json, only after the post-build checks passed. A target whose kernel-devel comes from
 yum repositories is built once per selected kernel (--kernel), into
 ARTIFACTS/<target>/<version>+k<kernel-devel version-release>/.
+
+The sha256 of a first download that nothing vouches for yet (no pin, no lock) is recorded
+once the build checked out: for a built-in version or target in the state directory
+(--state), for one of a --specs DIR in DIR/checksums.lock.
 """
 
 
@@ -89,6 +94,7 @@ def register(
         )
         if name == "build":
             add_input_options(parser)
+            add_state_option(parser)
             parser.add_argument(
                 "--source",
                 metavar="PATH",
