@@ -20,7 +20,9 @@ from builder.commands.common import (
 if TYPE_CHECKING:
     from builder.build.plan import BuildStep
 
-DEFAULT_ARTIFACTS = Path(__file__).resolve().parent.parent.parent / "artifacts"
+# Relative to the working directory: the outputs are the user's, never the installed
+# package's (from a checkout, the README's main job lands in its artifacts/).
+DEFAULT_ARTIFACTS = Path("artifacts")
 
 DESCRIPTION = """\
 Build the DRBD userland and kernel-module RPMs for each DRBD version and target, in a
@@ -89,8 +91,9 @@ def register(
             "--artifacts",
             metavar="DIR",
             type=Path,
-            default=DEFAULT_ARTIFACTS,
-            help=f"output directory (default: {DEFAULT_ARTIFACTS})",
+            default=Path(os.environ.get("XDB_ARTIFACTS") or DEFAULT_ARTIFACTS),
+            help=f"output directory (default: $XDB_ARTIFACTS, else ./{DEFAULT_ARTIFACTS} in "
+            "the working directory)",
         )
         if name == "build":
             add_input_options(parser)
