@@ -94,8 +94,8 @@ _WARNED: set[tuple[Path, str]] = set()
 def _read_lock(path: Path) -> dict[str, str]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
+    except (FileNotFoundError, NotADirectoryError):
+        return {}  # nothing recorded (recording there says what is wrong with the place)
     except (OSError, ValueError) as exc:
         raise ConfigError(
             f"{path}: cannot read the checksum lock file: {exc}",

@@ -100,6 +100,7 @@ def test_an_unwritable_state_dir_is_a_configuration_error(tmp_path: Path) -> Non
     blocker = tmp_path / "state"
     blocker.write_text("a file where the state directory should be")
     lock = lock_for(load_registry().target("1.5").spec_file, blocker)
+    assert lock.get(KEY) is None  # nothing can be recorded there: nothing is
     with pytest.raises(StateError, match="Cannot record") as caught:
         lock.record(KEY, "2" * 64)
     assert isinstance(caught.value, ConfigError) and caught.value.exit_code == 2
