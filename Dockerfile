@@ -33,11 +33,16 @@ ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt
 COPY builder /opt/xcp-drbd-builder/builder
 COPY specs /opt/xcp-drbd-builder/specs
 COPY containers /opt/xcp-drbd-builder/containers
-# Editable: the registry (specs/) and build contexts (containers/) are read beside the package.
+# Installed, not editable: the registry (specs/) and the build contexts (containers/) are
+# package data of the installed package. The sources are removed once installed, so the
+# check below runs the installed tool on its own.
 RUN python3 -m venv /opt/venv \
- && /opt/venv/bin/pip install --no-cache-dir -e /opt/xcp-drbd-builder \
- && /opt/venv/bin/python -m builder targets >/dev/null
+ && /opt/venv/bin/pip install --no-cache-dir /opt/xcp-drbd-builder \
+ && rm -rf /opt/xcp-drbd-builder \
+ && cd / && /opt/venv/bin/python -m builder targets >/dev/null
 
 ENV PATH=/opt/venv/bin:$PATH
-ENTRYPOINT ["python3", "-m", "builder"]
+# -P: the working directory is not put on sys.path, so the installed tool runs even where
+# the working directory is a checkout of this repository (the CI jobs mount theirs there).
+ENTRYPOINT ["python3", "-P", "-m", "builder"]
 CMD ["--help"]

@@ -53,6 +53,15 @@ def default_cache_dir() -> Path:
     return Path(base) / "xcp-drbd-builder"
 
 
+def default_state_dir() -> Path:
+    """Where recorded trust lives unless --state says: $XDG_STATE_HOME/xcp-drbd-builder, else
+    ~/.local/state/xcp-drbd-builder (the XDG spec ignores a relative XDG_STATE_HOME)."""
+    base = os.environ.get("XDG_STATE_HOME", "")
+    if not os.path.isabs(base):
+        base = str(Path.home() / ".local" / "state")
+    return Path(base) / "xcp-drbd-builder"
+
+
 def common_parser() -> argparse.ArgumentParser:
     """Options every subcommand accepts (placed after the subcommand name)."""
     common = argparse.ArgumentParser(add_help=False)
@@ -132,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(words)
     if getattr(args, "cache", None) is None and hasattr(args, "cache"):
         args.cache = default_cache_dir()
+    if getattr(args, "state", None) is None and hasattr(args, "state"):
+        args.state = default_state_dir()
     log.set_quiet(bool(getattr(args, "quiet", False)))
     # SIGTERM becomes an exception so that every `finally` (containers, *.partial) runs.
     previous = signal.signal(signal.SIGTERM, _raise_interrupted)

@@ -33,6 +33,11 @@ class ConfigError(BuilderError):
     exit_code = 2
 
 
+class StateError(ConfigError):
+    """A lock file cannot be written: the state directory (or a user's spec directory) is
+    read-only or not a directory. A configuration problem: choose another place."""
+
+
 class FetchError(BuilderError):
     """A download failed (network error, HTTP error, missing local file)."""
 

@@ -26,8 +26,7 @@ from builder.errors import ConfigError
 from builder.urls import URL_SCHEMES
 from builder.yamlreader import YamlReader, printable
 
-DEFAULT_SPECS_DIR = resources.SPECS_DIR
-LOCK_FILE_NAME = "checksums.lock"
+DEFAULT_SPECS_DIR = resources.SPECS_DIR  # shipped in the package: read, never written
 
 # Names end up in file names, container names, rpm macros and shell runbooks: keep them plain.
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]*$")
@@ -143,7 +142,7 @@ class KernelSource:
 
     @property
     def lock_key(self) -> str:
-        """The key of this input in ``checksums.lock``: its URL, or its file name without one."""
+        """The key of this input in the lock files: its URL, or its file name without one."""
         return self.url or f"file:{self.file_name}"
 
 
@@ -168,11 +167,8 @@ class Target:
     adjustments: Adjustments = NO_ADJUSTMENTS  # the target's `build:` mapping
     drbd_versions: tuple[str, ...] = ()  # the DRBD releases that fit its kernel (`drbd:`)
     limits: Limits = DEFAULT_LIMITS  # container.limits
+    # Where the entry was read: patches and its lock file (builder.inputs.checksums.lock_for)
     spec_file: Path = field(compare=False)
-
-    @property
-    def lock_file(self) -> Path:
-        return self.spec_file.parent / LOCK_FILE_NAME
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -183,11 +179,8 @@ class Tarball:
     url: str
     sha256: str | None
     adjustments: Adjustments = NO_ADJUSTMENTS
+    # Where the entry was read: patches and its lock file (builder.inputs.checksums.lock_for)
     spec_file: Path = field(compare=False)
-
-    @property
-    def lock_file(self) -> Path:
-        return self.spec_file.parent / LOCK_FILE_NAME
 
     @property
     def tarball_name(self) -> str:
@@ -568,6 +561,10 @@ def load_registry(extra_dirs: Iterable[Path] = (), *, builtin: bool = True) -> R
     utils: dict[str, UtilsVersion] = {}
     for directory in dirs:
         if not directory.is_dir():
+            if builtin and directory == DEFAULT_SPECS_DIR:
+                raise ConfigError(
+                    f"The built-in registry {directory} is missing.", hint=resources.MISSING_HINT
+                )
             raise ConfigError(f"Spec directory {directory} does not exist or is not a directory.")
         seen_here: dict[str, Path] = {}
         for file in sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml")):

@@ -51,7 +51,7 @@ from builder.errors import (
     NoSpaceError,
     no_space,
 )
-from builder.inputs.checksums import ChecksumLock, sha256_file
+from builder.inputs.checksums import lock_for, sha256_file
 from builder.inputs.fetch import Fetched, FetchSettings, Input, fetch
 from builder.inputs.kernel import KernelInputs, KernelTree, prepare_kernel
 from builder.inputs.kernels import per_kernel, release_suffix
@@ -122,7 +122,7 @@ def _fetch_tarball(entry: Tarball, what: str, local: Path | None, options: Build
             file_name=entry.tarball_name,
             key=entry.url,
             pinned=entry.sha256,
-            lock=ChecksumLock(entry.lock_file),
+            lock=lock_for(entry.spec_file, options.settings.state_dir),
             local=local,
         ),
         options.settings,

@@ -184,10 +184,15 @@ def kernel_mounts(
 def build_context_for(target: Target, containers_dir: Path = CONTAINERS_DIR) -> Path:
     context = target.build_context or containers_dir / target.container_family
     if not (context / "Dockerfile").is_file():
+        if target.build_context is None and not containers_dir.is_dir():
+            raise ConfigError(
+                f"Target {target.id}: the build contexts {containers_dir} are missing.",
+                hint=resources.MISSING_HINT,
+            )
         raise ConfigError(
             f"Target {target.id}: build context {context} has no Dockerfile.",
-            hint="Set container.family to a directory under containers/, or container.context "
-            "to a directory holding a Dockerfile.",
+            hint=f"Set container.family to a directory under {containers_dir}, or "
+            "container.context to a directory holding a Dockerfile.",
         )
     return context
 

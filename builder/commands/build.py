@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from builder.commands.common import (
     add_input_options,
+    add_state_option,
     fetch_settings,
     positive_int,
     positive_number,
@@ -19,7 +20,9 @@ from builder.commands.common import (
 if TYPE_CHECKING:
     from builder.builds.plan import BuildStep
 
-DEFAULT_ARTIFACTS = Path(__file__).resolve().parent.parent.parent / "artifacts"
+# Relative to the working directory: the outputs are the user's, never the installed
+# package's (from a checkout, the README's main job lands in its artifacts/).
+DEFAULT_ARTIFACTS = Path("artifacts")
 
 DESCRIPTION = """\
 Build the DRBD userland and kernel-module RPMs for each DRBD version and target, in a
@@ -32,6 +35,10 @@ exact dom0 kernel it was built for. Results go to ARTIFACTS/<target>/<version>/ 
 manifest.json, only after the post-build checks passed. A target whose kernel-devel comes from
 yum repositories is built once per selected kernel (--kernel), into
 ARTIFACTS/<target>/<version>+k<kernel-devel version-release>/.
+
+The sha256 of a first download that nothing vouches for yet (no pin, no lock) is recorded
+once the build checked out: for a built-in version or target in the state directory
+(--state), for one of a --specs DIR in DIR/checksums.lock.
 """
 
 
@@ -84,11 +91,13 @@ def register(
             "--artifacts",
             metavar="DIR",
             type=Path,
-            default=DEFAULT_ARTIFACTS,
-            help=f"output directory (default: {DEFAULT_ARTIFACTS})",
+            default=Path(os.environ.get("XDB_ARTIFACTS") or DEFAULT_ARTIFACTS),
+            help=f"output directory (default: $XDB_ARTIFACTS, else ./{DEFAULT_ARTIFACTS} in "
+            "the working directory)",
         )
         if name == "build":
             add_input_options(parser)
+            add_state_option(parser)
             parser.add_argument(
                 "--source",
                 metavar="PATH",

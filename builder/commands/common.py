@@ -58,6 +58,19 @@ def add_input_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_state_option(parser: argparse.ArgumentParser) -> None:
+    """--state, for the commands that record the sha256 of a first download."""
+    parser.add_argument(
+        "--state",
+        metavar="DIR",
+        type=Path,
+        default=None,
+        help="where the sha256 of the built-in targets' and versions' inputs is recorded on "
+        "first use (DIR/checksums.lock; default: $XDG_STATE_HOME/xcp-drbd-builder, else "
+        "~/.local/state/xcp-drbd-builder); a --specs DIR keeps its own beside its spec files",
+    )
+
+
 def positive(kind: Callable[[str], Number], unit: str = "") -> Callable[[str], Number]:
     """An argparse type: a number of ``kind`` (int or float) above 0, in ``unit``."""
     what = "a whole number" if kind is int else "a number"
@@ -100,11 +113,15 @@ def fetch_settings(args: argparse.Namespace) -> FetchSettings:
 
     cache: Path = args.cache
     if not hasattr(args, "max_file"):
-        # A command without the input options (matrix): it reads repository metadata only.
-        return FetchSettings(cache_dir=cache)
+        # A command without the input options (matrix): it reads repository metadata only,
+        # which records nothing.
+        from builder.cli import default_state_dir
+
+        return FetchSettings(cache_dir=cache, state_dir=default_state_dir())
     limits = ExtractLimits(max_file=args.max_file * MIB, max_total=args.max_unpacked * MIB)
     return FetchSettings(
         cache_dir=cache,
+        state_dir=args.state,
         mirror=args.mirror,
         retries=args.retries,
         timeout=args.download_timeout,

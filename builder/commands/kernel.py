@@ -9,8 +9,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from builder import log
-from builder.commands.common import add_input_options
+from builder import log, resources
+from builder.commands.common import add_input_options, add_state_option
 from builder.errors import ConfigError
 from builder.inputs import kernel_memo
 
@@ -22,6 +22,10 @@ Fetch the target's kernel-devel package (from its ISO, RPM URL or yum repository
 files you give), verify its sha256 against the pinned or locked value, extract it safely into
 the cache, find the kernel build tree, and check that the tree's kernel release is the one
 dom0 runs. Prints the release and the build tree's path.
+
+Without a pin or a lock that vouches for it, the first file that checks out is trusted and
+its sha256 recorded: for a built-in target in the state directory (--state), for a target of
+a --specs DIR in DIR/checksums.lock. Delete the entry (or the file) to trust a new file.
 """
 
 
@@ -44,6 +48,7 @@ def register(
         help="target id or alias (see `targets`), e.g. 1.5 or xcp-ng-8.2",
     )
     add_input_options(parser)
+    add_state_option(parser)
     parser.add_argument(
         "--output",
         metavar="DIR",
@@ -91,15 +96,19 @@ def _print(target: str, result: dict[str, Any], as_json: bool) -> None:
 
 def run(args: argparse.Namespace) -> int:
     spec_dirs = [Path(d).resolve() for d in args.specs]
+    state: Path = args.state.resolve()
+    # The state directory's lock (builder.inputs.checksums.state_lock), present or not.
+    locks = [state / resources.LOCK_FILE_NAME]
     key = [
         args.target,
         [str(d) for d in spec_dirs],
         str(args.cache.resolve()),
         *(str(p.resolve()) if p is not None else None for p in (args.iso, args.kernel_rpm)),
         str(args.mirror.resolve()) if args.mirror is not None else None,
+        str(state),
     ]
     if args.output is None:
-        remembered = kernel_memo.recall(args.cache, key, spec_dirs)
+        remembered = kernel_memo.recall(args.cache, key, spec_dirs, locks=locks)
         if remembered is not None:
             log.info(f"kernel tree unchanged since the last call: {remembered['build_dir']}")
             target = remembered.pop("target")
@@ -117,8 +126,7 @@ def run(args: argparse.Namespace) -> int:
         tree = copy_tree(tree, args.output)
     elif target.kernel_source.kind is not SourceKind.YUM or args.kernel_rpm is not None:
         # Yum-sourced trees are not remembered: a newer kernel there must be found.
-        kernel_memo.remember(
-            args.cache, key, spec_dirs, tree.files, {"target": target.id, **tree.to_json()}
-        )
+        result = {"target": target.id, **tree.to_json()}
+        kernel_memo.remember(args.cache, key, spec_dirs, tree.files, result, locks=locks)
     _print(target.id, tree.to_json(), args.json)
     return 0

@@ -1,8 +1,13 @@
-"""sha256 of inputs: pinned values, the ``checksums.lock`` file, and a stat-keyed hash cache.
+"""sha256 of inputs: pinned values, lock files, and a stat-keyed hash cache.
 
-An input with a pinned ``sha256`` in its spec must match it.  Without one, the first verified
-download records its hash in ``checksums.lock`` beside the spec file (trust on first use, made
-visible in version control), and every later download must match that.
+An input with a pinned ``sha256`` in its spec must match it.  Without one, a lock file
+vouches for it: for a built-in entry, first the ``checksums.lock`` shipped with the package
+(read-only), then the state directory's; for an entry of a user's ``--specs DIR``, the
+``checksums.lock`` beside its spec file.  Without any, the first verified download records
+its hash (trust on first use) in the state directory, or beside the user's spec file, and
+every later use must match it.  Nothing is ever written into the installed package, and a
+recorded hash never replaces a pin or a shipped one: where they disagree, the pin or the
+shipped hash is what the file must match, and a warning names the entry to delete.
 
 Hashing a 300 MB ISO on every call would cost a second; :class:`HashCache` remembers the hash of
 a file keyed by its path, size, inode and modification time, so an unchanged cached input is
@@ -17,10 +22,12 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from builder.errors import ChecksumError, ConfigError
+from builder import log, resources
+from builder.errors import ChecksumError, ConfigError, NoSpaceError, StateError, no_space
 
 CHUNK = 1 << 20
 
@@ -72,61 +79,140 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-class ChecksumLock:
-    """The ``checksums.lock`` JSON file: input key (URL) to sha256."""
+@dataclass(frozen=True)
+class Vouched:
+    """A hash that vouches for an input, and where it comes from (for messages)."""
 
-    def __init__(self, path: Path) -> None:
+    sha256: str
+    source: str  # "pinned in the spec file", "recorded in PATH", ...
+
+
+# (lock file, key) pairs already warned about: a lookup runs more than once per input.
+_WARNED: set[tuple[Path, str]] = set()
+
+
+def _read_lock(path: Path) -> dict[str, str]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, NotADirectoryError):
+        return {}  # nothing recorded (recording there says what is wrong with the place)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"{path}: cannot read the checksum lock file: {exc}",
+            hint="Fix or delete the file; deleting it trusts the next downloads again.",
+        ) from exc
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+    ):
+        raise ConfigError(f"{path}: must be a JSON object of input URL to sha256")
+    return data
+
+
+class ChecksumLock:
+    """The lock files of one spec entry: input key (URL) to sha256.
+
+    ``path`` is the JSON file first uses are recorded in (the state directory's, or the one
+    beside a user's spec file); ``shipped`` are lock files that came with the package: read
+    here, never written, and they vouch before ``path`` does.
+    """
+
+    def __init__(self, path: Path, *, shipped: Sequence[Path] = (), unwritable: str = "") -> None:
         self.path = path
+        self.shipped = tuple(shipped)
+        self.unwritable = unwritable  # what to do when ``path`` cannot be written
 
     def _read(self) -> dict[str, str]:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            raise ConfigError(
-                f"{self.path}: cannot read the checksum lock file: {exc}",
-                hint="Fix or delete the file; deleting it trusts the next downloads again.",
-            ) from exc
-        if not isinstance(data, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in data.items()
-        ):
-            raise ConfigError(f"{self.path}: must be a JSON object of input URL to sha256")
-        return data
+        return _read_lock(self.path)
+
+    def vouched(self, key: str, pinned: str | None = None) -> Vouched | None:
+        """The hash ``key`` must have: the pin, else a shipped lock's, else the recorded one.
+
+        A recorded hash that disagrees with the pin or a shipped one is not used, and said."""
+        recorded = self._read().get(key)
+        authority: Vouched | None = None
+        if pinned:
+            authority = Vouched(pinned, "pinned in the spec file")
+        else:
+            for shipped in self.shipped:
+                value = _read_lock(shipped).get(key)
+                if value:
+                    authority = Vouched(value, f"vouched for by {shipped}, shipped with the tool")
+                    break
+        if authority is None:
+            return Vouched(recorded, f"recorded in {self.path}") if recorded else None
+        if recorded and recorded != authority.sha256 and (self.path, key) not in _WARNED:
+            _WARNED.add((self.path, key))
+            log.warn(
+                f"{self.path} records sha256 {recorded} for {key}, but {authority.sha256} is "
+                f"{authority.source}; the recorded hash is ignored. Delete its entry from "
+                f"{self.path} (or the whole file) once you know which file is right."
+            )
+        return authority
 
     def get(self, key: str) -> str | None:
-        return self._read().get(key)
+        found = self.vouched(key)
+        return found.sha256 if found is not None else None
 
     def record(self, key: str, sha256: str) -> None:
-        with file_lock(self.path.with_name(f".{self.path.name}.flock")):
-            data = self._read()
-            if data.get(key) == sha256:
-                return
-            if key in data:
-                raise ChecksumError(
-                    f"{key} has sha256 {sha256} here, but another run recorded {data[key]} in "
-                    f"{self.path} meanwhile.",
-                    hint="Two different files were fetched for one input; find out which one "
-                    "is right before trusting either.",
-                )
-            data[key] = sha256
-            text = json.dumps(dict(sorted(data.items())), indent=2) + "\n"
-            write_atomic(self.path, text.encode())
+        try:
+            with file_lock(self.path.with_name(f".{self.path.name}.flock")):
+                data = self._read()
+                if data.get(key) == sha256:
+                    return
+                if key in data:
+                    raise ChecksumError(
+                        f"{key} has sha256 {sha256} here, but another run recorded {data[key]} "
+                        f"in {self.path} meanwhile.",
+                        hint="Two different files were fetched for one input; find out which "
+                        "one is right before trusting either.",
+                    )
+                data[key] = sha256
+                text = json.dumps(dict(sorted(data.items())), indent=2) + "\n"
+                write_atomic(self.path, text.encode())
+        except OSError as exc:
+            error = NoSpaceError if no_space(exc) else StateError
+            raise error(
+                f"Cannot record the sha256 {sha256} of {key} in {self.path}: "
+                f"{exc.strerror or exc}.",
+                hint=self.unwritable
+                or f"Make {self.path.parent} writable, or pin the input's sha256 in its spec.",
+            ) from exc
 
 
-def expected_sha256(pinned: str | None, lock: ChecksumLock | None, key: str) -> str | None:
-    if pinned:
-        return pinned
-    if lock is not None:
-        return lock.get(key)
-    return None
+def lock_for(spec_file: Path, state_dir: Path) -> ChecksumLock:
+    """The lock files of the entries of ``spec_file``.
+
+    A built-in entry is vouched for by the lock shipped beside the registry, and its first
+    uses are recorded in ``state_dir``: the installed package is never written. An entry of
+    a user's spec directory keeps its lock beside its spec file, the user's to commit.
+    """
+    if spec_file.parent.resolve() == resources.SPECS_DIR.resolve():
+        return ChecksumLock(
+            state_lock(state_dir),
+            shipped=(resources.SHIPPED_LOCK,),
+            unwritable="Choose a writable state directory with --state DIR (or "
+            "XDG_STATE_HOME), or pin the input's sha256 in a target or version of your own "
+            "--specs DIR.",
+        )
+    return ChecksumLock(spec_file.parent / resources.LOCK_FILE_NAME)
+
+
+def state_lock(state_dir: Path) -> Path:
+    """Where the hashes of the built-in entries' inputs are recorded."""
+    return state_dir / resources.LOCK_FILE_NAME
+
+
+CHANGED_HINT = (
+    "If the file legitimately changed, update the pinned sha256 in the spec file or delete its "
+    "entry from the lock file named above, then retry; a pin or lock shipped with the tool "
+    "yields to a target or version of the same name in your own --specs DIR."
+)
 
 
 def mismatch(path: Path, what: str, expected: str, actual: str, source: str) -> ChecksumError:
     return ChecksumError(
         f"{what} {path.name} has sha256 {actual}, but {expected} was expected ({source}).",
-        hint="The file was deleted. If the upstream file legitimately changed, update the pinned "
-        "sha256 in the spec file or remove its entry from checksums.lock, then retry.",
+        hint=f"The file was deleted. {CHANGED_HINT}",
     )
 
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from builder import log
 from builder.errors import ChecksumError, FetchError, InputError, NoSpaceError, no_space
-from builder.inputs.checksums import ChecksumLock, HashCache, mismatch
+from builder.inputs.checksums import CHANGED_HINT, ChecksumLock, HashCache, mismatch
 from builder.inputs.rpm import DEFAULT_LIMITS, ExtractLimits
 from builder.urls import NotLocal, local_path
 
@@ -39,6 +39,8 @@ RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 @dataclass(frozen=True, kw_only=True)
 class FetchSettings:
     cache_dir: Path
+    # Where the hashes of the built-in entries' inputs are recorded (builder.inputs.checksums)
+    state_dir: Path
     mirror: Path | None = None
     retries: int = 4
     backoff: float = 1.0  # seconds before the first retry; doubles each time
@@ -57,7 +59,7 @@ class Input:
     what: str  # human name, e.g. "kernel ISO for xcp-1.5"
     url: str | None
     file_name: str
-    key: str  # key in checksums.lock
+    key: str  # key in the lock files
     pinned: str | None = None
     lock: ChecksumLock | None = None
     local: Path | None = None  # a user-given file that replaces the URL
@@ -93,12 +95,11 @@ Verifier = Callable[[Path], object]  # raises InputError; the result is ignored
 
 
 def _expected(item: Input) -> tuple[str | None, str]:
+    if item.lock is not None:
+        found = item.lock.vouched(item.key, item.pinned)
+        return (found.sha256, found.source) if found is not None else (None, "")
     if item.pinned:
         return item.pinned, "pinned in the spec file"
-    if item.lock is not None:
-        value = item.lock.get(item.key)
-        if value:
-            return value, f"recorded in {item.lock.path}"
     return None, ""
 
 
@@ -172,8 +173,7 @@ def _use_local(
     if expected and actual != expected:
         raise ChecksumError(
             f"The {item.what} {path} has sha256 {actual}, but {expected} was expected ({source}).",
-            hint="Your file was left in place. Use the right file, or update the spec's sha256 "
-            "or checksums.lock if this file is legitimately different.",
+            hint=f"Your file was left in place. Use the right file. {CHANGED_HINT}",
         )
     # Only a pinned or locked hash vouches for the content: a file that merely was hashed
     # before (perhaps as another kind of input, or by a run that then refused it) is checked.

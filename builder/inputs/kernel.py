@@ -21,7 +21,7 @@ from pathlib import Path
 
 from builder import log
 from builder.errors import ChecksumError, ConfigError, InputError, KernelMismatchError
-from builder.inputs.checksums import ChecksumLock, file_lock, write_atomic
+from builder.inputs.checksums import ChecksumLock, file_lock, lock_for, write_atomic
 from builder.inputs.fetch import Fetched, FetchSettings, Input, fetch
 from builder.inputs.iso import extract as extract_from_iso
 from builder.inputs.iso import locate
@@ -82,7 +82,7 @@ def _fetch_rpm(
 ) -> tuple[Fetched, Fetched]:
     """The kernel-devel RPM for ``target`` as a verified local file, and the file it came from."""
     source = target.kernel_source
-    lock = ChecksumLock(target.lock_file)
+    lock = lock_for(target.spec_file, settings.state_dir)
     if inputs.kernel_rpm is None and source.kind is SourceKind.ISO:
         return _rpm_from_iso(target, settings, inputs, lock)
     if inputs.kernel_rpm is None and source.kind is SourceKind.YUM:
@@ -145,12 +145,13 @@ def _rpm_from_iso(
     # the tree checks out) so that a later --kernel-rpm can be checked against it.
     key = f"file:{rpm_name}"
     inner_item = Input(what=rpm_name, url=None, file_name=rpm_name, key=key, lock=lock)
-    expected_rpm = lock.get(key)
-    if expected_rpm is not None and expected_rpm != sha:
+    vouched = lock.vouched(key)
+    expected_rpm = vouched.sha256 if vouched is not None else None
+    if vouched is not None and vouched.sha256 != sha:
         dest.unlink(missing_ok=True)
         raise ChecksumError(
-            f"{rpm_name} read from {iso.path} has sha256 {sha}, but {lock.path} records "
-            f"{expected_rpm}.",
+            f"{rpm_name} read from {iso.path} has sha256 {sha}, but {vouched.sha256} is "
+            f"{vouched.source}.",
             hint="The ISO differs from the one first used; check which one is right.",
         )
     rpm = Fetched(
@@ -231,7 +232,7 @@ def _rpm_from_yum(target: Target, settings: FetchSettings, evr: str | None) -> F
             file_name=package.file_name,
             key=package.url,
             pinned=pinned,
-            lock=ChecksumLock(target.lock_file),
+            lock=lock_for(target.spec_file, settings.state_dir),
         ),
         settings,
         verify=verify,

@@ -47,11 +47,14 @@ def specs_dir(
 
 
 def run_cli(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
+    # The state directory of the test, never the user's (the built-in targets record there).
+    env = {**os.environ, "XDG_STATE_HOME": str(cache.parent / "state")}
     return subprocess.run(
         [sys.executable, "-m", "builder", *args, "--cache", str(cache)],
         capture_output=True,
         text=True,
         cwd=REPO,
+        env=env,
         timeout=300,
         check=False,
     )
@@ -98,9 +101,10 @@ def test_kernel_from_a_local_iso(
     assert (build_dir / ".config").is_file()
     # The headers' scripts symlink points into the kbuild tree, which came along.
     assert (build_dir / "scripts" / "Makefile.build").is_file()
-    lock = json.loads((specs / "checksums.lock").read_text())
+    lock = json.loads((specs / "checksums.lock").read_text())  # a --specs DIR keeps its own
     assert "file:///nonexistent.iso" in lock
     assert lock[f"file:{kernel_rpm.name}"] == tree["rpm_sha256"]
+    assert not (tmp_path / "state").exists()
 
     # Everything cached: the second call only stats its inputs.
     started = time.monotonic()

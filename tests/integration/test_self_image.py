@@ -58,7 +58,23 @@ def test_the_image_runs_the_builder(docker_client: docker.DockerClient, self_ima
         docker_client, self_image, "build", "--xcp", "1.5", "--drbd", "8.4.1", "--dry-run"
     )
     assert "xcp-1.5 / DRBD 8.4.1" in plan
-    assert "containers/centos5-i686" in plan  # the build contexts came along
+    # The build contexts came along, inside the installed (not editable) package.
+    assert "site-packages/builder/data/containers/centos5-i686" in plan
+
+
+def test_a_checkout_as_working_directory_does_not_replace_the_installed_tool(
+    docker_client: docker.DockerClient, self_image: str
+) -> None:
+    """CI jobs run the image in their checkout: its builder/ must not shadow the install."""
+    output: bytes = docker_client.containers.run(
+        self_image,
+        ["build", "--xcp", "1.5", "--drbd", "8.4.1", "--dry-run"],
+        volumes={str(REPO): {"bind": "/checkout", "mode": "ro"}},
+        working_dir="/checkout",
+        remove=True,
+        network_mode="none",
+    )
+    assert "site-packages/builder/data/containers/centos5-i686" in output.decode()
 
 
 def test_the_image_carries_the_publishing_tools(

@@ -22,7 +22,8 @@ def payload(tmp_path: Path) -> tuple[Path, bytes]:
 
 
 def settings(tmp_path: Path, **kwargs: object) -> FetchSettings:
-    return FetchSettings(cache_dir=tmp_path / "cache", backoff=0.01, **kwargs)  # type: ignore[arg-type]
+    state = tmp_path / "state"
+    return FetchSettings(cache_dir=tmp_path / "cache", state_dir=state, backoff=0.01, **kwargs)  # type: ignore[arg-type]
 
 
 def item(url: str, lock: ChecksumLock | None = None, pinned: str | None = None) -> Input:

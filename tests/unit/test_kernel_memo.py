@@ -54,3 +54,31 @@ def test_a_missing_input_is_never_remembered(tmp_path: Path) -> None:
     key: list[object] = ["lab"]
     kernel_memo.remember(cache, key, [specs], [tmp_path / "gone"], RESULT)
     assert kernel_memo.recall(cache, key, [specs]) is None
+
+
+def test_the_state_lock_is_remembered_absent_or_present(tmp_path: Path) -> None:
+    cache, specs, iso = tmp_path / "cache", tmp_path / "specs", tmp_path / "binpkg.iso"
+    specs.mkdir()
+    iso.write_bytes(b"iso")
+    state_lock = tmp_path / "state" / "checksums.lock"
+    key: list[object] = ["1.5", str(tmp_path / "state")]
+    kernel_memo.remember(cache, key, [specs], [iso], RESULT, locks=[state_lock])
+    assert kernel_memo.recall(cache, key, [specs], locks=[state_lock]) == RESULT
+    state_lock.parent.mkdir()
+    state_lock.write_text("{}\n")  # recorded since: a first use, or a reset undone
+    assert kernel_memo.recall(cache, key, [specs], locks=[state_lock]) is None
+    kernel_memo.remember(cache, key, [specs], [iso], RESULT, locks=[state_lock])
+    assert kernel_memo.recall(cache, key, [specs], locks=[state_lock]) == RESULT
+    state_lock.write_text('{"x": "y"}\n')
+    assert kernel_memo.recall(cache, key, [specs], locks=[state_lock]) is None
+    kernel_memo.remember(cache, key, [specs], [iso], RESULT, locks=[state_lock])
+    state_lock.unlink()  # trust reset by deleting the file
+    assert kernel_memo.recall(cache, key, [specs], locks=[state_lock]) is None
+
+
+def test_a_state_lock_inside_a_spec_dir_is_remembered_once(tmp_path: Path) -> None:
+    cache, specs, _, key = setup(tmp_path)
+    lock = specs / "checksums.lock"
+    lock.write_text("{}\n")
+    kernel_memo.remember(cache, key, [specs], [tmp_path / "binpkg.iso"], RESULT, locks=[lock])
+    assert kernel_memo.recall(cache, key, [specs], locks=[lock]) == RESULT

@@ -80,7 +80,7 @@ def test_concurrent_first_extractions_take_turns_and_extract_once(
         name="k", version="1", release="1", arch="x86_64", compressor="gzip",
         payload_offset=0, header_offset=0, sigmd5=None, payload_digest=None,
     )  # fmt: skip
-    settings = FetchSettings(cache_dir=tmp_path / "cache")
+    settings = FetchSettings(cache_dir=tmp_path / "cache", state_dir=tmp_path / "state")
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(lambda _: kernel._extract_tree(rpm, info, settings), range(2)))
     assert len(calls) == 1

@@ -35,7 +35,7 @@ def repository(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def settings(tmp: Path) -> FetchSettings:
-    return FetchSettings(cache_dir=tmp / "cache")
+    return FetchSettings(cache_dir=tmp / "cache", state_dir=tmp / "state")
 
 
 @pytest.mark.parametrize(

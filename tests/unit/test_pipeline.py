@@ -101,7 +101,8 @@ def fakes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Fakes:
 
 def options(tmp: Path) -> pipeline.BuildOptions:
     return pipeline.BuildOptions(
-        settings=FetchSettings(cache_dir=tmp / "cache"), kernel_inputs=KernelInputs()
+        settings=FetchSettings(cache_dir=tmp / "cache", state_dir=tmp / "state"),
+        kernel_inputs=KernelInputs(),
     )
 
 
@@ -158,7 +159,8 @@ def test_a_failed_rebuild_keeps_the_previous_complete_artifacts(
 def test_one_source_file_cannot_serve_several_versions(tmp_path: Path) -> None:
     steps = plan(load_registry(), ["1.5"], ["8.4.1", "8.4.2"], tmp_path)
     opts = pipeline.BuildOptions(
-        settings=FetchSettings(cache_dir=tmp_path), kernel_inputs=KernelInputs(),
+        settings=FetchSettings(cache_dir=tmp_path, state_dir=tmp_path / "state"),
+        kernel_inputs=KernelInputs(),
         source=tmp_path / "drbd.tar.gz",
     )  # fmt: skip
     with pytest.raises(ConfigError, match="single --drbd"):
@@ -217,7 +219,8 @@ def test_a_failed_check_leaves_no_complete_looking_artifacts(fakes: Fakes, tmp_p
 def test_one_drbd_utils_file_cannot_serve_several_drbd_utils_versions(tmp_path: Path) -> None:
     steps = plan(load_registry(), ["8.2"], ["8.4.11", "9.2.19"], tmp_path)
     opts = pipeline.BuildOptions(
-        settings=FetchSettings(cache_dir=tmp_path), kernel_inputs=KernelInputs(),
+        settings=FetchSettings(cache_dir=tmp_path, state_dir=tmp_path / "state"),
+        kernel_inputs=KernelInputs(),
         utils_source=tmp_path / "drbd-utils.tar.gz",
     )  # fmt: skip
     with pytest.raises(ConfigError, match=r"the builds need 9\.22\.0, 9\.34\.0"):
@@ -239,7 +242,8 @@ def test_a_local_drbd_utils_file_replaces_the_download(
     monkeypatch.setattr(pipeline, "fetch_tarball", fake_fetch)
     (step,) = plan(load_registry(), ["8.2"], ["8.4.11"], tmp_path)
     opts = pipeline.BuildOptions(
-        settings=FetchSettings(cache_dir=tmp_path), kernel_inputs=KernelInputs(),
+        settings=FetchSettings(cache_dir=tmp_path, state_dir=tmp_path / "state"),
+        kernel_inputs=KernelInputs(),
         utils_source=tmp_path / "mine.tar.gz",
     )  # fmt: skip
     sources = pipeline.fetch_sources(step, recipe_for(step.drbd.family), opts)

@@ -40,6 +40,20 @@ def test_dry_run_prints_the_plan_and_writes_nothing(
     assert not artifacts.exists()
 
 
+def test_the_default_artifacts_are_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Never beside the installed package: ./artifacts, or $XDB_ARTIFACTS."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("XDB_ARTIFACTS", raising=False)
+    assert main(["build", "--xcp", "1.5", "--drbd", "8.4.1", "--dry-run"]) == 0
+    assert "output:  artifacts/xcp-1.5/8.4.1\n" in capsys.readouterr().out
+    monkeypatch.setenv("XDB_ARTIFACTS", str(tmp_path / "ci"))
+    assert main(["build", "--xcp", "1.5", "--drbd", "8.4.1", "--dry-run"]) == 0
+    assert f"output:  {tmp_path}/ci/xcp-1.5/8.4.1\n" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []  # a dry run writes nothing
+
+
 def test_matrix_is_json_for_ci(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["matrix", "--xcp", "1.5", "1.6", "--drbd", "8.4.1"]) == 0
     matrix = json.loads(capsys.readouterr().out)

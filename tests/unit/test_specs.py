@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pytest
 
+from builder import resources
 from builder.errors import ConfigError
+from builder.inputs.checksums import lock_for
 from builder.specs import Consumer, DrbdFamily, SourceKind, load_registry
 
 
@@ -78,8 +80,12 @@ def test_extra_spec_dir_adds_targets_and_resolves_context(tmp_path: Path) -> Non
     registry = load_registry([tmp_path / "specs"])
     lab = registry.target("lab")
     assert lab.build_context == (tmp_path / "ctx").resolve()
-    assert lab.lock_file == tmp_path / "specs" / "checksums.lock"
-    assert "xcp-1.5" in registry.targets
+    lock = lock_for(lab.spec_file, tmp_path / "state")
+    assert lock.path == tmp_path / "specs" / "checksums.lock"  # the user's, beside the spec
+    assert lock.shipped == ()
+    builtin = lock_for(registry.target("xcp-1.5").spec_file, tmp_path / "state")
+    assert builtin.path == tmp_path / "state" / "checksums.lock"  # never into the package
+    assert builtin.shipped == (resources.SHIPPED_LOCK,)
 
 
 def test_later_spec_dir_replaces_a_builtin_target(tmp_path: Path) -> None:
@@ -299,7 +305,7 @@ def test_container_limits_come_from_the_spec_and_the_command_line_wins(tmp_path:
     )  # fmt: skip
     assert target.limits.cpus == DEFAULT_LIMITS.cpus
     options = BuildOptions(
-        settings=FetchSettings(cache_dir=tmp_path),
+        settings=FetchSettings(cache_dir=tmp_path, state_dir=tmp_path / "state"),
         kernel_inputs=KernelInputs(),
         memory_mib=1024,
         cpus=1.5,
