@@ -202,13 +202,7 @@ def _use_download(
     if dest.is_file() and not refresh:
         actual = hashes.sha256(dest)
         if expected is None or actual == expected:
-            return Fetched(
-                path=dest,
-                sha256=actual,
-                origin=url,
-                untrusted=None if expected else item,
-                downloaded=True,
-            )
+            return _downloaded(dest, actual, url, item, expected)
         log.warn(f"cached {dest.name} does not match its expected sha256; downloading it again")
         dest.unlink()
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -225,6 +219,12 @@ def _use_download(
             raise
     os.replace(part, dest)
     hashes.store(dest, actual)
+    return _downloaded(dest, actual, url, item, expected)
+
+
+def _downloaded(dest: Path, actual: str, url: str, item: Input, expected: str | None) -> Fetched:
+    """A download in the cache; one that nothing vouched for is trusted only after the
+    checks of whoever asked for it (``untrusted``)."""
     return Fetched(
         path=dest,
         sha256=actual,
