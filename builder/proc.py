@@ -21,6 +21,7 @@ from builder import log
 from builder.errors import CommandError
 
 TAIL_LINES = 30
+STOP_SECONDS = 5  # how long a program started beside others gets to end when asked
 
 
 def which(program: str, *, hint: str | None = None) -> str:
@@ -182,5 +183,11 @@ def started(
             yield Started(process, (stdout, stderr), line, check=check, hint=hint, error=error)
         finally:
             if process.poll() is None:
+                # Asked first; a program that neither ends nor cleans up in time (createrepo_c
+                # can hang or crash on SIGTERM while its workers run) is killed.
                 process.terminate()
+                try:
+                    process.wait(timeout=STOP_SECONDS)
+                except subprocess.TimeoutExpired:
+                    process.kill()
             process.wait()

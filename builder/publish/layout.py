@@ -13,7 +13,7 @@ REPO_ID = "xcp-drbd-builder"
 KEY_FILE_NAME = f"RPM-GPG-KEY-{REPO_ID}"  # beside the repository, and what dom0 imports
 INSTALLED_KEY_FILE = f"/etc/pki/rpm-gpg/{KEY_FILE_NAME}"
 INSTALLED_REPO_FILE = f"/etc/yum.repos.d/{REPO_ID}.repo"
-METADATA_EXPIRE = "1h"  # a module for a kernel update is found within the hour
+METADATA_EXPIRE = "1h"  # served .repo files: a module for a kernel update is found within the hour
 
 
 def family_path(consumer: Consumer, basearch: str) -> str:
@@ -31,10 +31,17 @@ def baseurl(base_url: str, consumer: Consumer, basearch: str = "$basearch") -> s
 
 
 def render_repo_file(
-    *, name: str, baseurl: str, gpgkey: str, repo_gpgcheck: bool = True, comment: str = ""
+    *,
+    name: str,
+    baseurl: str,
+    gpgkey: str,
+    repo_gpgcheck: bool = True,
+    metadata_expire: str | None = None,
+    comment: str = "",
 ) -> str:
     """A ``.repo`` file: package signatures always checked, metadata signatures unless a
     pool explicitly allows a dom0 without pygpgme to go without (``repo_gpgcheck=0``)."""
+    expire = f"metadata_expire={metadata_expire}\n" if metadata_expire else ""
     return (
         f"{comment}"
         f"[{REPO_ID}]\n"
@@ -44,5 +51,5 @@ def render_repo_file(
         "gpgcheck=1\n"
         f"repo_gpgcheck={1 if repo_gpgcheck else 0}\n"
         f"gpgkey={gpgkey}\n"
-        f"metadata_expire={METADATA_EXPIRE}\n"
+        f"{expire}"
     )

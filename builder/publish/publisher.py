@@ -261,6 +261,7 @@ def render_repo_file(base_url: str, consumer: Consumer) -> str:
         name=f"DRBD for Xen dom0 ({consumer.value}, $basearch)",
         baseurl=layout.baseurl(base, consumer),
         gpgkey=f"{base}/{KEY_FILE_NAME}",
+        metadata_expire=layout.METADATA_EXPIRE,
     )
 
 
