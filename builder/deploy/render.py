@@ -11,11 +11,8 @@ timestamp: the same pool always renders the same bytes.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import shlex
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +30,7 @@ from builder.deploy.daytwo import (
 )
 from builder.deploy.pool import Fencing, Host, Pool, WithoutPygpgme
 from builder.errors import DeployError
+from builder.inputs.checksums import write_atomic
 from builder.publish import layout
 from builder.publish.consumers import profile
 
@@ -652,21 +650,11 @@ def write_files(output: Path, files: Mapping[str, RenderedFile]) -> list[str]:
             continue
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
         except OSError as exc:
             raise DeployError(f"Cannot write into {path.parent}: {exc.strerror or exc}") from exc
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(rendered.text.encode("utf-8"))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(temp, rendered.mode)
-            os.replace(temp, path)
-        except BaseException as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            if isinstance(exc, OSError):
-                raise DeployError(f"Cannot write {path}: {exc.strerror or exc}") from exc
-            raise
+            write_atomic(path, rendered.text.encode("utf-8"), mode=rendered.mode)
+        except OSError as exc:
+            raise DeployError(f"Cannot write {path}: {exc.strerror or exc}") from exc
         changed.append(relative)
     return changed

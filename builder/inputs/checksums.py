@@ -17,17 +17,18 @@ not read again.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
+import math
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from builder import log, resources
 from builder.errors import ChecksumError, ConfigError, NoSpaceError, StateError, no_space
+from builder.locks import timed_lock
 
 CHUNK = 1 << 20
 
@@ -46,16 +47,16 @@ def _umask() -> int:
     return mask
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
     """Write ``data`` to ``path`` so that readers see the old or the new file, never a mix.
 
-    The file gets the mode a plain ``open`` would give it (0644 under the usual umask), not
-    the 0600 of the temporary file it is made from: manifests travel with the RPMs.
+    The file gets ``mode``, or the mode a plain ``open`` would give it (0644 under the usual
+    umask), not the 0600 of the temporary file it is made from: manifests travel with the RPMs.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, 0o666 & ~_umask() if mode is None else mode)
         with os.fdopen(fd, "wb") as stream:
             stream.write(data)
             stream.flush()
@@ -67,16 +68,16 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``path`` (created if needed), held for the block."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def file_lock(path: Path) -> contextlib.AbstractContextManager[None]:
+    """An exclusive lock on ``path`` (created if needed), held for the block: waited for as
+    long as it takes, saying once which process holds it."""
+    return timed_lock(
+        path,
+        timeout=math.inf,
+        what=f"{path} is held by pid {{pid}}",
+        waiting=f"waiting for {path}, held by pid {{pid}}",
+        hint="",
+    )
 
 
 @dataclass(frozen=True)

@@ -410,7 +410,7 @@ def assert_dnf_gets_a_package_of_every_target(www: Path, url: str, work: Path) -
     for index, target in enumerate(TARGETS):
         version = VERSIONS[index % len(VERSIONS)]
         package = modules[target, version].name.removesuffix(".rpm")
-        got = dnf(work, "--disablerepo=*", "--enablerepo=xcp-drbd-el7", "install",
+        got = dnf(work, "--disablerepo=*", "--enablerepo=xcp-drbd-builder", "install",
                   "--downloadonly", f"--downloaddir={work / 'downloads'}", package,
                   repos=repos)  # fmt: skip
         assert got.returncode == 0, got.stdout + got.stderr
@@ -419,7 +419,7 @@ def assert_dnf_gets_a_package_of_every_target(www: Path, url: str, work: Path) -
         downloaded = work / "downloads" / modules[target, version].name
         assert downloaded.read_bytes() == modules[target, version].read_bytes()
     package = modules[TARGETS[-1], VERSIONS[-1]].name.removesuffix(".rpm")
-    installed = dnf(work, "--disablerepo=*", "--enablerepo=xcp-drbd-el7", "install", package,
+    installed = dnf(work, "--disablerepo=*", "--enablerepo=xcp-drbd-builder", "install", package,
                     repos=repos)  # fmt: skip
     # (%post needs /bin/sh, which the installroot lacks: rpm reports it and goes on.)
     assert installed.returncode == 0, installed.stdout + installed.stderr

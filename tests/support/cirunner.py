@@ -54,7 +54,7 @@ from typing import IO, Any
 import docker
 import yaml
 
-from builder import container
+from builder.builds import container
 from tests.support import ghexpr
 
 STEP_TIMEOUT = 1200.0
