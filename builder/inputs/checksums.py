@@ -30,13 +30,13 @@ from builder import log, resources
 from builder.errors import ChecksumError, ConfigError, NoSpaceError, StateError, no_space
 from builder.locks import timed_lock
 
-CHUNK = 1 << 20
+READ_CHUNK = 1 << 20  # bytes per read of a file being hashed, copied or downloaded
 
 
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as stream:
-        while chunk := stream.read(CHUNK):
+        while chunk := stream.read(READ_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
 

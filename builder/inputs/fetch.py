@@ -25,14 +25,13 @@ from typing import TYPE_CHECKING
 
 from builder import log
 from builder.errors import ChecksumError, FetchError, InputError, NoSpaceError, no_space
-from builder.inputs.checksums import CHANGED_HINT, ChecksumLock, HashCache, mismatch
+from builder.inputs.checksums import CHANGED_HINT, READ_CHUNK, ChecksumLock, HashCache, mismatch
 from builder.inputs.rpm import DEFAULT_LIMITS, ExtractLimits
 from builder.urls import NotLocal, local_path
 
 if TYPE_CHECKING:
     import requests
 
-CHUNK = 1 << 20
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 
@@ -322,7 +321,7 @@ def _download_once(
         digest = hashlib.sha256()
         if status == 206 and have:
             with part.open("rb") as existing:
-                while chunk := existing.read(CHUNK):
+                while chunk := existing.read(READ_CHUNK):
                     digest.update(chunk)
             mode = "ab"
             log.info(f"resuming {part.name[:-5]} at {log.format_bytes(have)}")
@@ -335,7 +334,7 @@ def _download_once(
         received = have
         try:
             with part.open(mode) as out:
-                for chunk in response.iter_content(CHUNK):
+                for chunk in response.iter_content(READ_CHUNK):
                     out.write(chunk)
                     digest.update(chunk)
                     received += len(chunk)

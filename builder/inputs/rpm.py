@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from builder.errors import InputError, NoSpaceError, no_space
+from builder.inputs.checksums import READ_CHUNK
 
 CPIO_MAGIC = (b"070701", b"070702")
 CPIO_HEADER = 110
-CHUNK = 1 << 20
 # The inflater's hand-over: chunks of this size, this many queued (bounded memory).
 INFLATE_CHUNK = 256 << 10
 QUEUED_CHUNKS = 4
@@ -190,7 +190,7 @@ def verify_integrity(path: Path, info: RpmInfo) -> str:
     everything = hashlib.sha256()
     with path.open("rb") as stream:
         position = 0
-        while chunk := stream.read(CHUNK):
+        while chunk := stream.read(READ_CHUNK):
             everything.update(chunk)
             end = position + len(chunk)
             if end > info.header_offset:
@@ -368,7 +368,7 @@ def _inflate(raw: IO[bytes], compressor: str, path: Path) -> Iterator[bytes]:
         # zlib directly, fed large blocks: GzipFile's small reads cost more than the inflating.
         engine = zlib.decompressobj(16 + zlib.MAX_WBITS)
         while True:
-            data = raw.read(CHUNK)
+            data = raw.read(READ_CHUNK)
             if not data:
                 if not engine.eof:
                     raise EOFError("the gzip stream ends early")

@@ -81,8 +81,7 @@ def query_nevras(files: Sequence[Path]) -> dict[Path, str]:
     fmt = r"%{NAME}-%{EPOCHNUM}:%{VERSION}-%{RELEASE}.%{ARCH}\n"
     # A missing rpm program is the host's problem (CommandError), not a bad input file.
     rpm = proc.which("rpm", hint="Install rpm: apt-get install rpm")
-    for start in range(0, len(files), sign.CHUNK):
-        chunk = files[start : start + sign.CHUNK]
+    for chunk in sign.chunks(files):
         # --nomanifest: a text file listed as an RPM is an error, not a list of more packages.
         cmd: list[str | os.PathLike[str]] = [
             rpm, "-qp", "--nomanifest", "--nosignature", "--nodigest",

@@ -41,7 +41,7 @@ HASH_ALGOS = {1: "MD5", 2: "SHA1", 3: "RIPEMD160", 8: "SHA256", 9: "SHA384", 10:
 TEST_KEY_UID = (
     "xcp-drbd-builder TEST signing key - not for production <test-signing@xcp-drbd-builder.invalid>"
 )
-CHUNK = 400  # files per rpmsign/rpmkeys call: keeps argv well under the kernel's limit
+FILES_PER_CALL = 400  # files per rpmsign/rpmkeys/rpm call: keeps argv well under the kernel's limit
 
 _PGPSIG = re.compile(r"^(?P<algo>[A-Z]+)/(?P<digest>[A-Z0-9]+), .*Key ID (?P<keyid>[0-9a-f]{16})$")
 
@@ -322,9 +322,9 @@ def export_public_key(key: SigningKey) -> str:
     return result.stdout
 
 
-def _chunks(items: Sequence[Path]) -> Iterator[Sequence[Path]]:
-    for start in range(0, len(items), CHUNK):
-        yield items[start : start + CHUNK]
+def chunks(items: Sequence[Path]) -> Iterator[Sequence[Path]]:
+    for start in range(0, len(items), FILES_PER_CALL):
+        yield items[start : start + FILES_PER_CALL]
 
 
 @contextlib.contextmanager
@@ -453,7 +453,7 @@ def _rpmsign(
     ]
     if profile(consumer).header_and_payload_signature:
         cmd.append("--rpmv3")
-    for chunk in _chunks(files):
+    for chunk in chunks(files):
         try:
             proc.run([*cmd, *chunk], env={"GNUPGHOME": str(home)}, echo=False)
         except CommandError as exc:
@@ -520,7 +520,7 @@ def read_signatures(files: Sequence[Path]) -> dict[Path, dict[str, Signature]]:
     """The signature tags of each RPM: rpm's view (``RSA/SHA1, …, Key ID …``) and the packet."""
     query = "|".join(f"%{{{tag}:pgpsig}}|%{{{tag}}}" for tag in SIGNATURE_TAGS) + r"\n"
     found: dict[Path, dict[str, Signature]] = {}
-    for chunk in _chunks(files):
+    for chunk in chunks(files):
         result = proc.run(
             ["rpm", "-qp", "--nomanifest", "--nosignature", "--nodigest", "--qf", query, *chunk],
             echo=False,
@@ -603,7 +603,7 @@ def checksig(files: Sequence[Path], public_key: Path) -> dict[Path, str]:
             proc.run(["rpmkeys", "--dbpath", dbpath, "--import", public_key], echo=False)
         except CommandError as exc:
             raise SigningError(f"rpmkeys could not import {public_key}.\n{exc.message}") from exc
-        for chunk in _chunks(files):
+        for chunk in chunks(files):
             result = proc.run(
                 ["rpmkeys", "--dbpath", dbpath, "--checksig", *chunk], echo=False, check=False
             )
