@@ -12,11 +12,13 @@ carries it as written.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +44,18 @@ class Manifest:
     consumer: Consumer
     basearch: str
     directory: Path
-    outputs: tuple[tuple[str, str], ...]  # (RPM file name, sha256 from the manifest)
+    listed: Any = field(default=None, repr=False)  # "outputs" as manifest.json lists them
     manifest: bytes = b""  # manifest.json as written, for the provenance statement
+    sha256: str = ""  # of those bytes: the same build, wherever its directory was copied to
+
+    @cached_property
+    def outputs(self) -> tuple[tuple[str, str], ...]:
+        """(RPM file name, sha256 from the manifest) of every RPM output, checked on first use.
+
+        Not when the manifest is read: a build publish already holds is never looked into, so
+        a publish with nothing new costs the same for a build of four packages or of 4,000.
+        """
+        return _rpm_outputs(self.directory / MANIFEST, self.listed)
 
 
 def _manifest_error(manifest: Path, problem: str) -> InputError:
@@ -71,8 +83,8 @@ def read(
     registry: Callable[[], Registry],
     loaded: tuple[bytes, dict[str, Any]] | None = None,
 ) -> Manifest:
-    """The finished build in ``directory``, its manifest checked (``loaded``: the manifest as
-    :func:`load` read it already)."""
+    """The finished build in ``directory``, its manifest checked (its outputs when first used;
+    ``loaded``: the manifest as :func:`load` read it already)."""
     manifest = directory / MANIFEST
     raw, data = loaded if loaded is not None else load(manifest)
     target = data.get("target") or directory.parent.name
@@ -104,8 +116,9 @@ def read(
         consumer=consumer,
         basearch=basearch,
         directory=directory,
-        outputs=_rpm_outputs(manifest, data.get("outputs")),
+        listed=data.get("outputs"),
         manifest=raw,
+        sha256=hashlib.sha256(raw).hexdigest(),
     )
 
 

@@ -22,7 +22,8 @@ makes each changed family's metadata in ``versions/<id>.partial`` with ``creater
 --update`` seeded from the previous version, signs ``repomd.xml`` and verifies every new
 signature.  Only then is the directory renamed and ``current`` switched, so an interrupted
 publish leaves the served tree exactly as it was; its leftovers in the store are removed by the
-next publish.  Nothing is done per unchanged package but a ``stat``.
+next publish.  Nothing is done per unchanged package but a ``stat``, and a publish whose
+builds are all published already (``.settled``) reads neither the index nor their outputs.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from builder.publish.metadata import (
 from builder.publish.store import (
     EMPTY,
     Entry,
+    Mark,
     Store,
 )
 from builder.publish.versions import (
@@ -336,8 +338,27 @@ def _nearly_full(path: Path) -> bool:
     return info.f_bavail * info.f_frsize < (1 << 20)
 
 
-def _open_store(repo: Path, versions: Path) -> tuple[Store, Path | None, State | None, list[Entry]]:
-    """The store, the live version and its packages, after clearing an interrupted publish."""
+def settled_key(build: Manifest) -> str:
+    """How ``.settled`` names a build: its manifest's digest and the family it goes to."""
+    return f"{build.sha256} {family_path(build.consumer, build.basearch)}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Opened:
+    """The store under the lock, with the live version, its state and its checked index."""
+
+    store: Store
+    previous: Path | None
+    state: State | None
+    mark: Mark
+    index: bytes  # the index bytes ``mark`` covers, parsed only if something may be new
+
+    def entries(self) -> list[Entry]:
+        return self.store.entries(self.index, self.mark)
+
+
+def _open_store(repo: Path, versions: Path) -> Opened:
+    """The store and the live version, after clearing an interrupted publish."""
     interrupted = False
     for stale in versions.glob(f"*{manifest.PARTIAL_SUFFIX}"):
         log.info(f"removing {stale.name}, left by an interrupted publish")
@@ -349,27 +370,39 @@ def _open_store(repo: Path, versions: Path) -> tuple[Store, Path | None, State |
     if state is not None and state.legacy:
         assert previous is not None  # noqa: S101 - a state comes from a version
         state = _adopt_format_1(repo, previous, state)
-    entries = store.read(state.index if state else EMPTY, repair=True)
+    mark = state.index if state else EMPTY
+    opened = Opened(
+        store=store,
+        previous=previous,
+        state=state,
+        mark=mark,
+        index=store.check_index(mark, repair=True),
+    )
     for folder in store.remove_incoming(but=os.getpid()):
         log.info(f"removed {folder}, left by a publish that was killed")
     if interrupted or store.repaired:
         # Packages reach the store only while a version is being assembled (*.partial).
-        for stray in store.remove_strays(entries):
+        for stray in store.remove_strays(opened.entries()):
             log.info(f"removed {stray}, left by an interrupted publish")
-    return store, previous, state, entries
+    return opened
 
 
 def _publish_locked(
     options: PublishOptions, builds: Sequence[Manifest], key: sign.SigningKey, versions: Path
 ) -> PublishResult:
-    store, previous, state, entries = _open_store(options.repo, versions)
-    mark = state.index if state else EMPTY
+    opened = _open_store(options.repo, versions)
+    store, previous, state, mark = opened.store, opened.previous, opened.state, opened.mark
+    settled = store.settled(mark)
+    # Builds of which every package is published already are not looked into again.
+    pending = [build for build in builds if settled_key(build) not in settled]
     with log.step("Plan"):
+        entries = opened.entries() if pending else []
         published = Published(key=state.key, packages=entries) if state else None
-        plan = changes_of(builds, published, key.fingerprint)
+        plan = changes_of(pending, published, key.fingerprint)
+        total = mark.count + len(plan.incoming)
         log.info(
-            f"{len(builds)} build(s), {len(plan.incoming)} new package(s), "
-            f"{plan.total} in the repository after publishing"
+            f"{len(builds)} build(s) ({len(builds) - len(pending)} published before), "
+            f"{len(plan.incoming)} new package(s), {total} in the repository after publishing"
         )
     if previous is None and not plan.incoming:
         raise PublishError(
@@ -378,8 +411,10 @@ def _publish_locked(
             "directories.",
         )
     if previous is not None and not plan.incoming:
+        if pending:
+            store.settle(mark, settled | {settled_key(build) for build in builds})
         log.info(f"nothing new: {options.repo / 'current'} stays at {previous.name}")
-        return PublishResult(version=None, new_packages=(), total_packages=plan.total)
+        return PublishResult(version=None, new_packages=(), total_packages=total)
     version_id = new_version_id(versions)
     partial = versions / f"{version_id}{manifest.PARTIAL_SUFFIX}"
     partial.mkdir()
@@ -419,10 +454,11 @@ def _publish_locked(
         fsync_dir(options.repo)
         for old in prune_versions(options.repo, options.keep):
             log.info(f"removed old version {old.name}")
+    store.settle(new_mark, settled | {settled_key(build) for build in builds})
     return PublishResult(
         version=final,
         new_packages=tuple(item.path for item in plan.incoming),
-        total_packages=plan.total,
+        total_packages=total,
     )
 
 

@@ -6,6 +6,7 @@ Layout under ``REPO/packages/``::
     el5/i386/repodata     -> ../../../current/el5/i386/repodata (the live metadata)
     index.jsonl           one line per package ever published, append-only
     .verified             stat fingerprints of packages whose digest was checked (a cache)
+    .settled              builds every package of which the index holds (a cache)
 
 Clients read ``REPO/el5 -> packages/el5``, so a package's URL never changes, and the metadata
 they see is the one ``REPO/current`` points at: switching ``current`` still switches the
@@ -20,6 +21,11 @@ index recorded when it was signed.  A package whose inode, size, mtime and ctime
 recorded in ``.verified`` at its last check is taken as unchanged (rewriting a file in place
 changes its ctime, which cannot be set back); any other is read and hashed again.  The cache is
 a speed-up, never trusted for anything else: deleting it costs one full pass.
+
+``.settled`` names the builds (the sha256 of their manifest, and their family) whose every
+output the index held when it was written, together with that index's length and sha256.  A
+publish finding only such builds has nothing to do and reads neither the index's entries nor
+the builds' output lists; any change to the index makes the whole file stale.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from builder.inputs.checksums import sha256_file, write_atomic
 STORE_DIR = "packages"
 INDEX_NAME = "index.jsonl"
 VERIFIED_NAME = ".verified"
+SETTLED_NAME = ".settled"
 # packages/.incoming-<pid>/: where one publish copies and signs its new packages before they
 # move into place. rpmsign and gpg write their temporary files beside the package, and a
 # publisher killed outright (SIGKILL) leaves them running: in a folder of its own, what they
@@ -117,6 +124,7 @@ class Store:
         self.root = repo / STORE_DIR
         self.index = self.root / INDEX_NAME
         self.verified = self.root / VERIFIED_NAME
+        self.settled_file = self.root / SETTLED_NAME
         self.repaired = False  # read() cut off what an interrupted publish had appended
         self._prefix: tuple[Mark, hashlib._Hash] | None = None  # read()'s digest, for append
 
@@ -127,6 +135,11 @@ class Store:
 
     def read(self, mark: Mark, *, repair: bool = False) -> list[Entry]:
         """The entries ``mark`` covers; with ``repair``, cut off what an interrupted run added."""
+        return self.entries(self.check_index(mark, repair=repair), mark)
+
+    def check_index(self, mark: Mark, *, repair: bool = False) -> bytes:
+        """The index's bytes ``mark`` covers, checked against it; with ``repair``, cut off what
+        an interrupted run added."""
         try:
             with self.index.open("rb") as handle:
                 data = handle.read(mark.length)
@@ -141,6 +154,15 @@ class Store:
                 f"The package index {self.index} does not match what the live version recorded "
                 f"({mark.count} packages, {mark.length} bytes, sha256 {mark.sha256})."
             )
+        if longer and repair:
+            log.info(f"cutting {self.index.name} back to the live version's {mark.count} entries")
+            os.truncate(self.index, mark.length)
+            self.repaired = True
+        self._prefix = (mark, prefix)
+        return data
+
+    def entries(self, data: bytes, mark: Mark) -> list[Entry]:
+        """The entries in ``data``, the index bytes :meth:`check_index` returned for ``mark``."""
         try:
             rows = json.loads(b"[" + b",".join(data.splitlines()) + b"]") if data else []
             entries = [Entry._make(row) for row in rows]
@@ -149,12 +171,32 @@ class Store:
         if len(entries) != mark.count:
             raise _damaged(f"The package index {self.index} lists {len(entries)} packages, not "
                            f"{mark.count}.")  # fmt: skip
-        if longer and repair:
-            log.info(f"cutting {self.index.name} back to the live version's {mark.count} entries")
-            os.truncate(self.index, mark.length)
-            self.repaired = True
-        self._prefix = (mark, prefix)
         return entries
+
+    def settled(self, mark: Mark) -> frozenset[str]:
+        """The builds recorded as wholly published, if recorded for exactly the index at
+        ``mark``; none otherwise (a cache: without it, each build's outputs are looked up)."""
+        try:
+            data = json.loads(self.settled_file.read_bytes())
+        except (OSError, ValueError):
+            return frozenset()
+        if not isinstance(data, dict) or data.get("index") != mark.to_json():
+            return frozenset()
+        builds = data.get("builds")
+        if not isinstance(builds, list) or not all(isinstance(b, str) for b in builds):
+            return frozenset()
+        return frozenset(builds)
+
+    def settle(self, mark: Mark, builds: Iterable[str]) -> None:
+        """Record ``builds`` as wholly published in the index at ``mark``."""
+        record = {"index": mark.to_json(), "builds": sorted(set(builds))}
+        try:
+            write_atomic(self.settled_file, (json.dumps(record, indent=0) + "\n").encode())
+        except OSError as exc:
+            log.warn(
+                f"cannot update {self.settled_file} ({exc.strerror}); the next publish looks "
+                "up every build's packages again"
+            )
 
     def append(self, mark: Mark, entries: Sequence[Entry]) -> Mark:
         """Add ``entries`` after the ``mark`` bytes; durable before the caller goes on.

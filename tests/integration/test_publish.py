@@ -18,7 +18,7 @@ import tempfile
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -394,6 +394,49 @@ def test_publish_is_incremental(tmp_path: Path, keys: Keys, rpms: Rpms) -> None:
     with served(target) as url:
         result = dnf_fetch(tmp_path / "dnf", url, "drbd-kmod-9.0-2")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_builds_published_before_are_not_looked_into_again(
+    tmp_path: Path, keys: Keys, rpms: Rpms
+) -> None:
+    artifacts = make_artifacts(tmp_path, rpms)
+    target = tmp_path / "repo"
+    assert run_publish(artifacts, target, keys).returncode == 0
+    live = (target / "current").resolve()
+    # A CI publish job downloads every build again: other directories, inodes and times, the
+    # same manifests. Their packages are not even needed any more.
+    fresh = tmp_path / "downloaded"
+    shutil.copytree(artifacts, fresh)
+    for rpm in fresh.rglob("*.rpm"):
+        rpm.unlink()
+    again = run_publish(fresh, target, keys)
+    assert again.returncode == 0, again.stderr
+    assert "2 build(s) (2 published before), 0 new package(s)" in again.stderr
+    assert (target / "current").resolve() == live
+
+    # Another key is refused even when every build was published before.
+    foreign = run_publish(fresh, target, replace(keys, fingerprint=keys.other_fingerprint,
+                                                 home=keys.other_home))  # fmt: skip
+    assert foreign.returncode == 11, foreign.stderr
+    assert "refusing to mix in packages" in foreign.stderr
+
+    # A record made for another state of the index is not believed: each build is looked up.
+    settled = target / "packages" / ".settled"
+    record = json.loads(settled.read_text())
+    record["index"]["count"] += 1
+    settled.write_text(json.dumps(record))
+    stale = run_publish(artifacts, target, keys)
+    assert stale.returncode == 0, stale.stderr
+    assert "2 build(s) (0 published before), 0 new package(s)" in stale.stderr
+    assert json.loads(settled.read_text())["index"] != record["index"]  # made right again
+
+    # A build whose manifest changed is a new build: its outputs are checked and published.
+    write_build(artifacts, "xcp-ng-8.2", "9.0", [*rpms.el7, *rpms.el7_update], consumer="el7",
+                basearch="x86_64")  # fmt: skip
+    changed = run_publish(artifacts, target, keys)
+    assert changed.returncode == 0, changed.stderr
+    assert "2 build(s) (1 published before), 1 new package(s)" in changed.stderr
+    assert "published 1 new package(s), 5 in total" in changed.stdout
 
 
 def _generations(repodata: Path) -> dict[str, int]:

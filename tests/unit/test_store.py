@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -48,6 +49,22 @@ def test_an_index_that_does_not_match_the_live_version_is_refused(tmp_path: Path
     packages.index.write_bytes(data[:-3])
     with pytest.raises(PublishError, match="does not match"):
         packages.read(live)
+
+
+def test_the_settled_record_holds_only_for_the_index_it_was_written_for(tmp_path: Path) -> None:
+    packages = store.Store(tmp_path)
+    live = packages.append(store.EMPTY, [put(packages, "el7/x86_64/a.rpm", b"a")])
+    assert packages.settled(live) == frozenset()  # nothing recorded yet
+    packages.settle(live, ["k1 el7/x86_64", "k2 el7/x86_64", "k1 el7/x86_64"])
+    assert packages.settled(live) == {"k1 el7/x86_64", "k2 el7/x86_64"}
+    later = packages.append(live, [put(packages, "el7/x86_64/b.rpm", b"b")])
+    assert packages.settled(later) == frozenset()  # the index moved on: every build looked up
+    assert packages.settled(store.EMPTY) == frozenset()
+    for garbage in (b"", b"{", b"[]", b'{"index": null}'):
+        packages.settled_file.write_bytes(garbage)
+        assert packages.settled(live) == frozenset()
+    packages.settled_file.write_bytes(json.dumps({"index": live.to_json(), "builds": [1]}).encode())
+    assert packages.settled(live) == frozenset()
 
 
 def test_unchanged_packages_are_not_read_again(tmp_path: Path) -> None:
