@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import functools
 import hashlib
-import http.server
 import json
 import os
 import re
@@ -27,11 +25,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import docker
 import docker.errors
@@ -42,6 +38,7 @@ from tests import rpmfactory
 from tests.integration import buildenv
 from tests.integration.conftest import unavailable
 from tests.support import cirunner
+from tests.support.http import serve_directory
 
 pytestmark = [
     pytest.mark.integration,
@@ -236,27 +233,6 @@ def file_sha256(path: Path) -> str:
         while block := handle.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def served(directory: Path) -> Iterator[str]:
-    """``directory`` over HTTP on 127.0.0.1, as the web server the upload job copies to."""
-    directory.mkdir(parents=True, exist_ok=True)
-    handler = functools.partial(QuietHandler, directory=str(directory))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 @dataclass(frozen=True)
@@ -465,7 +441,7 @@ def test_github_workflow_builds_every_entry_publishes_once_then_a_scheduled_run_
 ) -> None:
     site = make_site(site_root, GITHUB_WORKSPACE, docker_client, fork_inputs)
     caches = cirunner.CacheStore(site_root / "caches" / "github")
-    with served(site.www) as url:
+    with serve_directory(site.www) as url:
 
         def run(event: str, run_id: int) -> dict[str, list[cirunner.JobResult]]:
             return cirunner.GitHubWorkflow(
@@ -506,7 +482,7 @@ def test_gitlab_pipeline_plans_a_child_pipeline_that_builds_every_entry_and_publ
     site_root: Path, docker_client: docker.DockerClient, fork_inputs: ForkInputs, signer: Signer
 ) -> None:
     site = make_site(site_root, GITLAB_WORKSPACE, docker_client, fork_inputs)
-    with served(site.www) as url:
+    with serve_directory(site.www) as url:
         results = cirunner.GitLabPipeline(
             site.machine,
             workspace=site.workspace,

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
 import shutil
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +13,7 @@ from builder import proc
 from builder.cli import main
 from builder.deploy.repo import RepoUnreachable, read_packages
 from tests.deploy_support import pool_data, write_pool
+from tests.support.http import serve_directory
 
 pytestmark = pytest.mark.integration
 
@@ -73,24 +71,11 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "repo"
 
 
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def served(published: Path) -> Iterator[str]:
     """The published tree over HTTP on 127.0.0.1."""
-    handler = functools.partial(QuietHandler, directory=str(published.parent))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/{published.name}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serve_directory(published.parent) as url:
+        yield f"{url}/{published.name}"
 
 
 def test_reads_packages_from_a_path_a_file_url_and_http(published: Path, served: str) -> None:

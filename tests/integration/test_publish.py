@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import gzip
 import hashlib
-import http.server
 import json
 import os
 import shutil
@@ -15,12 +12,10 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -29,6 +24,7 @@ from builder.errors import ConfigError, InputError, SigningError
 from builder.publish import layout, metadata, publisher, sign, versions
 from builder.specs import Consumer
 from tests.rpmfactory import build_rpms, write_build
+from tests.support.http import serve_directory
 
 pytestmark = pytest.mark.integration
 
@@ -125,25 +121,6 @@ def run_publish(
     )
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def served(directory: Path) -> Iterator[str]:
-    handler = functools.partial(_QuietHandler, directory=str(directory))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-
-
 def dnf_fetch(work: Path, base_url: str, package: str) -> subprocess.CompletedProcess[str]:
     """``dnf install --downloadonly`` from the el7 repo with gpgcheck and repo_gpgcheck on."""
     if work.exists():
@@ -219,7 +196,7 @@ def test_dnf_downloads_and_verifies_the_published_packages(
     published: tuple[Path, Path], tmp_path: Path, keys: Keys
 ) -> None:
     _, target = published
-    with served(target) as url:
+    with serve_directory(target) as url:
         result = dnf_fetch(tmp_path / "dnf", url, "drbd-kmod")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Importing GPG key" in result.stdout + result.stderr
@@ -302,7 +279,7 @@ def test_dnf_refuses_repomd_changed_after_signing(
     text = repomd.read_text()
     repomd.write_text(text.replace("<revision>", "<revision>1"))
     assert repomd.read_text() != text
-    with served(tree) as url:
+    with serve_directory(tree) as url:
         result = dnf_fetch(tmp_path / "dnf", url, "drbd-kmod")
     assert result.returncode != 0
     assert "GPG" in result.stdout + result.stderr
@@ -312,7 +289,7 @@ def test_dnf_refuses_repo_without_signature(published: tuple[Path, Path], tmp_pa
     _, target = published
     tree = copy_served_tree(target, tmp_path / "unsigned")
     (tree / "el7" / "x86_64" / "repodata" / "repomd.xml.asc").unlink()
-    with served(tree) as url:
+    with serve_directory(tree) as url:
         result = dnf_fetch(tmp_path / "dnf", url, "drbd-kmod")
     assert result.returncode != 0
     assert "repomd.xml.asc" in result.stdout + result.stderr
@@ -334,7 +311,7 @@ def test_dnf_refuses_package_signed_by_another_key(
     createrepo = metadata.find_createrepo(Consumer.EL7)
     proc.run(metadata.metadata_command(folder, folder, Consumer.EL7, None, createrepo))
     sign.detach_sign(folder / "repodata" / "repomd.xml", good, Consumer.EL7)
-    with served(tree) as url:
+    with serve_directory(tree) as url:
         refused = dnf_fetch(tmp_path / "dnf", url, "drbd-kmod")
         accepted = dnf_fetch(tmp_path / "dnf2", url, "drbd-kmod-doc")
     assert refused.returncode != 0
@@ -391,7 +368,7 @@ def test_publish_is_incremental(tmp_path: Path, keys: Keys, rpms: Rpms) -> None:
         # The very same signed file in the store: not copied, linked or re-signed.
         assert old.stat().st_ino == inode
     assert not list(second.rglob("*.rpm")), "versions hold metadata, the store the packages"
-    with served(target) as url:
+    with serve_directory(target) as url:
         result = dnf_fetch(tmp_path / "dnf", url, "drbd-kmod-9.0-2")
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -470,7 +447,7 @@ def test_old_metadata_is_kept_one_round_not_forever(tmp_path: Path, keys: Keys, 
         *(href.removeprefix("repodata/") for href in newest + listed[1]),
     }
     assert not any((el7 / href).exists() for href in set(listed[0]) - set(listed[1]) - set(newest))
-    with served(target) as url:
+    with serve_directory(target) as url:
         result = dnf_fetch(tmp_path / "dnf", url, "drbd-kmod-9.0-3")
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -1007,7 +984,7 @@ def test_a_certify_only_key_signs_with_its_signing_subkey(tmp_path: Path, rpms: 
         assert _fingerprints(exported, "pub", "--list-keys") == [primary]
         assert _fingerprints(exported, "sub", "--list-keys") == subkeys
         _kill_agent(exported)
-        with served(target) as url:
+        with serve_directory(target) as url:
             fetched = dnf_fetch(tmp_path / "dnf", url, "drbd-kmod")
         assert fetched.returncode == 0, fetched.stdout + fetched.stderr
     finally:
@@ -1192,7 +1169,7 @@ def test_a_repository_from_before_the_package_store_is_moved_into_it(
     assert os.readlink(target / "el7") == "packages/el7"
     assert "drbd-kmod-9.0-2.x86_64.rpm" in _published_names(target)
     assert run_verify(target).returncode == 0
-    with served(target) as url:
+    with serve_directory(target) as url:
         old = dnf_fetch(tmp_path / "dnf", url, "drbd-kmod-9.0-1")
         new = dnf_fetch(tmp_path / "dnf-new", url, "drbd-kmod-9.0-2")
     assert old.returncode == 0, old.stdout + old.stderr

@@ -1,13 +1,15 @@
-"""A small HTTP file server on 127.0.0.1 with Range support and fault injection."""
+"""Small HTTP file servers on 127.0.0.1: one with Range support and fault injection, and a
+plain one for a published tree, as a web server would serve it."""
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 
@@ -84,3 +86,26 @@ def serve(root: Path) -> Iterator[tuple[str, ServerState]]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+class _QuietFiles(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def serve_directory(directory: Path) -> Iterator[str]:
+    """Serve the files under ``directory`` on 127.0.0.1; yields the base URL."""
+    directory.mkdir(parents=True, exist_ok=True)
+    server = ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_QuietFiles, directory=str(directory))
+    )
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
