@@ -33,6 +33,7 @@ import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from builder import log, proc
@@ -353,7 +354,9 @@ class Opened:
     mark: Mark
     index: bytes  # the index bytes ``mark`` covers, parsed only if something may be new
 
+    @cached_property
     def entries(self) -> list[Entry]:
+        """The live packages, parsed once: for the strays after an interruption and the plan."""
         return self.store.entries(self.index, self.mark)
 
 
@@ -382,7 +385,7 @@ def _open_store(repo: Path, versions: Path) -> Opened:
         log.info(f"removed {folder}, left by a publish that was killed")
     if interrupted or store.repaired:
         # Packages reach the store only while a version is being assembled (*.partial).
-        for stray in store.remove_strays(opened.entries()):
+        for stray in store.remove_strays(opened.entries):
             log.info(f"removed {stray}, left by an interrupted publish")
     return opened
 
@@ -396,7 +399,7 @@ def _publish_locked(
     # Builds of which every package is published already are not looked into again.
     pending = [build for build in builds if settled_key(build) not in settled]
     with log.step("Plan"):
-        entries = opened.entries() if pending else []
+        entries = opened.entries if pending else []
         published = Published(key=state.key, packages=entries) if state else None
         plan = changes_of(pending, published, key.fingerprint)
         total = mark.count + len(plan.incoming)
