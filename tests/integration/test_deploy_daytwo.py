@@ -322,7 +322,7 @@ def test_split_brain_is_shown_then_recovered_keeping_the_named_host(
 
 def test_split_brain_refuses_a_stand_alone_host_without_a_split_brain(pair: Dom0Pair) -> None:
     # Another DRBD device's split brain is not this resource's.
-    other_device = "block drbd2: Split-Brain detected, dropping connection!"
+    other_device = "block drbd2: Split-Brain detected but unresolved, dropping connection!"
     pair.change(**{"drbd.xcp2.cstate": "StandAlone", "drbd.xcp2.kernel_log": [other_device]})
     run = pair.run("xcp2", "split-brain", "--keep", "xcp1")
     assert run.returncode == 1
