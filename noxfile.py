@@ -1,4 +1,4 @@
-"""Developer sessions: ``nox -s lint typecheck tests integration faults bench``.
+"""Developer sessions: ``nox -s lint typecheck tests integration faults lab bench``.
 
 Sessions reuse the current interpreter's packages (``venv_backend="none"``): the RPM, ISO and
 Docker tooling the tests drive is installed system-wide by ``.ci/run``.
@@ -31,7 +31,7 @@ def tests(session: nox.Session) -> None:
     """Fast unit tests: no Docker, no external tools."""
     session.run(
         "python", "-m", "pytest", "--ignore=tests/faults",
-        "-m", "not integration and not docker", *session.posargs,
+        "-m", "not integration and not docker and not lab", *session.posargs,
     )  # fmt: skip
 
 
@@ -51,6 +51,13 @@ def faults(session: nox.Session) -> None:
     # The interpreter running nox: the one .ci/run installed the packages into (Debian has
     # no `python` command unless python-is-python3 is installed).
     session.run(sys.executable, "-m", "pytest", "tests/faults", *session.posargs)
+
+
+@nox.session
+def lab(session: nox.Session) -> None:
+    """The two-VM lab (tests/lab/): QEMU guests running Debian's kernel, a real DRBD pair
+    deployed by the rendered runbook, split brain, a management bounce, a hard reset."""
+    session.run(sys.executable, "-m", "pytest", "tests/lab", *session.posargs)
 
 
 @nox.session

@@ -1,0 +1,198 @@
+"""What the lab's scenarios say, in a few words each: DRBD's state, patterns, the runbook.
+
+The scenarios read like the operator's story (cut the link, write on both, reconnect, heal);
+the machinery is here.  DRBD's state is read from ``/proc/drbd`` by the guest itself in a
+loop (under TCG a ``drbdadm`` call costs a second), and data is compared with ``dd
+iflag=direct | sha256sum`` on each host, never by trusting a read that returned nothing:
+DRBD 8.4 refuses to open its device on a Secondary, and that refusal fails the test.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.lab.vm import Guest, Pair, Result
+
+DEVICE = "/dev/drbd1"
+MINOR = 1
+RESOURCE = "r0"
+DEPLOY_DIR = "/root/deploy"
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class DrbdState:
+    cs: str  # connection state
+    ro: str  # roles, local/peer
+    ds: str  # disk states, local/peer
+    line: str
+
+    @property
+    def healthy(self) -> bool:
+        return (self.cs, self.ro, self.ds) == (
+            "Connected", "Primary/Primary", "UpToDate/UpToDate",
+        )  # fmt: skip
+
+
+def state(guest: Guest) -> DrbdState:
+    text = guest.ok("cat /proc/drbd")
+    match = re.search(rf"^ *{MINOR}: cs:(\S+) ro:(\S+) ds:(\S+)", text, re.M)
+    if match is None:
+        raise AssertionError(f"{guest.name}: /proc/drbd shows no minor {MINOR}:\n{text}")
+    return DrbdState(match.group(1), match.group(2), match.group(3), match.group(0).strip())
+
+
+def wait_state(guest: Guest, pattern: str, *, timeout: float, what: str = "") -> DrbdState:
+    """Wait until minor 1's line in /proc/drbd matches ``pattern`` (an extended regex)."""
+    guest.wait_for(
+        f"grep -E '^ *{MINOR}: .*{pattern}' /proc/drbd",
+        timeout=timeout,
+        what=what or f"/proc/drbd to match {pattern!r}",
+    )
+    return state(guest)
+
+
+def wait_healthy(pair: Pair, *, timeout: float = 120) -> None:
+    for guest in pair:
+        wait_state(
+            guest,
+            "cs:Connected ro:Primary/Primary ds:UpToDate/UpToDate",
+            timeout=timeout,
+            what="Connected, Primary/Primary, UpToDate/UpToDate",
+        )
+
+
+def put(guest: Guest, path: str, content: bytes, mode: int = 0o644) -> None:
+    encoded = base64.b64encode(content).decode()
+    guest.ok(
+        f"mkdir -p \"$(dirname '{path}')\" && echo '{encoded}' | base64 -d > '{path}' "
+        f"&& chmod {mode:o} '{path}'"
+    )
+
+
+def deploy_files(guest: Guest, rendered: Path) -> None:
+    """The host's rendered directory, copied to DEPLOY_DIR as an operator would."""
+    for path in sorted((rendered / guest.name).iterdir()):
+        put(guest, f"{DEPLOY_DIR}/{path.name}", path.read_bytes(), path.stat().st_mode & 0o777)
+
+
+def runbook(guest: Guest, step: str, *args: str, timeout: float = 300) -> Result:
+    """``sh runbook.sh STEP ARGS`` as root on the host, as the operator runs it."""
+    words = " ".join([step, *args])
+    return guest.sh(f"cd {DEPLOY_DIR} && sh runbook.sh {words}", timeout=timeout)
+
+
+def write_pattern(guest: Guest, *, offset_mib: int, size_mib: int) -> str:
+    """Write fresh random data at ``offset_mib`` through the DRBD device; its sha256."""
+    return guest.ok(
+        f"dd if=/dev/urandom of=/tmp/pattern bs=1M count={size_mib} 2>/dev/null && "
+        f"dd if=/tmp/pattern of={DEVICE} bs=1M seek={offset_mib} oflag=direct conv=fsync "
+        "2>/dev/null && sha256sum < /tmp/pattern | cut -d' ' -f1"
+    ).strip()
+
+
+def read_sum(guest: Guest, *, offset_mib: int, size_mib: int, device: str = DEVICE) -> str:
+    """sha256 of a region read from ``device`` with O_DIRECT (no page cache to fool us)."""
+    return guest.ok(
+        f"dd if={device} bs=1M skip={offset_mib} count={size_mib} iflag=direct 2>/dev/null "
+        "| sha256sum | cut -d' ' -f1"
+    ).strip()
+
+
+def device_sum(guest: Guest) -> str:
+    return guest.ok(f"dd if={DEVICE} bs=1M iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1")
+
+
+def load_module(guest: Guest, name: str) -> str:
+    """``modprobe NAME``; on failure the error names the module file and the kernel's words."""
+    loaded = guest.sh(f"modprobe {name}")
+    if loaded.returncode != 0:
+        path = guest.sh(f"modinfo -n {name}").stdout.strip() or "(modinfo finds no file)"
+        said = guest.sh("dmesg | tail -n 5").stdout.strip()
+        raise AssertionError(
+            f"{guest.name}: modprobe {name} failed with exit code {loaded.returncode}: "
+            f"{loaded.stderr.strip()}\n  module file: {path}\n  kernel: {said}"
+        )
+    return guest.ok(f"modinfo -n {name}").strip()
+
+
+def kernel_log(guest: Guest) -> str:
+    return guest.ok("dmesg")
+
+
+def start_watcher(guest: Guest, name: str) -> None:
+    """Record every change of minor 1's line in /proc/drbd, with a timestamp, in the guest."""
+    guest.ok(
+        f"rm -f /tmp/{name}.log; setsid bash -c '"
+        'last=; while :; do now=$(grep -E "^ *' + str(MINOR) + ': " /proc/drbd); '
+        '[ "$now" = "$last" ] || echo "$(date +%s.%N) $now" >> /tmp/' + name + ".log; "
+        "last=$now; sleep 0.2; done' >/dev/null 2>&1 </dev/null & echo $! > /tmp/" + name + ".pid"
+    )
+
+
+def stop_watcher(guest: Guest, name: str) -> list[str]:
+    return guest.ok(f"kill $(cat /tmp/{name}.pid); sleep 0.3; cat /tmp/{name}.log").splitlines()
+
+
+def start_writer(guest: Guest, *, offset_mib: int, seconds: int) -> None:
+    """Write 64 KiB blocks through the device for ``seconds``, cycling over 4 MiB, and keep
+    the count of writes and the longest one (in ms)."""
+    blocks = 4 * MIB // (64 * 1024)
+    guest.ok(
+        "rm -f /tmp/writer.done /tmp/writer.errors; setsid bash -c '"
+        f"end=$(($(date +%s) + {seconds})); i=0; n=0; longest=0; "
+        'while [ "$(date +%s)" -lt "$end" ]; do t0=$(date +%s%N); '
+        f"dd if=/dev/urandom of={DEVICE} bs=64K count=1 seek=$(({offset_mib} * 16 + i)) "
+        'oflag=direct 2>/dev/null || echo "write $n failed" >> /tmp/writer.errors; '
+        "took=$((($(date +%s%N) - t0) / 1000000)); [ $took -le $longest ] || longest=$took; "
+        f"i=$(((i + 1) % {blocks})); n=$((n + 1)); done; echo $n $longest > /tmp/writer.done' "
+        ">/dev/null 2>&1 </dev/null &"
+    )
+
+
+def wait_writer(guest: Guest, *, timeout: float) -> tuple[int, int]:
+    """The writer's count of writes and its longest write in ms, once it ended; fails on any
+    failed write."""
+    done = guest.wait_for("cat /tmp/writer.done", timeout=timeout, what="the writer to end")
+    errors = guest.sh("cat /tmp/writer.errors").stdout
+    assert not errors, f"{guest.name}: writes failed:\n{errors}"
+    count, longest = done.split()
+    return int(count), int(longest)
+
+
+def bounce_management(guest: Guest, interface: str, *, down_seconds: int) -> None:
+    """What a management reconfiguration does to the management interface: down, addresses
+    flushed, up again and re-addressed after ``down_seconds``.  Runs in the background."""
+    guest.ok(
+        f"ip -o -4 addr show dev {interface} | awk '{{print $4}}' > /tmp/bounce.addresses; "
+        "rm -f /tmp/bounce.done; setsid bash -c '"
+        f'echo "$(date +%s.%N) down" > /tmp/bounce.log; ip link set {interface} down; '
+        f"ip addr flush dev {interface}; sleep {down_seconds}; ip link set {interface} up; "
+        f"for a in $(cat /tmp/bounce.addresses); do ip addr add $a dev {interface}; done; "
+        'echo "$(date +%s.%N) up" >> /tmp/bounce.log; touch /tmp/bounce.done\' '
+        ">/dev/null 2>&1 </dev/null &"
+    )
+
+
+def wait_bounce(guest: Guest, *, timeout: float) -> None:
+    guest.wait_for("test -e /tmp/bounce.done", timeout=timeout, what="the bounce to end")
+
+
+def split_brain_lines(log: str) -> list[str]:
+    return [line for line in log.splitlines() if "Split-Brain" in line]
+
+
+def bugs(log: str) -> list[str]:
+    return [line for line in log.splitlines() if re.search(r"BUG:|Oops|general protection", line)]
+
+
+class Stopwatch:
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
