@@ -267,9 +267,12 @@ split_brain_lines() {
 }
 
 wait_connected() {
+    # Fails at once on a split brain (StandAlone with the kernel's line): waiting cannot help.
     tries=0
     while [ "$tries" -lt "$CONNECT_TRIES" ]; do
-        connected "$(drbd_query cstate)" && return 0
+        cstate=$(drbd_query cstate)
+        connected "$cstate" && return 0
+        [ "$cstate" != StandAlone ] || [ -z "$(split_brain_lines)" ] || return 2
         tries=$((tries + 1))
         sleep "$WAIT_STEP"
     done
@@ -577,7 +580,8 @@ step_master_change() {
             echo "DRBD is Connected and UpToDate over $REPLICATION_INTERFACE: safe to change"
             echo "the pool master. Run master-change pre on $PEER too, then"
             echo "    xe pool-designate-new-master host-uuid=<the new master's uuid>"
-            echo "then sh runbook.sh master-change post on both hosts."
+            echo "then sh runbook.sh master-change post on both hosts at once (each waits for"
+            echo "the other to connect)."
             ;;
         post)
             cstate=$(drbd_query cstate)
@@ -586,7 +590,15 @@ step_master_change() {
                 drbdadm adjust "$RESOURCE"
                 [ "$(drbd_query cstate)" != StandAlone ] || drbdadm connect "$RESOURCE"
             fi
-            wait_connected ||
+            waited=0
+            wait_connected || waited=$?
+            if [ "$waited" = 2 ]; then
+                echo "runbook: split brain on $RESOURCE after the master change: $HOST is" \
+                    "StandAlone and the kernel log reports a split brain (see: sh runbook.sh" \
+                    "split-brain)" >&2
+                exit "$UNSAFE"
+            fi
+            [ "$waited" = 0 ] ||
                 die "$RESOURCE is still $(drbd_query cstate) on $HOST: run sh runbook.sh" \
                     "master-change post on $PEER; if it stays so, check the replication link" \
                     "(ping $PEER_REPLICATION_ADDRESS)"
