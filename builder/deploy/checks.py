@@ -100,9 +100,11 @@ def check_networks(pool: Pool) -> list[Finding]:
                         f"management network {overlapping[0]}."
                     ),
                     reason=(
-                        "Moving the pool master (or any management reconfiguration) bounces the "
-                        "management interface; replication over it breaks and the two primaries "
-                        "drift apart, which is how split brain starts."
+                        "A management reconfiguration takes the management interface down and "
+                        "flushes its addresses. Measured with DRBD 8.4 in two VMs: every write "
+                        "froze while it was down (13 s for an 8 s outage), and a 20 s outage "
+                        "left both hosts StandAlone and, once reconnected, in split brain, "
+                        "though only one of them had written."
                     ),
                     fix=(
                         "Give replication its own interface and subnet (a dedicated NIC or a "
@@ -120,8 +122,9 @@ def check_networks(pool: Pool) -> list[Finding]:
                         f"management interface {host.management_interface} (or the same NIC)."
                     ),
                     reason=(
-                        "A pool-master change or management reconfiguration bounces this "
-                        "interface and with it the replication link."
+                        "A management reconfiguration takes this interface down and with it "
+                        "the replication link: writes freeze while it is down, and a longer "
+                        "outage ends in a split brain (measured with DRBD 8.4 in two VMs)."
                     ),
                     fix="Replicate over a different NIC (e.g. xenbr1/eth1) than management.",
                 )

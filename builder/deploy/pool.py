@@ -482,8 +482,9 @@ guard:
   migration_minutes: 5    # the longest a live migration of one of these VMs takes here
   # hook: /usr/local/sbin/page-oncall drbd   # run (with the details) when the grace is over
 
-# Exactly two hosts. Replicate over a dedicated interface and subnet: moving the pool master
-# bounces the management interface, and replication over it would break.
+# Exactly two hosts. Replicate over a dedicated interface and subnet: a management
+# reconfiguration takes the management interface down, and replication over it would freeze
+# every write, then break.
 hosts:
   - name: xcp1                   # must equal `uname -n` on the host
     management:

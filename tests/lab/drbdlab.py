@@ -86,6 +86,21 @@ def runbook(guest: Guest, step: str, *args: str, timeout: float = 300) -> Result
     return guest.sh(f"cd {DEPLOY_DIR} && sh runbook.sh {words}", timeout=timeout)
 
 
+def runbook_on_both(pair: Pair, step: str, *args: str, timeout: float = 600) -> list[Result]:
+    """The same runbook step on both hosts at once (two operators, or two terminals): the
+    second host's in the background, the first's in the foreground."""
+    first, second = pair
+    words = " ".join([step, *args])
+    second.ok(
+        f"rm -f /tmp/both.rc; cd {DEPLOY_DIR} && setsid bash -c 'sh runbook.sh {words} "
+        ">/tmp/both.out 2>/tmp/both.err; echo $? >/tmp/both.rc' >/dev/null 2>&1 </dev/null &"
+    )
+    mine = runbook(first, step, *args, timeout=timeout)
+    code = second.wait_for("cat /tmp/both.rc", timeout=timeout, what=f"{step} on {second.name}")
+    theirs = Result(int(code), second.ok("cat /tmp/both.out"), second.ok("cat /tmp/both.err"))
+    return [mine, theirs]
+
+
 def write_pattern(guest: Guest, *, offset_mib: int, size_mib: int) -> str:
     """Write fresh random data at ``offset_mib`` through the DRBD device; its sha256."""
     return guest.ok(

@@ -222,12 +222,17 @@ def test_the_same_bounce_with_replication_on_the_management_link(
         name = f"bounce-management-link-{down_seconds}s"
         events = _bounce_experiment(deployed, figures, lab_output, name, down_seconds=down_seconds)
         figures[name]["states"] = sorted({line.split(" cs:")[1].split()[0] for line in events})
-        posts = [drbdlab.runbook(host, "master-change", "post", timeout=600) for host in deployed]
+        # post waits until the peer is connected again, so it runs on both hosts at once.
+        posts = drbdlab.runbook_on_both(deployed, "master-change", "post")
         figures[name]["post"] = [p.returncode for p in posts]
         if any(p.returncode for p in posts):
-            # Whatever the bounce did, recorded above; the pair is brought back for the
-            # comparison below, keeping the host that kept writing.
+            # Whatever the bounce did, recorded above. A post that fails must say why: the
+            # only failure seen here is a split brain, which post reports at once (exit 3).
             figures[name]["post_output"] = [p.stdout + p.stderr for p in posts]
+            for post in posts:
+                assert post.returncode in (0, 3), post
+                assert post.returncode == 0 or "split brain on r0" in post.stderr, post
+            # The pair is brought back for the comparison below, keeping the writing host.
             drbdlab.runbook(first, "split-brain", "--keep", "xcp1")
             drbdlab.runbook(second, "split-brain", "--keep", "xcp1", timeout=600)
         drbdlab.wait_healthy(deployed, timeout=300)

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
+import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,6 +31,11 @@ from pathlib import Path
 from tests.lab.guest import GuestImage
 
 BOOT_TIMEOUT = 180.0  # seconds from start to the agent's first line (TCG, a busy machine)
+PROBE_TIMEOUT = 30.0  # how long a KVM boot may take before KVM counts as not working here
+ACCELERATORS = {
+    "tcg": ("-accel", "tcg,tb-size=256", "-cpu", "max"),
+    "kvm": ("-accel", "kvm", "-cpu", "host"),
+}
 COMMAND_TIMEOUT = 120.0
 DATA_DISK_BYTES = 64 * 1024 * 1024
 CONSOLE_TAIL = 25
@@ -94,6 +102,7 @@ class Guest:
     boot_id: str = ""
     boots: int = 0
     log: list[str] = field(default_factory=list)
+    accel: str = "tcg"
 
     @property
     def name(self) -> str:
@@ -135,7 +144,7 @@ class Guest:
         index = self.spec.index
         args = [
             "qemu-system-x86_64", "-name", self.name, "-machine", "pc",
-            "-accel", "tcg,tb-size=256", "-cpu", "max", "-smp", "1", "-m", "512",
+            *ACCELERATORS[self.accel], "-smp", "1", "-m", "512",
             "-nodefaults", "-no-user-config", "-display", "none",
             "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
             "-append", (
@@ -321,10 +330,49 @@ class Guest:
     def set_link(self, netdev: str, *, up: bool) -> None:
         self.qmp("set_link", name=netdev, up=up)
 
-    def reset(self) -> None:
-        """A hard reset (the power button held), then wait for the guest to come back."""
-        self.qmp("system_reset")
-        self.wait_ready(BOOT_TIMEOUT)
+
+def accelerator(image: GuestImage, scratch: Path) -> str:
+    """TCG, or KVM where a probe showed that KVM boots this guest here.
+
+    ``$XDB_LAB_ACCEL`` (tcg or kvm) decides when set. Otherwise the answer of the last probe
+    for this kernel, QEMU and CPU is reused from the image cache; a new probe boots one guest
+    with KVM and waits PROBE_TIMEOUT seconds for its agent (a nested ``kvm_pvm`` cannot run an
+    unmodified kernel: QEMU aborts, or the boot stalls)."""
+    chosen = os.environ.get("XDB_LAB_ACCEL", "")
+    if chosen:
+        if chosen not in ACCELERATORS:
+            raise LabError(f"XDB_LAB_ACCEL={chosen}: use one of {', '.join(ACCELERATORS)}")
+        return chosen
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "tcg"
+    version = subprocess.run(
+        ["qemu-system-x86_64", "--version"], capture_output=True, text=True, check=False
+    ).stdout
+    flags = next(
+        (
+            line
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("flags")
+        ),
+        "",
+    )
+    key = hashlib.sha256(f"{image.kernel}\0{version}\0{flags}".encode()).hexdigest()[:16]
+    remembered = image.root.parent / f"accel-{key}"
+    if remembered.is_file():
+        return remembered.read_text().strip()
+    probe = Guest(GuestSpec("kvm-probe", 3, ()), image, scratch, {}, accel="kvm")
+    probe.prepare(image.root)
+    answer = "kvm"
+    try:
+        probe.launch()
+        probe.wait_ready(PROBE_TIMEOUT)
+    except LabError:
+        answer = "tcg"
+    finally:
+        probe.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+    remembered.write_text(answer + "\n")
+    return answer
 
 
 def _short(script: str) -> str:
@@ -345,6 +393,9 @@ class Pair:
         )
         self.image = image
         self.boot_seconds = 0.0
+        accel = accelerator(image, directory / "kvm-probe")
+        for guest in self.guests:
+            guest.accel = accel
 
     def __iter__(self) -> Iterator[Guest]:
         return iter(self.guests)
