@@ -15,6 +15,7 @@ import hashlib
 import os
 import re
 import shutil
+import subprocess
 import tarfile
 import tempfile
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from builder.builds import drbdbuild
 from builder.builds.container import context_hash
 from builder.builds.recipes import recipe_for
 from builder.specs import DrbdFamily
+from tests import rpmfactory
 
 HERE = Path(__file__).resolve().parent
 SOURCE_TEMPLATE = HERE / "drbd-src"
@@ -327,3 +329,29 @@ def write_lab_specs(
         )
     (directory / "lab.yaml").write_text("targets:\n" + "".join(entries) + drbd)
     return directory
+
+
+def _rpm_lines(*args: str) -> list[str]:
+    return subprocess.run(
+        ["rpm", *args], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+
+
+def base_system(work: Path, rpms: list[Path], kernel_vr: str) -> Path:
+    """A stand-in for dom0's installed base: one package providing every library, file and
+    tool the DRBD packages require, except DRBD's own and the kernel."""
+    required: set[str] = set()
+    provided: set[str] = set()
+    for rpm in rpms:
+        required.update(_rpm_lines("-qp", "--requires", str(rpm)))
+        provided.update(p.split(" ", 1)[0] for p in _rpm_lines("-qp", "--provides", str(rpm)))
+        provided.update(_rpm_lines("-qpl", str(rpm)))
+    needed = sorted(
+        {
+            r.split(" ", 1)[0]
+            for r in required
+            if not r.startswith(("rpmlib(", "kernel-xen", "drbd"))
+            and r.split(" ", 1)[0] not in provided
+        }
+    )
+    return rpmfactory.build_rpms(work, ["dom0-base"], provides=needed)[0]

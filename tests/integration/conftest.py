@@ -7,8 +7,11 @@ where a missing engine is a failure: the CI script starts one.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import docker
@@ -109,3 +112,38 @@ def binpkg_iso(tmp_path_factory: pytest.TempPathFactory, kernel_rpm: Path) -> Pa
     return make_iso(
         tmp_path_factory.mktemp("iso"), {f"domain0/RPMS/{arch}/{kernel_rpm.name}": kernel_rpm}
     )
+
+
+@dataclass(frozen=True)
+class Utils:
+    version: str
+    tarball: Path
+
+
+@pytest.fixture(scope="session")
+def debian_drbd_utils(tmp_path_factory: pytest.TempPathFactory) -> Utils:
+    """drbd-utils' upstream tarball from Debian's source archive (needs a deb-src entry)."""
+    work = tmp_path_factory.mktemp("debian-source")
+    result = subprocess.run(
+        ["apt-get", "source", "--download-only", "drbd-utils"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    dsc = sorted(work.glob("drbd-utils_*.dsc"))
+    origs = sorted(work.glob("drbd-utils_*.orig.tar.gz"))
+    if not dsc or not origs:
+        unavailable(
+            "apt-get source drbd-utils fetched no .dsc and .orig.tar.gz (add a deb-src entry "
+            f"and run apt-get update): {result.stderr.strip()[-400:]}"
+        )
+    # apt-get may fail on another part of the source package (the archive has answered 404 for
+    # the Debian packaging tarball); the upstream tarball is all the test needs, and the .dsc,
+    # verified by apt against the archive's signed index, vouches for its hash.
+    orig = origs[-1]
+    digest = hashlib.sha256(orig.read_bytes()).hexdigest()
+    assert f" {digest} {orig.stat().st_size} {orig.name}" in dsc[-1].read_text()
+    version = orig.name.split("_")[1].removesuffix(".orig.tar.gz")
+    return Utils(version=version, tarball=orig)

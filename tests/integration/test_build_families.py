@@ -23,47 +23,13 @@ import pytest
 from builder.specs import Target
 from tests import rpmfactory
 from tests.integration import buildenv
-from tests.integration.conftest import unavailable
+from tests.integration.buildenv import base_system
+from tests.integration.conftest import Utils
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
 REPO = Path(__file__).resolve().parents[2]
 VERSION = "8.4.11"
-
-
-@dataclass(frozen=True)
-class Utils:
-    version: str
-    tarball: Path
-
-
-@pytest.fixture(scope="session")
-def debian_drbd_utils(tmp_path_factory: pytest.TempPathFactory) -> Utils:
-    """drbd-utils' upstream tarball from Debian's source archive (needs a deb-src entry)."""
-    work = tmp_path_factory.mktemp("debian-source")
-    result = subprocess.run(
-        ["apt-get", "source", "--download-only", "drbd-utils"],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    dsc = sorted(work.glob("drbd-utils_*.dsc"))
-    origs = sorted(work.glob("drbd-utils_*.orig.tar.gz"))
-    if not dsc or not origs:
-        unavailable(
-            "apt-get source drbd-utils fetched no .dsc and .orig.tar.gz (add a deb-src entry "
-            f"and run apt-get update): {result.stderr.strip()[-400:]}"
-        )
-    # apt-get may fail on another part of the source package (the archive has answered 404 for
-    # the Debian packaging tarball); the upstream tarball is all the test needs, and the .dsc,
-    # verified by apt against the archive's signed index, vouches for its hash.
-    orig = origs[-1]
-    digest = hashlib.sha256(orig.read_bytes()).hexdigest()
-    assert f" {digest} {orig.stat().st_size} {orig.name}" in dsc[-1].read_text()
-    version = orig.name.split("_")[1].removesuffix(".orig.tar.gz")
-    return Utils(version=version, tarball=orig)
 
 
 @dataclass(frozen=True)
@@ -231,26 +197,6 @@ def test_module_only_drbd_pairs_with_a_real_drbd_utils_release(lab: Lab) -> None
     for name in ("drbd", "drbd-utils", "drbd-xen"):
         assert twin_packages[name].read_bytes() == packages[name].read_bytes()
     assert "userland: reusing" in result.stderr
-
-
-def base_system(work: Path, rpms: list[Path], kernel_vr: str) -> Path:
-    """A stand-in for dom0's installed base: one package providing every library, file and
-    tool the DRBD packages require, except DRBD's own and the kernel."""
-    required: set[str] = set()
-    provided: set[str] = set()
-    for rpm in rpms:
-        required.update(lines_of("-qp", "--requires", str(rpm)))
-        provided.update(p.split(" ", 1)[0] for p in lines_of("-qp", "--provides", str(rpm)))
-        provided.update(lines_of("-qpl", str(rpm)))
-    needed = sorted(
-        {
-            r.split(" ", 1)[0]
-            for r in required
-            if not r.startswith(("rpmlib(", "kernel-xen", "drbd"))
-            and r.split(" ", 1)[0] not in provided
-        }
-    )
-    return rpmfactory.build_rpms(work, ["dom0-base"], provides=needed)[0]
 
 
 def dnf(root: Path, work: Path, repo: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -20,7 +20,8 @@ import pytest
 from builder.specs import Target
 from tests import rpmfactory
 from tests.integration import buildenv
-from tests.integration.test_build_families import base_system, by_name, dnf, lines_of, query
+from tests.integration.buildenv import base_system
+from tests.integration.test_build_families import by_name, dnf, lines_of, query
 from tests.support.kernelrpm import build_kernel_devel_rpm
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]

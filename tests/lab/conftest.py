@@ -19,6 +19,18 @@ import pytest
 
 from builder.cli import main
 from tests.deploy_support import pool_data, write_pool
+
+# The build fixtures of the integration tests (the stand-in target, its kernel-devel, Debian's
+# drbd-utils tarball): the module scenario builds what it installs.
+from tests.integration.conftest import (  # noqa: F401
+    binpkg_iso,
+    debian_drbd_utils,
+    docker_client,
+    kernel_release,
+    kernel_rpm,
+    kernel_tree,
+    standin_target,
+)
 from tests.lab import drbdlab, guest, guestfiles, vm
 
 pytestmark = pytest.mark.lab

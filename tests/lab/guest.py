@@ -25,7 +25,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +53,9 @@ LVM_NAMES = (
     "pvs", "vgs", "lvs", "pvcreate", "vgcreate", "lvcreate", "vgchange", "vgscan", "pvscan",
     "vgremove", "lvremove", "lvchange",
 )  # fmt: skip
+# rpm's own configuration (Debian's rpm keeps its database in ~/.rpmdb, where dnf's
+# --installroot puts it too: /root/.rpmdb in the guest).
+RPM_CONFIG = "/usr/lib/rpm"
 KMOD_NAMES = ("modprobe", "depmod", "modinfo", "insmod", "lsmod", "rmmod")
 # What the initramfs loads to find the root disk, and what the root loads later.
 BOOT_MODULES = ("virtio_pci", "virtio_blk", "ext4")
@@ -215,6 +218,7 @@ def build_root(root: Path, kernel: Path, release: str, busybox: Path) -> None:
     for script in SCRIPTS:
         _copy(script, root)
     _copy("/etc/init.d/drbd", root, "/etc/rc.d/init.d/drbd")
+    shutil.copytree(RPM_CONFIG, root / RPM_CONFIG.lstrip("/"), symlinks=True)
     # dom0's /bin/sh is bash: the runbook runs under it there, so it does here.
     (root / "usr/bin/sh").symlink_to("bash")
     for name in LVM_NAMES:
@@ -280,7 +284,7 @@ def guest_image() -> GuestImage:
     kernel = kernel_package(release, cache)
     vmlinuz = kernel / "boot" / f"vmlinuz-{release}"
     inputs: list[str | Path] = [
-        release, vmlinuz, busybox, Path("/etc/init.d/drbd"),
+        release, vmlinuz, busybox, Path("/etc/init.d/drbd"), Path(RPM_CONFIG) / "macros",
         *(Path(p) for p in (*PROGRAMS, *SCRIPTS)),
         guestfiles.digest(),
     ]  # fmt: skip
@@ -307,3 +311,14 @@ def guest_image() -> GuestImage:
         if old != done:
             shutil.rmtree(old, ignore_errors=True)
     return image
+
+
+def derived_image(image: GuestImage, directory: Path, change: Callable[[Path], None]) -> GuestImage:
+    """The cached root with ``change`` applied to a copy of its tree (packages installed into
+    it, as an image builder does), as a new root image in ``directory``."""
+    tree = directory / "tree"
+    run(["cp", "-a", str(image.root.parent / "tree"), str(tree)])
+    change(tree)
+    root = directory / "root.ext4"
+    make_ext4(root, tree)
+    return GuestImage(kernel=image.kernel, initrd=image.initrd, root=root, release=image.release)

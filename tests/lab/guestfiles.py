@@ -32,7 +32,7 @@ exec switch_root /newroot /sbin/init
 _INIT = """#!/bin/bash
 # The lab guest's init: mounts, host name and disk names (as udev would make them), runlevel 3
 # through /etc/rc.d/rc as a Red Hat dom0 boots, then the lab's command channel.
-export PATH=/usr/sbin:/usr/bin
+export PATH=/usr/sbin:/usr/bin HOME=/root
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
