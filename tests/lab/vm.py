@@ -140,7 +140,7 @@ class Guest:
         with self.data_disk.open("wb") as disk:
             disk.truncate(DATA_DISK_BYTES)
 
-    def argv(self, kernel_args: str = "") -> list[str]:
+    def argv(self) -> list[str]:
         index = self.spec.index
         args = [
             "qemu-system-x86_64", "-name", self.name, "-machine", "pc",
@@ -149,8 +149,8 @@ class Guest:
             "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
             "-append", (
                 f"console=ttyS0 panic=-1 lab.host={self.name} "
-                f"lab.addr={','.join(self.spec.addresses)} {kernel_args}"
-            ).strip(),
+                f"lab.addr={','.join(self.spec.addresses)}"
+            ),
             "-drive", f"file={self.directory / 'root.ext4'},if=none,id=root,format=raw",
             "-device", "virtio-blk-pci,drive=root,serial=xdb-root",
             "-drive", f"file={self.data_disk},if=none,id=data,format=raw",
@@ -171,18 +171,18 @@ class Guest:
         ]  # fmt: skip
         return args
 
-    def start(self, kernel_args: str = "") -> None:
-        self.launch(kernel_args)
+    def start(self) -> None:
+        self.launch()
         self.wait_ready(BOOT_TIMEOUT)
 
-    def launch(self, kernel_args: str = "") -> None:
+    def launch(self) -> None:
         """Start QEMU and connect the command channel (QEMU waits for it before booting)."""
         for name in ("agent.sock", "qmp.sock"):
             (self.directory / name).unlink(missing_ok=True)
         self.console.unlink(missing_ok=True)
         with (self.directory / "qemu.log").open("wb") as qemu_output:
             self.process = subprocess.Popen(
-                self.argv(kernel_args),
+                self.argv(),
                 stdin=subprocess.DEVNULL,
                 stdout=qemu_output,
                 stderr=subprocess.STDOUT,
@@ -263,6 +263,8 @@ class Guest:
         ident = f"{self.boots}.{self.counter}"
         payload = base64.b64encode(script.encode()).decode()
         try:
+            # A large script crosses the emulated UART slowly: the command's time bounds it.
+            self.channel.settimeout(timeout)
             self.channel.sendall(f"{ident} {payload}\n".encode())
         except OSError as exc:
             state = "" if self.process is None else f" (QEMU exit status {self.process.poll()})"
