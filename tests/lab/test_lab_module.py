@@ -164,6 +164,7 @@ def booted(
         lab_image, work, lambda tree: install_into(tree, rendered, build, work)
     )
     host = vm.Guest(vm.GuestSpec("xcp1", 1, ()), image, work / "xcp1", {})
+    host.accel = vm.accelerator(image, work / "kvm-probe")
     host.prepare(image.root)
     try:
         host.start()

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.lab.guest import GuestImage
+from tests.lab.guest import GuestImage, cache_dir
 
 BOOT_TIMEOUT = 180.0  # seconds from start to the agent's first line (TCG, a busy machine)
 PROBE_TIMEOUT = 30.0  # how long a KVM boot may take before KVM counts as not working here
@@ -359,7 +359,7 @@ def accelerator(image: GuestImage, scratch: Path) -> str:
         "",
     )
     key = hashlib.sha256(f"{image.kernel}\0{version}\0{flags}".encode()).hexdigest()[:16]
-    remembered = image.root.parent / f"accel-{key}"
+    remembered = cache_dir() / f"accel-{key}"
     if remembered.is_file():
         return remembered.read_text().strip()
     probe = Guest(GuestSpec("kvm-probe", 3, ()), image, scratch, {}, accel="kvm")
