@@ -337,7 +337,7 @@ def _rpm_lines(*args: str) -> list[str]:
     ).stdout.splitlines()
 
 
-def base_system(work: Path, rpms: list[Path], kernel_vr: str) -> Path:
+def base_system(work: Path, rpms: list[Path]) -> Path:
     """A stand-in for dom0's installed base: one package providing every library, file and
     tool the DRBD packages require, except DRBD's own and the kernel."""
     required: set[str] = set()
@@ -355,3 +355,16 @@ def base_system(work: Path, rpms: list[Path], kernel_vr: str) -> Path:
         }
     )
     return rpmfactory.build_rpms(work, ["dom0-base"], provides=needed)[0]
+
+
+def dom0_stand_ins(work: Path, rpms: list[Path]) -> list[Path]:
+    """A stand-in for dom0's installed system: the base (``base_system``) and its kernel
+    package at the one version-release the module packages require."""
+    kernels = {r for r in _rpm_lines("-qp", "--requires", *map(str, rpms))
+               if r.startswith("kernel-xen = ")}  # fmt: skip
+    assert len(kernels) == 1, kernels
+    version, release = kernels.pop().split(" = ", 1)[1].split("-", 1)
+    (kernel,) = rpmfactory.build_rpms(
+        work / "kernel", ["kernel-xen"], version=version, release=release
+    )
+    return [base_system(work / "base", rpms), kernel]

@@ -224,7 +224,7 @@ def test_dnf_installs_the_build_only_beside_the_kernel_it_was_built_for(lab: Lab
     repo.mkdir(parents=True)
     for rpm in built:
         shutil.copy2(rpm, repo)
-    shutil.copy2(base_system(work, built, kernel_vr), repo)
+    shutil.copy2(base_system(work, built), repo)
     subprocess.run(["createrepo_c", "--quiet", str(repo)], check=True)
     kernels = {
         "same": rpmfactory.build_rpms(work, ["kernel-xen"], version=version, release=release)[0],

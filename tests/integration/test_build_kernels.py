@@ -137,7 +137,7 @@ def test_all_kernels_of_a_yum_source_are_built_published_and_installable(
     running = rpmfactory.build_rpms(
         work, ["kernel-xen"], version=kernel_version, release=RELEASES[1]
     )[0]
-    shutil.copy2(base_system(work, sorted(repo.glob("*.rpm")), evrs[1]), local)
+    shutil.copy2(base_system(work, sorted(repo.glob("*.rpm"))), local)
     subprocess.run(["createrepo_c", "--quiet", str(local)], check=True)
     root = work / "root"
     setup = dnf(root, work, local, "install", str(running), "dom0-base")

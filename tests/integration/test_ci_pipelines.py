@@ -34,7 +34,6 @@ import docker.errors
 import pytest
 
 from builder.specs import Target
-from tests import rpmfactory
 from tests.integration import buildenv
 from tests.integration.conftest import unavailable
 from tests.support import cirunner
@@ -318,38 +317,6 @@ def verify(repo: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def lines_of(*args: str) -> list[str]:
-    return subprocess.run(
-        ["rpm", *args], capture_output=True, text=True, check=True
-    ).stdout.splitlines()
-
-
-def dom0_base(work: Path, rpms: list[Path]) -> list[Path]:
-    """A stand-in for dom0's installed system: its kernel at the kernel-devel's release and
-    one package providing every library, file and tool the DRBD packages require."""
-    required: set[str] = set()
-    provided: set[str] = set()
-    for rpm in rpms:
-        required.update(lines_of("-qp", "--requires", str(rpm)))
-        provided.update(p.split(" ", 1)[0] for p in lines_of("-qp", "--provides", str(rpm)))
-        provided.update(lines_of("-qpl", str(rpm)))
-    needed = sorted(
-        {
-            r.split(" ", 1)[0]
-            for r in required
-            if not r.startswith(("rpmlib(", "kernel-xen", "drbd"))
-            and r.split(" ", 1)[0] not in provided
-        }
-    )
-    kernels = [r for r in required if r.startswith("kernel-xen = ")]
-    assert len(set(kernels)) == 1, kernels
-    version, release = kernels[0].split(" = ", 1)[1].split("-", 1)
-    (base,) = rpmfactory.build_rpms(work / "base", ["dom0-base"], provides=needed)
-    (kernel,) = rpmfactory.build_rpms(work / "kernel", ["kernel-xen"], version=version,
-                                      release=release)  # fmt: skip
-    return [base, kernel]
-
-
 def dnf(work: Path, *args: str, repos: Path | None = None) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(
@@ -377,7 +344,7 @@ def assert_dnf_gets_a_package_of_every_target(www: Path, url: str, work: Path) -
     repos.mkdir(parents=True)
     (repos / "xcp-drbd-el7.repo").write_text(repo_file)
     served = sorted((www / "el7" / "x86_64").glob("*.rpm"))
-    base = dom0_base(work, served)
+    base = buildenv.dom0_stand_ins(work, served)
     prepared = dnf(work, "--nogpgcheck", "install", *map(str, base))
     assert prepared.returncode == 0, prepared.stdout + prepared.stderr
     modules = {

@@ -23,7 +23,6 @@ from pathlib import Path
 import pytest
 
 from builder.specs import Target
-from tests import rpmfactory
 from tests.deploy_support import pool_data, write_pool
 from tests.integration import buildenv
 from tests.integration.conftest import Utils
@@ -110,17 +109,7 @@ def runbook_packages(runbook: Path) -> list[str]:
 def install_into(tree: Path, rendered: Path, build: Path, work: Path) -> None:
     """dnf --installroot with the rendered .repo file: the dom0's stand-in kernel package and
     base, then the runbook's packages from the signed repository."""
-    built = sorted(build.glob("*.rpm"))
-    kernel_rpm_vr = next(
-        r.split(" = ", 1)[1]
-        for r in buildenv._rpm_lines("-qp", "--requires", *map(str, built))
-        if r.startswith("kernel-xen = ")
-    )
-    version, release = kernel_rpm_vr.split("-", 1)
-    stand_ins = [
-        rpmfactory.build_rpms(work, ["kernel-xen"], version=version, release=release)[0],
-        buildenv.base_system(work, built, kernel_rpm_vr),
-    ]
+    stand_ins = buildenv.dom0_stand_ins(work, sorted(build.glob("*.rpm")))
     # The install step's key: fetched from GPGKEY_URL to KEY_FILE. dnf runs outside the root
     # and reads a file:// gpgkey on this machine, so its copy of the .repo file names the key
     # inside the root; nothing else of the file changes.
