@@ -138,6 +138,10 @@ def install_into(tree: Path, rendered: Path, build: Path, work: Path) -> None:
         done = subprocess.run(
             [*common, *args], capture_output=True, text=True, timeout=600, check=False
         )
+        # dnf imports the key with gpg, whose agent would outlive the test.
+        for pubring in (work / "cache").glob("*/pubring"):
+            subprocess.run(["gpgconf", "--homedir", str(pubring), "--kill", "gpg-agent"],
+                           check=False)  # fmt: skip
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
