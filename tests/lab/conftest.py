@@ -30,6 +30,7 @@ from tests.integration.conftest import (  # noqa: F401
     kernel_rpm,
     kernel_tree,
     standin_target,
+    unavailable,
 )
 from tests.lab import drbdlab, guest, guestfiles, vm
 
@@ -41,12 +42,6 @@ HOSTS = (
 )
 # Each guest's data disk by its id (QEMU's serial=), as a dom0 operator names it.
 DATA_DISKS = ("/dev/disk/by-id/virtio-xdb-data-1", "/dev/disk/by-id/virtio-xdb-data-2")
-
-
-def unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)")
-    pytest.skip(reason)
 
 
 def lab_pool(**changes: Any) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.lab import guestfiles
+from tests.support.kernelrpm import installed_headers
 
 # Bump when the way the images are made changes in a way the inputs below do not show.
 RECIPE = "4"
@@ -98,14 +99,12 @@ def run(argv: list[str], *, cwd: Path | None = None, timeout: float = 600) -> st
 
 
 def headers_release() -> str:
-    """``uname -r`` of the newest installed Debian kernel headers (the stand-in's kernel)."""
-    for arch_dir in sorted(Path("/usr/src").glob("linux-headers-*-amd64"), reverse=True):
-        header = arch_dir / "include" / "generated" / "utsrelease.h"
-        if header.is_file():
-            match = re.search(r'UTS_RELEASE "([^"]+)"', header.read_text())
-            if match:
-                return match.group(1)
-    raise Unavailable("no Debian kernel headers installed (apt-get install linux-headers-amd64)")
+    """``uname -r`` of the installed Debian kernel headers the stand-in kernel-devel is made
+    from (the same choice as the tests' kernel-devel RPM, so the module fits the guest)."""
+    try:
+        return installed_headers().release
+    except RuntimeError as exc:
+        raise Unavailable(str(exc)) from exc
 
 
 def kernel_package(release: str, cache: Path) -> Path:
