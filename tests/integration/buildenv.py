@@ -42,6 +42,9 @@ SUITE = "bookworm"
 ROOT_PACKAGES = (
     "rpm", "gcc", "g++", "make", "flex", "libc6-dev", "libelf1", "patch", "perl", "autoconf",
     "automake", "libkeyutils-dev", "pkgconf",
+    # what CentOS 7's image installs for external modules: libelf headers (objtool, which a
+    # tree with CONFIG_UNWINDER_ORC=y runs on every module) and bc (the tree's Makefiles)
+    "libelf-dev", "bc",
 )  # fmt: skip
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 # Sources' newest mtime, hence SOURCE_DATE_EPOCH: 2011-12-20, DRBD 8.4.1's release day.
