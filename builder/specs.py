@@ -166,9 +166,50 @@ class Target:
     consumer: Consumer
     adjustments: Adjustments = NO_ADJUSTMENTS  # the target's `build:` mapping
     drbd_versions: tuple[str, ...] = ()  # the DRBD releases that fit its kernel (`drbd:`)
+    # `checked:` what each of those was built against, and when (shown by `targets`)
+    checked: Mapping[str, str] = field(default_factory=dict)
     limits: Limits = DEFAULT_LIMITS  # container.limits
     # Where the entry was read: patches and its lock file (builder.inputs.checksums.lock_for)
     spec_file: Path = field(compare=False)
+
+
+def kernel_version(release: str) -> tuple[int, ...]:
+    """The leading dotted numbers of a kernel release: ``4.19.0+1`` → (4, 19, 0)."""
+    match = re.match(r"\d+(?:\.\d+)*", release)
+    return tuple(int(part) for part in match.group(0).split(".")) if match else ()
+
+
+def _at_least(release: tuple[int, ...], bound: tuple[int, ...]) -> bool:
+    width = max(len(release), len(bound))
+    return release + (0,) * (width - len(release)) >= bound + (0,) * (width - len(bound))
+
+
+KERNEL_BOUND = re.compile(r"^\d+(?:\.\d+){0,3}$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class KernelRange:
+    """The kernels a DRBD release's compat layer knows how to build against (``kernels:``)."""
+
+    oldest: str | None  # `from`: the oldest kernel version it builds against
+    below: str | None  # the first kernel version it no longer builds against
+    why: str  # the evidence: what fails outside the range
+    instead: str | None = None  # what to use outside it
+
+    def fits(self, release: str) -> bool:
+        numbers = kernel_version(release)
+        if not numbers:
+            return True  # not a version number: nothing to judge it by
+        if self.oldest is not None and not _at_least(numbers, kernel_version(self.oldest)):
+            return False
+        return self.below is None or not _at_least(numbers, kernel_version(self.below))
+
+    def describe(self) -> str:
+        if self.oldest and self.below:
+            return f"kernels {self.oldest} up to, not including, {self.below}"
+        if self.oldest:
+            return f"kernels {self.oldest} and newer"
+        return f"kernels older than {self.below}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -196,6 +237,19 @@ class UtilsVersion(Tarball):
 class DrbdVersion(Tarball):
     family: DrbdFamily
     utils: UtilsVersion | None = None  # the userland it pairs with (8.4 and 9 families)
+    kernels: KernelRange | None = None  # the kernels it builds against; None: not known
+
+    def refusal(self, target: Target) -> ConfigError | None:
+        """Why this release cannot be built for ``target``'s kernel, if its range says so."""
+        if self.kernels is None or self.kernels.fits(target.kernel_release):
+            return None
+        hint = f"Use {self.kernels.instead}." if self.kernels.instead else None
+        return ConfigError(
+            f"DRBD {self.version} does not build against {target.id}'s kernel "
+            f"{target.kernel_release}: it fits {self.kernels.describe()}, because "
+            f"{self.kernels.why}.",
+            hint=hint,
+        )
 
 
 @dataclass(frozen=True)
@@ -317,6 +371,17 @@ def _target(file: Path, target_id: str, reader: YamlReader) -> Target:
         build = reader.mapping("build")
         adjustments = _adjustments(file, build)
         build.done()
+    drbd_versions = reader.text_list("drbd", SAFE_NAME)
+    checked: dict[str, str] = {}
+    if reader.raw("checked", required=False) is not None:
+        evidence = reader.mapping("checked")
+        for version in [str(v) for v in evidence.data]:
+            if version not in drbd_versions:
+                raise evidence.fail(
+                    version, "names a DRBD version that the target's drbd: list does not have"
+                )
+            checked[version] = evidence.text(version, ONE_LINE, explain="one line of text")
+        evidence.done()
     target = Target(
         id=target_id,
         # Written into the .repo file's name= line and the deploy README: one line, or a
@@ -336,7 +401,8 @@ def _target(file: Path, target_id: str, reader: YamlReader) -> Target:
         spatch_context=spatch_context,
         consumer=Consumer(reader.choice("consumer", [c.value for c in Consumer])),
         adjustments=adjustments,
-        drbd_versions=reader.text_list("drbd", SAFE_NAME),
+        drbd_versions=drbd_versions,
+        checked=checked,
         limits=limits,
         spec_file=file,
     )
@@ -427,16 +493,38 @@ def _drbd(file: Path, version: str, reader: YamlReader) -> tuple[DrbdVersion, st
             "utils",
             f"is not used by family {family.value}: its tarball builds its own userland",
         )
+    kernels = None
+    if reader.raw("kernels", required=False) is not None:
+        kernels = _kernel_range(reader.mapping("kernels"))
     entry = DrbdVersion(
         version=version,
         family=family,
         url=reader.url("url"),
         sha256=reader.text("sha256", required=False, pattern=SHA256),
         adjustments=_adjustments(file, reader),
+        kernels=kernels,
         spec_file=file,
     )
     reader.done()
     return entry, utils
+
+
+def _kernel_range(reader: YamlReader) -> KernelRange:
+    explain = "a kernel version such as 4.18 or 4.12.14"
+    oldest = reader.text("from", KERNEL_BOUND, required=False, explain=explain)
+    below = reader.text("below", KERNEL_BOUND, required=False, explain=explain)
+    if oldest is None and below is None:
+        raise reader.fail(None, "needs from:, below: or both (kernel versions)")
+    if oldest and below and _at_least(kernel_version(oldest), kernel_version(below)):
+        raise reader.fail("below", f"{below} is not newer than from: {oldest}")
+    result = KernelRange(
+        oldest=oldest,
+        below=below,
+        why=reader.text("why", ONE_LINE, explain="one line: what fails outside the range"),
+        instead=reader.text("instead", ONE_LINE, required=False, explain="one line"),
+    )
+    reader.done()
+    return result
 
 
 def _utils(file: Path, version: str, reader: YamlReader) -> UtilsVersion:
@@ -550,6 +638,16 @@ def _resolve_versions(
                 )
             entry = replace(entry, utils=utils[utils_name])
         versions[name] = entry
+    for target in targets.values():
+        for index, version in enumerate(target.drbd_versions):
+            refusal = versions[version].refusal(target)
+            if refusal is not None:
+                # The registry must not recommend what cannot be built.
+                raise ConfigError(
+                    f"{target.spec_file}: targets.{target.id}.drbd[{index}]: {refusal.message}",
+                    hint="Remove it from the target's drbd: list"
+                    + (f"; {refusal.hint}" if refusal.hint else "."),
+                )
     return versions
 
 

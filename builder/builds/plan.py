@@ -107,6 +107,16 @@ class BuildStep:
         }
 
 
+def refuse_unbuildable(registry: Registry, targets: Sequence[str], versions: Sequence[str]) -> None:
+    """Raise for the first (target, DRBD version) pair whose kernel range excludes the
+    target's kernel: before any download, extraction or container."""
+    for target in registry.targets_named(targets):
+        for version in versions or target.drbd_versions:
+            refusal = registry.drbd_version(version).refusal(target)
+            if refusal is not None:
+                raise refusal
+
+
 def plan(
     registry: Registry,
     targets: Sequence[str],
@@ -134,6 +144,9 @@ def plan(
         resolved_versions: list[DrbdVersion] = []
         for version in wanted:
             entry = registry.drbd_version(version)
+            refusal = entry.refusal(target)
+            if refusal is not None:
+                raise refusal
             if entry not in resolved_versions:
                 resolved_versions.append(entry)
         evrs: Sequence[str | None] = kernels.get(target.id) or [None]

@@ -443,7 +443,7 @@ RECIPES: dict[DrbdFamily, Recipe] = {
         syntax=Syntax.V84,
         userland=DRBD_UTILS,
         requirement=Requirement.MINIMUM,
-        dom0="XCP-ng 8.2 and 8.3 (4.19)",
+        dom0="kernels before 4.18 (8.4.11 does not compile against XCP-ng 8.x's 4.19)",
         files=("drbd-km.spec",),
         module_spec="drbd-km.spec",
     ),

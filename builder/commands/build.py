@@ -164,12 +164,14 @@ def kernel_choice(text: str) -> str:
 
 def _steps(args: argparse.Namespace) -> list[BuildStep]:
     # Imported here: every command's start-up pays for what cli.py imports.
-    from builder.builds.plan import plan
+    from builder.builds.plan import plan, refuse_unbuildable
     from builder.inputs import kernels
     from builder.specs import load_registry
 
     registry = load_registry(args.specs)
     targets = registry.targets_named(args.targets)
+    # Before the kernel's repository is read: a pair that cannot build needs no download.
+    refuse_unbuildable(registry, args.targets, args.versions)
     local_rpm: Path | None = getattr(args, "kernel_rpm", None)
     if local_rpm is not None:
         # The user's kernel-devel RPM is the one kernel: no repository is read.

@@ -9,6 +9,8 @@ from typing import Any
 from builder.builds.recipes import describe_families
 from builder.specs import Registry, Target, load_registry
 
+NOT_CHECKED = "not yet built against a real kernel tree of this generation"
+
 
 def register(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
@@ -34,6 +36,7 @@ def target_dict(target: Target) -> dict[str, Any]:
         "consumer": target.consumer.value,
         "container_family": target.container_family,
         "drbd": list(target.drbd_versions),
+        "checked": {v: target.checked.get(v) for v in target.drbd_versions},
         "kernel": {
             "package": target.kernel_package,
             "release": target.kernel_release,
@@ -59,6 +62,14 @@ def registry_dict(registry: Registry) -> dict[str, Any]:
                 "url": v.url,
                 "sha256": v.sha256,
                 "utils": v.utils.version if v.utils else None,
+                "kernels": None
+                if v.kernels is None
+                else {
+                    "from": v.kernels.oldest,
+                    "below": v.kernels.below,
+                    "why": v.kernels.why,
+                    "instead": v.kernels.instead,
+                },
             }
             for v in registry.drbd.values()
         ],
@@ -88,10 +99,14 @@ def run(args: argparse.Namespace) -> int:
         )
         if target.drbd_versions:
             print(f"      DRBD that fits: {', '.join(target.drbd_versions)}")
+            for name in target.drbd_versions:
+                print(f"        {name}: {target.checked.get(name, NOT_CHECKED)}")
     print("DRBD versions (use with --drbd):")
     for version in registry.drbd.values():
         utils = f", userland drbd-utils {version.utils.version}" if version.utils else ""
         print(f"  {version.version}: family {version.family.value}{utils}")
+        if version.kernels is not None:
+            print(f"      builds against {version.kernels.describe()}: {version.kernels.why}")
     print("DRBD families and the dom0 kernels they fit:")
     for family, versions, dom0 in describe_families():
         print(f"  {family} ({versions}): {dom0}")

@@ -96,35 +96,41 @@ def test_the_spec_sets_the_default_selection(tmp_path: Path) -> None:
 
 def test_plan_has_one_step_per_kernel_in_its_own_directory(tmp_path: Path) -> None:
     chosen = {"xcp-ng-8.2": tuple(reversed(HELD))}
-    steps = plan(load_registry(), ["8.2", "1.5"], ["8.4.11"], tmp_path, chosen)
+    steps = plan(load_registry(), ["8.2", "1.5"], [], tmp_path, chosen)
     assert [(s.target.id, s.kernel, s.build_name) for s in steps] == [
-        ("xcp-ng-8.2", HELD[2], f"8.4.11+k{HELD[2]}"),
-        ("xcp-ng-8.2", HELD[1], f"8.4.11+k{HELD[1]}"),
-        ("xcp-ng-8.2", HELD[0], f"8.4.11+k{HELD[0]}"),
-        ("xcp-1.5", None, "8.4.11"),
+        ("xcp-ng-8.2", HELD[2], f"9.2.19+k{HELD[2]}"),
+        ("xcp-ng-8.2", HELD[1], f"9.2.19+k{HELD[1]}"),
+        ("xcp-ng-8.2", HELD[0], f"9.2.19+k{HELD[0]}"),
+        ("xcp-1.5", None, "8.4.1"),
+        ("xcp-1.5", None, "8.3.16"),
     ]
-    assert steps[0].output_dir == tmp_path / "xcp-ng-8.2" / f"8.4.11+k{HELD[2]}"
+    assert steps[0].output_dir == tmp_path / "xcp-ng-8.2" / f"9.2.19+k{HELD[2]}"
     assert f"kernel-devel-{HELD[2]} in https://updates.xcp-ng.org" in steps[0].describe()[1]
 
 
 def test_matrix_has_one_entry_per_kernel_naming_it(
     repository: list[str], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    args = ["matrix", "--cache", str(tmp_path), "--xcp", "8.2", "1.5", "--drbd", "9.2.19"]
+    args = ["matrix", "--cache", str(tmp_path), "--xcp", "8.2", "1.5"]
     assert main([*args, "--kernel", "all"]) == 0
     entries = json.loads(capsys.readouterr().out)["include"]
-    assert [(e["target"], e["kernel"]) for e in entries] == [
-        ("xcp-ng-8.2", HELD[2]),
-        ("xcp-ng-8.2", HELD[1]),
-        ("xcp-ng-8.2", HELD[0]),
-        ("xcp-1.5", "latest"),
+    assert [(e["target"], e["drbd"], e["kernel"]) for e in entries] == [
+        ("xcp-ng-8.2", "9.2.19", HELD[2]),
+        ("xcp-ng-8.2", "9.2.19", HELD[1]),
+        ("xcp-ng-8.2", "9.2.19", HELD[0]),
+        ("xcp-1.5", "8.4.1", "latest"),
+        ("xcp-1.5", "8.3.16", "latest"),
     ]
     assert entries[0]["output"].endswith(f"/xcp-ng-8.2/9.2.19+k{HELD[2]}")
     assert main(args) == 0  # the spec's default: latest
     assert [e["kernel"] for e in json.loads(capsys.readouterr().out)["include"]] == [
         HELD[0],
         "latest",
+        "latest",
     ]
+    # A pair outside the release's kernel range is refused before the repository is read.
+    assert main([*args, "--drbd", "9.2.19"]) == 2
+    assert "DRBD 9.2.19 does not build against xcp-1.5's kernel" in capsys.readouterr().err
     # a job of that matrix: the one exact kernel
     assert main([*args[:4], "8.2", "--drbd", "9.2.19", "--kernel", HELD[1]]) == 0
     assert [e["kernel"] for e in json.loads(capsys.readouterr().out)["include"]] == [HELD[1]]

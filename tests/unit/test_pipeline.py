@@ -217,7 +217,8 @@ def test_a_failed_check_leaves_no_complete_looking_artifacts(fakes: Fakes, tmp_p
 
 
 def test_one_drbd_utils_file_cannot_serve_several_drbd_utils_versions(tmp_path: Path) -> None:
-    steps = plan(load_registry(), ["8.2"], ["8.4.11", "9.2.19"], tmp_path)
+    registry = load_registry()
+    steps = plan(registry, ["1.5"], ["8.4.11"], tmp_path) + plan(registry, ["8.2"], [], tmp_path)
     opts = pipeline.BuildOptions(
         settings=FetchSettings(cache_dir=tmp_path, state_dir=tmp_path / "state"),
         kernel_inputs=KernelInputs(),
@@ -240,7 +241,7 @@ def test_a_local_drbd_utils_file_replaces_the_download(
         return Fetched(path=tmp_path / f"{what}.tar.gz", sha256="0" * 64, origin="test")
 
     monkeypatch.setattr(pipeline, "fetch_tarball", fake_fetch)
-    (step,) = plan(load_registry(), ["8.2"], ["8.4.11"], tmp_path)
+    (step,) = plan(load_registry(), ["1.5"], ["8.4.11"], tmp_path)
     opts = pipeline.BuildOptions(
         settings=FetchSettings(cache_dir=tmp_path, state_dir=tmp_path / "state"),
         kernel_inputs=KernelInputs(),

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,22 @@ def test_targets_json_lists_every_target(capsys: pytest.CaptureFixture[str]) -> 
     ids = [t["id"] for t in data["targets"]]
     assert {"xcp-1.5", "xcp-1.6", "xenserver-6.2", "xcp-ng-8.2", "xcp-ng-8.3"} <= set(ids)
     assert {"8.3.16", "8.4.0", "8.4.4"} <= {v["version"] for v in data["drbd"]}
+    late = next(v for v in data["drbd"] if v["version"] == "8.4.11")
+    assert late["kernels"]["below"] == "4.18"
+    assert "bioset" in late["kernels"]["why"]
+
+
+def test_targets_shows_per_pair_what_it_was_built_against(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["targets"]) == 0
+    out = capsys.readouterr().out
+    found = re.search(r"^  xcp-ng-8\.3 .*?(?=^  \S|^\S)", out, re.M | re.S)
+    assert found is not None
+    block = found.group(0)
+    assert "DRBD that fits: 9.2.19" in block
+    assert "9.2.19: " in block
+    assert "8.4.11: family 8.4, userland drbd-utils 9.22.0\n      builds against kernels " in out
 
 
 def test_xenserver_without_url_explains_how_to_get_the_iso(

@@ -161,7 +161,7 @@ def test_builtin_registry_pairs_the_module_only_releases_with_drbd_utils() -> No
     assert nine.utils is not None and nine.utils.version == "9.34.0"
     assert registry.drbd_version("8.4.1").utils is None
     for target in ("xcp-ng-8.2", "xcp-ng-8.3"):
-        assert registry.target(target).drbd_versions == ("8.4.11", "9.2.19")
+        assert registry.target(target).drbd_versions == ("9.2.19",)
     assert registry.target("1.5").drbd_versions == ("8.4.1", "8.3.16")
 
 
@@ -323,3 +323,98 @@ def test_a_key_with_a_line_break_is_named_with_the_break_escaped(tmp_path: Path)
     with pytest.raises(ConfigError) as caught:
         load_registry([tmp_path], builtin=False)
     assert str(caught.value).startswith(f"{tmp_path / 'lab.yaml'}: targets.lab\\n: target names")
+
+
+def test_no_builtin_target_recommends_a_pair_outside_its_kernel_range() -> None:
+    registry = load_registry()
+    for target in registry.targets.values():
+        for version in target.drbd_versions:
+            assert registry.drbd_version(version).refusal(target) is None, (target.id, version)
+    # The releases whose range is known say it; 8.4.11 is not for XCP-ng 8.x's 4.19.
+    late = registry.drbd_version("8.4.11")
+    assert late.refusal(registry.target("8.3")) is not None
+    assert late.refusal(registry.target("1.5")) is None
+    assert registry.drbd_version("9.2.19").refusal(registry.target("1.5")) is not None
+
+
+def _ranged(kernels: str, release: str = "6.1.0-1-amd64", listed: str = "") -> str:
+    target = TARGET.replace("release: 6.1.0-1-amd64", f"release: {release}")
+    return (
+        UTILS
+        + target.replace("    consumer: el7\n", f"    consumer: el7\n{listed}")
+        + "drbd:\n  8.4.11:\n    family: '8.4'\n    url: https://x/d.tgz\n    utils: 9.22.0\n"
+        + "    kernels:\n"
+        + "".join(f"      {line}\n" for line in kernels.splitlines())
+    )
+
+
+@pytest.mark.parametrize(
+    ("release", "fits"),
+    [
+        ("4.17.19", True),
+        ("4.18", False),
+        ("4.18.0-80.el8.x86_64", False),
+        ("4.19.0+1", False),
+        ("3.10.0-1160.el7.x86_64", True),
+        ("2.6.32.12-0.7.1.xs1.4.90.530.170661xen", False),
+        ("2.6.32.43", True),
+        ("not-a-version", True),
+    ],
+)
+def test_a_kernel_range_compares_the_release_by_its_version_numbers(
+    tmp_path: Path, release: str, fits: bool
+) -> None:
+    write(tmp_path, "v.yaml", _ranged('from: "2.6.32.13"\nbelow: "4.18"\nwhy: it fails'))
+    registry = load_registry([tmp_path], builtin=False)
+    kernels = registry.drbd_version("8.4.11").kernels
+    assert kernels is not None
+    assert kernels.fits(release) is fits
+
+
+def test_a_target_cannot_list_a_release_outside_its_range(tmp_path: Path) -> None:
+    spec = _ranged(
+        'below: "4.18"\nwhy: bioset_free is gone\ninstead: DRBD 9.2',
+        release="4.19.0+1",
+        listed="    drbd: [8.4.11]\n",
+    )
+    write(tmp_path, "v.yaml", spec)
+    with pytest.raises(ConfigError) as caught:
+        load_registry([tmp_path], builtin=False)
+    message = str(caught.value)
+    assert (
+        "targets.lab.drbd[0]: DRBD 8.4.11 does not build against lab's kernel 4.19.0+1" in message
+    )
+    assert "because bioset_free is gone" in message
+    assert "Remove it from the target's drbd: list; Use DRBD 9.2." in message
+
+
+@pytest.mark.parametrize(
+    ("kernels", "message"),
+    [
+        ("why: no bounds", "kernels: needs from:, below: or both"),
+        ('below: "4.x"\nwhy: w', "kernels.below: '4.x' is not valid: a kernel version"),
+        ('from: "4.18"\nbelow: "4.12"\nwhy: w', "kernels.below: 4.12 is not newer than from: 4.18"),
+        ('below: "4.18"', "kernels.why: is required"),
+        ('below: "4.18"\nwhy: w\nabove: "5"', "kernels.above: unknown key"),
+    ],
+)
+def test_a_kernel_range_is_checked_where_it_is_read(
+    tmp_path: Path, kernels: str, message: str
+) -> None:
+    write(tmp_path, "v.yaml", _ranged(kernels))
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_registry([tmp_path], builtin=False)
+
+
+def test_checked_evidence_belongs_to_a_listed_release(tmp_path: Path) -> None:
+    listed = "    drbd: [8.4.11]\n    checked:\n      8.4.11: built against a 6.1 tree\n"
+    write(tmp_path, "v.yaml", _ranged('below: "7"\nwhy: w', listed=listed))
+    target = load_registry([tmp_path], builtin=False).target("lab")
+    assert target.checked == {"8.4.11": "built against a 6.1 tree"}
+    write(
+        tmp_path,
+        "v.yaml",
+        _ranged('below: "7"\nwhy: w', listed=listed.replace("8.4.11:", "9.2.19:")),
+    )
+    with pytest.raises(ConfigError, match=r"targets\.lab\.checked\.9\.2\.19: names a DRBD version"):
+        load_registry([tmp_path], builtin=False)
