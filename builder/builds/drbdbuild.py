@@ -44,10 +44,12 @@ from builder.builds.recipes import (
 from builder.builds.rpmbuild import (
     BuildResult,
     Run,
+    check_spatch,
     kernel_mounts,
     read_member,
     run_build,
     source_for,
+    spatch_version,
     top_level_files,
 )
 from builder.errors import ConfigError, InputError
@@ -153,6 +155,7 @@ class Built:
     module: BuildResult
     userland: BuiltUserland
     kdir: str
+    compat: dict[str, str | None] | None = None  # DRBD 9: the compat patch's origin
 
 
 def _environment(adjustments: Adjustments, jobs: int) -> dict[str, str]:
@@ -272,8 +275,9 @@ def build_module(
     cache_dir: Path,
     timeout: float | None,
     client: docker.DockerClient | None,
-) -> tuple[BuildResult, str]:
-    """Build the kernel module package into ``output_dir``; return the result and kdir."""
+) -> tuple[BuildResult, str, dict[str, str | None] | None]:
+    """Build the kernel module package into ``output_dir``; return the result, kdir and (DRBD
+    9) where the compat patch came from."""
     mounts, kdir = kernel_mounts(build.kernel.root, build.kernel.build_dir)
     adjustments = build.drbd.adjustments + build.module_adjustments
     requires = build.kernel.requires
@@ -308,8 +312,9 @@ def build_module(
         limits=build.limits,
     )
     extra: list[container.BindMount] = []
+    compat = None
     if isinstance(recipe, KmodRecipe):
-        checksum, entry = ensure_compat(
+        checksum, entry, compat = ensure_compat(
             build,
             recipe,
             job,
@@ -332,7 +337,7 @@ def build_module(
         timeout=timeout,
         client=client,
     )
-    return result, kdir
+    return result, kdir, compat
 
 
 def module_userland_requirement(build: DrbdBuild) -> str | None:
@@ -353,8 +358,9 @@ def ensure_compat(
     log_file: Path,
     timeout: float | None,
     client: docker.DockerClient | None,
-) -> tuple[str, Path | None]:
-    """DRBD 9's compat patch for the target kernel: (md5 of compat.h, cache entry to feed).
+) -> tuple[str, Path | None, dict[str, str | None]]:
+    """DRBD 9's compat patch for the target kernel: (md5 of compat.h, cache entry to feed,
+    where it came from for the manifest).
 
     The entry is None when the tarball's own cocci_cache has the patch.  Otherwise it comes
     from ``<cache>/compat/`` or is made now by spatch in the helper image, with the network
@@ -379,11 +385,11 @@ def ensure_compat(
         if re.fullmatch(r"[0-9a-f]{32}", remembered):
             if shipped(remembered):
                 _note(log_file, f"compat patch {remembered}: from the tarball's cocci_cache")
-                return remembered, None
+                return remembered, None, _compat_record(remembered, None)
             if (base / remembered / "compat.patch").is_file():
                 log.info(f"compat patch {remembered} for {release}: reusing {base / remembered}")
                 _note(log_file, f"compat patch {remembered}: reused from {base / remembered}")
-                return remembered, base / remembered
+                return remembered, base / remembered, _compat_record(remembered, base)
     cache_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".compat-", dir=cache_dir))
     try:
@@ -406,7 +412,7 @@ def ensure_compat(
         if shipped(checksum):
             log.info(f"compat patch {checksum} for {release}: in the tarball's cocci_cache")
             _note(log_file, f"compat patch {checksum}: from the tarball's cocci_cache")
-            return checksum, None
+            return checksum, None, _compat_record(checksum, None)
         entry = _spatch_entry(
             build,
             recipe,
@@ -417,9 +423,19 @@ def ensure_compat(
             timeout=timeout,
             client=client,
         )
-        return checksum, entry
+        return checksum, entry, _compat_record(checksum, base)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _compat_record(checksum: str, base: Path | None) -> dict[str, str | None]:
+    """The manifest's account of the compat patch: the tarball's, or made by which spatch."""
+    if base is None:
+        return {"checksum": checksum, "from": "the tarball's cocci_cache", "spatch": None}
+    version = None
+    with contextlib.suppress(OSError):
+        version = (base / f"{checksum}.spatch").read_text(encoding="utf-8").strip() or None
+    return {"checksum": checksum, "from": "spatch in the helper image", "spatch": version}
 
 
 def _spatch_entry(
@@ -441,6 +457,11 @@ def _spatch_entry(
             log.info(f"compat patch {checksum} for {release}: reusing {entry}")
             _note(log_file, f"compat patch {checksum}: reused from {entry}")
             return entry
+        image = build.spatch_image()
+        # Before spatch runs: one that cannot parse the rules fails late and obscurely.
+        spatch = spatch_version(image, log_file=log_file, client=client)
+        check_spatch(spatch, recipe.spatch_newer_than, what=f"DRBD {version}")
+        log.info(f"spatch {spatch} in the helper image")
         partial = entry.with_name(f"{checksum}.partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
@@ -449,7 +470,7 @@ def _spatch_entry(
                 replace(
                     template,
                     what=f"DRBD {version} compat patch for {release} (spatch)",
-                    image=build.spatch_image(),
+                    image=image,
                     commands=recipe.spatch_commands(job, checksum),
                     kernel_mounts=(),
                     outputs="*",
@@ -464,12 +485,13 @@ def _spatch_entry(
                     f"spatch made no compat.patch for DRBD {version} and kernel {release}.",
                     hint=f"See the build log {log_file}.",
                 )
+            write_atomic(entry.with_name(f"{checksum}.spatch"), f"{spatch}\n".encode())
             shutil.rmtree(entry, ignore_errors=True)
             os.replace(partial, entry)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
-    _note(log_file, f"compat patch {checksum}: made by spatch, kept in {entry}")
+    _note(log_file, f"compat patch {checksum}: made by spatch {spatch}, kept in {entry}")
     return entry
 
 
@@ -529,7 +551,7 @@ def build_drbd(
     userland = ensure_userland(
         build, cache_dir=cache_dir, log_file=log_file, timeout=timeout, client=client
     )
-    module, kdir = build_module(
+    module, kdir, compat = build_module(
         build,
         output_dir=output_dir,
         log_file=log_file,
@@ -552,6 +574,7 @@ def build_drbd(
         module=module,
         userland=userland,
         kdir=kdir,
+        compat=compat,
     )
 
 

@@ -275,6 +275,7 @@ def _manifest(step: BuildStep, inputs: dict[str, Any], built: Built) -> dict[str
         "shell": result.shell,
         "commands": list(result.commands),
         "userland": userland_record(built.userland),
+        **({"compat": built.compat} if built.compat is not None else {}),
         "build_seconds": round(result.seconds, 1),
         "outputs": [
             {"file": path.name, "sha256": sha256_file(path), "size": path.stat().st_size}

@@ -342,6 +342,11 @@ class KmodRecipe(Recipe):
     installed, and the package must require exactly the dom0 kernel.
     """
 
+    # DRBD 9.2's Makefile.spatch refuses an older spatch ("Install a suitable version of
+    # coccinelle (>1.2)"): 1.1.1 cannot parse its rules (__counted_by in counted_by__no_present
+    # .cocci), and on a kernel as old as 4.19 those rules apply.
+    spatch_newer_than: tuple[int, ...] = (1, 2)
+
     def module_package(self, kernel_release: str) -> str:
         return "kmod-drbd"
 

@@ -262,6 +262,58 @@ def ensure_spatch_image(
     )
 
 
+SPATCH_VERSION = re.compile(r"spatch version (\d+(?:\.\d+)*)")
+
+
+def spatch_version(
+    image: str,
+    *,
+    log_file: Path,
+    client: docker.DockerClient | None = None,
+    timeout: float = 120,
+) -> str:
+    """What ``spatch --version`` says in the helper image (also appended to ``log_file``)."""
+    client = client or container.connect()
+    scratch = log_file.with_name(f".{log_file.name}.spatch-{os.getpid()}")
+    try:
+        result = container.run_logged(
+            client,
+            container.RunSpec(image=image, command=["spatch", "--version"], user=BUILD_USER),
+            log_file=scratch,
+            timeout=timeout,
+        )
+        text = scratch.read_text(encoding="utf-8", errors="replace")
+    finally:
+        scratch.unlink(missing_ok=True)
+    with log_file.open("a", encoding="utf-8") as sink:
+        sink.write(f"# spatch --version in the helper image {image}:\n{text}")
+    match = SPATCH_VERSION.search(text)
+    if result.exit_code != 0 or match is None:
+        first = text.strip().splitlines()[0] if text.strip() else "no output"
+        raise BuildError(
+            f"The spatch helper image {image} has no working spatch "
+            f"(`spatch --version` exited {result.exit_code}: {first}).",
+            hint="Its Dockerfile must install coccinelle (containers/spatch/).",
+        )
+    return match.group(1)
+
+
+def check_spatch(version: str, newer_than: tuple[int, ...], *, what: str) -> None:
+    """Refuse a spatch that ``what`` (a DRBD release) cannot use, naming the version needed."""
+    numbers = tuple(int(part) for part in version.split("."))
+    width = max(len(numbers), len(newer_than))
+    if numbers + (0,) * (width - len(numbers)) > newer_than + (0,) * (width - len(newer_than)):
+        return
+    needed = ".".join(map(str, newer_than))
+    raise ConfigError(
+        f"The spatch helper image has coccinelle {version}; {what}'s compat rules need a "
+        f"coccinelle newer than {needed}.",
+        hint="Use the default helper (containers/spatch/ on Debian 13, coccinelle 1.3.0), or "
+        f"set container.spatch.image or .context in the target's spec to an image with "
+        f"coccinelle newer than {needed}.",
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # The build
 

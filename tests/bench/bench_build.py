@@ -40,6 +40,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import docker
+
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
@@ -218,6 +220,7 @@ drbd-utils:
         return buildenv.write_lab_specs(
             work / name, targets={"lab": "kernel-xen"}, iso=iso, rpm=rpm,
             release=installed_headers().release, base_image=base, drbd=drbd,
+            spatch_base=buildenv.spatch_base_image(docker.from_env()),
         )  # fmt: skip
 
     (work / "plain").mkdir()

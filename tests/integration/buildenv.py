@@ -46,6 +46,11 @@ ROOT_PACKAGES = (
     # tree with CONFIG_UNWINDER_ORC=y runs on every module) and bc (the tree's Makefiles)
     "libelf-dev", "bc",
 )  # fmt: skip
+SPATCH_REPOSITORY = "xcp-drbd-builder-test/debian13-spatch"
+SPATCH_SUITE = "trixie"
+# None: the helper's Dockerfile installs coccinelle with apt, as on debian:trixie-slim
+# (debootstrap --include=coccinelle fails configuring libfindlib-ocaml in the new root).
+SPATCH_PACKAGES: tuple[str, ...] = ()
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 # Sources' newest mtime, hence SOURCE_DATE_EPOCH: 2011-12-20, DRBD 8.4.1's release day.
 SOURCE_MTIME = 1324339200
@@ -75,10 +80,22 @@ def debian_mirror() -> str:
 
 def standin_root_image(client: docker.DockerClient) -> str:
     """Tag of the debootstrapped Debian root image, made and imported if it is missing."""
+    return _debootstrapped(client, SUITE, ROOT_PACKAGES, ROOT_REPOSITORY)
+
+
+def spatch_base_image(client: docker.DockerClient) -> str:
+    """Tag of a debootstrapped Debian 13 root with coccinelle 1.3: the spatch helper's base,
+    as ``debian:trixie-slim`` would be (DRBD 9.2 needs a spatch newer than 1.2)."""
+    return _debootstrapped(client, SPATCH_SUITE, SPATCH_PACKAGES, SPATCH_REPOSITORY)
+
+
+def _debootstrapped(
+    client: docker.DockerClient, suite: str, packages: tuple[str, ...], repository: str
+) -> str:
     mirror = debian_mirror()
-    recipe = f"{SUITE} minbase {','.join(ROOT_PACKAGES)} {mirror}"
+    recipe = f"{suite} minbase {','.join(packages)} {mirror}"
     tag = hashlib.sha256(recipe.encode()).hexdigest()[:12]
-    reference = f"{ROOT_REPOSITORY}:{tag}"
+    reference = f"{repository}:{tag}"
     try:
         client.images.get(reference)
     except docker.errors.ImageNotFound:
@@ -95,8 +112,8 @@ def standin_root_image(client: docker.DockerClient) -> str:
             [
                 "debootstrap",
                 "--variant=minbase",
-                f"--include={','.join(ROOT_PACKAGES)}",
-                SUITE,
+                *([f"--include={','.join(packages)}"] if packages else []),
+                suite,
                 root,
                 mirror,
             ],
@@ -104,7 +121,7 @@ def standin_root_image(client: docker.DockerClient) -> str:
         )
         archive = Path(work) / "root.tar"
         proc.run(["tar", "-C", root, "--numeric-owner", "-cf", archive, "."], timeout=600)
-        client.api.import_image_from_file(str(archive), repository=ROOT_REPOSITORY, tag=tag)
+        client.api.import_image_from_file(str(archive), repository=repository, tag=tag)
     return reference
 
 
@@ -299,17 +316,20 @@ def write_lab_specs(
     base_image: str,
     drbd: str,
     yum: str | None = None,
+    spatch_base: str | None = None,
 ) -> Path:
     """A spec directory with targets on the stand-in (name -> dom0 kernel package), whose
     kernel-devel RPM ``rpm`` is read from ``iso`` (or, given ``yum``, whose kernel-devel
     packages come from that yum repository), and ``drbd``: the ``drbd:`` (and
-    ``drbd-utils:``) sections as YAML text."""
+    ``drbd-utils:``) sections as YAML text.  ``spatch_base`` (:func:`spatch_base_image`) is
+    the spatch helper's base, for DRBD 9 builds that make a compat patch."""
     directory.mkdir(parents=True, exist_ok=True)
     entries = []
     source = f"""iso: file://{iso}
         path: domain0/RPMS/{rpm.parent.name}/{rpm.name}"""
     if yum is not None:
         source = f"yum: [{yum}]"
+    spatch = f"\n      spatch:\n        image: {spatch_base}" if spatch_base else ""
     for name, runtime in targets.items():
         entries.append(
             f"""  {name}:
@@ -324,9 +344,7 @@ def write_lab_specs(
     container:
       family: standin
       context: {STANDIN_CONTEXT}
-      image: {base_image}
-      spatch:
-        image: {base_image}
+      image: {base_image}{spatch}
     consumer: el7
 """
         )

@@ -77,6 +77,17 @@ def standin_target(docker_client: docker.DockerClient, kernel_tree: buildenv.Ker
 
 
 @pytest.fixture(scope="session")
+def spatch_base(docker_client: docker.DockerClient) -> str:
+    """The spatch helper's base: a Debian 13 root with coccinelle 1.3 (debian:trixie-slim's
+    stand-in), for DRBD 9 builds that make a compat patch."""
+    try:
+        return buildenv.spatch_base_image(docker_client)
+    except buildenv.Unavailable as exc:
+        unavailable(str(exc))
+        raise AssertionError("unreachable") from exc
+
+
+@pytest.fixture(scope="session")
 def standin_image(docker_client: docker.DockerClient, standin_target: Target) -> str:
     """The stand-in build image, made through the same code path as the real images."""
     return rpmbuild.ensure_image(standin_target, client=docker_client)

@@ -9,6 +9,7 @@ module package where the installed kernel is of another release.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -40,6 +41,7 @@ class Lab:
     release: str
     base_image: str
     utils: Utils
+    spatch_base: str
 
     def specs(
         self,
@@ -78,6 +80,7 @@ class Lab:
             release=self.release,
             base_image=self.base_image,
             drbd=drbd,
+            spatch_base=self.spatch_base,
         )
 
 
@@ -89,6 +92,7 @@ def lab(  # noqa: PLR0917 (pytest passes fixtures by name)
     kernel_release: str,
     standin_target: Target,
     debian_drbd_utils: Utils,
+    spatch_base: str,
 ) -> Lab:
     assert standin_target.base_image is not None
     return Lab(
@@ -98,6 +102,7 @@ def lab(  # noqa: PLR0917 (pytest passes fixtures by name)
         kernel_release,
         standin_target.base_image,
         debian_drbd_utils,
+        spatch_base,
     )
 
 
@@ -341,6 +346,11 @@ def test_drbd9_compat_patch_made_offline_by_spatch_then_taken_from_the_tarball(l
         "kernelrelease.txt",
     ]
     assert (entry / "kernelrelease.txt").read_text().split() == [lab.release]
+    # The manifest says which spatch made the patch (Debian 13's coccinelle, newer than 1.2).
+    compat = json.loads((out / "manifest.json").read_text())["compat"]
+    assert compat["checksum"] == entry.name
+    assert compat["from"] == "spatch in the helper image"
+    assert tuple(int(n) for n in compat["spatch"].split(".")[:2]) > (1, 2)
 
     # The same source, kernel and image again: compat.h is known, no compat tests, no spatch.
     shutil.rmtree(lab.tmp / "artifacts")
@@ -362,6 +372,8 @@ def test_drbd9_compat_patch_made_offline_by_spatch_then_taken_from_the_tarball(l
     log_text = (out / "build.log").read_text()
     assert "from the tarball's cocci_cache" in log_text
     assert "SPATCH" not in log_text
+    compat = json.loads((out / "manifest.json").read_text())["compat"]
+    assert compat == {"checksum": entry.name, "from": "the tarball's cocci_cache", "spatch": None}
     assert list((lab.tmp / "cache" / "compat").glob("*/*/compat.patch")) == []
     from_tarball = unpack_rpm(by_name(out)["kmod-drbd"], lab.tmp / "hit")
     assert "test module loaded (compat: blk_alloc_disk)" in strings_of(from_tarball / ko)
@@ -385,3 +397,24 @@ def test_drbd9_paired_with_too_old_a_drbd_utils_is_refused_before_building(lab: 
         result.stderr
     )
     assert not (lab.tmp / "artifacts" / "lab" / version).exists()
+
+
+def test_drbd9_with_a_spatch_too_old_for_its_rules_is_refused_before_spatch_runs(
+    lab: Lab,
+) -> None:
+    version = "9.2.19"
+    tarball = buildenv.make_kmod_source(lab.tmp, version)
+    # The Debian 12 root as the helper's base: its coccinelle is 1.1.1.
+    too_old = dataclasses.replace(lab, spatch_base=lab.base_image)
+    specs = too_old.specs(version=version, family="9", tarball=tarball)
+    result = build(specs, lab.tmp, version=version)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert (
+        "The spatch helper image has coccinelle 1.1.1; DRBD 9.2.19's compat rules need a "
+        "coccinelle newer than 1.2." in result.stderr
+    )
+    assert "container.spatch.image" in result.stderr
+    assert not (lab.tmp / "artifacts" / "lab" / version).exists()
+    # Nothing made, nothing kept: spatch never ran.
+    compat = lab.tmp / "cache" / "compat"
+    assert list(compat.glob("*/*/compat.patch")) == list(compat.glob("*/*.spatch")) == []

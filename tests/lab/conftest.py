@@ -29,6 +29,7 @@ from tests.integration.conftest import (  # noqa: F401
     kernel_release,
     kernel_rpm,
     kernel_tree,
+    spatch_base,
     standin_target,
     unavailable,
 )

@@ -50,6 +50,7 @@ def published(  # noqa: PLR0917 (pytest passes fixtures by name)
     kernel_release: str,
     standin_target: Target,
     debian_drbd_utils: Utils,
+    spatch_base: str,
 ) -> Iterator[tuple[Path, str, Path]]:
     """(the rendered pool directory, the served repository's URL, the build's artifacts)."""
     work = tmp_path_factory.mktemp("module")
@@ -63,6 +64,7 @@ def published(  # noqa: PLR0917 (pytest passes fixtures by name)
         rpm=kernel_rpm,
         release=kernel_release,
         base_image=standin_target.base_image,
+        spatch_base=spatch_base,
         drbd=(
             f'drbd:\n  {VERSION}:\n    family: "9"\n    url: file://{tarball}\n'
             f"    utils: {utils.version}\n"
