@@ -25,7 +25,7 @@ import docker
 
 from builder import __version__, log
 from builder.builds import container
-from builder.builds.postbuild import Expectation
+from builder.builds.postbuild import Expectation, kernel_facts
 from builder.builds.recipes import (
     COCCI_CACHE,
     COMPAT_DIR,
@@ -137,6 +137,7 @@ class DrbdBuild:
             exact_userland=self.recipe.requirement is Requirement.EXACT,
             kernel_package=self.kernel.requires,
             release_suffix=self.kernel.release_suffix,
+            kernel=kernel_facts(self.kernel.build_dir),
         )
 
 

@@ -284,6 +284,19 @@ def _manifest(step: BuildStep, inputs: dict[str, Any], built: Built) -> dict[str
     }
 
 
+def _compilers(
+    expect: postbuild.Expectation, packages: Sequence[postbuild.PackageInfo]
+) -> dict[str, Any]:
+    """The compiler the kernel tree records and the ones the modules' .comment names."""
+    kernel = expect.kernel
+    used = sorted({c for p in packages for f in p.module_facts.values() for c in f.compilers})
+    return {
+        "kernel": kernel.compiler if kernel else None,
+        "kernel_record": kernel.compiler_record if kernel else None,
+        "modules": used,
+    }
+
+
 def _build_one(
     step: BuildStep,
     *,
@@ -308,13 +321,20 @@ def _build_one(
             timeout=options.timeout,
         )
         expect = build.expectation()
+        if expect.kernel is not None and expect.kernel.compiler is None:
+            log.warn(
+                f"kernel tree of {expect.kernel_release} records no compiler "
+                f"({expect.kernel.compiler_record}); the module's compiler is not compared"
+            )
         with log.step(
             f"Check {len(built.rpms)} RPMs against kernel {expect.kernel_release} and arch "
             f"{expect.arch}"
         ):
-            postbuild.check_packages(built.rpms, expect)
+            packages = postbuild.check_packages(built.rpms, expect)
         os.replace(log_file, partial / manifest.BUILD_LOG)
-        manifest.write(partial, _manifest(step, inputs, built))
+        record = _manifest(step, inputs, built)
+        record["compilers"] = _compilers(expect, packages)
+        manifest.write(partial, record)
         manifest.put_in_place(partial, final)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)

@@ -8,6 +8,8 @@ host) and fail the build with one message listing every problem.
 
 from __future__ import annotations
 
+import contextlib
+import re
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -62,6 +64,23 @@ class PackageInfo:
     files: tuple[str, ...] = ()
     # path of each kernel module in the payload -> its vermagic ("" when it has none)
     modules: Mapping[str, str] = field(default_factory=dict)
+    # path of each kernel module -> what its sections say (read from the payload)
+    module_facts: Mapping[str, ModuleFacts] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModuleFacts:
+    orc: bool  # has ORC unwind tables (.orc_unwind), which objtool writes
+    compilers: tuple[str, ...]  # the gcc versions its .comment section names
+
+
+@dataclass(frozen=True)
+class KernelFacts:
+    """What a kernel build tree records about how the kernel was built."""
+
+    orc: bool  # CONFIG_UNWINDER_ORC=y: every module needs ORC tables
+    compiler: str | None  # the gcc version that built the kernel: 12.2.0, 4.8.5
+    compiler_record: str  # where that was read, or what was assumed without one
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,6 +102,7 @@ class Expectation:
     kernel_package: tuple[str, str] | None = None
     # What the module package's release must end with: its kernel-devel's (builder.inputs.kernels).
     release_suffix: str = ""
+    kernel: KernelFacts | None = None  # the tree's ORC and compiler record, when read
 
     @property
     def userland(self) -> str:
@@ -141,6 +161,70 @@ def _elf_section(elf: bytes, wanted: str) -> bytes:
     raise ValueError(f"no {wanted} section")
 
 
+GCC_VERSION = re.compile(r"\b(\d+\.\d+(?:\.\d+)?)\b")
+
+
+def _comment_compilers(elf: bytes) -> tuple[str, ...]:
+    """The gcc versions in ``.comment``: "GCC: (Debian 12.2.0-14+deb12u1) 12.2.0" → 12.2.0."""
+    try:
+        section = _elf_section(elf, ".comment")
+    except ValueError:
+        return ()
+    found = []
+    for entry in section.split(b"\0"):
+        text = entry.decode("utf-8", "replace")
+        if text.startswith("GCC:"):
+            versions = GCC_VERSION.findall(text.rsplit(")", 1)[-1]) or GCC_VERSION.findall(text)
+            if versions and versions[-1] not in found:
+                found.append(versions[-1])
+    return tuple(found)
+
+
+def _has_section(elf: bytes, name: str) -> bool:
+    try:
+        _elf_section(elf, name)
+    except ValueError:
+        return False
+    return True
+
+
+def _config_value(text: str, key: str) -> str | None:
+    match = re.search(rf"^{key}=(.*)$", text, re.M)
+    return match.group(1).strip().strip('"') if match else None
+
+
+def kernel_facts(build_dir: Path) -> KernelFacts:
+    """The ORC setting and the compiler a kernel build tree records.
+
+    The compiler comes from ``CONFIG_GCC_VERSION`` (4.19: 40805 → 4.8.5), else
+    ``CONFIG_CC_VERSION_TEXT``, else ``include/generated/compile.h``'s LINUX_COMPILER (2.6.32).
+    """
+    config = ""
+    for name in (".config", "include/config/auto.conf"):
+        with contextlib.suppress(OSError):
+            config = (build_dir / name).read_text(encoding="utf-8", errors="replace")
+            break
+    orc = _config_value(config, "CONFIG_UNWINDER_ORC") == "y"
+    number = _config_value(config, "CONFIG_GCC_VERSION")
+    if number and number.isdigit() and int(number) > 0:
+        value = int(number)
+        version = f"{value // 10000}.{value // 100 % 100}.{value % 100}"
+        return KernelFacts(orc, version, f"CONFIG_GCC_VERSION={number}")
+    text = _config_value(config, "CONFIG_CC_VERSION_TEXT")
+    if text and "gcc" in text.lower():
+        versions = GCC_VERSION.findall(text)
+        if versions:
+            return KernelFacts(orc, versions[-1], f"CONFIG_CC_VERSION_TEXT={text}")
+    with contextlib.suppress(OSError):
+        header = (build_dir / "include/generated/compile.h").read_text(errors="replace")
+        match = re.search(r'LINUX_COMPILER\s+"gcc version (\d+\.\d+(?:\.\d+)?)', header)
+        if match:
+            return KernelFacts(orc, match.group(1), "include/generated/compile.h")
+    return KernelFacts(
+        orc, None, "none in the tree (.config, compile.h): assumed the build image's compiler"
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Reading RPMs
 
@@ -170,15 +254,19 @@ def read_package(path: Path) -> PackageInfo:
             indexes = [int(i) for i in _list(headers.get("dirindexes"))]
             files = tuple(dirs[i] + b for i, b in zip(indexes, bases, strict=True))
             modules: dict[str, str] = {}
+            facts: dict[str, ModuleFacts] = {}
             for member in rpm.getmembers():
                 member_name = member.name.removeprefix(".")
                 if not member_name.endswith(MODULE_SUFFIX):
                     continue
-                extracted = rpm.extractfile(member)
+                elf = rpm.extractfile(member).read()
                 try:
-                    modules[member_name] = modinfo(extracted.read()).get("vermagic", "")
+                    modules[member_name] = modinfo(elf).get("vermagic", "")
                 except ValueError:
                     modules[member_name] = ""
+                facts[member_name] = ModuleFacts(
+                    orc=_has_section(elf, ".orc_unwind"), compilers=_comment_compilers(elf)
+                )
             return PackageInfo(
                 file_name=path.name,
                 name=text_of(headers.get("name")),
@@ -188,6 +276,7 @@ def read_package(path: Path) -> PackageInfo:
                 requires=requires,
                 files=files,
                 modules=modules,
+                module_facts=facts,
             )
     except Exception as exc:  # rpmfile and the decompressors raise many types on bad input
         raise CheckError(f"Cannot read built package {path}: {exc}") from exc
@@ -237,10 +326,37 @@ def problems(packages: Sequence[PackageInfo], expect: Expectation) -> list[str]:
     return found
 
 
+def _build_problems(package: PackageInfo, path: str, kernel: KernelFacts) -> list[str]:
+    """A module the kernel cannot unwind through, or built by another compiler major."""
+    facts = package.module_facts.get(path)
+    if facts is None:
+        return []
+    found = []
+    if kernel.orc and not facts.orc:
+        found.append(
+            f"{package.file_name}: {path} has no ORC unwind tables (.orc_unwind), but the "
+            "kernel is built with CONFIG_UNWINDER_ORC=y: objtool did not run on it, because "
+            "the build root lacks libelf headers (elfutils-libelf-devel)"
+        )
+    if kernel.compiler is not None:
+        want = kernel.compiler.split(".")[0]
+        other = [c for c in facts.compilers if c.split(".")[0] != want]
+        if other:
+            found.append(
+                f"{package.file_name}: {path} was built by gcc {', '.join(other)}, but the "
+                f"kernel by gcc {kernel.compiler} ({kernel.compiler_record}): build it in an "
+                "image with the kernel's compiler major version"
+            )
+    return found
+
+
 def _module_problems(package: PackageInfo, expect: Expectation) -> list[str]:
     if not package.modules:
         return [f"{package.file_name}: contains no kernel module (*{MODULE_SUFFIX})"]
     found = []
+    if expect.kernel is not None:
+        for path in sorted(package.modules):
+            found.extend(_build_problems(package, path, expect.kernel))
     for path, vermagic in sorted(package.modules.items()):
         words = vermagic.split()
         if not words:

@@ -351,6 +351,11 @@ def test_drbd9_compat_patch_made_offline_by_spatch_then_taken_from_the_tarball(l
     assert compat["checksum"] == entry.name
     assert compat["from"] == "spatch in the helper image"
     assert tuple(int(n) for n in compat["spatch"].split(".")[:2]) > (1, 2)
+    # The kernel (Debian's, ORC, gcc 12) and the module agree on the compiler; both recorded.
+    compilers = json.loads((out / "manifest.json").read_text())["compilers"]
+    assert compilers["kernel_record"].startswith("CONFIG_GCC_VERSION=")
+    assert [c.split(".")[0] for c in compilers["modules"]] == [compilers["kernel"].split(".")[0]]
+    assert "ORC" not in miss.stderr
 
     # The same source, kernel and image again: compat.h is known, no compat tests, no spatch.
     shutil.rmtree(lab.tmp / "artifacts")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -308,3 +309,97 @@ def test_a_per_kernel_module_must_carry_its_kernel_devel_in_its_release() -> Non
         "packages for two kernel-devel releases with one uname -r would have one "
         "name-version-release"
     ]
+
+
+ORC_KERNEL = postbuild.KernelFacts(
+    orc=True, compiler="4.8.5", compiler_record="CONFIG_GCC_VERSION=40805"
+)
+
+
+def _with_facts(facts: postbuild.ModuleFacts) -> list[PackageInfo]:
+    packages = good_build()
+    module = packages[-1]
+    return [*packages[:-1], dataclasses.replace(module, module_facts={MODULE: facts})]
+
+
+def test_a_module_without_orc_tables_for_an_orc_kernel_is_refused() -> None:
+    expect = dataclasses.replace(EXPECT, kernel=ORC_KERNEL)
+    fine = postbuild.ModuleFacts(orc=True, compilers=("4.8.5",))
+    assert postbuild.problems(_with_facts(fine), expect) == []
+    (problem,) = postbuild.problems(_with_facts(dataclasses.replace(fine, orc=False)), expect)
+    assert f"{MODULE} has no ORC unwind tables (.orc_unwind)" in problem
+    assert "libelf headers (elfutils-libelf-devel)" in problem
+    # A kernel without ORC takes a module without the tables.
+    plain = dataclasses.replace(EXPECT, kernel=dataclasses.replace(ORC_KERNEL, orc=False))
+    assert postbuild.problems(_with_facts(dataclasses.replace(fine, orc=False)), plain) == []
+
+
+def test_a_module_built_by_another_compiler_major_than_its_kernel_is_refused() -> None:
+    expect = dataclasses.replace(EXPECT, kernel=ORC_KERNEL)
+    (problem,) = postbuild.problems(
+        _with_facts(postbuild.ModuleFacts(orc=True, compilers=("12.2.0",))), expect
+    )
+    assert f"{MODULE} was built by gcc 12.2.0, but the kernel by gcc 4.8.5" in problem
+    assert "(CONFIG_GCC_VERSION=40805)" in problem
+    # Another minor of the same major is the same compiler generation.
+    same = postbuild.ModuleFacts(orc=True, compilers=("4.8.3",))
+    assert postbuild.problems(_with_facts(same), expect) == []
+    # A tree with no compiler record: nothing to compare with.
+    unknown = dataclasses.replace(expect, kernel=dataclasses.replace(ORC_KERNEL, compiler=None))
+    other = postbuild.ModuleFacts(orc=True, compilers=("12.2.0",))
+    assert postbuild.problems(_with_facts(other), unknown) == []
+
+
+@pytest.mark.parametrize(
+    ("files", "orc", "compiler", "record"),
+    [
+        (
+            {".config": "CONFIG_UNWINDER_ORC=y\nCONFIG_GCC_VERSION=40805\n"},
+            True, "4.8.5", "CONFIG_GCC_VERSION=40805",
+        ),
+        (
+            {
+                "include/config/auto.conf": 'CONFIG_CC_VERSION_TEXT="gcc (Debian 12.2.0-14) '
+                '12.2.0"\nCONFIG_GCC_VERSION=120200\n'
+            },
+            False, "12.2.0", "CONFIG_GCC_VERSION=120200",
+        ),
+        (
+            {".config": 'CONFIG_CC_VERSION_TEXT="gcc (GCC) 11.2.1 20220127"\n'},
+            False, "11.2.1", 'CONFIG_CC_VERSION_TEXT=gcc (GCC) 11.2.1 20220127',
+        ),
+        (
+            {
+                ".config": "CONFIG_X86_32=y\n",
+                "include/generated/compile.h": '#define LINUX_COMPILER "gcc version 4.1.2 '
+                '20080704 (Red Hat 4.1.2-48)"\n',
+            },
+            False, "4.1.2", "include/generated/compile.h",
+        ),
+        ({".config": "CONFIG_X86_32=y\n"}, False, None, "assumed the build image's compiler"),
+    ],
+)  # fmt: skip
+def test_the_kernel_tree_says_how_it_was_built(
+    tmp_path: Path, files: dict[str, str], orc: bool, compiler: str | None, record: str
+) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    facts = postbuild.kernel_facts(tmp_path)
+    assert (facts.orc, facts.compiler) == (orc, compiler)
+    assert record in facts.compiler_record
+
+
+def test_a_real_module_object_names_its_compiler_and_orc_tables(tmp_path: Path) -> None:
+    gcc = "gcc"  # installed by .ci/run
+    source = tmp_path / "m.c"
+    source.write_text("int f(void) { return 1; }\n")
+    obj = tmp_path / "m.o"
+    subprocess.run([gcc, "-c", "-o", str(obj), str(source)], check=True)
+    version = subprocess.run(
+        [gcc, "-dumpfullversion"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    elf = obj.read_bytes()
+    assert postbuild._comment_compilers(elf) == (version,)
+    assert not postbuild._has_section(elf, ".orc_unwind")
+    assert postbuild._has_section(elf, ".comment")
