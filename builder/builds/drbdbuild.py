@@ -138,6 +138,7 @@ class DrbdBuild:
             kernel_package=self.kernel.requires,
             release_suffix=self.kernel.release_suffix,
             kernel=kernel_facts(self.kernel.build_dir),
+            overrides=isinstance(self.recipe, KmodRecipe),
         )
 
 

@@ -25,6 +25,8 @@ RPMSENSE_LESS = 0x02
 RPMSENSE_GREATER = 0x04
 RPMSENSE_EQUAL = 0x08
 MODULE_SUFFIX = ".ko"
+DEPMOD_DIR = "/etc/depmod.d/"
+DEPMOD_LIMIT = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,8 @@ class PackageInfo:
     modules: Mapping[str, str] = field(default_factory=dict)
     # path of each kernel module -> what its sections say (read from the payload)
     module_facts: Mapping[str, ModuleFacts] = field(default_factory=dict)
+    # the lines of the depmod.d files it ships (/etc/depmod.d/*.conf)
+    depmod_lines: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,9 @@ class Expectation:
     # What the module package's release must end with: its kernel-devel's (builder.inputs.kernels).
     release_suffix: str = ""
     kernel: KernelFacts | None = None  # the tree's ORC and compiler record, when read
+    # The module package must make depmod prefer its modules to the kernel's own (DRBD 9's
+    # kmod-drbd: /etc/depmod.d override lines, as LINBIT's spec and XCP-ng's package ship).
+    overrides: bool = False
 
     @property
     def userland(self) -> str:
@@ -255,8 +262,13 @@ def read_package(path: Path) -> PackageInfo:
             files = tuple(dirs[i] + b for i, b in zip(indexes, bases, strict=True))
             modules: dict[str, str] = {}
             facts: dict[str, ModuleFacts] = {}
+            depmod: list[str] = []
             for member in rpm.getmembers():
                 member_name = member.name.removeprefix(".")
+                if member_name.startswith(DEPMOD_DIR) and member_name.endswith(".conf"):
+                    text = rpm.extractfile(member).read(DEPMOD_LIMIT).decode("utf-8", "replace")
+                    depmod += [line.strip() for line in text.splitlines() if line.strip()]
+                    continue
                 if not member_name.endswith(MODULE_SUFFIX):
                     continue
                 elf = rpm.extractfile(member).read()
@@ -277,6 +289,7 @@ def read_package(path: Path) -> PackageInfo:
                 files=files,
                 modules=modules,
                 module_facts=facts,
+                depmod_lines=tuple(depmod),
             )
     except Exception as exc:  # rpmfile and the decompressors raise many types on bad input
         raise CheckError(f"Cannot read built package {path}: {exc}") from exc
@@ -350,6 +363,29 @@ def _build_problems(package: PackageInfo, path: str, kernel: KernelFacts) -> lis
     return found
 
 
+def _override_problems(package: PackageInfo, release: str) -> list[str]:
+    """Modules under extra/ that no depmod.d ``override`` line puts before the kernel's own."""
+    overrides = set()
+    for line in package.depmod_lines:
+        words = line.split()
+        if len(words) == 4 and words[0] == "override" and words[2] in (release, "*"):
+            overrides.add((words[1], words[3].strip("/")))
+    prefix = f"/lib/modules/{release}/"
+    found = []
+    for path in sorted(package.modules):
+        where, _, file_name = path.removeprefix(prefix).rpartition("/")
+        if not path.startswith(prefix) or not where.startswith("extra"):
+            continue
+        name = file_name.removesuffix(MODULE_SUFFIX)
+        if (name, where) not in overrides and (name.replace("-", "_"), where) not in overrides:
+            found.append(
+                f"{package.file_name}: no depmod.d line 'override {name} {release} {where}' "
+                f"for {path}: where the kernel has its own {name} module (XCP-ng's kernel has "
+                "DRBD 8.4 in-tree), depmod's search order could make modprobe load that one"
+            )
+    return found
+
+
 def _module_problems(package: PackageInfo, expect: Expectation) -> list[str]:
     if not package.modules:
         return [f"{package.file_name}: contains no kernel module (*{MODULE_SUFFIX})"]
@@ -357,6 +393,8 @@ def _module_problems(package: PackageInfo, expect: Expectation) -> list[str]:
     if expect.kernel is not None:
         for path in sorted(package.modules):
             found.extend(_build_problems(package, path, expect.kernel))
+    if expect.overrides:
+        found.extend(_override_problems(package, expect.kernel_release))
     for path, vermagic in sorted(package.modules.items()):
         words = vermagic.split()
         if not words:

@@ -314,6 +314,39 @@ def unpack_rpm(rpm: Path, into: Path) -> Path:
     return into
 
 
+# depmod's search orders: kmod's default (none given), XCP-ng 8.2's (search.conf), XCP-ng
+# 8.3's (00-xcpng-override.conf), Debian's, and one that puts the kernel's own first. Where
+# an order lists neither extra/ nor kernel/ (8.3's), both rank as built-in and directory
+# order decides; only an override line makes the choice certain.
+SEARCH_ORDERS = (
+    None,
+    "search override updates extra built-in weak-updates",
+    "search override",
+    "search updates built-in",
+    "search built-in extra",
+)
+
+
+def chosen_by_modprobe(root: Path, release: str, order: str | None) -> str:
+    """The drbd.ko ``modprobe drbd`` would load from ``root`` under a depmod search order, with
+    the depmod.d files the root's packages ship."""
+    config = root / "etc" / "depmod.d"
+    config.mkdir(parents=True, exist_ok=True)
+    search = config / "00-search.conf"
+    search.unlink(missing_ok=True)
+    if order is not None:
+        search.write_text(order + "\n")
+    subprocess.run(
+        ["depmod", "-b", str(root), "-C", str(config), release], capture_output=True, check=True
+    )
+    shown = subprocess.run(
+        ["modprobe", "-d", str(root), "-S", release, "-C", str(config), "--show-depends", "drbd"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    (line,) = [w for w in shown.split() if w.endswith("/drbd.ko")]
+    return line.removeprefix(str(root))
+
+
 def test_drbd9_compat_patch_made_offline_by_spatch_then_taken_from_the_tarball(lab: Lab) -> None:
     version = "9.2.19"
     tarball = buildenv.make_kmod_source(lab.tmp, version)
@@ -351,6 +384,25 @@ def test_drbd9_compat_patch_made_offline_by_spatch_then_taken_from_the_tarball(l
     assert compat["checksum"] == entry.name
     assert compat["from"] == "spatch in the helper image"
     assert tuple(int(n) for n in compat["spatch"].split(".")[:2]) > (1, 2)
+    # Ours wins over the kernel's own drbd.ko whatever depmod's search order (XCP-ng 8.x's
+    # kernel has DRBD 8.4 in-tree): the package's depmod.d override lines decide.
+    assert (
+        f"override drbd {lab.release} extra/drbd"
+        in (unpacked / "etc/depmod.d/drbd.conf").read_text()
+    )
+    in_tree = unpacked / f"lib/modules/{lab.release}/kernel/drivers/block/drbd/drbd.ko"
+    in_tree.parent.mkdir(parents=True)
+    shutil.copy2(unpacked / ko, in_tree)
+    for order in SEARCH_ORDERS:
+        assert (
+            chosen_by_modprobe(unpacked, lab.release, order)
+            == f"/lib/modules/{lab.release}/extra/drbd/drbd.ko"
+        ), order
+    # Without them, an order that ranks the kernel's own first loads that one.
+    (unpacked / "etc/depmod.d/drbd.conf").unlink()
+    assert chosen_by_modprobe(unpacked, lab.release, SEARCH_ORDERS[-1]).endswith(
+        "/kernel/drivers/block/drbd/drbd.ko"
+    )
     # The kernel (Debian's, ORC, gcc 12) and the module agree on the compiler; both recorded.
     compilers = json.loads((out / "manifest.json").read_text())["compilers"]
     assert compilers["kernel_record"].startswith("CONFIG_GCC_VERSION=")

@@ -1,7 +1,9 @@
 """Our module, built by the tool, published, installed the dom0 way, loaded by a real kernel.
 
-The DRBD 9-shaped test source (its module only has to load and say which it is) is built with
-drbd-utils' real release tarball from Debian's source archive for the stand-in target, whose
+The DRBD 9-shaped test source (its module only has to load and say which it is), or a real
+DRBD 9 release tarball named by ``XDB_LAB_DRBD9_SOURCE`` (with ``XDB_LAB_UTILS_SOURCE``, a
+drbd-utils release it accepts), is built with drbd-utils' real release tarball from Debian's
+source archive for the stand-in target, whose
 kernel-devel is made from the headers of the kernel the guest boots. ``publish`` signs it into
 a repository served on 127.0.0.1; ``deploy render`` writes the ``.repo`` file; dnf, with that
 file (gpgcheck=1, repo_gpgcheck=1), installs the runbook's packages into the guest's root
@@ -12,6 +14,7 @@ package of the dom0 is a stand-in that provides what the module requires of it.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -32,7 +35,37 @@ from tests.support.http import serve_directory
 pytestmark = [pytest.mark.lab, pytest.mark.docker]
 
 ROOT = Path(__file__).resolve().parents[2]
-VERSION = "9.2.19"
+# A real DRBD 9 release tarball (LINBIT's, e.g. made with its `make tarball`) replaces the test
+# source when given; CI has none within reach, so by default the test source is built.
+REAL_SOURCE = os.environ.get("XDB_LAB_DRBD9_SOURCE")
+
+
+def _version() -> str:
+    if not REAL_SOURCE:
+        return "9.2.19"
+    match = re.fullmatch(r"drbd-(9\.\d+\.\d+)\.tar\.gz", Path(REAL_SOURCE).name)
+    if match is None:
+        raise pytest.UsageError(
+            f"XDB_LAB_DRBD9_SOURCE={REAL_SOURCE}: expected a file named drbd-9.X.Y.tar.gz"
+        )
+    return match.group(1)
+
+
+VERSION = _version()
+# Its userland: a drbd-utils release tarball new enough for it (DRBD 9.2.18's kmod-drbd requires
+# drbd-utils >= 9.27.0; Debian 12's is 9.22.0). Default: Debian's.
+REAL_UTILS = os.environ.get("XDB_LAB_UTILS_SOURCE")
+
+
+def _utils(debian: Utils) -> Utils:
+    if not REAL_UTILS:
+        return debian
+    match = re.fullmatch(r"drbd-utils-(\d+\.\d+\.\d+)\.tar\.gz", Path(REAL_UTILS).name)
+    if match is None:
+        raise pytest.UsageError(
+            f"XDB_LAB_UTILS_SOURCE={REAL_UTILS}: expected a file named drbd-utils-X.Y.Z.tar.gz"
+        )
+    return Utils(version=match.group(1), tarball=Path(REAL_UTILS).resolve())
 
 
 def tool(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
@@ -54,8 +87,11 @@ def published(  # noqa: PLR0917 (pytest passes fixtures by name)
 ) -> Iterator[tuple[Path, str, Path]]:
     """(the rendered pool directory, the served repository's URL, the build's artifacts)."""
     work = tmp_path_factory.mktemp("module")
-    tarball = buildenv.make_kmod_source(work, VERSION)
-    utils = debian_drbd_utils
+    if REAL_SOURCE:
+        tarball = Path(REAL_SOURCE).resolve()
+    else:
+        tarball = buildenv.make_kmod_source(work, VERSION)
+    utils = _utils(debian_drbd_utils)
     assert standin_target.base_image is not None
     specs = buildenv.write_lab_specs(
         work / "specs",
@@ -178,7 +214,11 @@ def test_modprobe_loads_our_module_installed_from_the_published_repository(
     assert owner.startswith(f"kmod-drbd-{VERSION}_"), owner
     assert drbdlab.load_module(booted, "drbd") == ours
     log = drbdlab.kernel_log(booted)
-    assert "drbd: test module loaded" in log
+    if REAL_SOURCE:
+        # DRBD's own greeting, with the release it was built from.
+        assert f"drbd: initialized. Version: {VERSION} " in log, log[-3000:]
+    else:
+        assert "drbd: test module loaded" in log
     # Not the kernel's own DRBD 8.4, whose file is still there.
     assert booted.ok(f"test -e /lib/modules/{release}/kernel/drivers/block/drbd/drbd.ko; echo $?")
     assert "drbd: initialized. Version: 8.4" not in log

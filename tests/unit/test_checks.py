@@ -403,3 +403,46 @@ def test_a_real_module_object_names_its_compiler_and_orc_tables(tmp_path: Path) 
     assert postbuild._comment_compilers(elf) == (version,)
     assert not postbuild._has_section(elf, ".orc_unwind")
     assert postbuild._has_section(elf, ".comment")
+
+
+KVER = "4.19.0+1"
+KMOD = f"kmod-drbd-9.2.18_{KVER.replace('-', '_')}"
+
+
+def _kmod(lines: tuple[str, ...]) -> PackageInfo:
+    return package(
+        "kmod-drbd",
+        modules={
+            f"/lib/modules/{KVER}/extra/drbd/drbd.ko": f"{KVER} SMP mod_unload ",
+            f"/lib/modules/{KVER}/extra/drbd/drbd_transport_tcp.ko": f"{KVER} SMP mod_unload ",
+        },
+        depmod_lines=lines,
+    )
+
+
+@pytest.mark.parametrize(
+    ("lines", "missing"),
+    [
+        (
+            (
+                "override drbd * weak-updates/drbd",
+                f"override drbd {KVER} extra/drbd",
+                f"override drbd_transport_tcp {KVER} extra/drbd",
+            ),
+            [],
+        ),
+        (("override drbd * extra/drbd", "override drbd_transport_tcp * extra/drbd/"), []),
+        ((f"override drbd {KVER} extra/drbd",), ["drbd_transport_tcp"]),
+        (("override drbd 6.1.0-1-amd64 extra/drbd", "# override drbd_transport_tcp"), [
+            "drbd", "drbd_transport_tcp",
+        ]),
+        ((), ["drbd", "drbd_transport_tcp"]),
+    ],
+)  # fmt: skip
+def test_a_kmod_package_must_put_its_modules_before_the_kernels_own(
+    lines: tuple[str, ...], missing: list[str]
+) -> None:
+    found = postbuild._override_problems(_kmod(lines), KVER)
+    assert [p.split("'override ")[1].split()[0] for p in found] == missing
+    for problem in found:
+        assert "XCP-ng's kernel has DRBD 8.4 in-tree" in problem
