@@ -371,7 +371,9 @@ def base_system(work: Path, rpms: list[Path]) -> Path:
         {
             r.split(" ", 1)[0]
             for r in required
-            if not r.startswith(("rpmlib(", "kernel-xen", "drbd"))
+            # "(" starts a rich dependency (drbd-utils 9.34: "(drbd-pacemaker if pacemaker)"),
+            # met by what it names, not by a package of that name.
+            if not r.startswith(("rpmlib(", "kernel-xen", "drbd", "("))
             and r.split(" ", 1)[0] not in provided
         }
     )
