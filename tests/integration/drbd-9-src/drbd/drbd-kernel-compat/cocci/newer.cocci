@@ -1,4 +1,9 @@
 // The compat patch for kernels with blk_alloc_disk(): marks the load message.
+// Like DRBD's own rules, it has a python part, so spatch must load its Python library.
+@initialize:python@
+@@
+marker = "blk_alloc_disk"
+
 @@
 @@
 - pr_info("drbd: test module loaded\n");
