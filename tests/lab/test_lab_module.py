@@ -148,6 +148,11 @@ def install_into(tree: Path, rendered: Path, build: Path, work: Path) -> None:
     """dnf --installroot with the rendered .repo file: the dom0's stand-in kernel package and
     base, then the runbook's packages from the signed repository."""
     stand_ins = buildenv.dom0_stand_ins(work, sorted(build.glob("*.rpm")))
+    # XCP-ng 8.3's depmod search order, under which extra/ and the kernel's own drbd.ko rank
+    # alike: the module package's override lines must decide.
+    search = tree / "etc" / "depmod.d" / "00-xcpng-override.conf"
+    search.parent.mkdir(parents=True, exist_ok=True)
+    search.write_text("search override\n")
     # The install step's key: fetched from GPGKEY_URL to KEY_FILE. dnf runs outside the root
     # and reads a file:// gpgkey on this machine, so its copy of the .repo file names the key
     # inside the root; nothing else of the file changes.
@@ -205,7 +210,7 @@ def booted(
 
 
 def test_modprobe_loads_our_module_installed_from_the_published_repository(
-    booted: vm.Guest,
+    booted: vm.Guest, lab_output: Path
 ) -> None:
     release = booted.ok("uname -r").strip()
     ours = f"/lib/modules/{release}/extra/drbd/drbd.ko"
@@ -214,11 +219,17 @@ def test_modprobe_loads_our_module_installed_from_the_published_repository(
     assert owner.startswith(f"kmod-drbd-{VERSION}_"), owner
     assert drbdlab.load_module(booted, "drbd") == ours
     log = drbdlab.kernel_log(booted)
+    (lab_output / f"module-{VERSION}-kernel.log").write_text(log)
     if REAL_SOURCE:
         # DRBD's own greeting, with the release it was built from.
         assert f"drbd: initialized. Version: {VERSION} " in log, log[-3000:]
     else:
         assert "drbd: test module loaded" in log
+    # Its depmod.d lines put it first, under XCP-ng 8.3's search order.
+    assert booted.ok("cat /etc/depmod.d/00-xcpng-override.conf").strip() == "search override"
+    assert booted.ok("rpm -qf /etc/depmod.d/drbd.conf").strip() == owner
+    overrides = booted.ok("cat /etc/depmod.d/drbd.conf")
+    assert re.search(rf"^override\s+drbd\s+{re.escape(release)}\s+extra/drbd$", overrides, re.M)
     # Not the kernel's own DRBD 8.4, whose file is still there.
     assert booted.ok(f"test -e /lib/modules/{release}/kernel/drivers/block/drbd/drbd.ko; echo $?")
     assert "drbd: initialized. Version: 8.4" not in log
