@@ -98,13 +98,13 @@ def test_plan_has_one_step_per_kernel_in_its_own_directory(tmp_path: Path) -> No
     chosen = {"xcp-ng-8.2": tuple(reversed(HELD))}
     steps = plan(load_registry(), ["8.2", "1.5"], [], tmp_path, chosen)
     assert [(s.target.id, s.kernel, s.build_name) for s in steps] == [
-        ("xcp-ng-8.2", HELD[2], f"9.2.19+k{HELD[2]}"),
-        ("xcp-ng-8.2", HELD[1], f"9.2.19+k{HELD[1]}"),
-        ("xcp-ng-8.2", HELD[0], f"9.2.19+k{HELD[0]}"),
+        ("xcp-ng-8.2", HELD[2], f"9.2.18+k{HELD[2]}"),
+        ("xcp-ng-8.2", HELD[1], f"9.2.18+k{HELD[1]}"),
+        ("xcp-ng-8.2", HELD[0], f"9.2.18+k{HELD[0]}"),
         ("xcp-1.5", None, "8.4.1"),
         ("xcp-1.5", None, "8.3.16"),
     ]
-    assert steps[0].output_dir == tmp_path / "xcp-ng-8.2" / f"9.2.19+k{HELD[2]}"
+    assert steps[0].output_dir == tmp_path / "xcp-ng-8.2" / f"9.2.18+k{HELD[2]}"
     assert f"kernel-devel-{HELD[2]} in https://updates.xcp-ng.org" in steps[0].describe()[1]
 
 
@@ -115,13 +115,13 @@ def test_matrix_has_one_entry_per_kernel_naming_it(
     assert main([*args, "--kernel", "all"]) == 0
     entries = json.loads(capsys.readouterr().out)["include"]
     assert [(e["target"], e["drbd"], e["kernel"]) for e in entries] == [
-        ("xcp-ng-8.2", "9.2.19", HELD[2]),
-        ("xcp-ng-8.2", "9.2.19", HELD[1]),
-        ("xcp-ng-8.2", "9.2.19", HELD[0]),
+        ("xcp-ng-8.2", "9.2.18", HELD[2]),
+        ("xcp-ng-8.2", "9.2.18", HELD[1]),
+        ("xcp-ng-8.2", "9.2.18", HELD[0]),
         ("xcp-1.5", "8.4.1", "latest"),
         ("xcp-1.5", "8.3.16", "latest"),
     ]
-    assert entries[0]["output"].endswith(f"/xcp-ng-8.2/9.2.19+k{HELD[2]}")
+    assert entries[0]["output"].endswith(f"/xcp-ng-8.2/9.2.18+k{HELD[2]}")
     assert main(args) == 0  # the spec's default: latest
     assert [e["kernel"] for e in json.loads(capsys.readouterr().out)["include"]] == [
         HELD[0],

@@ -103,8 +103,8 @@ def test_targets_shows_per_pair_what_it_was_built_against(
     found = re.search(r"^  xcp-ng-8\.3 .*?(?=^  \S|^\S)", out, re.M | re.S)
     assert found is not None
     block = found.group(0)
-    assert "DRBD that fits: 9.2.19" in block
-    assert "9.2.19: " in block
+    assert "DRBD that fits: 9.2.18" in block
+    assert "9.2.18: built 2026-12-04 through `build` against vanilla Linux 4.19.13" in block
     assert "8.4.11: family 8.4, userland drbd-utils 9.22.0\n      builds against kernels " in out
 
 

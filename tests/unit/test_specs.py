@@ -161,7 +161,8 @@ def test_builtin_registry_pairs_the_module_only_releases_with_drbd_utils() -> No
     assert nine.utils is not None and nine.utils.version == "9.34.0"
     assert registry.drbd_version("8.4.1").utils is None
     for target in ("xcp-ng-8.2", "xcp-ng-8.3"):
-        assert registry.target(target).drbd_versions == ("9.2.19",)
+        assert registry.target(target).drbd_versions == ("9.2.18",)
+        assert registry.target(target).checked["9.2.18"].startswith("built 2026-12-04")
     assert registry.target("1.5").drbd_versions == ("8.4.1", "8.3.16")
 
 
