@@ -115,6 +115,21 @@ def fetch_tarball(entry: Tarball, what: str, local: Path | None, options: BuildO
 
 
 def _fetch_tarball(entry: Tarball, what: str, local: Path | None, options: BuildOptions) -> Fetched:
+    project = "drbd-utils" if what == "drbd-utils" else "drbd"
+
+    def verify(path: Path) -> None:
+        # The release its spec entry names, not another one (a --source or --utils-source
+        # of another version would otherwise fail deep inside rpmbuild, or build the wrong one).
+        top = tarball_top_dir(path)
+        expected = f"{project}-{entry.version}"
+        if top != expected and not top.startswith(f"{expected}-"):
+            raise InputError(
+                f"{path.name} holds {top}/, but the build needs {what} {entry.version} "
+                f"({expected}/).",
+                hint=f"Pass the {what} {entry.version} tarball, or build the version this one "
+                "is (define it in a spec file if it is not there).",
+            )
+
     return fetch(
         Input(
             what=f"{what} {entry.version} source",
@@ -126,7 +141,7 @@ def _fetch_tarball(entry: Tarball, what: str, local: Path | None, options: Build
             local=local,
         ),
         options.settings,
-        verify=tarball_top_dir,
+        verify=verify,
     )
 
 

@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import tarfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,10 @@ from builder.builds.drbdbuild import Built, BuiltUserland, DrbdBuild
 from builder.builds.plan import plan
 from builder.builds.recipes import recipe_for
 from builder.builds.rpmbuild import BuildImage, BuildResult
-from builder.errors import BuildError, CheckError, ConfigError, LockedError
+from builder.errors import BuildError, CheckError, ConfigError, InputError, LockedError
 from builder.inputs.fetch import Fetched, FetchSettings
 from builder.inputs.kernel import KernelInputs, KernelTree
-from builder.specs import load_registry
+from builder.specs import Tarball, load_registry
 
 
 class Fakes:
@@ -296,3 +297,47 @@ def test_the_manifest_is_as_readable_as_the_rpms_beside_it(fakes: Fakes, tmp_pat
         os.umask(old)
     out = tmp_path / "artifacts" / "xcp-1.5" / "8.4.1"
     assert stat.S_IMODE((out / "manifest.json").stat().st_mode) == 0o644
+
+
+def _tarball(directory: Path, top: str) -> Path:
+    source = directory / top
+    source.mkdir(parents=True)
+    (source / "configure").write_text("#!/bin/sh\n")
+    archive = directory / f"{top}.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(source, arcname=top)
+    return archive
+
+
+@pytest.mark.parametrize(
+    ("what", "top", "accepted"),
+    [
+        ("drbd-utils", "drbd-utils-9.22.0", True),
+        ("drbd-utils", "drbd-utils-9.34.0", False),
+        ("DRBD", "drbd-8.4.11-1", True),
+        ("DRBD", "drbd-8.4.1", False),
+        ("DRBD", "drbd-8.4.110", False),
+    ],
+)
+def test_a_local_tarball_must_be_the_release_its_entry_names(
+    tmp_path: Path, what: str, top: str, accepted: bool
+) -> None:
+    registry = load_registry()
+    drbd = registry.drbd_version("8.4.11")
+    assert drbd.utils is not None
+    entry: Tarball = drbd.utils if what == "drbd-utils" else drbd
+    local = _tarball(tmp_path / "mine", top)
+    opts = pipeline.BuildOptions(
+        settings=FetchSettings(cache_dir=tmp_path / "cache", state_dir=tmp_path / "state"),
+        kernel_inputs=KernelInputs(),
+    )
+    if accepted:
+        assert pipeline.fetch_tarball(entry, what, local, opts).path.is_file()
+        return
+    with pytest.raises(InputError) as caught:
+        pipeline.fetch_tarball(entry, what, local, opts)
+    assert f"{local.name} holds {top}/, but the build needs {what} {entry.version}" in str(
+        caught.value
+    )
+    assert caught.value.exit_code == 5
+    assert not (tmp_path / "state" / "checksums.lock").exists()  # nothing recorded as trusted
