@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -448,6 +449,20 @@ def test_drbd9_paired_with_too_old_a_drbd_utils_is_refused_before_building(lab: 
         .replace(f"drbd-utils:\n  {lab.utils.version}:", "drbd-utils:\n  9.1.0:")
     )
     (specs / "lab.yaml").write_text(text.replace(f"utils: {lab.utils.version}", "utils: 9.1.0"))
+    # The entry's tarball: the real one under the old release's name (the tarball must be the
+    # release its entry names; only the pairing is wrong here).
+    old = lab.tmp / "drbd-utils-9.1.0.tar.gz"
+    with tarfile.open(lab.utils.tarball) as real, tarfile.open(old, "w:gz") as renamed:
+        for member in real.getmembers():
+            source = real.extractfile(member) if member.isfile() else None
+            top = f"drbd-utils-{lab.utils.version}"
+            member.name = member.name.replace(top, "drbd-utils-9.1.0", 1)
+            if member.islnk():
+                member.linkname = member.linkname.replace(top, "drbd-utils-9.1.0", 1)
+            renamed.addfile(member, source)
+    (specs / "lab.yaml").write_text(
+        (specs / "lab.yaml").read_text().replace(f"file://{lab.utils.tarball}", f"file://{old}")
+    )
     result = build(specs, lab.tmp, version=version)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "requires drbd-utils >= 9.20.0, but its spec entry pairs it with drbd-utils 9.1.0" in (
