@@ -173,13 +173,14 @@ class Target:
     spec_file: Path = field(compare=False)
 
 
-def kernel_version(release: str) -> tuple[int, ...]:
-    """The leading dotted numbers of a kernel release: ``4.19.0+1`` → (4, 19, 0)."""
+def version_numbers(release: str) -> tuple[int, ...]:
+    """The leading dotted numbers of a release: ``4.19.0+1`` → (4, 19, 0), ``1.3`` → (1, 3)."""
     match = re.match(r"\d+(?:\.\d+)*", release)
     return tuple(int(part) for part in match.group(0).split(".")) if match else ()
 
 
-def _at_least(release: tuple[int, ...], bound: tuple[int, ...]) -> bool:
+def at_least(release: tuple[int, ...], bound: tuple[int, ...]) -> bool:
+    """``release >= bound``, the shorter padded with zeros (4.18 is 4.18.0)."""
     width = max(len(release), len(bound))
     return release + (0,) * (width - len(release)) >= bound + (0,) * (width - len(bound))
 
@@ -197,12 +198,12 @@ class KernelRange:
     instead: str | None = None  # what to use outside it
 
     def fits(self, release: str) -> bool:
-        numbers = kernel_version(release)
+        numbers = version_numbers(release)
         if not numbers:
             return True  # not a version number: nothing to judge it by
-        if self.oldest is not None and not _at_least(numbers, kernel_version(self.oldest)):
+        if self.oldest is not None and not at_least(numbers, version_numbers(self.oldest)):
             return False
-        return self.below is None or not _at_least(numbers, kernel_version(self.below))
+        return self.below is None or not at_least(numbers, version_numbers(self.below))
 
     def describe(self) -> str:
         if self.oldest and self.below:
@@ -515,7 +516,7 @@ def _kernel_range(reader: YamlReader) -> KernelRange:
     below = reader.text("below", KERNEL_BOUND, required=False, explain=explain)
     if oldest is None and below is None:
         raise reader.fail(None, "needs from:, below: or both (kernel versions)")
-    if oldest and below and _at_least(kernel_version(oldest), kernel_version(below)):
+    if oldest and below and at_least(version_numbers(oldest), version_numbers(below)):
         raise reader.fail("below", f"{below} is not newer than from: {oldest}")
     result = KernelRange(
         oldest=oldest,

@@ -270,7 +270,9 @@ def _up_to_date(step: BuildStep, inputs: dict[str, Any], settings: FetchSettings
     return True
 
 
-def _manifest(step: BuildStep, inputs: dict[str, Any], built: Built) -> dict[str, Any]:
+def _manifest(
+    step: BuildStep, inputs: dict[str, Any], built: Built, compilers: dict[str, Any]
+) -> dict[str, Any]:
     target = step.target
     result = built.module
     return {
@@ -291,6 +293,7 @@ def _manifest(step: BuildStep, inputs: dict[str, Any], built: Built) -> dict[str
         "commands": list(result.commands),
         "userland": userland_record(built.userland),
         **({"compat": built.compat} if built.compat is not None else {}),
+        "compilers": compilers,
         "build_seconds": round(result.seconds, 1),
         "outputs": [
             {"file": path.name, "sha256": sha256_file(path), "size": path.stat().st_size}
@@ -347,9 +350,7 @@ def _build_one(
         ):
             packages = postbuild.check_packages(built.rpms, expect)
         os.replace(log_file, partial / manifest.BUILD_LOG)
-        record = _manifest(step, inputs, built)
-        record["compilers"] = _compilers(expect, packages)
-        manifest.write(partial, record)
+        manifest.write(partial, _manifest(step, inputs, built, _compilers(expect, packages)))
         manifest.put_in_place(partial, final)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)

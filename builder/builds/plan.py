@@ -132,6 +132,7 @@ def plan(
     it does not name gets one step per version.
     """
     kernels = kernels or {}
+    refuse_unbuildable(registry, targets, versions)
     resolved_targets = registry.targets_named(targets)
     steps: list[BuildStep] = []
     for target in resolved_targets:
@@ -144,9 +145,6 @@ def plan(
         resolved_versions: list[DrbdVersion] = []
         for version in wanted:
             entry = registry.drbd_version(version)
-            refusal = entry.refusal(target)
-            if refusal is not None:
-                raise refusal
             if entry not in resolved_versions:
                 resolved_versions.append(entry)
         evrs: Sequence[str | None] = kernels.get(target.id) or [None]

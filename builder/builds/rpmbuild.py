@@ -26,7 +26,7 @@ from builder import log, resources
 from builder.builds import container
 from builder.builds.recipes import INPUT_DIR, OUTPUT_DIR, PATCH_DIR, WORK_DIR, Command, Source
 from builder.errors import BuildError, ConfigError, InputError
-from builder.specs import DEFAULT_LIMITS, Limits, Target
+from builder.specs import DEFAULT_LIMITS, Limits, Target, at_least, version_numbers
 
 CONTAINERS_DIR = resources.CONTAINERS_DIR
 BUILD_USER = "builder"
@@ -300,10 +300,8 @@ def spatch_version(
 
 def check_spatch(version: str, newer_than: tuple[int, ...], *, what: str) -> None:
     """Refuse a spatch that ``what`` (a DRBD release) cannot use, naming the version needed."""
-    numbers = tuple(int(part) for part in version.split("."))
-    width = max(len(numbers), len(newer_than))
-    if numbers + (0,) * (width - len(numbers)) > newer_than + (0,) * (width - len(newer_than)):
-        return
+    if not at_least(newer_than, version_numbers(version)):
+        return  # newer than the bound
     needed = ".".join(map(str, newer_than))
     raise ConfigError(
         f"The spatch helper image has coccinelle {version}; {what}'s compat rules need a "
