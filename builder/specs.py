@@ -48,6 +48,33 @@ class Consumer(enum.StrEnum):
     EL7 = "el7"
 
 
+class KernelDependency(enum.StrEnum):
+    """How a module package requires dom0's kernel package (a target's ``kernel.requires``)."""
+
+    # "<runtime> = <version-release>": one module package per kernel package, for dom0s whose
+    # kernel never changes (XCP 1.x and XenServer 6.x, kernel-xen).
+    EXACT = "exact"
+    # "kernel-uname-r = <release>" and "<runtime> >= <version-release>": the module follows the
+    # running kernel's ABI name through in-place kernel updates that keep `uname -r`, and never
+    # goes onto a kernel older than the one it was built against (XCP-ng's driver packages).
+    UNAME_R = "uname-r"
+
+
+UNAME_PROVIDE = "kernel-uname-r"  # what Red Hat-style kernel packages provide: `uname -r`
+
+
+@dataclass(frozen=True)
+class KernelRequirement:
+    """One requirement of a module package on dom0's kernel: ``name op version``."""
+
+    name: str
+    op: str  # "=" or ">="
+    version: str
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.op} {self.version}"
+
+
 class DrbdFamily(enum.StrEnum):
     """DRBD source layouts that share one build recipe (``builder.builds.recipes``)."""
 
@@ -156,6 +183,7 @@ class Target:
     kernel_package: str
     kernel_release: str  # `uname -r` on dom0, as derived from the build tree
     kernel_runtime: str = "kernel"  # dom0's kernel package, which drbd-km must require
+    kernel_dependency: KernelDependency = KernelDependency.EXACT  # kernel.requires
     kernel_source: KernelSource
     container_family: str
     base_image: str | None
@@ -171,6 +199,15 @@ class Target:
     limits: Limits = DEFAULT_LIMITS  # container.limits
     # Where the entry was read: patches and its lock file (builder.inputs.checksums.lock_for)
     spec_file: Path = field(compare=False)
+
+    def kernel_requirements(self, kernel_evr: str) -> tuple[KernelRequirement, ...]:
+        """What a module built against the kernel-devel ``kernel_evr`` must require."""
+        if self.kernel_dependency is KernelDependency.UNAME_R:
+            return (
+                KernelRequirement(UNAME_PROVIDE, "=", self.kernel_release),
+                KernelRequirement(self.kernel_runtime, ">=", kernel_evr),
+            )
+        return (KernelRequirement(self.kernel_runtime, "=", kernel_evr),)
 
 
 def version_numbers(release: str) -> tuple[int, ...]:
@@ -349,6 +386,16 @@ def _target(file: Path, target_id: str, reader: YamlReader) -> Target:
     package = kernel.text("package", pattern=SAFE_NAME)
     release = kernel.text("release", pattern=SAFE_NAME)
     runtime = kernel.text("runtime", pattern=SAFE_NAME, default="kernel")
+    dependency = KernelDependency(
+        kernel.choice("requires", [d.value for d in KernelDependency], default="exact")
+    )
+    if dependency is KernelDependency.UNAME_R and release.count("-") > 1:
+        # rpm reads "X = A-B-C" as version A, release B-C, and refuses a second "-".
+        raise kernel.fail(
+            "requires",
+            f"uname-r cannot be written for kernel release {release}: rpm takes at most one "
+            f"'-' in the version of {UNAME_PROVIDE} = {release}; use exact",
+        )
     kernel.done()
     container = reader.mapping("container")
     family = container.text("family", pattern=SAFE_NAME)
@@ -393,6 +440,7 @@ def _target(file: Path, target_id: str, reader: YamlReader) -> Target:
         basearch=reader.text("basearch", required=False, pattern=SAFE_NAME) or arch,
         kernel_package=package,
         kernel_runtime=runtime,
+        kernel_dependency=dependency,
         kernel_release=release,
         kernel_source=source,
         container_family=family,

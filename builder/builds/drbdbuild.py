@@ -55,7 +55,7 @@ from builder.builds.rpmbuild import (
 from builder.errors import ConfigError, InputError
 from builder.inputs.checksums import file_lock, sha256_file, write_atomic
 from builder.inputs.rpm import vercmp
-from builder.specs import DEFAULT_LIMITS, NO_ADJUSTMENTS, Adjustments, Limits
+from builder.specs import DEFAULT_LIMITS, NO_ADJUSTMENTS, Adjustments, KernelRequirement, Limits
 
 USERLAND_RECORD = "userland.json"
 
@@ -85,9 +85,9 @@ class KernelInput:
     root: Path  # extraction root
     build_dir: Path  # kdir
     release: str  # uname -r
-    # The dom0 kernel package the module must require exactly, ("kernel-xen", "V-R"); None
+    # What the module package must require of dom0's kernel (Target.kernel_requirements); ()
     # keeps the spec's own default (tests of a bare tree).
-    requires: tuple[str, str] | None = None
+    requires: tuple[KernelRequirement, ...] = ()
     # What identifies the tree's content (the kernel-devel RPM's sha256); "" if unknown.
     # DRBD 9's compat.h depends only on it, the source and the image, so it is remembered.
     identity: str = ""
@@ -289,7 +289,7 @@ def build_module(
         adjustments=adjustments,
         kernel_release=build.kernel.release,
         kdir=kdir,
-        kernel_requires=f"{requires[0]} = {requires[1]}" if requires else None,
+        kernel_requires=", ".join(map(str, requires)) or None,
         userland_requires=module_userland_requirement(build),
         release_suffix=build.kernel.release_suffix or None,
         jobs=parallel_jobs(build.limits.cpus),

@@ -198,7 +198,7 @@ def drbd_build(
             root=tree.root,
             build_dir=tree.build_dir,
             release=tree.release,
-            requires=(step.target.kernel_runtime, tree.rpm_version_release),
+            requires=step.target.kernel_requirements(tree.rpm_version_release),
             identity=tree.rpm_sha256,
             release_suffix=release_suffix(tree.rpm_version_release)
             if per_kernel(step.target)
@@ -241,7 +241,8 @@ def _inputs(
         "kernel_release": step.target.kernel_release,
         "family": step.drbd.family.value,
         "arch": step.target.arch,
-        "kernel_requires": list(build.kernel.requires or ()),
+        "kernel_evr": tree.rpm_version_release,
+        "kernel_requires": [str(r) for r in build.kernel.requires],
     }
     if build.kernel.release_suffix:
         # Only where there is one: the inputs of single-kernel targets stay as they were.
@@ -280,7 +281,7 @@ def _manifest(
         "drbd_version": step.drbd.version,
         # the artifacts directory's name: publish takes only a directory its manifest names
         "build_name": step.build_name,
-        "kernel_evr": inputs["kernel_requires"][1] if inputs["kernel_requires"] else None,
+        "kernel_evr": inputs["kernel_evr"],
         "kernel_release": target.kernel_release,
         "consumer": target.consumer.value,
         "arch": target.arch,

@@ -77,7 +77,9 @@ class BuildStep:
             f"  build:   {target.arch} RPMs with kernelversion={target.kernel_release} and kdir "
             "set explicitly, network off",
             f"  checks:  vermagic starts with {target.kernel_release}; {module} requires "
-            f"{pairing} and {target.kernel_runtime} = <kernel-devel version-release>; arch "
+            f"{pairing} and "
+            + ", ".join(map(str, target.kernel_requirements("<kernel-devel version-release>")))
+            + f"; arch "
             f"{target.arch}/{target.basearch}/noarch",
             f"  output:  {self.output_dir}",
         ]

@@ -20,6 +20,7 @@ import rpmfile
 
 from builder.errors import CheckError
 from builder.inputs.rpm import text_of, vercmp
+from builder.specs import UNAME_PROVIDE, KernelRequirement
 
 RPMSENSE_LESS = 0x02
 RPMSENSE_GREATER = 0x04
@@ -102,8 +103,8 @@ class Expectation:
     # True: the module must require drbd-utils = <version> (one tarball made both); False: it
     # must require a drbd-utils range that the userland built with it satisfies.
     exact_userland: bool = True
-    # The dom0 kernel package the module must require exactly: ("kernel-xen", "V-R").
-    kernel_package: tuple[str, str] | None = None
+    # What the module package must require of dom0's kernel (Target.kernel_requirements).
+    kernel_package: tuple[KernelRequirement, ...] = ()
     # What the module package's release must end with: its kernel-devel's (builder.inputs.kernels).
     release_suffix: str = ""
     kernel: KernelFacts | None = None  # the tree's ORC and compiler record, when read
@@ -444,19 +445,23 @@ def _requires_problems(
 
 
 def _kernel_problems(package: PackageInfo, expect: Expectation) -> list[str]:
-    if expect.kernel_package is None:
-        return []
-    name, version = expect.kernel_package
-    if any(
-        r.name == name and r.is_exact and r.version.split(":", 1)[-1] == version
-        for r in package.requires
-    ):
-        return []
-    have = ", ".join(str(r) for r in package.requires if r.name == name) or "nothing"
-    return [
-        f"{package.file_name}: must require {name} = {version} (the dom0 kernel it was built "
-        f"for) so that yum never installs it beside another kernel, but requires {have}"
-    ]
+    found = []
+    for wanted in expect.kernel_package:
+        if any(
+            str(r) == str(wanted) or str(r) == f"{wanted.name} {wanted.op} 0:{wanted.version}"
+            for r in package.requires
+        ):
+            continue
+        why = (
+            "the kernel's ABI name, which in-place kernel updates keep"
+            if wanted.name == UNAME_PROVIDE
+            else "never a kernel older than the one it was built against"
+            if wanted.op == ">="
+            else "the dom0 kernel it was built for, so that yum never installs it beside another"
+        )
+        have = ", ".join(str(r) for r in package.requires if r.name == wanted.name) or "nothing"
+        found.append(f"{package.file_name}: must require {wanted} ({why}), but requires {have}")
+    return found
 
 
 def satisfies(provided: str, requirement: Requirement) -> bool:

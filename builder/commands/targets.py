@@ -40,6 +40,8 @@ def target_dict(target: Target) -> dict[str, Any]:
         "kernel": {
             "package": target.kernel_package,
             "release": target.kernel_release,
+            "runtime": target.kernel_runtime,
+            "requires": target.kernel_dependency.value,
             "source": {
                 "kind": source.kind.value,
                 "url": source.url,
@@ -97,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
             f"      {target.kernel_package} for kernel {target.kernel_release} "
             f"({target.arch}, {target.consumer.value}, from {target.kernel_source.kind.value})"
         )
+        requirements = ", ".join(map(str, target.kernel_requirements("<version-release>")))
+        print(f"      module packages require {requirements}")
         if target.drbd_versions:
             print(f"      DRBD that fits: {', '.join(target.drbd_versions)}")
             for name in target.drbd_versions:

@@ -33,6 +33,7 @@ DAY_TWO_STEPS = (
     ("master-change pre|post", "both", "check before pool-designate-new-master, reconnect after"),
     ("boot", "both", "start DRBD at boot, after the network and before xapi"),
     ("upgrade", "one host at a time", "move the VMs away, new DRBD packages, reconnect"),
+    ("kernel-check", "both", "after a kernel update: is there a module built for the next boot?"),
 )
 
 
@@ -615,6 +616,74 @@ step_boot() {
     boot_enable
 }
 
+kernel_next() {
+    # The version-release of dom0's kernel package: what the next boot runs (XCP-ng updates it
+    # in place under the same uname -r; the kernel of XCP 1.x never changes).
+    kernel_evrs=$(rpm -q --qf '%{VERSION}-%{RELEASE}\n' "$KERNEL_PACKAGE" 2>/dev/null) || return 0
+    printf '%s\n' "$kernel_evrs" | sed -n '$p'
+}
+
+module_built_for() {
+    # The kernel version-release the installed DRBD module package was built against: its
+    # requirement on the kernel package ("= V-R" exact, ">= V-R" on kernel-uname-r targets).
+    rpm -q --requires "$MODULE_PACKAGE" 2>/dev/null |
+        sed -n "s/^$KERNEL_PACKAGE [<>=]* \([^ ]*\)\$/\1/p" | sed -n 1p
+}
+
+module_offered_for() {
+    # Whether the repository has a module package built against kernel version-release $1
+    # (its release ends with .k<version-release>, as the builder names it).
+    suffix=".k$(printf '%s' "$1" | sed "s/[^$RELEASE_CHARACTERS]/_/g")"
+    yum -q --showduplicates list available "$MODULE_PACKAGE" 2>/dev/null |
+        awk '{ print $2 }' | grep -qF -- "$suffix"
+}
+
+booted_before_kernel_update() {
+    # True when the kernel package was installed after this boot: the running kernel is an
+    # older build, even under the same uname -r.
+    kernel_time=$(rpm -q --qf '%{INSTALLTIME}\n' "$KERNEL_PACKAGE" 2>/dev/null) || return 1
+    kernel_time=$(printf '%s\n' "$kernel_time" | sed -n '$p')
+    boot_time=$(sed -n 's/^btime //p' /proc/stat)
+    [ -n "$boot_time" ] && [ "$kernel_time" -gt "$boot_time" ]
+}
+
+kernel_module_problem() {
+    # Why the next boot would run a DRBD module built against another kernel (empty if not).
+    [ "$PER_KERNEL" = yes ] || return 0
+    next_kernel=$(kernel_next)
+    built_for=$(module_built_for)
+    [ -n "$next_kernel" ] && [ -n "$built_for" ] && [ "$next_kernel" != "$built_for" ] || return 0
+    if module_offered_for "$next_kernel"; then
+        echo "$HOST boots $KERNEL_PACKAGE $next_kernel next, but its $MODULE_PACKAGE was" \
+            "built against $built_for; the repository has one built against $next_kernel:" \
+            "run sh runbook.sh upgrade (one host at a time)"
+    else
+        echo "$HOST boots $KERNEL_PACKAGE $next_kernel next, but its $MODULE_PACKAGE was" \
+            "built against $built_for and the repository has none built against" \
+            "$next_kernel yet. The module for $built_for stays installed and the next boot" \
+            "loads it (uname -r stays $KERNEL_RELEASE; it loads while $next_kernel keeps the" \
+            "symbols it uses). Build and publish one: python -m builder build --xcp" \
+            "$TARGET --kernel $next_kernel, then publish; then run sh runbook.sh upgrade"
+    fi
+}
+
+step_kernel_check() {
+    next=$(kernel_next)
+    built=$(module_built_for)
+    echo "$KERNEL_PACKAGE ${next:-not installed}; $MODULE_PACKAGE built against" \
+        "${built:-unknown (not installed)}"
+    module_problem=$(kernel_module_problem)
+    if [ -n "$module_problem" ]; then
+        echo "runbook: $module_problem" >&2
+        exit "$UNSAFE"
+    fi
+    if booted_before_kernel_update; then
+        echo "The running kernel is older than $KERNEL_PACKAGE $next: reboot into it (with" \
+            "the VMs moved away; DRBD starts at boot)."
+    fi
+    echo "The next boot runs a DRBD module built for its kernel."
+}
+
 compatible() {
     # compatible OLD NEW: can a host run DRBD NEW next to a peer that runs OLD?
     case "$1" in
@@ -628,6 +697,10 @@ compatible() {
 step_upgrade() {
     # One host at a time: this host's VMs move to the peer, DRBD here stops, the new packages
     # come in, DRBD reconnects and resyncs; then the same on the peer.
+    module_problem=$(kernel_module_problem)
+    case "$module_problem" in
+        *"none built against"*) die "not upgrading: $module_problem" ;;
+    esac
     cstate=$(drbd_query cstate)
     dstate=$(drbd_query dstate)
     if [ "$cstate" != Connected ] || [ "$dstate" != UpToDate/UpToDate ]; then
@@ -670,10 +743,12 @@ step_upgrade() {
         "$DRBD_VERSION" | "$DRBD_VERSION"[-_.]*) ;;
         *) die "the DRBD module for $KERNEL_RELEASE is $installed, not $DRBD_VERSION" ;;
     esac
-    if [ "$(uname -r)" != "$KERNEL_RELEASE" ]; then
-        echo "DRBD $DRBD_VERSION is installed for kernel $KERNEL_RELEASE; this host runs"
-        echo "$(uname -r). Reboot into $KERNEL_RELEASE: DRBD starts at boot (the boot step)."
-        echo "Then wait for sh runbook.sh status to say OK before running upgrade on $PEER."
+    if [ "$(uname -r)" != "$KERNEL_RELEASE" ] || booted_before_kernel_update; then
+        # A module built against the installed kernel may need symbols the running one lacks.
+        echo "DRBD $DRBD_VERSION is installed for $KERNEL_PACKAGE $(kernel_next)"
+        echo "($KERNEL_RELEASE); this host runs an older kernel. Reboot into it: DRBD starts"
+        echo "at boot (the boot step). Then wait for sh runbook.sh status to say OK before"
+        echo "running upgrade on $PEER."
         return
     fi
     modprobe drbd

@@ -31,6 +31,7 @@ from builder.deploy.daytwo import (
 from builder.deploy.pool import Fencing, Host, Pool, WithoutPygpgme
 from builder.errors import DeployError
 from builder.inputs.checksums import write_atomic
+from builder.inputs.kernels import RELEASE_CHARACTERS, per_kernel
 from builder.publish import layout
 from builder.publish.consumers import profile
 
@@ -321,6 +322,11 @@ def render_runbook(pool: Pool, host: Host, header: str) -> str:
         "MINOR": str(drbd.minor),
         "DRBD_VERSION": drbd.version,
         "KERNEL_RELEASE": pool.target.kernel_release,
+        "KERNEL_PACKAGE": pool.target.kernel_runtime,
+        "MODULE_PACKAGE": kernel_module_package(pool),
+        "PER_KERNEL": "yes" if per_kernel(pool.target) else "no",
+        "RELEASE_CHARACTERS": RELEASE_CHARACTERS,
+        "TARGET": pool.target.id,
         "GRACE_MINUTES": str(pool.guard.grace_minutes),
         "GUARD_HOOK": pool.guard.hook or "",
         "SR_NAME": pool.sr_name,
@@ -517,6 +523,7 @@ case "${{1:-}}" in
     master-change) require_host; shift; step_master_change "$@" ;;
     boot) require_host; step_boot ;;
     upgrade) require_host; step_upgrade ;;
+    kernel-check) require_host; step_kernel_check ;;
     *) usage ;;
 esac
 """
@@ -608,7 +615,14 @@ upgrade: one host at a time, for a new DRBD module (a new dom0 kernel) or releas
   8.3, 8.3 to 8.4, within 8.4, within 9. It live-migrates this host's VMs of the SR to the
   peer, unplugs the PBD, stops DRBD, installs the packages, reconnects, waits for the
   resync, becomes primary and plugs the PBD again. For a new kernel it stops before the
-  reboot into it. Then run it on the peer, which moves the VMs back.
+  reboot into it. Then run it on the peer, which moves the VMs back. It refuses to start
+  when kernel-check finds no module for the kernel this host boots next.
+
+kernel-check: after the vendor's kernel update (on targets whose kernel is updated in place
+  under one uname -r, such as XCP-ng). Compares the kernel package this host boots next
+  with the one its DRBD module package was built against; where they differ it exits 3 and
+  says whether the repository already has the matching module (run upgrade) or what to
+  build and publish first. The module built for the older kernel stays installed meanwhile.
 """
 
 

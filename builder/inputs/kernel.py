@@ -27,7 +27,7 @@ from builder.inputs.iso import extract as extract_from_iso
 from builder.inputs.iso import locate
 from builder.inputs.rpm import RpmInfo, extract_payload, read_info, verify_integrity
 from builder.locks import pid_alive
-from builder.specs import SourceKind, Target
+from builder.specs import UNAME_PROVIDE, KernelDependency, SourceKind, Target
 
 MARKER = "tree.json"
 UTS_RELEASE = re.compile(rb'#define\s+UTS_RELEASE\s+"([^"]+)"')
@@ -195,9 +195,11 @@ def _read_out(iso: Fetched, inner: str, dest: Path, rpm_name: str, settings: Fet
 def _rpm_from_yum(target: Target, settings: FetchSettings, evr: str | None) -> Fetched:
     """The newest match of the target's evr:, or the match whose version-release is ``evr``."""
     from builder.inputs import kernels
+    from builder.inputs.yumsource import read_repositories
 
     source = target.kernel_source
-    packages = kernels.packages(target, settings)
+    listing = read_repositories(source.repos, settings)
+    packages = kernels.packages(target, settings, listing)
     if evr is None:
         package = packages[0]
         log.info(f"newest match in the repositories: {package.name}-{package.evr}.{package.arch}")
@@ -212,6 +214,7 @@ def _rpm_from_yum(target: Target, settings: FetchSettings, evr: str | None) -> F
             )
         package = exact[0]
         log.info(f"from the repositories: {package.name}-{package.evr}.{package.arch}")
+    kernels.check_kernel_provides(target, package.evr, listing)
     pinned = package.checksum if package.checksum_type == "sha256" else None
 
     def verify(path: Path) -> None:
@@ -260,6 +263,23 @@ def read_release(build_dir: Path) -> str | None:
         )
         if text.strip():
             return text.strip()
+    return None
+
+
+def release_disagreement(build_dir: Path) -> tuple[str, str] | None:
+    """(UTS_RELEASE, include/config/kernel.release) where a tree names two releases.
+
+    Module vermagic is made of UTS_RELEASE, but build systems that ask the tree for its
+    release (`make kernelrelease`, DRBD 9's install paths and k-config-<release>.gz) read
+    kernel.release: Debian's headers say 6.1.192 there for 6.1.0-57-amd64.
+    """
+    uts = read_release(build_dir)
+    with contextlib.suppress(OSError):
+        text = (build_dir / "include" / "config" / "kernel.release").read_text(
+            encoding="utf-8", errors="replace"
+        )
+        if uts is not None and text.strip() and text.strip() != uts:
+            return uts, text.strip()
     return None
 
 
@@ -358,6 +378,14 @@ def prepare_kernel(
             f"from {'an RPM URL' if kind is SourceKind.RPM else 'yum repositories'}.",
             hint="Pass the kernel-devel RPM itself with --kernel-rpm PATH.",
         )
+    if target.kernel_dependency is KernelDependency.UNAME_R and (
+        kind is not SourceKind.YUM or inputs.kernel_rpm is not None
+    ):
+        log.warn(
+            f"{target.id}'s module will require {UNAME_PROVIDE} = {target.kernel_release}: "
+            f"whether dom0's {target.kernel_runtime} package provides it is read from yum "
+            "metadata only, and is not checked for this kernel-devel"
+        )
     with log.step(f"kernel-devel for {target.id}"):
         rpm, source = _fetch_rpm(target, settings, inputs, evr)
         info = read_info(rpm.path)
@@ -378,9 +406,20 @@ def prepare_kernel(
             hint="A module built from this tree would not load on dom0. Use the kernel-devel "
             "package of dom0's running kernel, or correct kernel.release in the target's spec.",
         )
+    root = settings.cache_dir / "kernels" / rpm.sha256 / "tree"
+    two = release_disagreement(root / matching[0])
+    if two is not None:
+        raise KernelMismatchError(
+            f"The kernel tree in {rpm.path.name} ({matching[0]}) names two releases: "
+            f"UTS_RELEASE is {two[0]}, include/config/kernel.release is {two[1]}. Modules "
+            f"would carry {two[0]}, but DRBD's build names its files and paths after "
+            f'{two[1]} (rpmbuild then fails in %doc with "File not found").',
+            hint="Use the vendor's kernel-devel package as shipped (its kernel.release is "
+            "`uname -r`), or repackage the tree with include/config/kernel.release holding "
+            f"{two[0]}.",
+        )
     rpm.trust()
     source.trust()
-    root = settings.cache_dir / "kernels" / rpm.sha256 / "tree"
     return KernelTree(
         release=target.kernel_release,
         root=root,

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from builder.errors import ConfigError, InputError
-from builder.specs import SAFE_NAME, SourceKind, Target
+from builder.specs import SAFE_NAME, UNAME_PROVIDE, KernelDependency, SourceKind, Target
 
 if TYPE_CHECKING:
     from builder.inputs.fetch import FetchSettings
@@ -57,7 +57,8 @@ def build_name(drbd_version: str, kernel_evr: str | None) -> str:
     return name
 
 
-_NOT_IN_RELEASE = re.compile(r"[^A-Za-z0-9.+]")
+RELEASE_CHARACTERS = "A-Za-z0-9.+"  # what a release suffix keeps of a version-release
+_NOT_IN_RELEASE = re.compile(f"[^{RELEASE_CHARACTERS}]")
 
 
 def release_suffix(kernel_evr: str) -> str:
@@ -85,19 +86,50 @@ def check_choice(target: Target, choice: str | None) -> None:
     )
 
 
-def packages(target: Target, settings: FetchSettings) -> list[RepoPackage]:
+def packages(
+    target: Target, settings: FetchSettings, listing: list[RepoPackage] | None = None
+) -> list[RepoPackage]:
     """Every kernel-devel in ``target``'s repositories matching ``evr:``, newest first (reads
-    the repositories' metadata)."""
-    from builder.inputs.yumsource import find_packages
+    the repositories' metadata, unless ``listing`` is what they list)."""
+    from builder.inputs.yumsource import read_repositories, select_packages
 
     source = target.kernel_source
-    return find_packages(
-        source.repos,
-        name=target.kernel_package,
-        arch=target.arch,
-        evr_glob=source.evr,
-        settings=settings,
+    if listing is None:
+        listing = read_repositories(source.repos, settings)
+    return select_packages(
+        listing, source.repos, name=target.kernel_package, arch=target.arch, evr_glob=source.evr
     )
+
+
+def check_kernel_provides(target: Target, evr: str, listing: list[RepoPackage]) -> None:
+    """Refuse a target whose module packages would require of dom0's kernel package what the
+    vendor's kernel package of version-release ``evr`` does not provide: such a module could
+    never be installed (``kernel.requires: uname-r``; ``exact`` names the package itself)."""
+    if target.kernel_dependency is not KernelDependency.UNAME_R:
+        return
+    runtime = target.kernel_runtime
+    wanted = target.kernel_requirements(evr)[0]
+    kernel = [p for p in listing if p.name == runtime and p.evr == evr and p.arch == target.arch]
+    where = ", ".join(target.kernel_source.repos)
+    hint = (
+        "Check kernel.runtime and kernel.release in the target's spec, or set kernel.requires: "
+        "exact if the vendor's kernel package has no kernel-uname-r provide."
+    )
+    if not kernel:
+        raise ConfigError(
+            f"Target {target.id} makes its module packages require {wanted}, but the "
+            f"repositories ({where}) hold no {runtime}-{evr}.{target.arch} to provide it.",
+            hint=hint,
+        )
+    if str(wanted) not in kernel[0].provides:
+        have = [p for p in kernel[0].provides if p.startswith(f"{UNAME_PROVIDE} ")]
+        raise ConfigError(
+            f"Target {target.id} makes its module packages require {wanted}, but "
+            f"{runtime}-{evr}.{target.arch} provides "
+            + (", ".join(have) if have else f"no {UNAME_PROVIDE}")
+            + ": no dom0 could install the module.",
+            hint=hint,
+        )
 
 
 def available(target: Target, settings: FetchSettings) -> list[str]:

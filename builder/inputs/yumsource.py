@@ -27,6 +27,8 @@ class RepoPackage:
     url: str
     checksum_type: str
     checksum: str
+    # What the package provides, as "name", "name = version" or "name >= version-release"
+    provides: tuple[str, ...] = ()
 
     @property
     def evr(self) -> str:
@@ -84,6 +86,7 @@ def read_primary(primary: Path, base: str = "") -> list[RepoPackage]:
                 url=_join(package.location_base or base, package.location_href),
                 checksum_type=package.checksum_type,
                 checksum=package.pkgId,
+                provides=tuple(_provide(entry) for entry in package.provides),
             )
         )
         return True
@@ -95,6 +98,18 @@ def read_primary(primary: Path, base: str = "") -> list[RepoPackage]:
     return found
 
 
+_FLAGS = {"EQ": "=", "GE": ">=", "LE": "<=", "GT": ">", "LT": "<"}
+
+
+def _provide(entry: tuple[Any, ...]) -> str:
+    """createrepo_c's (name, flags, epoch, version, release, pre) as rpm prints a provide."""
+    name, flags, epoch, version, release = (entry + (None,) * 5)[:5]
+    if not flags or not version:
+        return str(name)
+    evr = (f"{epoch}:" if epoch and epoch != "0" else "") + str(version)
+    return f"{name} {_FLAGS.get(str(flags), str(flags))} {evr}" + (f"-{release}" if release else "")
+
+
 def newest_first(packages: list[RepoPackage]) -> list[RepoPackage]:
     """Packages sorted by rpm's version order, newest first."""
 
@@ -104,17 +119,9 @@ def newest_first(packages: list[RepoPackage]) -> list[RepoPackage]:
     return sorted(packages, key=functools.cmp_to_key(order), reverse=True)
 
 
-def find_packages(
-    repos: tuple[str, ...],
-    *,
-    name: str,
-    arch: str,
-    evr_glob: str | None,
-    settings: FetchSettings,
-) -> list[RepoPackage]:
-    """Every package called ``name`` for ``arch`` whose version-release matches the glob,
-    newest first, each version-release once (the first repository listing it wins)."""
-    candidates: dict[str, RepoPackage] = {}
+def read_repositories(repos: tuple[str, ...], settings: FetchSettings) -> list[RepoPackage]:
+    """Every package the repositories list, in the order of ``repos``."""
+    listed_packages: list[RepoPackage] = []
     for base in repos:
         base_url = base if base.endswith("/") else base + "/"
         # Metadata is fetched without a lock: the repository signs and checksums it itself.
@@ -142,12 +149,27 @@ def find_packages(
             ),
             settings,
         )
-        for package in read_primary(primary.path, base_url):
-            if package.name != name or package.arch not in (arch, "noarch"):
-                continue
-            if evr_glob and not fnmatch.fnmatchcase(package.evr, evr_glob):
-                continue
-            candidates.setdefault(package.evr, package)
+        listed_packages += read_primary(primary.path, base_url)
+    return listed_packages
+
+
+def select_packages(
+    listing: list[RepoPackage],
+    repos: tuple[str, ...],
+    *,
+    name: str,
+    arch: str,
+    evr_glob: str | None,
+) -> list[RepoPackage]:
+    """Every package of ``listing`` called ``name`` for ``arch`` whose version-release matches
+    the glob, newest first, each version-release once (the first repository listing it wins)."""
+    candidates: dict[str, RepoPackage] = {}
+    for package in listing:
+        if package.name != name or package.arch not in (arch, "noarch"):
+            continue
+        if evr_glob and not fnmatch.fnmatchcase(package.evr, evr_glob):
+            continue
+        candidates.setdefault(package.evr, package)
     if not candidates:
         wanted = f"{name}.{arch}" + (f" matching {evr_glob}" if evr_glob else "")
         raise InputError(
@@ -156,6 +178,20 @@ def find_packages(
             "--kernel-rpm PATH.",
         )
     return newest_first(list(candidates.values()))
+
+
+def find_packages(
+    repos: tuple[str, ...],
+    *,
+    name: str,
+    arch: str,
+    evr_glob: str | None,
+    settings: FetchSettings,
+) -> list[RepoPackage]:
+    """Every package called ``name`` for ``arch`` in the repositories whose version-release
+    matches the glob, newest first (:func:`select_packages`)."""
+    listing = read_repositories(repos, settings)
+    return select_packages(listing, repos, name=name, arch=arch, evr_glob=evr_glob)
 
 
 def find_package(

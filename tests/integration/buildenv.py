@@ -29,7 +29,7 @@ from builder import proc
 from builder.builds import drbdbuild
 from builder.builds.container import context_hash
 from builder.builds.recipes import recipe_for
-from builder.specs import DrbdFamily
+from builder.specs import DrbdFamily, KernelRequirement
 from tests import rpmfactory
 
 HERE = Path(__file__).resolve().parent
@@ -279,7 +279,7 @@ def drbd_build(
     family: DrbdFamily = DrbdFamily.V84_EARLY,
     utils: tuple[str, Path] | None = None,
     kernel_release: str | None = None,
-    requires: tuple[str, str] | None = None,
+    requires: tuple[KernelRequirement, ...] = (),
 ) -> drbdbuild.DrbdBuild:
     """What the pipeline would hand to ``drbdbuild.build_drbd`` for the stand-in target."""
     return drbdbuild.DrbdBuild(
@@ -317,12 +317,14 @@ def write_lab_specs(
     drbd: str,
     yum: str | None = None,
     spatch_base: str | None = None,
+    kernel_requires: str = "exact",
 ) -> Path:
     """A spec directory with targets on the stand-in (name -> dom0 kernel package), whose
     kernel-devel RPM ``rpm`` is read from ``iso`` (or, given ``yum``, whose kernel-devel
     packages come from that yum repository), and ``drbd``: the ``drbd:`` (and
     ``drbd-utils:``) sections as YAML text.  ``spatch_base`` (:func:`spatch_base_image`) is
-    the spatch helper's base, for DRBD 9 builds that make a compat patch."""
+    the spatch helper's base, for DRBD 9 builds that make a compat patch; ``kernel_requires``
+    the targets' ``kernel.requires``."""
     directory.mkdir(parents=True, exist_ok=True)
     entries = []
     source = f"""iso: file://{iso}
@@ -339,6 +341,7 @@ def write_lab_specs(
       package: kernel-xen-devel
       runtime: {runtime}
       release: {release}
+      requires: {kernel_requires}
       source:
         {source}
     container:
@@ -373,7 +376,7 @@ def base_system(work: Path, rpms: list[Path]) -> Path:
             for r in required
             # "(" starts a rich dependency (drbd-utils 9.34: "(drbd-pacemaker if pacemaker)"),
             # met by what it names, not by a package of that name.
-            if not r.startswith(("rpmlib(", "kernel-xen", "drbd", "("))
+            if not r.startswith(("rpmlib(", "kernel", "drbd", "("))
             and r.split(" ", 1)[0] not in provided
         }
     )

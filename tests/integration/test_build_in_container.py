@@ -17,7 +17,7 @@ import pytest
 from builder import proc
 from builder.builds import container, drbdbuild, postbuild, recipes, rpmbuild
 from builder.errors import BuildError, CheckError, DockerError
-from builder.specs import DEFAULT_LIMITS, Limits, Target
+from builder.specs import DEFAULT_LIMITS, KernelRequirement, Limits, Target
 from tests.integration import buildenv
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
@@ -53,7 +53,7 @@ def build(
             tarball,
             version=VERSION,
             kernel_release=kernel_release,
-            requires=("kernel-xen", "6.1-1"),
+            requires=(KernelRequirement("kernel-xen", "=", "6.1-1"),),
         ),
         limits=limits,
     )

@@ -3,6 +3,7 @@ kernel-devel RPM of Debian's real kernel tree, served from disk and over HTTP on
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import rpmfactory
 from tests.support.http import serve
 from tests.support.kernelrpm import build_small_rpm, make_iso
 
@@ -211,6 +213,26 @@ def test_tree_for_another_kernel_release(
     assert "2.6.32.12-0.7.1.xs1.4.90.530.170661xen" in result.stderr
 
 
+def test_a_tree_naming_two_releases_is_refused_with_both(
+    tmp_path: Path, kernel_release: str
+) -> None:
+    """Debian's headers as shipped: UTS_RELEASE is uname -r, kernel.release the upstream
+    version. DRBD 9's build would name its files after the second."""
+    from tests.support.kernelrpm import build_kernel_devel_rpm
+
+    rpm = build_kernel_devel_rpm(tmp_path / "rpm", kernel_release_file=False)
+    iso = make_iso(tmp_path / "iso", {f"domain0/RPMS/{rpm.parent.name}/{rpm.name}": rpm})
+    specs = specs_dir(tmp_path, iso=f"file://{iso}", inner=inner_path(rpm), release=kernel_release)
+    result = run_cli("kernel", "--xcp", "lab", "--specs", str(specs), cache=tmp_path / "cache")
+    assert result.returncode == 6, result.stderr
+    upstream = Path(
+        glob.glob("/usr/src/linux-headers-*-amd64")[-1], "include/config/kernel.release"
+    )
+    assert f"UTS_RELEASE is {kernel_release}" in result.stderr
+    assert f"include/config/kernel.release is {upstream.read_text().strip()}" in result.stderr
+    assert not (specs / "checksums.lock").exists()  # nothing trusted
+
+
 def test_shell_metacharacters_in_target(tmp_path: Path) -> None:
     result = run_cli("kernel", "--xcp", "1.5`touch /tmp/pwned`", cache=tmp_path / "cache")
     assert result.returncode == 2
@@ -268,3 +290,50 @@ def test_kernel_from_a_yum_repository_picks_the_newest_matching_package(
     assert f"/updates/{real.name}" in fetched
     assert f"/updates/{outside_glob.name}" not in fetched
     assert f"/base/{older.name}" not in fetched
+
+
+def test_a_uname_r_target_whose_vendor_kernel_lacks_the_provide_is_refused_before_download(
+    tmp_path: Path,
+) -> None:
+    """The module would require kernel-uname-r = 4.19.0+1, which the vendor's kernel package
+    of that version-release does not provide: no dom0 could install it."""
+    repo = tmp_path / "www" / "base"
+    repo.mkdir(parents=True)
+    devel = build_small_rpm(
+        tmp_path / "devel", name="kernel-devel", files={"/usr/src/x": "x"}, links={},
+        version="4.19.19", release="8.0.10.1",
+    )  # fmt: skip
+    kernel = rpmfactory.build_rpms(
+        tmp_path / "kernel", ["kernel"], version="4.19.19", release="8.0.10.1", arch="x86_64",
+        provides=["kernel-uname-r = 4.19.0+2"],
+    )[0]  # fmt: skip
+    for rpm in (devel, kernel):
+        shutil.copy(rpm, repo / rpm.name)
+    subprocess.run(["createrepo_c", "--quiet", str(repo)], check=True)
+    with serve(tmp_path / "www") as (base, state):
+        specs = tmp_path / "specs"
+        specs.mkdir()
+        (specs / "ng.yaml").write_text(
+            f"""targets:
+  ng:
+    name: XCP-ng style
+    arch: x86_64
+    kernel:
+      package: kernel-devel
+      release: 4.19.0+1
+      requires: uname-r
+      source:
+        yum: [{base}/base/]
+    container:
+      family: centos7-x86_64
+    consumer: el7
+"""
+        )
+        result = run_cli("kernel", "--xcp", "ng", "--specs", str(specs), cache=tmp_path / "c")
+        fetched = [path for path, _ in state.requests]
+    assert result.returncode == 2, result.stderr
+    assert "require kernel-uname-r = 4.19.0+1, but kernel-4.19.19-8.0.10.1.x86_64 provides" in (
+        result.stderr
+    )
+    assert "kernel-uname-r = 4.19.0+2" in result.stderr
+    assert f"/base/{devel.name}" not in fetched

@@ -25,6 +25,7 @@ import pytest
 from builder import proc
 from builder.builds import container, drbdbuild
 from builder.errors import BuildError
+from builder.specs import KernelRequirement
 from tests.integration import buildenv
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
@@ -134,7 +135,11 @@ def build(
     started = time.monotonic()
     built = drbdbuild.build_drbd(
         buildenv.drbd_build(
-            image, kernel, tarball, version=VERSION, requires=("kernel-xen", "6.1-1")
+            image,
+            kernel,
+            tarball,
+            version=VERSION,
+            requires=(KernelRequirement("kernel-xen", "=", "6.1-1"),),
         ),
         output_dir=output,
         log_file=work / "build.log",

@@ -10,6 +10,7 @@ import pytest
 from builder.builds import postbuild, recipes
 from builder.builds.postbuild import Expectation, PackageInfo, Requirement
 from builder.errors import CheckError
+from builder.specs import KernelRequirement
 
 RELEASE = "2.6.32.12-0.7.1.xs1.4.90.530.170661xen"
 KM = "drbd-km-2.6.32.12_0.7.1.xs1.4.90.530.170661xen"
@@ -213,7 +214,7 @@ MODULE_ONLY = Expectation(
     module_package="drbd-km-4.19.0+1",
     userland_version="9.22.0",
     exact_userland=False,
-    kernel_package=("kernel", "4.19.19-7.0.15.1.xcpng8.2"),
+    kernel_package=(KernelRequirement("kernel", "=", "4.19.19-7.0.15.1.xcpng8.2"),),
 )
 
 
@@ -274,9 +275,33 @@ def test_the_module_must_require_exactly_the_dom0_kernel_it_was_built_for(
     found = postbuild.problems(module_only_build(requires=requires), MODULE_ONLY)
     assert found == [
         "drbd-km-4.19.0+1-8.4.1-1.i686.rpm: must require kernel = 4.19.19-7.0.15.1.xcpng8.2 "
-        "(the dom0 kernel it was built for) so that yum never installs it beside another "
-        f"kernel, but requires {kernel}"
+        "(the dom0 kernel it was built for, so that yum never installs it beside another), "
+        f"but requires {kernel}"
     ]
+
+
+VENDOR_STYLE = dataclasses.replace(
+    MODULE_ONLY,
+    kernel_package=(
+        KernelRequirement("kernel-uname-r", "=", "4.19.0+1"),
+        KernelRequirement("kernel", ">=", "4.19.19-7.0.15.1.xcpng8.2"),
+    ),
+)
+
+
+def test_a_uname_r_target_s_module_requires_the_abi_name_and_no_older_kernel() -> None:
+    vendor = (
+        Requirement("drbd-utils", GE, "8.9.2"),
+        Requirement("kernel-uname-r", postbuild.RPMSENSE_EQUAL, "4.19.0+1"),
+        Requirement("kernel", GE, "4.19.19-7.0.15.1.xcpng8.2"),
+    )
+    assert postbuild.problems(module_only_build(requires=vendor), VENDOR_STYLE) == []
+    # The exact requirement of XCP 1.x would hold every in-place kernel update back.
+    found = postbuild.problems(module_only_build(), VENDOR_STYLE)
+    assert len(found) == 2
+    assert "must require kernel-uname-r = 4.19.0+1 (the kernel's ABI name" in found[0]
+    assert "must require kernel >= 4.19.19-7.0.15.1.xcpng8.2 (never a kernel older" in found[1]
+    assert found[1].endswith("but requires kernel = 4.19.19-7.0.15.1.xcpng8.2")
 
 
 @pytest.mark.parametrize(

@@ -323,5 +323,6 @@ def test_usage_lists_the_day_two_steps(tmp_path: Path) -> None:
     listed = [line.split()[1] for line in lines if line.startswith("  - ")]
     assert listed == [
         "status", "guard", "guard", "split-brain", "master-change", "boot", "upgrade",
+        "kernel-check",
     ]  # fmt: skip
-    assert len(lines) == 1 + 7 + 7  # nothing else from the header slips into the list
+    assert len(lines) == 1 + 7 + 8  # nothing else from the header slips into the list

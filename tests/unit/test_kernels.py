@@ -19,6 +19,7 @@ from builder.errors import ConfigError, InputError
 from builder.inputs import kernels
 from builder.inputs.fetch import FetchSettings
 from builder.inputs.kernel import KernelInputs
+from builder.inputs.yumsource import RepoPackage
 from builder.specs import DrbdFamily, load_registry
 from tests.unit.test_pipeline import Fakes
 
@@ -211,3 +212,25 @@ def test_a_local_kernel_rpm_of_another_release_is_refused(
     opts = pipeline.BuildOptions(settings=settings(tmp_path), kernel_inputs=KernelInputs())
     with pytest.raises(InputError, match=f"this build of xcp-ng-8.2 is for {HELD[0]}"):
         pipeline.run_builds(steps, opts)
+
+
+def _kernel(evr: str, *provides: str) -> RepoPackage:
+    version, release = evr.split("-", 1)
+    return RepoPackage(
+        name="kernel", arch="x86_64", version=version, release=release, url="", checksum_type="",
+        checksum="", provides=("kernel = " + evr, *provides),
+    )  # fmt: skip
+
+
+def test_a_uname_r_target_needs_a_vendor_kernel_that_provides_it() -> None:
+    ng = load_registry().target("8.2")
+    held = _kernel(HELD[0], "kernel-uname-r = 4.19.0+1")
+    kernels.check_kernel_provides(ng, HELD[0], [held])  # as XCP-ng's kernel.spec provides
+    with pytest.raises(ConfigError, match=r"provides kernel-uname-r = 4\.19\.0\+2: no dom0"):
+        kernels.check_kernel_provides(ng, HELD[0], [_kernel(HELD[0], "kernel-uname-r = 4.19.0+2")])
+    with pytest.raises(ConfigError, match=r"provides no kernel-uname-r"):
+        kernels.check_kernel_provides(ng, HELD[0], [_kernel(HELD[0])])
+    with pytest.raises(ConfigError, match=rf"hold no kernel-{HELD[1]}\.x86_64 to provide it"):
+        kernels.check_kernel_provides(ng, HELD[1], [held])
+    # An exact target requires the package itself, which every package of that name provides.
+    kernels.check_kernel_provides(load_registry().target("1.5"), "1-1", [])

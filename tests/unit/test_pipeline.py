@@ -204,9 +204,10 @@ def test_the_module_must_require_the_exact_dom0_kernel_package(
     steps = plan(load_registry(), ["1.5"], ["8.4.1"], tmp_path / "artifacts")
     pipeline.run_builds(steps, options(tmp_path))
     # kernel-xen on XCP 1.x, at the version-release of the kernel-devel the tree came from.
-    assert seen[0].kernel_package == ("kernel-xen", "1-1")
+    assert [str(r) for r in seen[0].kernel_package] == ["kernel-xen = 1-1"]
     manifest = json.loads((tmp_path / "artifacts/xcp-1.5/8.4.1/manifest.json").read_text())
-    assert manifest["inputs"]["kernel_requires"] == ["kernel-xen", "1-1"]
+    assert manifest["inputs"]["kernel_requires"] == ["kernel-xen = 1-1"]
+    assert manifest["kernel_evr"] == "1-1"
 
 
 def test_a_failed_check_leaves_no_complete_looking_artifacts(fakes: Fakes, tmp_path: Path) -> None:

@@ -419,3 +419,24 @@ def test_checked_evidence_belongs_to_a_listed_release(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"targets\.lab\.checked\.9\.2\.19: names a DRBD version"):
         load_registry([tmp_path], builtin=False)
+
+
+def test_kernel_requires_follows_each_vendor_and_refuses_what_rpm_cannot_write(
+    tmp_path: Path,
+) -> None:
+    registry = load_registry()
+    xcp, ng = registry.target("1.5"), registry.target("8.3")
+    assert [str(r) for r in xcp.kernel_requirements("2.6.32-1")] == ["kernel-xen = 2.6.32-1"]
+    assert [str(r) for r in ng.kernel_requirements("4.19.19-8.0.10.1")] == [
+        "kernel-uname-r = 4.19.0+1",
+        "kernel >= 4.19.19-8.0.10.1",
+    ]
+    # rpm reads "kernel-uname-r = 6.1.0-1-amd64" as version 6.1.0, release 1-amd64: refused.
+    release = "release: 6.1.0-1-amd64"
+    write(tmp_path, "lab.yaml", TARGET.replace(release, f"{release}\n      requires: uname-r"))
+    cannot = r"kernel\.requires: uname-r cannot be written for kernel release 6\.1\.0-1-amd64"
+    with pytest.raises(ConfigError, match=cannot):
+        load_registry([tmp_path])
+    write(tmp_path, "lab.yaml", TARGET.replace(release, f"{release}\n      requires: newest"))
+    with pytest.raises(ConfigError, match=r"requires: 'newest' is not one of: exact, uname-r"):
+        load_registry([tmp_path])
