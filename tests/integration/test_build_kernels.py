@@ -40,7 +40,8 @@ def builder(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def add_kernel(repo: Path, work: Path, release: str) -> None:
-    rpm = build_kernel_devel_rpm(work / release, release=release)
+    # laid out as XCP-ng's kernel-devel: /usr/src/kernels/<uname>-<arch> and the build link
+    rpm = build_kernel_devel_rpm(work / release, release=release, layout="vendor")
     shutil.copy2(rpm, repo)
     subprocess.run(["createrepo_c", "--quiet", str(repo)], check=True)
 

@@ -82,8 +82,15 @@ def build_kernel_devel_rpm(
     copies: int = 0,
     filler_mib: int = 0,
     release: str | None = None,
+    layout: str = "debian",
+    kernel_release_file: bool = True,
 ) -> Path:
     """A kernel-devel RPM whose payload is Debian's real kernel build tree.
+
+    ``layout="vendor"`` lays it out as XCP-ng's (Red Hat's) kernel-devel: one tree at
+    ``/usr/src/kernels/<uname -r>-<arch>`` (Debian's -common, -amd64 and kbuild merged) and
+    the absolute symlink ``/lib/modules/<uname -r>/build`` to it.  ``kernel_release_file=False``
+    keeps Debian's ``include/config/kernel.release`` (the upstream version, not ``uname -r``).
 
     For benchmarks, ``copies`` more copies of the headers' -common tree (about 10,000 entries
     each, beside the real one, under another name) and ``filler_mib`` MiB of incompressible
@@ -108,6 +115,40 @@ def build_kernel_devel_rpm(
             f"head -c 1048576 /dev/urandom > %{{buildroot}}/{flavour_rel}/tools/filler/f{index}"
             for index in range(filler_mib)
         ]
+
+    def fix_release(tree: str) -> str:
+        # As in a Red Hat kernel-devel tree: kernel.release is `uname -r` (Debian's headers
+        # hold the upstream version there; DRBD 9's spec names files after it).
+        if not kernel_release_file:
+            return ""
+        path = f"%{{buildroot}}/{tree}/include/config/kernel.release"
+        return f"rm -f {path} && echo {headers.release} > {path}"
+
+    if layout == "vendor":
+        tree = f"usr/src/kernels/{headers.release}-{rpm_arch()}"
+        layout_lines = [
+            f"mkdir -p %{{buildroot}}/{tree} %{{buildroot}}/lib/modules/{headers.release}",
+            f"cp -a /{common_rel}/. %{{buildroot}}/{tree}/",
+            f"rm %{{buildroot}}/{tree}/scripts %{{buildroot}}/{tree}/tools",
+            f"cp -a /{kbuild_rel}/scripts /{kbuild_rel}/tools %{{buildroot}}/{tree}/",
+            f"(cd /{flavour_rel} && cp -a .config .kernelvariables Module.symvers arch include "
+            f"%{{buildroot}}/{tree}/)",
+            fix_release(tree),
+            f"ln -s /{tree} %{{buildroot}}/lib/modules/{headers.release}/build",
+        ]
+        layout_files = [f"/{tree}", f"/lib/modules/{headers.release}/build"]
+    else:
+        layout_lines = [
+            "mkdir -p %{buildroot}/usr/src %{buildroot}/usr/lib",
+            f"cp -a /{flavour_rel} /{common_rel} %{{buildroot}}/usr/src/",
+            f"cp -a /{kbuild_rel} %{{buildroot}}/usr/lib/",
+            "printf 'include $(dir $(lastword $(MAKEFILE_LIST)))../%s/Makefile\\n' "
+            f"{headers.common.name} > %{{buildroot}}/{flavour_rel}/Makefile",
+            fix_release(str(flavour_rel)),
+        ]
+        layout_files = [f"/{flavour_rel}", f"/{common_rel}", f"/{kbuild_rel}"]
+    layout_install = "\n            ".join(layout_lines)
+    layout_files_text = "\n            ".join(layout_files)
     extra_install = "\n            ".join(install)
     extra_files = "\n            ".join(extra)
     spec.write_text(
@@ -124,20 +165,10 @@ def build_kernel_devel_rpm(
             Debian's kernel headers packaged as a kernel-devel RPM.
 
             %install
-            mkdir -p %{{buildroot}}/usr/src %{{buildroot}}/usr/lib
-            cp -a /{flavour_rel} /{common_rel} %{{buildroot}}/usr/src/
-            cp -a /{kbuild_rel} %{{buildroot}}/usr/lib/
-            printf 'include $(dir $(lastword $(MAKEFILE_LIST)))../%s/Makefile\\n' \\
-                {headers.common.name} > %{{buildroot}}/{flavour_rel}/Makefile
-            # As in a Red Hat kernel-devel tree: kernel.release is `uname -r` (Debian's headers
-            # hold the upstream version there; DRBD 9's spec names files after it).
-            rm -f %{{buildroot}}/{flavour_rel}/include/config/kernel.release
-            echo {headers.release} > %{{buildroot}}/{flavour_rel}/include/config/kernel.release
+            {layout_install}
             {extra_install}
             %files
-            /{flavour_rel}
-            /{common_rel}
-            /{kbuild_rel}
+            {layout_files_text}
             {extra_files}
             """
         )
