@@ -71,6 +71,7 @@ class PackageInfo:
     module_facts: Mapping[str, ModuleFacts] = field(default_factory=dict)
     # the lines of the depmod.d files it ships (/etc/depmod.d/*.conf)
     depmod_lines: tuple[str, ...] = ()
+    preun: str = ""  # its %preun scriptlet
 
 
 @dataclass(frozen=True)
@@ -291,6 +292,7 @@ def read_package(path: Path) -> PackageInfo:
                 modules=modules,
                 module_facts=facts,
                 depmod_lines=tuple(depmod),
+                preun=text_of(headers.get("preun")),
             )
     except Exception as exc:  # rpmfile and the decompressors raise many types on bad input
         raise CheckError(f"Cannot read built package {path}: {exc}") from exc
@@ -387,10 +389,23 @@ def _override_problems(package: PackageInfo, release: str) -> list[str]:
     return found
 
 
+def _scriptlet_problems(package: PackageInfo) -> list[str]:
+    """An upgrade runs the old package's %preun too: it may unload the module only when the
+    package is removed (``$1`` is 0), never under a running DRBD during ``yum update``."""
+    unguarded = [
+        line.strip() for line in package.preun.splitlines() if "rmmod" in line and "$1" not in line
+    ]
+    return [
+        f"{package.file_name}: its %preun runs '{line}' on every removal, upgrades included: "
+        "on a running host the upgrade fails (the module is in use) or unloads it under DRBD"
+        for line in unguarded
+    ]
+
+
 def _module_problems(package: PackageInfo, expect: Expectation) -> list[str]:
     if not package.modules:
         return [f"{package.file_name}: contains no kernel module (*{MODULE_SUFFIX})"]
-    found = []
+    found = _scriptlet_problems(package)
     if expect.kernel is not None:
         for path in sorted(package.modules):
             found.extend(_build_problems(package, path, expect.kernel))

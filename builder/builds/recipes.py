@@ -195,6 +195,18 @@ def km_release(job: Job, spec: str) -> list[Command]:
     ]
 
 
+# DRBD's drbd-km.spec (8.3 to 8.4.11) unloads a loaded drbd in %preun, which an upgrade runs
+# too: on a running host it fails ("in use") and the old package stays, or pulls the module
+# from under DRBD. Only the final removal ($1 = 0) may unload it, and never fails for it.
+PREUN_RMMOD = r"^\([[:space:]]*\)rmmod drbd[[:space:]]*$"
+PREUN_GUARDED = r'\1[ "$1" -ne 0 ] || rmmod drbd || :'
+
+
+def km_scriptlets(spec: str) -> list[Command]:
+    """drbd-km.spec's %preun unloads the module only when the package is removed."""
+    return [["sed", "-i", "-e", f"s/{PREUN_RMMOD}/{PREUN_GUARDED}/", spec]]
+
+
 def bundled_commands(job: Job, km: str, spec: str) -> list[Command]:
     """DRBD's own recipe for 8.3 and 8.4.0-8.4.4: configure, ``make tgz <spec>``, rpmbuild."""
     tgz = f"drbd-{job.source.version}.tar.gz"
@@ -206,6 +218,7 @@ def bundled_commands(job: Job, km: str, spec: str) -> list[Command]:
         ["make", "tgz", spec, "FORCE=1"],
         ["cp", tgz, f"{TOP_DIR}/SOURCES/{tgz}"],
         *km_release(job, spec),
+        *km_scriptlets(spec),
         rpmbuild(job, spec),
         COLLECT,
     ]
@@ -313,6 +326,7 @@ class ModuleOnlyRecipe(Recipe):
             *unpack(job),
             into_sources(job, job.source.file_name),
             *km_release(job, "drbd-km.spec"),
+            *km_scriptlets("drbd-km.spec"),
             rpmbuild(job, "drbd-km.spec"),
             COLLECT,
         ]

@@ -10,7 +10,7 @@ import pytest
 from builder.builds import postbuild, recipes
 from builder.builds.postbuild import Expectation, PackageInfo, Requirement
 from builder.errors import CheckError
-from builder.specs import KernelRequirement
+from builder.specs import DrbdFamily, KernelRequirement
 
 RELEASE = "2.6.32.12-0.7.1.xs1.4.90.530.170661xen"
 KM = "drbd-km-2.6.32.12_0.7.1.xs1.4.90.530.170661xen"
@@ -471,3 +471,52 @@ def test_a_kmod_package_must_put_its_modules_before_the_kernels_own(
     assert [p.split("'override ")[1].split()[0] for p in found] == missing
     for problem in found:
         assert "XCP-ng's kernel has DRBD 8.4 in-tree" in problem
+
+
+DRBD_PREUN = """\
+lsmod | grep drbd > /dev/null 2>&1
+if [ $? -eq 0 ]; then
+    rmmod drbd
+fi
+"""
+
+
+def test_a_preun_that_unloads_the_module_on_upgrade_is_refused() -> None:
+    km = next(p for p in good_build() if p.name == KM)
+    found = postbuild.problems(
+        replace(good_build(), dataclasses.replace(km, preun=DRBD_PREUN)), EXPECT
+    )
+    assert found == [
+        f"{km.file_name}: its %preun runs 'rmmod drbd' on every removal, upgrades included: on "
+        "a running host the upgrade fails (the module is in use) or unloads it under DRBD"
+    ]
+
+
+@pytest.mark.parametrize("family", [DrbdFamily.V83, DrbdFamily.V84])
+def test_drbd_km_spec_s_preun_unloads_only_on_removal(tmp_path: Path, family: DrbdFamily) -> None:
+    """The recipe's sed on DRBD's own %preun, then the scriptlet run as rpm runs it: with 1
+    (an upgrade: one instance left) and 0 (the package removed)."""
+    spec = tmp_path / "drbd-km.spec"
+    spec.write_text("%preun %{krelver}\n" + DRBD_PREUN + "\n%post %{krelver}\n")
+    job = recipes.Job(source=recipes.Source(file_name="d.tar.gz", top_dir="d", version="8.4.1"),
+                      arch="x86_64", kernel_release="4.19.0+1", kdir="/k")  # fmt: skip
+    recipe = recipes.recipe_for(family)
+    (sed,) = [c for c in recipe.module_commands(job) if c[0] == "sed"]
+    subprocess.run([*sed[:-1], str(spec)], check=True)
+    preun = spec.read_text().split("%preun %{krelver}\n")[1].split("\n%post")[0]
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "lsmod").write_text("#!/bin/sh\necho 'drbd 1 1'\n")
+    (tools / "rmmod").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/rmmod; exit 1\n')
+    for tool in tools.iterdir():
+        tool.chmod(0o755)
+    env = {"PATH": f"{tools}:/usr/bin:/bin"}
+    for instances in ("1", "0"):
+        ran = subprocess.run(["sh", "-c", preun, "preun", instances], env=env, check=False)
+        assert ran.returncode == 0  # an rmmod that fails (in use) never fails the removal
+    assert (tmp_path / "rmmod").read_text() == "drbd\n"  # once: on the removal only
+    assert postbuild.problems(
+        replace(good_build(), package(KM, requires=good_build()[-1].requires,
+                                      modules=good_build()[-1].modules, preun=preun)),
+        EXPECT,
+    ) == []  # fmt: skip
