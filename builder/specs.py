@@ -148,6 +148,22 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
+FINGERPRINT = re.compile(r"^[0-9A-F]{40}$")
+
+
+def normal_fingerprint(text: str) -> str:
+    """``34AC 2EB6 …`` or ``0x34ac2eb6…`` as 40 upper-case hex digits (unchecked)."""
+    return re.sub(r"\s+", "", text).upper().removeprefix("0X")
+
+
+@dataclass(frozen=True)
+class VendorKey:
+    """The key a vendor signs its kernel repositories and packages with (``key:``)."""
+
+    file: Path  # its public key file, shipped beside the spec like a checksum
+    fingerprint: str  # the pin: 40 upper-case hex digits
+
+
 @dataclass(frozen=True, kw_only=True)
 class KernelSource:
     kind: SourceKind
@@ -160,6 +176,10 @@ class KernelSource:
     kernels: str = "latest"
     sha256: str | None = None  # pinned hash of the ISO or RPM
     note: str | None = None  # how to obtain the file when there is no URL
+    # yum: the vendor's signing key (its public key file, its pinned fingerprint), or why
+    # the repositories are read without one (`insecure:`)
+    key: VendorKey | None = None
+    insecure: str | None = None
 
     @property
     def file_name(self) -> str:
@@ -338,7 +358,19 @@ def check_safe_name(value: str, what: str) -> str:
     return value
 
 
-def _kernel_source(reader: YamlReader) -> KernelSource:
+def _vendor_key(spec_file: Path, reader: YamlReader) -> VendorKey | None:
+    if reader.raw("key", required=False) is None:
+        return None
+    key = reader.mapping("key")
+    name = key.text("file", ONE_LINE, explain="a path beside the spec file")
+    pin = normal_fingerprint(key.text("fingerprint", ONE_LINE, explain="40 hex digits"))
+    if not FINGERPRINT.match(pin):
+        raise key.fail("fingerprint", "must be 40 hex digits (spaces allowed)")
+    key.done()
+    return VendorKey(file=(spec_file.parent / name).resolve(), fingerprint=pin)
+
+
+def _kernel_source(spec_file: Path, reader: YamlReader) -> KernelSource:
     kinds = [kind for kind in SourceKind if kind.value in reader.data]
     if len(kinds) != 1:
         raise reader.fail(None, "must have exactly one of the keys iso, rpm or yum")
@@ -372,7 +404,24 @@ def _kernel_source(reader: YamlReader) -> KernelSource:
             pattern=KERNEL_CHOICE,
             explain="latest, all, or a glob on the kernel-devel's version-release",
         )
-        source = KernelSource(kind=kind, repos=repos, evr=evr, kernels=kernels or "latest")
+        key = _vendor_key(spec_file, reader)
+        insecure = reader.text("insecure", ONE_LINE, required=False, explain="one line of text")
+        if (key is None) == (insecure is None):
+            raise reader.fail(
+                None,
+                "a yum source needs the vendor's signing key (key: with file: and "
+                "fingerprint:), or insecure: with the reason it is read without one"
+                if key is None
+                else "has both key: and insecure:; keep one",
+            )
+        source = KernelSource(
+            kind=kind,
+            repos=repos,
+            evr=evr,
+            kernels=kernels or "latest",
+            key=key,
+            insecure=insecure,
+        )
     reader.done()
     return source
 
@@ -382,7 +431,7 @@ def _target(file: Path, target_id: str, reader: YamlReader) -> Target:
     if not check.fullmatch(target_id):
         raise reader.fail(None, "target names may only use letters, digits and . _ + ~ -")
     kernel = reader.mapping("kernel")
-    source = _kernel_source(kernel.mapping("source"))
+    source = _kernel_source(file, kernel.mapping("source"))
     package = kernel.text("package", pattern=SAFE_NAME)
     release = kernel.text("release", pattern=SAFE_NAME)
     runtime = kernel.text("runtime", pattern=SAFE_NAME, default="kernel")

@@ -20,14 +20,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from builder import log
-from builder.errors import ChecksumError, ConfigError, InputError, KernelMismatchError
+from builder.errors import (
+    ChecksumError,
+    ConfigError,
+    InputError,
+    KernelMismatchError,
+    SigningError,
+)
 from builder.inputs.checksums import ChecksumLock, file_lock, lock_for, write_atomic
 from builder.inputs.fetch import Fetched, FetchSettings, Input, fetch
 from builder.inputs.iso import extract as extract_from_iso
 from builder.inputs.iso import locate
+from builder.inputs.repostate import RepositoryState
 from builder.inputs.rpm import RpmInfo, extract_payload, read_info, verify_integrity
 from builder.locks import pid_alive
-from builder.specs import UNAME_PROVIDE, KernelDependency, SourceKind, Target
+from builder.specs import UNAME_PROVIDE, KernelDependency, SourceKind, Target, VendorKey
 
 MARKER = "tree.json"
 UTS_RELEASE = re.compile(rb'#define\s+UTS_RELEASE\s+"([^"]+)"')
@@ -106,6 +113,8 @@ def _fetch_rpm(
         settings,
         verify=_check_rpm,
     )
+    if source.kind is SourceKind.YUM and source.key is not None:
+        check_vendor_signature(rpm.path, source.key, download=False)
     return rpm, rpm
 
 
@@ -198,7 +207,7 @@ def _rpm_from_yum(target: Target, settings: FetchSettings, evr: str | None) -> F
     from builder.inputs.yumsource import read_repositories
 
     source = target.kernel_source
-    listing = read_repositories(source.repos, settings)
+    listing = read_repositories(source.repos, settings, key=source.key, insecure=source.insecure)
     packages = kernels.packages(target, settings, listing)
     if evr is None:
         package = packages[0]
@@ -216,6 +225,10 @@ def _rpm_from_yum(target: Target, settings: FetchSettings, evr: str | None) -> F
         log.info(f"from the repositories: {package.name}-{package.evr}.{package.arch}")
     kernels.check_kernel_provides(target, package.evr, listing)
     pinned = package.checksum if package.checksum_type == "sha256" else None
+    nvra = f"{package.name}-{package.evr}.{package.arch}"
+    state = RepositoryState(settings.state_dir)
+    if source.key is not None:
+        state.check_package(nvra, f"{package.checksum_type}:{package.checksum}")
 
     def verify(path: Path) -> None:
         if pinned is None and package.checksum_type in ("sha", "sha1", "sha512", "md5"):
@@ -228,7 +241,7 @@ def _rpm_from_yum(target: Target, settings: FetchSettings, evr: str | None) -> F
                 )
         _check_rpm(path)
 
-    return fetch(
+    rpm = fetch(
         Input(
             what=f"{target.kernel_package} RPM for {target.id}",
             url=package.url,
@@ -239,6 +252,39 @@ def _rpm_from_yum(target: Target, settings: FetchSettings, evr: str | None) -> F
         ),
         settings,
         verify=verify,
+    )
+    if source.key is not None:
+        check_vendor_signature(rpm.path, source.key)
+        state.remember_package(nvra, f"{package.checksum_type}:{package.checksum}")
+    return rpm
+
+
+def check_vendor_signature(path: Path, key: VendorKey, *, download: bool = True) -> None:
+    """The kernel-devel's header (and, where it has one, header+payload) signature must be
+    the vendor key's, before a byte of it is extracted; a refused file leaves the cache."""
+    from builder import signatures
+
+    said = signatures.rpm_signatures(path, key.file)
+    if said.good:
+        return
+    if said.header is None and said.whole is None:
+        problem = "it is not signed"
+    elif said.header is None:
+        problem = "its header is not signed"
+    elif "NOKEY" in f"{said.header} {said.whole}":
+        problem = f"it is signed by key ID {', '.join(said.key_ids)}, not by the vendor key"
+    elif not said.digests_ok:
+        problem = "its digests do not match its content"
+    else:
+        problem = f"its signatures do not verify (header: {said.header}, whole: {said.whole})"
+    if download:
+        path.unlink(missing_ok=True)
+    raise SigningError(
+        f"{path.name}: {problem} (expected {key.fingerprint}, key ID "
+        f"{key.fingerprint[-8:].lower()}); "
+        + ("the download was deleted and " if download else "")
+        + "nothing was extracted.",
+        hint="A mirror or proxy may be serving another package under the vendor's name.",
     )
 
 

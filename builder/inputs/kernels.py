@@ -95,7 +95,9 @@ def packages(
 
     source = target.kernel_source
     if listing is None:
-        listing = read_repositories(source.repos, settings)
+        listing = read_repositories(
+            source.repos, settings, key=source.key, insecure=source.insecure
+        )
     return select_packages(
         listing, source.repos, name=target.kernel_package, arch=target.arch, evr_glob=source.evr
     )

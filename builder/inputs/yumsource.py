@@ -1,7 +1,9 @@
 """Find a package in yum repositories by reading their metadata (repomd.xml, primary.xml).
 
 Used for kernel sources published as yum repositories (XCP-ng).  createrepo_c parses the
-metadata (any compression), so no XML is handled here.
+metadata (any compression), so no XML is handled here.  The vendor's mirrors are plain HTTP:
+``repomd.xml`` is trusted only once its detached signature verifies against the target's
+vendor key, and then vouches for ``primary.xml`` (by its sha256) and each package's sha256.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from builder.errors import InputError
-from builder.inputs.fetch import FetchSettings, Input, fetch
+from builder import log, signatures
+from builder.errors import ConfigError, FetchError, InputError, SigningError
+from builder.inputs.fetch import Fetched, FetchSettings, Input, fetch
+from builder.inputs.repostate import RepositoryState, read_metadata
 from builder.inputs.rpm import vercmp
+from builder.specs import VendorKey
 
 
 @dataclass(frozen=True)
@@ -119,12 +124,73 @@ def newest_first(packages: list[RepoPackage]) -> list[RepoPackage]:
     return sorted(packages, key=functools.cmp_to_key(order), reverse=True)
 
 
-def read_repositories(repos: tuple[str, ...], settings: FetchSettings) -> list[RepoPackage]:
-    """Every package the repositories list, in the order of ``repos``."""
+def check_key(key: VendorKey) -> None:
+    """The key file must hold exactly the pinned key: a replaced file is no vendor key."""
+    if not key.file.is_file():
+        raise ConfigError(
+            f"The vendor key file {key.file} does not exist.",
+            hint="A target's key: file: is a path beside its spec file.",
+        )
+    found = signatures.key_file_fingerprints(key.file)
+    if found != [key.fingerprint]:
+        raise ConfigError(
+            f"The vendor key file {key.file} holds "
+            + (", ".join(found) if found else "no OpenPGP public key")
+            + f", not only the pinned key {key.fingerprint}.",
+            hint="Use the vendor's own public key file, or correct key: fingerprint: after "
+            "checking the new fingerprint with the vendor.",
+        )
+
+
+def verify_metadata(
+    repomd: Fetched, base_url: str, settings: FetchSettings, key: VendorKey
+) -> None:
+    """``repodata/repomd.xml.asc`` must be the vendor key's signature of ``repomd.xml``,
+    before anything in it is read."""
+    where = f"{base_url}repodata/repomd.xml"
+    try:
+        asc = fetch(
+            Input(
+                what=f"signature of {where}",
+                url=_join(base_url, "repodata/repomd.xml.asc"),
+                file_name="repomd.xml.asc",
+                key=f"{base_url}#repomd.xml.asc",
+            ),
+            settings,
+            fresh=True,
+        )
+    except FetchError as exc:
+        raise SigningError(
+            f"{where} has no signature the vendor key could vouch for: {exc.message}",
+            hint=f"The repository must be signed by {key.fingerprint}; nothing of it was read.",
+        ) from None
+    verdict = signatures.check_detached(repomd.path, asc.path, key.file)
+    if not verdict.good:
+        signer = f"signed by {verdict.signer}" if verdict.signer else "no valid signature"
+        raise SigningError(
+            f"{where} is not signed by the vendor key {key.fingerprint} ({signer}):\n"
+            f"{verdict.detail}",
+            hint="Nothing of this repository was read. A mirror or proxy may be serving other "
+            "metadata; if the vendor changed its key, check the new one with the vendor.",
+        )
+
+
+def read_repositories(
+    repos: tuple[str, ...],
+    settings: FetchSettings,
+    *,
+    key: VendorKey | None = None,
+    insecure: str | None = None,
+) -> list[RepoPackage]:
+    """Every package the repositories list, in the order of ``repos``; with ``key``, each
+    repository's ``repomd.xml`` verified against it first."""
+    if key is not None:
+        check_key(key)
+    elif insecure is not None:
+        log.warn(f"not verifying the signatures of {', '.join(repos)}: insecure: {insecure}")
     listed_packages: list[RepoPackage] = []
     for base in repos:
         base_url = base if base.endswith("/") else base + "/"
-        # Metadata is fetched without a lock: the repository signs and checksums it itself.
         repomd = fetch(
             Input(
                 what=f"repository metadata of {base_url}",
@@ -135,6 +201,11 @@ def read_repositories(repos: tuple[str, ...], settings: FetchSettings) -> list[R
             settings,
             fresh=True,
         )
+        if key is not None:
+            verify_metadata(repomd, base_url, settings, key)
+            RepositoryState(settings.state_dir).accept_metadata(
+                base_url, read_metadata(repomd.path)
+            )
         listed = primary_metadata(repomd.path, base_url)
         primary_url = _join(base_url, listed.href)
         # repomd.xml names the primary metadata's checksum: a stale or truncated cached copy
@@ -178,29 +249,3 @@ def select_packages(
             "--kernel-rpm PATH.",
         )
     return newest_first(list(candidates.values()))
-
-
-def find_packages(
-    repos: tuple[str, ...],
-    *,
-    name: str,
-    arch: str,
-    evr_glob: str | None,
-    settings: FetchSettings,
-) -> list[RepoPackage]:
-    """Every package called ``name`` for ``arch`` in the repositories whose version-release
-    matches the glob, newest first (:func:`select_packages`)."""
-    listing = read_repositories(repos, settings)
-    return select_packages(listing, repos, name=name, arch=arch, evr_glob=evr_glob)
-
-
-def find_package(
-    repos: tuple[str, ...],
-    *,
-    name: str,
-    arch: str,
-    evr_glob: str | None,
-    settings: FetchSettings,
-) -> RepoPackage:
-    """The newest package called ``name`` for ``arch`` whose version-release matches the glob."""
-    return find_packages(repos, name=name, arch=arch, evr_glob=evr_glob, settings=settings)[0]

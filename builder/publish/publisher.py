@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from builder import log, proc
+from builder import log, proc, signatures
 from builder.artifacts import manifest
 from builder.artifacts.manifest import Manifest, scan
 from builder.errors import (
@@ -84,7 +84,7 @@ def query_nevras(files: Sequence[Path]) -> dict[Path, str]:
     fmt = r"%{NAME}-%{EPOCHNUM}:%{VERSION}-%{RELEASE}.%{ARCH}\n"
     # A missing rpm program is the host's problem (CommandError), not a bad input file.
     rpm = proc.which("rpm", hint="Install rpm: apt-get install rpm")
-    for chunk in sign.chunks(files):
+    for chunk in signatures.chunks(files):
         # --nomanifest: a text file listed as an RPM is an error, not a list of more packages.
         cmd: list[str | os.PathLike[str]] = [
             rpm, "-qp", "--nomanifest", "--nosignature", "--nodigest",

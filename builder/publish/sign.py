@@ -30,6 +30,12 @@ from pathlib import Path
 from builder import log, proc
 from builder.errors import CommandError, ConfigError, SigningError
 from builder.publish.consumers import profile
+from builder.signatures import (
+    check_detached,
+    checksig,
+    chunks,
+    gpg,
+)
 from builder.specs import Consumer
 
 # OpenPGP public-key algorithms rpm 4.4 can verify (RFC 4880: 1 = RSA, 17 = DSA).
@@ -41,7 +47,6 @@ HASH_ALGOS = {1: "MD5", 2: "SHA1", 3: "RIPEMD160", 8: "SHA256", 9: "SHA384", 10:
 TEST_KEY_UID = (
     "xcp-drbd-builder TEST signing key - not for production <test-signing@xcp-drbd-builder.invalid>"
 )
-FILES_PER_CALL = 400  # files per rpmsign/rpmkeys/rpm call: keeps argv well under the kernel's limit
 
 _PGPSIG = re.compile(r"^(?P<algo>[A-Z]+)/(?P<digest>[A-Z0-9]+), .*Key ID (?P<keyid>[0-9a-f]{16})$")
 
@@ -147,7 +152,7 @@ def find_key(key: str, gnupg_home: Path, passphrase_file: Path | None = None) ->
             "`python -m builder keygen --gnupg-home DIR`.",
         )
     result = proc.run(
-        [_gpg(), "--homedir", gnupg_home, "--batch", "--with-colons", "--list-secret-keys", key],
+        [gpg(), "--homedir", gnupg_home, "--batch", "--with-colons", "--list-secret-keys", key],
         echo=False,
         check=False,
     )
@@ -263,10 +268,6 @@ def default_gnupg_home() -> Path:
     return Path(os.environ.get("GNUPGHOME") or Path.home() / ".gnupg")
 
 
-def _gpg() -> str:
-    return proc.which("gpg", hint="Install GnuPG: apt-get install gnupg gpg-agent")
-
-
 def _pinentry_args(key: SigningKey) -> list[str]:
     args = ["--batch", "--pinentry-mode", "loopback"]
     if key.passphrase_file is not None:
@@ -286,7 +287,7 @@ def generate_test_key(gnupg_home: Path, *, name: str = TEST_KEY_UID) -> str:
     os.chmod(gnupg_home, 0o700)
     proc.run(
         [
-            _gpg(),
+            gpg(),
             "--homedir",
             gnupg_home,
             "--batch",
@@ -303,7 +304,7 @@ def generate_test_key(gnupg_home: Path, *, name: str = TEST_KEY_UID) -> str:
         error=CommandError,
     )
     result = proc.run(
-        [_gpg(), "--homedir", gnupg_home, "--batch", "--with-colons", "--list-secret-keys", name],
+        [gpg(), "--homedir", gnupg_home, "--batch", "--with-colons", "--list-secret-keys", name],
         echo=False,
     )
     fingerprints = [line.split(":")[9] for line in result.stdout.splitlines() if line[:4] == "fpr:"]
@@ -314,17 +315,12 @@ def generate_test_key(gnupg_home: Path, *, name: str = TEST_KEY_UID) -> str:
 def export_public_key(key: SigningKey) -> str:
     """The armored public key, as consumers import it (``gpgkey=``, ``rpm --import``)."""
     result = proc.run(
-        [_gpg(), "--homedir", key.gnupg_home, "--batch", "--armor", "--export", key.fingerprint],
+        [gpg(), "--homedir", key.gnupg_home, "--batch", "--armor", "--export", key.fingerprint],
         echo=False,
     )
     if "BEGIN PGP PUBLIC KEY BLOCK" not in result.stdout:
         raise SigningError(f"gpg exported no public key for {key.fingerprint}.")
     return result.stdout
-
-
-def chunks(items: Sequence[Path]) -> Iterator[Sequence[Path]]:
-    for start in range(0, len(items), FILES_PER_CALL):
-        yield items[start : start + FILES_PER_CALL]
 
 
 @contextlib.contextmanager
@@ -342,7 +338,7 @@ def gnupg1_home(key: SigningKey) -> Iterator[Path]:
     try:
         exported = proc.run(
             [
-                _gpg(),
+                gpg(),
                 "--homedir",
                 key.gnupg_home,
                 *_pinentry_args(key),
@@ -417,7 +413,7 @@ def sign_rpms(files: Sequence[Path], key: SigningKey, consumer: Consumer) -> Non
         _rpmsign(
             files,
             key,
-            gpg=_gpg(),
+            gpg=gpg(),
             home=key.gnupg_home,
             extra=_pinentry_args(key),
             consumer=consumer,
@@ -593,30 +589,6 @@ def public_key_file(key: SigningKey) -> Iterator[Path]:
         yield path
 
 
-def checksig(files: Sequence[Path], public_key: Path) -> dict[Path, str]:
-    """rpmkeys' verdict on each file, against a throwaway rpm database holding only the key."""
-    verdicts: dict[Path, str] = {}
-    if not files:
-        return verdicts
-    with tempfile.TemporaryDirectory(prefix="xdb-rpmdb-") as dbpath:
-        try:
-            proc.run(["rpmkeys", "--dbpath", dbpath, "--import", public_key], echo=False)
-        except CommandError as exc:
-            raise SigningError(f"rpmkeys could not import {public_key}.\n{exc.message}") from exc
-        for chunk in chunks(files):
-            result = proc.run(
-                ["rpmkeys", "--dbpath", dbpath, "--checksig", *chunk], echo=False, check=False
-            )
-            said = dict(line.rsplit(": ", 1) for line in result.stdout.splitlines() if ": " in line)
-            for path in chunk:
-                verdict = said.get(str(path), "no answer from rpmkeys")
-                good = "signatures OK" in verdict and "NOT OK" not in verdict
-                verdicts[path] = "OK" if good else verdict
-            if result.returncode != 0 and all(verdicts[p] == "OK" for p in chunk):
-                raise SigningError(f"rpmkeys --checksig failed:\n{proc.tail(result.stderr)}")
-    return verdicts
-
-
 def verify_rpms(files: Sequence[Path], public_key: Path) -> None:
     """Refuse the first file whose signature ``rpmkeys --checksig`` does not accept."""
     for path, verdict in checksig(files, public_key).items():
@@ -627,26 +599,6 @@ def verify_rpms(files: Sequence[Path], public_key: Path) -> None:
             )
 
 
-def key_file_fingerprints(public_key: Path) -> list[str]:
-    """Fingerprints of the primary keys in an armored key file."""
-    with tempfile.TemporaryDirectory(prefix="xdb-showkey-") as tmp:
-        result = proc.run(
-            [_gpg(), "--homedir", tmp, "--batch", "--with-colons", "--show-keys", public_key],
-            echo=False,
-            check=False,
-        )
-    found: list[str] = []
-    primary = False
-    for line in result.stdout.splitlines():
-        fields = line.split(":")
-        if fields[0] in ("pub", "sub"):
-            primary = fields[0] == "pub"
-        elif fields[0] == "fpr" and primary and len(fields) > 9:
-            found.append(fields[9])
-            primary = False
-    return found
-
-
 def detach_sign(file: Path, key: SigningKey, consumer: Consumer) -> Path:
     """Write ``FILE.asc``, an armored detached signature (repo_gpgcheck), via a temp file."""
     target = file.with_name(file.name + ".asc")
@@ -654,7 +606,7 @@ def detach_sign(file: Path, key: SigningKey, consumer: Consumer) -> Path:
     try:
         proc.run(
             [
-                _gpg(),
+                gpg(),
                 "--homedir",
                 key.gnupg_home,
                 *_pinentry_args(key),
@@ -681,22 +633,11 @@ def detach_sign(file: Path, key: SigningKey, consumer: Consumer) -> Path:
 def verify_detached(file: Path, signature: Path, public_key: Path, consumer: Consumer) -> None:
     """``gpgv`` with a keyring that holds only ``public_key``; where the consumer's yum checks
     through pygpgme (EL5), also GnuPG 1.4's verdict."""
-    with tempfile.TemporaryDirectory(prefix="xdb-gpgv-") as tmp:
-        keyring = Path(tmp) / "keyring.gpg"
-        proc.run(
-            [_gpg(), "--homedir", tmp, "--batch", "--dearmor", "--output", keyring, public_key],
-            echo=False,
+    verdict = check_detached(file, signature, public_key)
+    if not verdict.good:
+        raise SigningError(
+            f"The signature {signature.name} does not verify {file}:\n{verdict.detail}"
         )
-        result = proc.run(
-            ["gpgv", "--homedir", tmp, "--keyring", keyring, signature, file],
-            echo=False,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise SigningError(
-                f"The signature {signature.name} does not verify {file}:\n"
-                f"{proc.tail(result.stderr)}"
-            )
     if profile(consumer).metadata_check_needs_pygpgme:
         verify_detached_gnupg1(file, signature, public_key)
 

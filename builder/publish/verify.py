@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder import log
+from builder import log, signatures
 from builder.errors import BuilderError, PublishError, VerifyError
 from builder.publish import provenance, sign
 from builder.publish.consumers import profile
@@ -106,14 +106,14 @@ def _check_key(report: Report, public_key: Path, served_key: Path, fingerprint: 
     if not public_key.is_file():
         report.problem(f"The key file {public_key} is missing.")
         return
-    found = sign.key_file_fingerprints(public_key)
+    found = signatures.key_file_fingerprints(public_key)
     if fingerprint not in found:
         report.problem(
             f"{public_key} holds {', '.join(found) or 'no key'}, but the repository is signed "
             f"with {fingerprint}."
         )
     if public_key != served_key:
-        served = sign.key_file_fingerprints(served_key) if served_key.is_file() else []
+        served = signatures.key_file_fingerprints(served_key) if served_key.is_file() else []
         if fingerprint not in served:
             report.problem(f"The served key file {served_key} is not the repository's key.")
 
@@ -211,7 +211,7 @@ def _check_packages(report: Report, listed: list[_Listed], public_key: Path) -> 
             present.append(item)
     report.packages = len(listed)
     with log.step(f"Check the signature of {len(present)} package(s)"):
-        verdicts = sign.checksig([item.served for item in present], public_key)
+        verdicts = signatures.checksig([item.served for item in present], public_key)
         for item in present:
             if verdicts[item.served] != "OK":
                 report.problem(f"{item.family}/{item.href}: {verdicts[item.served]}.")

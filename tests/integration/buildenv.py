@@ -318,19 +318,21 @@ def write_lab_specs(
     yum: str | None = None,
     spatch_base: str | None = None,
     kernel_requires: str = "exact",
+    yum_key: str | None = None,
 ) -> Path:
     """A spec directory with targets on the stand-in (name -> dom0 kernel package), whose
     kernel-devel RPM ``rpm`` is read from ``iso`` (or, given ``yum``, whose kernel-devel
     packages come from that yum repository), and ``drbd``: the ``drbd:`` (and
     ``drbd-utils:``) sections as YAML text.  ``spatch_base`` (:func:`spatch_base_image`) is
     the spatch helper's base, for DRBD 9 builds that make a compat patch; ``kernel_requires``
-    the targets' ``kernel.requires``."""
+    the targets' ``kernel.requires``; ``yum_key`` the yum source's ``key:`` as YAML (else it
+    is read as ``insecure:``)."""
     directory.mkdir(parents=True, exist_ok=True)
     entries = []
     source = f"""iso: file://{iso}
         path: domain0/RPMS/{rpm.parent.name}/{rpm.name}"""
     if yum is not None:
-        source = f"yum: [{yum}]"
+        source = f"yum: [{yum}]\n" + (yum_key or "        insecure: a local test repository")
     spatch = f"\n      spatch:\n        image: {spatch_base}" if spatch_base else ""
     for name, runtime in targets.items():
         entries.append(

@@ -23,6 +23,7 @@ from tests.integration import buildenv
 from tests.integration.buildenv import base_system
 from tests.integration.test_build_families import by_name, dnf, lines_of, query
 from tests.support.kernelrpm import build_kernel_devel_rpm
+from tests.support.vendorrepo import Vendor, key_yaml, make_vendor
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
@@ -39,11 +40,14 @@ def builder(*args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def add_kernel(repo: Path, work: Path, release: str) -> None:
+def add_kernel(repo: Path, work: Path, release: str, vendor: Vendor) -> None:
     # laid out as XCP-ng's kernel-devel: /usr/src/kernels/<uname>-<arch> and the build link
     rpm = build_kernel_devel_rpm(work / release, release=release, layout="vendor")
     shutil.copy2(rpm, repo)
+    vendor.sign_rpms(repo / rpm.name)
     subprocess.run(["createrepo_c", "--quiet", str(repo)], check=True)
+    vendor.sign_metadata(repo)
+    vendor.stop()
 
 
 def test_all_kernels_of_a_yum_source_are_built_published_and_installable(
@@ -52,8 +56,9 @@ def test_all_kernels_of_a_yum_source_are_built_published_and_installable(
     assert standin_target.base_image is not None
     kernels = tmp_path / "kernels"
     kernels.mkdir()
+    vendor = make_vendor(tmp_path / "vendor")  # signs the kernel repository, as XCP-ng does
     for release in RELEASES:
-        add_kernel(kernels, tmp_path / "kernel-rpms", release)
+        add_kernel(kernels, tmp_path / "kernel-rpms", release, vendor)
     specs = buildenv.write_lab_specs(
         tmp_path / "specs",
         targets={"lab": "kernel-xen"},
@@ -67,6 +72,7 @@ def test_all_kernels_of_a_yum_source_are_built_published_and_installable(
     url: file://{buildenv.make_drbd_source(tmp_path, VERSION)}
 """,
         yum=kernels.as_uri(),
+        yum_key=key_yaml(vendor, "        "),
     )
     artifacts = tmp_path / "artifacts"
     build = [
@@ -103,7 +109,7 @@ def test_all_kernels_of_a_yum_source_are_built_published_and_installable(
             )
     assert len(nvrs) == 3
 
-    add_kernel(kernels, tmp_path / "kernel-rpms", NEW_RELEASE)
+    add_kernel(kernels, tmp_path / "kernel-rpms", NEW_RELEASE, vendor)
     started = time.monotonic()
     second = builder(*build)
     print(f"one new kernel among four in {time.monotonic() - started:.0f} s")

@@ -17,6 +17,7 @@ import pytest
 from tests import rpmfactory
 from tests.support.http import serve
 from tests.support.kernelrpm import build_small_rpm, make_iso
+from tests.support.vendorrepo import key_yaml, make_vendor, signed_repository
 
 pytestmark = pytest.mark.integration
 
@@ -256,11 +257,10 @@ def test_kernel_from_a_yum_repository_picks_the_newest_matching_package(
         tmp_path / "newer", name="kernel-devel", files={"/usr/src/y": "y"}, links={},
         version="9.9.9", release="1",
     )  # fmt: skip
-    for repo, rpms in ((base_repo, [older]), (updates_repo, [real, outside_glob])):
-        repo.mkdir(parents=True)
-        for rpm in rpms:
-            shutil.copy(rpm, repo / rpm.name)
-        subprocess.run(["createrepo_c", "--quiet", str(repo)], check=True)
+    vendor = make_vendor(tmp_path / "vendor")  # the honest mirror: all signed by the vendor
+    signed_repository(base_repo, [older], vendor)
+    signed_repository(updates_repo, [real, outside_glob], vendor)
+    vendor.stop()
     cache = tmp_path / "cache"
     with serve(tmp_path / "www") as (base, state):
         specs = tmp_path / "specs"
@@ -278,7 +278,7 @@ def test_kernel_from_a_yum_repository_picks_the_newest_matching_package(
           - {base}/base/
           - {base}/updates/
         evr: "6.1.0-*"
-    container:
+{key_yaml(vendor, "        ")}    container:
       family: centos7-x86_64
     consumer: el7
 """
@@ -324,6 +324,7 @@ def test_a_uname_r_target_whose_vendor_kernel_lacks_the_provide_is_refused_befor
       requires: uname-r
       source:
         yum: [{base}/base/]
+        insecure: a test of the provides check alone
     container:
       family: centos7-x86_64
     consumer: el7
@@ -336,4 +337,5 @@ def test_a_uname_r_target_whose_vendor_kernel_lacks_the_provide_is_refused_befor
         result.stderr
     )
     assert "kernel-uname-r = 4.19.0+2" in result.stderr
+    assert "not verifying the signatures of" in result.stderr  # said on every insecure run
     assert f"/base/{devel.name}" not in fetched

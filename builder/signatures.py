@@ -1,0 +1,156 @@
+"""OpenPGP checks against one public key, never a user's keyring: whose key signed a detached
+signature (``gpgv``), which primary keys a key file holds, and rpm's verdict on packages
+(``rpmkeys`` with a throwaway database that holds only that key).
+
+Every stage uses these: the kernel source's vendor signatures (inputs), the repository the
+tool publishes and ``verify`` (publish).
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder import proc
+from builder.errors import CommandError, SigningError
+
+FILES_PER_CALL = 400  # files per rpmkeys call: keeps argv well under the kernel's limit
+
+
+def gpg() -> str:
+    return proc.which("gpg", hint="Install GnuPG: apt-get install gnupg gpg-agent")
+
+
+def chunks(files: Sequence[Path], size: int = FILES_PER_CALL) -> Iterator[Sequence[Path]]:
+    for start in range(0, len(files), size):
+        yield files[start : start + size]
+
+
+def key_file_fingerprints(public_key: Path) -> list[str]:
+    """Fingerprints of the primary keys in an armored (or binary) key file."""
+    with tempfile.TemporaryDirectory(prefix="xdb-showkey-") as tmp:
+        result = proc.run(
+            [gpg(), "--homedir", tmp, "--batch", "--with-colons", "--show-keys", public_key],
+            echo=False,
+            check=False,
+        )
+    found: list[str] = []
+    primary = False
+    for line in result.stdout.splitlines():
+        fields = line.split(":")
+        if fields[0] in ("pub", "sub"):
+            primary = fields[0] == "pub"
+        elif fields[0] == "fpr" and primary and len(fields) > 9:
+            found.append(fields[9])
+            primary = False
+    return found
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What ``gpgv`` said about one detached signature."""
+
+    good: bool
+    signer: str | None  # the fingerprint (good) or key id (unknown key) that made it
+    detail: str  # gpgv's own words, for messages
+
+
+def check_detached(file: Path, signature: Path, public_key: Path) -> Verdict:
+    """``gpgv`` with a keyring that holds only ``public_key``: who signed ``file``."""
+    with tempfile.TemporaryDirectory(prefix="xdb-gpgv-") as tmp:
+        keyring = Path(tmp) / "keyring.gpg"
+        proc.run(
+            [gpg(), "--homedir", tmp, "--batch", "--dearmor", "--output", keyring, public_key],
+            echo=False,
+        )
+        result = proc.run(
+            ["gpgv", "--homedir", tmp, "--status-fd", "1", "--keyring", keyring, signature, file],
+            echo=False,
+            check=False,
+        )
+    status = [
+        line.split()[1:] for line in result.stdout.splitlines() if line.startswith("[GNUPG:] ")
+    ]
+    signer = None
+    for words in status:
+        if words[0] == "VALIDSIG" and len(words) > 1:
+            signer = words[-1] if len(words) >= 10 else words[1]  # the primary key's fingerprint
+        elif words[0] in ("ERRSIG", "NO_PUBKEY", "BADSIG") and len(words) > 1 and signer is None:
+            signer = words[1]
+    good = result.returncode == 0 and any(words[0] == "VALIDSIG" for words in status)
+    return Verdict(good, signer, proc.tail(result.stderr).strip())
+
+
+def checksig(files: Sequence[Path], public_key: Path) -> dict[Path, str]:
+    """rpmkeys' verdict on each file, against a throwaway rpm database holding only the key."""
+    verdicts: dict[Path, str] = {}
+    if not files:
+        return verdicts
+    with tempfile.TemporaryDirectory(prefix="xdb-rpmdb-") as dbpath:
+        try:
+            proc.run(["rpmkeys", "--dbpath", dbpath, "--import", public_key], echo=False)
+        except CommandError as exc:
+            raise SigningError(f"rpmkeys could not import {public_key}.\n{exc.message}") from exc
+        for chunk in chunks(files):
+            result = proc.run(
+                ["rpmkeys", "--dbpath", dbpath, "--checksig", *chunk], echo=False, check=False
+            )
+            said = dict(line.rsplit(": ", 1) for line in result.stdout.splitlines() if ": " in line)
+            for path in chunk:
+                verdict = said.get(str(path), "no answer from rpmkeys")
+                good = "signatures OK" in verdict and "NOT OK" not in verdict
+                verdicts[path] = "OK" if good else verdict
+            if result.returncode != 0 and all(verdicts[p] == "OK" for p in chunk):
+                raise SigningError(f"rpmkeys --checksig failed:\n{proc.tail(result.stderr)}")
+    return verdicts
+
+
+SIGNATURE_LINE = re.compile(r"^\s*(Header )?V\d \S+ Signature, key ID ([0-9a-f]+): (.*)$")
+
+
+@dataclass(frozen=True)
+class RpmSignatures:
+    """rpmkeys -Kv on one package: its header and header+payload signatures."""
+
+    header: str | None  # "OK", "NOKEY", "BAD"…; None: no header signature
+    whole: str | None  # the header+payload signature's verdict; None: none
+    key_ids: tuple[str, ...]  # the key ids the signatures name
+    digests_ok: bool
+
+    @property
+    def good(self) -> bool:
+        return self.header == "OK" and self.whole in ("OK", None) and self.digests_ok
+
+
+def rpm_signatures(path: Path, public_key: Path) -> RpmSignatures:
+    """What ``rpmkeys --checksig -v`` says of ``path`` with only ``public_key`` known.
+
+    rpm 4.14 and later sign the header only (the header holds the payload's digest); older
+    rpmsign writes a header+payload signature too, which must then also verify.
+    """
+    with tempfile.TemporaryDirectory(prefix="xdb-rpmdb-") as dbpath:
+        try:
+            proc.run(["rpmkeys", "--dbpath", dbpath, "--import", public_key], echo=False)
+        except CommandError as exc:
+            raise SigningError(f"rpmkeys could not import {public_key}.\n{exc.message}") from exc
+        result = proc.run(
+            ["rpmkeys", "--dbpath", dbpath, "--checksig", "-v", path], echo=False, check=False
+        )
+    header = whole = None
+    key_ids: list[str] = []
+    digests_ok = True
+    for line in result.stdout.splitlines():
+        match = SIGNATURE_LINE.match(line)
+        if match:
+            verdict = match.group(3).strip()
+            key_ids.append(match.group(2))
+            if match.group(1):
+                header = verdict
+            else:
+                whole = verdict
+        elif "digest:" in line and not line.rstrip().endswith(": OK"):
+            digests_ok = False
+    return RpmSignatures(header, whole, tuple(dict.fromkeys(key_ids)), digests_ok)
