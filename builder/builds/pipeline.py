@@ -155,6 +155,17 @@ class Sources:
         if self.utils is not None:
             self.utils.trust()
 
+    def trust_record(self, tree: KernelTree) -> dict[str, str]:
+        """How each input of a build was trusted: vendor-signature, pin, lock, first-use."""
+        record = {
+            "kernel_source": tree.source_trust or "unknown",
+            "kernel_rpm": tree.rpm_trust or "unknown",
+            "drbd_source": self.drbd.trusted_as,
+        }
+        if self.utils is not None:
+            record["utils_source"] = self.utils.trusted_as
+        return record
+
 
 def fetch_sources(step: BuildStep, recipe: Recipe, options: BuildOptions) -> Sources:
     drbd = fetch_tarball(step.drbd, "DRBD", options.source, options)
@@ -272,7 +283,11 @@ def _up_to_date(step: BuildStep, inputs: dict[str, Any], settings: FetchSettings
 
 
 def _manifest(
-    step: BuildStep, inputs: dict[str, Any], built: Built, compilers: dict[str, Any]
+    step: BuildStep,
+    inputs: dict[str, Any],
+    built: Built,
+    compilers: dict[str, Any],
+    trust: dict[str, str],
 ) -> dict[str, Any]:
     target = step.target
     result = built.module
@@ -295,6 +310,9 @@ def _manifest(
         "userland": userland_record(built.userland),
         **({"compat": built.compat} if built.compat is not None else {}),
         "compilers": compilers,
+        # How each input was trusted on the run that built it (not an input: a second run
+        # finds in a lock what the first trusted on first use)
+        "trust": trust,
         "build_seconds": round(result.seconds, 1),
         "outputs": [
             {"file": path.name, "sha256": sha256_file(path), "size": path.stat().st_size}
@@ -321,6 +339,7 @@ def _build_one(
     *,
     build: DrbdBuild,
     sources: Sources,
+    trust: dict[str, str],
     inputs: dict[str, Any],
     options: BuildOptions,
 ) -> None:
@@ -351,7 +370,7 @@ def _build_one(
         ):
             packages = postbuild.check_packages(built.rpms, expect)
         os.replace(log_file, partial / manifest.BUILD_LOG)
-        manifest.write(partial, _manifest(step, inputs, built, _compilers(expect, packages)))
+        manifest.write(partial, _manifest(step, inputs, built, _compilers(expect, packages), trust))
         manifest.put_in_place(partial, final)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
@@ -478,6 +497,7 @@ def _run_step(step: BuildStep, shared: _Shared, options: BuildOptions) -> Outcom
                 step,
                 build=replace(planned, image=image),
                 sources=sources,
+                trust=sources.trust_record(tree),
                 inputs=inputs,
                 options=options,
             )

@@ -83,6 +83,8 @@ def copy_tree(tree: KernelTree, output: Path) -> KernelTree:
         rpm_version_release=tree.rpm_version_release,
         source=tree.source,
         source_sha256=tree.source_sha256,
+        source_trust=tree.source_trust,
+        rpm_trust=tree.rpm_trust,
     )
 
 

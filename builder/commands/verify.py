@@ -59,6 +59,32 @@ def register(
     parser.set_defaults(func=run)
 
 
+TRUST_NAMES = {
+    "kernel_source": "kernel source",
+    "kernel_rpm": "kernel-devel",
+    "drbd_source": "DRBD",
+    "utils_source": "drbd-utils",
+}
+
+
+def print_trust(trust: dict[str, dict[str, str]]) -> None:
+    """Per published package, how its build's inputs were trusted; weaker than a vendor
+    signature or a pin is marked, so that an operator sees which modules rest on it."""
+    if not trust:
+        return
+    print("How the inputs of each published package were trusted (provenance):")
+    for path in sorted(trust):
+        record = trust[path]
+        if not record:
+            print(f"  {path}: not recorded (built before trust was recorded)")
+            continue
+        parts = []
+        for key, how in record.items():
+            weak = how.startswith(("first-use", "insecure", "unknown"))
+            parts.append(f"{TRUST_NAMES.get(key, key)} {how}" + (" (!)" if weak else ""))
+        print(f"  {path}: {'; '.join(parts)}")
+
+
 def run(args: argparse.Namespace) -> int:
     from builder.publish import verify
 
@@ -74,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     for note in report.notes:
         log.warn(note)
     verify.raise_for(report, repo)
+    print_trust(report.trust)
     print(
         f"{repo}: verified {report.packages} package(s) in {report.repositories} "
         f"repositor{'y' if report.repositories == 1 else 'ies'}: signatures, checksums and "

@@ -72,6 +72,14 @@ class Fetched:
     origin: str
     untrusted: Input | None = None  # no pinned or locked hash yet: see trust()
     downloaded: bool = False  # a copy in the download cache (not the user's own file)
+    vouched_by: str = ""  # where the hash it matched came from ("pinned in the spec file", …)
+
+    @property
+    def trusted_as(self) -> str:
+        """How this input was trusted, as the manifest records it: pin, lock or first-use."""
+        if self.untrusted is not None or not self.vouched_by:
+            return "first-use"
+        return "pin" if self.vouched_by.startswith("pinned") else "lock"
 
     def discard(self) -> bool:
         """Delete a download that nothing ever vouched for, once a later check refused what
@@ -87,7 +95,11 @@ class Fetched:
         item = self.untrusted
         if item is not None and item.lock is not None and item.lock.get(item.key) is None:
             item.lock.record(item.key, self.sha256)
-            log.info(f"recorded sha256 {self.sha256} of {item.file_name} in {item.lock.path}")
+            log.warn(
+                f"{item.file_name}: trusted on first use (no pin, no shipped hash and no vendor "
+                f"signature vouch for it); its sha256 {self.sha256} is recorded in "
+                f"{item.lock.path}, and every later use must match it"
+            )
 
 
 Verifier = Callable[[Path], object]  # raises InputError; the result is ignored
@@ -178,7 +190,13 @@ def _use_local(
     # before (perhaps as another kind of input, or by a run that then refused it) is checked.
     if expected is None and verify is not None:
         verify(path)
-    return Fetched(path=path, sha256=actual, origin=str(path), untrusted=None if expected else item)
+    return Fetched(
+        path=path,
+        sha256=actual,
+        origin=str(path),
+        untrusted=None if expected else item,
+        vouched_by=source if expected else "",
+    )
 
 
 def cache_path(settings: FetchSettings, url: str, file_name: str) -> Path:
@@ -201,7 +219,7 @@ def _use_download(
     if dest.is_file() and not refresh:
         actual = hashes.sha256(dest)
         if expected is None or actual == expected:
-            return _downloaded(dest, actual, url, item, expected)
+            return _downloaded(dest, actual, url, item, expected, source=source)
         log.warn(f"cached {dest.name} does not match its expected sha256; downloading it again")
         dest.unlink()
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -218,10 +236,12 @@ def _use_download(
             raise
     os.replace(part, dest)
     hashes.store(dest, actual)
-    return _downloaded(dest, actual, url, item, expected)
+    return _downloaded(dest, actual, url, item, expected, source=source)
 
 
-def _downloaded(dest: Path, actual: str, url: str, item: Input, expected: str | None) -> Fetched:
+def _downloaded(
+    dest: Path, actual: str, url: str, item: Input, expected: str | None, *, source: str
+) -> Fetched:
     """A download in the cache; one that nothing vouched for is trusted only after the
     checks of whoever asked for it (``untrusted``)."""
     return Fetched(
@@ -230,6 +250,7 @@ def _downloaded(dest: Path, actual: str, url: str, item: Input, expected: str | 
         origin=url,
         untrusted=None if expected else item,
         downloaded=True,
+        vouched_by=source if expected else "",
     )
 
 

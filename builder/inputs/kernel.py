@@ -56,9 +56,14 @@ class KernelTree:
     # The local files this tree was checked against (the ISO or RPM fetched, the RPM, the
     # tree's marker): while none changes, neither does the tree (builder.inputs.kernel_memo).
     files: tuple[Path, ...] = ()
+    # How the source and the RPM were trusted on this run (the manifest's "trust"):
+    # "vendor-signature <fingerprint>", "insecure: <reason>", "pin", "lock" or "first-use"
+    source_trust: str = ""
+    rpm_trust: str = ""
 
     def to_json(self) -> dict[str, str]:
-        return {key: str(value) for key, value in asdict(self).items() if key != "files"}
+        skipped = ("files", "source_trust", "rpm_trust")  # of this run only (not memo-able)
+        return {key: str(value) for key, value in asdict(self).items() if key not in skipped}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -416,6 +421,7 @@ def prepare_kernel(
     """Fetch, verify and extract ``target``'s kernel-devel (from a yum source: the one whose
     version-release is ``evr``, else the newest match); check its release."""
     kind = target.kernel_source.kind
+    source_spec = target.kernel_source
     if inputs.iso is not None and inputs.kernel_rpm is not None:
         raise ConfigError("Give either --iso or --kernel-rpm, not both.")
     if inputs.iso is not None and kind is not SourceKind.ISO:
@@ -464,6 +470,12 @@ def prepare_kernel(
             "`uname -r`), or repackage the tree with include/config/kernel.release holding "
             f"{two[0]}.",
         )
+    if kind is SourceKind.YUM and source_spec.key is not None:
+        source_trust = rpm_trust = f"vendor-signature {source_spec.key.fingerprint}"
+    elif kind is SourceKind.YUM and source_spec.insecure is not None:
+        source_trust = rpm_trust = f"insecure: {source_spec.insecure}"
+    else:
+        source_trust, rpm_trust = source.trusted_as, rpm.trusted_as
     rpm.trust()
     source.trust()
     return KernelTree(
@@ -477,4 +489,6 @@ def prepare_kernel(
         source=rpm.origin,
         source_sha256=source.sha256,
         files=(source.path, rpm.path, root.parent / MARKER),
+        source_trust=source_trust,
+        rpm_trust=rpm_trust,
     )

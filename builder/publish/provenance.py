@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,8 @@ class Statement:
     problems: list[str]
     subjects: dict[str, str]  # package file name -> signed sha256
     outputs: dict[str, str]  # build output file name -> unsigned sha256
+    # input -> how it was trusted (the manifest's "trust"; empty for builds made before it)
+    trust: dict[str, str] = field(default_factory=dict)
 
 
 def read(path: Path, public_key: Path) -> Statement:
@@ -81,12 +83,14 @@ def read(path: Path, public_key: Path) -> Statement:
         subjects = {s["name"]: s["digest"]["sha256"] for s in data["subject"]}
         manifest = data["predicate"]["manifest"]
         outputs = {o["file"]: o["sha256"] for o in manifest["outputs"]}
+        recorded = manifest.get("trust")
+        trust = {str(k): str(v) for k, v in recorded.items()} if isinstance(recorded, dict) else {}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         problems.append(f"its provenance statement {path.name} is malformed ({exc})")
         return Statement(problems, {}, {})
     if data.get("_type") != STATEMENT_TYPE or data.get("predicateType") != PREDICATE_TYPE:
         problems.append(f"{path.name} is not a statement publish writes")
-    return Statement(problems, subjects, outputs)
+    return Statement(problems, subjects, outputs, trust)
 
 
 def check(statement: Statement, name: str, signed_sha256: str, source_sha256: str) -> list[str]:

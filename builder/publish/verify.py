@@ -50,6 +50,8 @@ class Report:
     packages: int = 0
     repositories: int = 0
     sha256: dict[str, str] = field(default_factory=dict)  # "family/file" -> digest read
+    # "family/file" -> how its build's inputs were trusted (its provenance statement)
+    trust: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def problem(self, text: str) -> None:
         self.problems.append(text)
@@ -267,6 +269,7 @@ def _check_index(
         statement = statements[entry.provenance]
         for problem in provenance.check(statement, name, entry.sha256, entry.source_sha256):
             report.problem(f"{entry.path}: {problem}.")
+        report.trust[entry.path] = statement.trust
     strays = store.strays(entries)
     if strays:
         report.notes.append(

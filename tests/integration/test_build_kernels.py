@@ -9,6 +9,8 @@ run; publish keeps them all, and dnf installs the one for the kernel a dom0 runs
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -33,10 +35,13 @@ RELEASES = ["7", "15", "23"]  # kernel-devel releases, oldest first
 NEW_RELEASE = "31"
 
 
-def builder(*args: str) -> subprocess.CompletedProcess[str]:
+def builder(*args: str, state: Path | None = None) -> subprocess.CompletedProcess[str]:
+    # The test's own state directory: what the repositories' signatures vouched for is kept
+    # there, and this test makes new kernel-devel bytes under the same names on every run.
+    env = {**os.environ, **({"XDG_STATE_HOME": str(state)} if state else {})}
     return subprocess.run(
         [sys.executable, "-m", "builder", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=1800, check=False,
+        cwd=REPO, capture_output=True, text=True, timeout=1800, check=False, env=env,
     )  # fmt: skip
 
 
@@ -82,12 +87,12 @@ def test_all_kernels_of_a_yum_source_are_built_published_and_installable(
     kernel_version = kernel_release.split("-", 1)[0]
     evrs = [f"{kernel_version}-{release}" for release in RELEASES]
 
-    matrix = builder("matrix", *build[1:11])
+    matrix = builder("matrix", *build[1:11], state=tmp_path / "state")
     assert matrix.returncode == 0, matrix.stderr
     assert [f'"kernel": "{evr}"' in matrix.stdout for evr in evrs] == [True] * 3
 
     started = time.monotonic()
-    first = builder(*build)
+    first = builder(*build, state=tmp_path / "state")
     print(f"three kernels built in {time.monotonic() - started:.0f} s")
     assert first.returncode == 0, first.stderr[-4000:]
     assert first.stdout.count(": built: ") == 3, first.stdout
@@ -108,10 +113,14 @@ def test_all_kernels_of_a_yum_source_are_built_published_and_installable(
                 packages[name].read_bytes()
             )
     assert len(nvrs) == 3
+    trust = json.loads((directories[0] / "manifest.json").read_text())["trust"]
+    assert trust["kernel_rpm"] == f"vendor-signature {vendor.fingerprint}"
+    assert trust["kernel_source"] == f"vendor-signature {vendor.fingerprint}"
+    assert trust["drbd_source"] == "first-use"  # a file:// source of the test: no pin
 
     add_kernel(kernels, tmp_path / "kernel-rpms", NEW_RELEASE, vendor)
     started = time.monotonic()
-    second = builder(*build)
+    second = builder(*build, state=tmp_path / "state")
     print(f"one new kernel among four in {time.monotonic() - started:.0f} s")
     assert second.returncode == 0, second.stderr[-4000:]
     assert second.stdout.count(": up to date: ") == 3, second.stdout
@@ -136,6 +145,10 @@ def test_all_kernels_of_a_yum_source_are_built_published_and_installable(
         evr.replace("-", "_") for evr in [*evrs, new_evr]
     }
     assert len(list(repo.glob("drbd-utils-*.rpm"))) == 1
+    verified = builder("verify", "--repo", str(tmp_path / "repo"))
+    assert verified.returncode == 0, verified.stderr
+    signed_by = f"kernel-devel vendor-signature {vendor.fingerprint}"
+    assert signed_by in verified.stdout and "DRBD first-use (!)" in verified.stdout
 
     # dom0 runs the middle kernel: dnf installs the module built for it, and refuses another's
     work = tmp_path / "dnf"

@@ -4,6 +4,7 @@ kernel-devel RPM of Debian's real kernel tree, served from disk and over HTTP on
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -14,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from builder.specs import load_registry
 from tests import rpmfactory
+from tests.integration.conftest import Utils
 from tests.support.http import serve
 from tests.support.kernelrpm import build_small_rpm, make_iso
 from tests.support.vendorrepo import key_yaml, make_vendor, signed_repository
@@ -339,3 +342,15 @@ def test_a_uname_r_target_whose_vendor_kernel_lacks_the_provide_is_refused_befor
     assert "kernel-uname-r = 4.19.0+2" in result.stderr
     assert "not verifying the signatures of" in result.stderr  # said on every insecure run
     assert f"/base/{devel.name}" not in fetched
+
+
+def test_the_shipped_drbd_utils_pin_is_debian_s_verified_upstream_tarball(
+    debian_drbd_utils: Utils,
+) -> None:
+    """The pin came from Debian's .dsc, verified by apt against the archive's signed index (the
+    fixture checks the .dsc's line): the registry and Debian still agree."""
+    entry = load_registry().utils.get(debian_drbd_utils.version)
+    if entry is None:
+        pytest.skip(f"the registry has no drbd-utils {debian_drbd_utils.version} entry")
+    digest = hashlib.sha256(debian_drbd_utils.tarball.read_bytes()).hexdigest()
+    assert entry.sha256 == digest

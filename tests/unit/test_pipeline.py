@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -327,6 +328,8 @@ def test_a_local_tarball_must_be_the_release_its_entry_names(
     drbd = registry.drbd_version("8.4.11")
     assert drbd.utils is not None
     entry: Tarball = drbd.utils if what == "drbd-utils" else drbd
+    # the release check alone: the shipped pin (drbd-utils 9.22.0) would refuse this file first
+    entry = dataclasses.replace(entry, sha256=None)
     local = _tarball(tmp_path / "mine", top)
     opts = pipeline.BuildOptions(
         settings=FetchSettings(cache_dir=tmp_path / "cache", state_dir=tmp_path / "state"),
@@ -342,3 +345,52 @@ def test_a_local_tarball_must_be_the_release_its_entry_names(
     )
     assert caught.value.exit_code == 5
     assert not (tmp_path / "state" / "checksums.lock").exists()  # nothing recorded as trusted
+
+
+def test_the_manifest_records_how_each_input_was_trusted(
+    fakes: Fakes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fakes.source = dataclasses.replace(fakes.source, vouched_by="pinned in the spec file")
+    plain = fakes.prepare_kernel
+
+    def signed(*args: Any, **kwargs: Any) -> KernelTree:
+        tree = plain(*args, **kwargs)
+        return dataclasses.replace(tree, source_trust="lock", rpm_trust="first-use")
+
+    monkeypatch.setattr(pipeline, "prepare_kernel", signed)
+    steps = plan(load_registry(), ["1.5"], ["8.4.1"], tmp_path / "artifacts")
+    pipeline.run_builds(steps, options(tmp_path))
+    manifest = json.loads((tmp_path / "artifacts/xcp-1.5/8.4.1/manifest.json").read_text())
+    assert manifest["trust"] == {
+        "kernel_source": "lock", "kernel_rpm": "first-use", "drbd_source": "pin",
+    }  # fmt: skip
+    assert "trust" not in manifest["inputs"]  # a second run's lock must not rebuild
+    recorded = Fetched(path=tmp_path, sha256="s" * 64, origin="x", vouched_by="recorded in L")
+    assert recorded.trusted_as == "lock"
+    assert dataclasses.replace(recorded, untrusted=recorded_input()).trusted_as == "first-use"
+
+
+def recorded_input() -> Any:
+    from builder.inputs.fetch import Input
+
+    return Input(what="t", url=None, file_name="t", key="t")
+
+
+def test_verify_marks_what_rests_on_less_than_a_signature_or_a_pin(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from builder.commands.verify import print_trust
+
+    print_trust({
+        "el7/kmod-drbd-9.2.18.rpm": {
+            "kernel_source": "vendor-signature 34AC", "kernel_rpm": "vendor-signature 34AC",
+            "drbd_source": "first-use", "utils_source": "pin",
+        },
+        "el5/drbd-km-8.4.1.rpm": {},
+    })  # fmt: skip
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == "  el5/drbd-km-8.4.1.rpm: not recorded (built before trust was recorded)"
+    assert out[2] == (
+        "  el7/kmod-drbd-9.2.18.rpm: kernel source vendor-signature 34AC; kernel-devel "
+        "vendor-signature 34AC; DRBD first-use (!); drbd-utils pin"
+    )
