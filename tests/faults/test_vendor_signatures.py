@@ -20,7 +20,13 @@ from tests import rpmfactory
 from tests.faults.harness import Result, builder
 from tests.support.http import ServerState, serve
 from tests.support.kernelrpm import build_kernel_devel_rpm, installed_headers
-from tests.support.vendorrepo import Vendor, key_yaml, make_vendor, signed_repository
+from tests.support.vendorrepo import (
+    Vendor,
+    key_yaml,
+    make_vendor,
+    signed_repository,
+    yum_target_spec,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -46,26 +52,6 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
     yield Keys(vendor, other, devel, older)
     vendor.stop()
     other.stop()
-
-
-def spec_dir(directory: Path, url: str, key: str) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "ng.yaml").write_text(
-        f"""targets:
-  ng:
-    name: XCP-ng style
-    arch: x86_64
-    kernel:
-      package: kernel-devel
-      release: {RELEASE}
-      source:
-        yum: [{url}/repo/]
-{key}    container:
-      family: centos7-x86_64
-    consumer: el7
-"""
-    )
-    return directory
 
 
 @dataclass
@@ -94,7 +80,10 @@ class Mirror:
 def mirror(tmp_path: Path, keys: Keys) -> Iterator[Mirror]:
     root = tmp_path / "www"
     with serve(root) as (url, state):
-        specs = spec_dir(tmp_path / "specs", url, key_yaml(keys.vendor, "        "))
+        specs = yum_target_spec(
+            tmp_path / "specs", repos=[f"{url}/repo/"], release=RELEASE,
+            trust=key_yaml(keys.vendor, "        "),
+        )  # fmt: skip
         yield Mirror(root / "repo", state, url, specs, tmp_path / "cache")
 
 
@@ -256,4 +245,42 @@ def test_a_kernel_devel_seen_before_with_other_bytes_is_refused(
     assert result.returncode == 12, result
     assert f"{keys.devel.name.removesuffix('.rpm')} was verified on" in result.stderr
     assert "never rebuilds a release under the same name" in result.stderr
+    assert not mirror.fetched(keys.devel.name)
+
+
+def test_a_signed_package_of_another_name_under_the_kernel_devel_s_name_is_refused(
+    mirror: Mirror, keys: Keys, tmp_path: Path
+) -> None:
+    """The vendor signed it, but the signed metadata names other bytes for that file."""
+    signed_repository(mirror.root, [keys.devel], keys.vendor)
+    other = rpmfactory.build_rpms(tmp_path / "xapi", ["xapi-core"], arch="x86_64")[0]
+    keys.vendor.sign_rpms(other)
+    shutil.copy(other, mirror.root / keys.devel.name)
+    result = mirror.run()
+    assert result.returncode == 4, result
+    assert "sha256" in result.stderr
+    mirror.nothing_trusted()
+
+
+def test_build_dry_run_of_xcp_ng_8_3_against_a_copy_signed_by_another_key(
+    mirror: Mirror, keys: Keys, tmp_path: Path
+) -> None:
+    """The built-in 8.3 target, its repositories pointed at a local copy: only XCP-ng's key
+    can sign for it, so the copy is refused before any kernel-devel is downloaded."""
+    signed_repository(mirror.root, [keys.devel], keys.other)
+    specs = tmp_path / "builtin"
+    shutil.copytree(REGISTRY, specs)
+    targets = specs / "targets.yaml"
+    text = targets.read_text()
+    for repo in ("base", "updates"):
+        text = text.replace(
+            f"https://updates.xcp-ng.org/8/8.3/{repo}/x86_64/", f"{mirror.url}/repo/"
+        )
+    targets.write_text(text)
+    result = builder(
+        "build", "--xcp", "8.3", "--dry-run", "--specs", specs, "--cache", mirror.cache,
+        "--artifacts", tmp_path / "artifacts", env={"XDG_STATE_HOME": str(tmp_path / "state")},
+    )  # fmt: skip
+    assert result.returncode == 12, result
+    assert "not signed by the vendor key 34AC2EB68248FED6D076838ACD75783A3FD3AC9E" in result.stderr
     assert not mirror.fetched(keys.devel.name)

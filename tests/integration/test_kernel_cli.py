@@ -20,7 +20,7 @@ from tests import rpmfactory
 from tests.integration.conftest import Utils
 from tests.support.http import serve
 from tests.support.kernelrpm import build_small_rpm, make_iso
-from tests.support.vendorrepo import key_yaml, make_vendor, signed_repository
+from tests.support.vendorrepo import key_yaml, make_vendor, signed_repository, yum_target_spec
 
 pytestmark = pytest.mark.integration
 
@@ -266,26 +266,10 @@ def test_kernel_from_a_yum_repository_picks_the_newest_matching_package(
     vendor.stop()
     cache = tmp_path / "cache"
     with serve(tmp_path / "www") as (base, state):
-        specs = tmp_path / "specs"
-        specs.mkdir()
-        (specs / "ng.yaml").write_text(
-            f"""targets:
-  ng:
-    name: XCP-ng style
-    arch: x86_64
-    kernel:
-      package: kernel-devel
-      release: {kernel_release}
-      source:
-        yum:
-          - {base}/base/
-          - {base}/updates/
-        evr: "6.1.0-*"
-{key_yaml(vendor, "        ")}    container:
-      family: centos7-x86_64
-    consumer: el7
-"""
-        )
+        specs = yum_target_spec(
+            tmp_path / "specs", repos=[f"{base}/base/", f"{base}/updates/"],
+            release=kernel_release, evr="6.1.0-*", trust=key_yaml(vendor, "        "),
+        )  # fmt: skip
         result = run_cli("kernel", "--xcp", "ng", "--specs", str(specs), "--json", cache=cache)
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)["rpm_nvra"] == real.name.removesuffix(".rpm")
@@ -314,25 +298,10 @@ def test_a_uname_r_target_whose_vendor_kernel_lacks_the_provide_is_refused_befor
         shutil.copy(rpm, repo / rpm.name)
     subprocess.run(["createrepo_c", "--quiet", str(repo)], check=True)
     with serve(tmp_path / "www") as (base, state):
-        specs = tmp_path / "specs"
-        specs.mkdir()
-        (specs / "ng.yaml").write_text(
-            f"""targets:
-  ng:
-    name: XCP-ng style
-    arch: x86_64
-    kernel:
-      package: kernel-devel
-      release: 4.19.0+1
-      requires: uname-r
-      source:
-        yum: [{base}/base/]
-        insecure: a test of the provides check alone
-    container:
-      family: centos7-x86_64
-    consumer: el7
-"""
-        )
+        specs = yum_target_spec(
+            tmp_path / "specs", repos=[f"{base}/base/"], release="4.19.0+1", requires="uname-r",
+            trust="        insecure: a test of the provides check alone\n",
+        )  # fmt: skip
         result = run_cli("kernel", "--xcp", "ng", "--specs", str(specs), cache=tmp_path / "c")
         fetched = [path for path, _ in state.requests]
     assert result.returncode == 2, result.stderr

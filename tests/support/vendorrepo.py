@@ -90,3 +90,26 @@ def key_yaml(vendor: Vendor, indent: str = "      ") -> str:
         f"{indent}key:\n{indent}  file: {vendor.public_key}\n"
         f"{indent}  fingerprint: {vendor.fingerprint}\n"
     )
+
+
+def yum_target_spec(
+    directory: Path,
+    *,
+    repos: list[str],
+    release: str,
+    trust: str,
+    evr: str | None = None,
+    requires: str = "exact",
+) -> Path:
+    """``directory/ng.yaml``: one XCP-ng style target ``ng`` reading kernel-devel from
+    ``repos``; ``trust`` is its source's ``key:`` (:func:`key_yaml`) or ``insecure:`` line."""
+    directory.mkdir(parents=True, exist_ok=True)
+    listed = "".join(f"          - {repo}\n" for repo in repos)
+    glob = f'        evr: "{evr}"\n' if evr else ""
+    (directory / "ng.yaml").write_text(
+        "targets:\n  ng:\n    name: XCP-ng style\n    arch: x86_64\n    kernel:\n"
+        f"      package: kernel-devel\n      release: {release}\n      requires: {requires}\n"
+        f"      source:\n        yum:\n{listed}{glob}{trust}"
+        "    container:\n      family: centos7-x86_64\n    consumer: el7\n"
+    )
+    return directory
