@@ -26,7 +26,7 @@ UNSAFE_EXIT = 3  # status, guard and split-brain: something is unsafe
 
 # (step, who runs it, what it does): the runbook's usage text and the rendered README list them.
 DAY_TWO_STEPS = (
-    ("status", "any host", "DRBD states, the SR's PBDs, where its VMs run; exit 3 if unsafe"),
+    ("status", "any host", "DRBD, the SR's PBDs, its VMs, the next boot's module; 3 if unsafe"),
     ("guard", "cron, both", "alarm when the SR's VMs stay on both hosts past the grace period"),
     ("guard install", "both", "install the guard into cron (only the pool master checks)"),
     ("split-brain", "both", "show what each side holds; --keep HOST recovers"),
@@ -400,6 +400,8 @@ step_status() {
     fi
     boot=$(boot_check)
     [ -z "$boot" ] || problem "$boot: run sh runbook.sh boot"
+    module_problem=$(kernel_module_problem)
+    [ -z "$module_problem" ] || problem "$module_problem"
     if [ -n "$PROBLEMS" ]; then
         printf 'UNSAFE on %s:\n%s' "$HOST" "$PROBLEMS" >&2
         exit "$UNSAFE"

@@ -577,8 +577,9 @@ status: {drbd.resource}'s connection, disk states and role (drbdadm cstate, dsta
   role), the SR's PBD on each host and whether it is attached, and each running VM with a
   disk on {pool.sr_name} with the host it runs on. Exit status 3, with the list of what
   is wrong, when DRBD is not connected, in split brain, not UpToDate on both sides, not
-  primary here, when the SR is not plugged on a host, when its VMs run on both hosts, or
-  when DRBD would not start before xapi at the next boot.
+  primary here, when the SR is not plugged on a host, when its VMs run on both hosts, when
+  DRBD would not start before xapi at the next boot, or when the next boot's kernel is not
+  the one its DRBD module was built against (kernel-check).
 
 guard: from cron on both hosts (`guard install`); only the pool master checks, so a master
   change needs nothing. VMs of {pool.sr_name} on both hosts for longer than

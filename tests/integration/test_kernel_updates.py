@@ -280,6 +280,9 @@ def test_a_vendor_update_before_our_module_keeps_the_module_and_the_runbook_says
     assert f"boots kernel {VERSION}-{N2} next" in behind.stderr
     assert f"was built against {VERSION}-{N1}" in behind.stderr
     assert f"build --xcp {TARGET.id} --kernel {VERSION}-{N2}" in behind.stderr
+    status = dom0.runbook(served.rendered, "status")  # what monitoring sees every day
+    assert status.returncode == 3, status.stdout + status.stderr
+    assert f"  - xcp1 boots kernel {VERSION}-{N2} next, but its kmod-drbd" in status.stderr
     upgrade = dom0.runbook(served.rendered, "upgrade")
     assert upgrade.returncode == 1
     assert "runbook: not upgrading:" in upgrade.stderr
