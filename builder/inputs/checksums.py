@@ -80,12 +80,16 @@ def file_lock(path: Path) -> contextlib.AbstractContextManager[None]:
     )
 
 
+PINNED = "pinned in the spec file"
+
+
 @dataclass(frozen=True)
 class Vouched:
     """A hash that vouches for an input, and where it comes from (for messages)."""
 
     sha256: str
     source: str  # "pinned in the spec file", "recorded in PATH", ...
+    kind: str = "lock"  # how the manifest records it: "pin" (the spec's sha256) or "lock"
 
 
 # (lock file, key) pairs already warned about: a lookup runs more than once per input.
@@ -132,7 +136,7 @@ class ChecksumLock:
         recorded = self._read().get(key)
         authority: Vouched | None = None
         if pinned:
-            authority = Vouched(pinned, "pinned in the spec file")
+            authority = Vouched(pinned, PINNED, "pin")
         else:
             for shipped in self.shipped:
                 value = _read_lock(shipped).get(key)

@@ -25,7 +25,15 @@ from typing import TYPE_CHECKING
 
 from builder import log
 from builder.errors import ChecksumError, FetchError, InputError, NoSpaceError, no_space
-from builder.inputs.checksums import CHANGED_HINT, READ_CHUNK, ChecksumLock, HashCache, mismatch
+from builder.inputs.checksums import (
+    CHANGED_HINT,
+    PINNED,
+    READ_CHUNK,
+    ChecksumLock,
+    HashCache,
+    Vouched,
+    mismatch,
+)
 from builder.inputs.rpm import DEFAULT_LIMITS, ExtractLimits
 from builder.urls import NotLocal, local_path
 
@@ -72,14 +80,14 @@ class Fetched:
     origin: str
     untrusted: Input | None = None  # no pinned or locked hash yet: see trust()
     downloaded: bool = False  # a copy in the download cache (not the user's own file)
-    vouched_by: str = ""  # where the hash it matched came from ("pinned in the spec file", …)
+    vouched: Vouched | None = None  # the pinned or locked hash it matched
 
     @property
     def trusted_as(self) -> str:
         """How this input was trusted, as the manifest records it: pin, lock or first-use."""
-        if self.untrusted is not None or not self.vouched_by:
+        if self.untrusted is not None or self.vouched is None:
             return "first-use"
-        return "pin" if self.vouched_by.startswith("pinned") else "lock"
+        return self.vouched.kind
 
     def discard(self) -> bool:
         """Delete a download that nothing ever vouched for, once a later check refused what
@@ -105,13 +113,10 @@ class Fetched:
 Verifier = Callable[[Path], object]  # raises InputError; the result is ignored
 
 
-def _expected(item: Input) -> tuple[str | None, str]:
+def _vouched(item: Input) -> Vouched | None:
     if item.lock is not None:
-        found = item.lock.vouched(item.key, item.pinned)
-        return (found.sha256, found.source) if found is not None else (None, "")
-    if item.pinned:
-        return item.pinned, "pinned in the spec file"
-    return None, ""
+        return item.lock.vouched(item.key, item.pinned)
+    return Vouched(item.pinned, PINNED, "pin") if item.pinned else None
 
 
 def fetch(
@@ -122,7 +127,7 @@ def fetch(
     ``fresh`` downloads again even when a cached copy exists (mutable files such as a yum
     repository's repomd.xml), falling back to the cached copy when the download fails.
     """
-    expected, source = _expected(item)
+    vouched = _vouched(item)
     local = item.local
     if local is None and settings.mirror is not None:
         candidate = settings.mirror / item.file_name
@@ -137,9 +142,7 @@ def fetch(
                 hint="Use file:///path for a file on this machine, or an http(s):// URL.",
             ) from None
     if local is not None:
-        return _use_local(
-            item, local, expected=expected, source=source, settings=settings, verify=verify
-        )
+        return _use_local(item, local, vouched=vouched, settings=settings, verify=verify)
     if item.url is None:
         raise FetchError(
             f"No download URL is known for the {item.what} ({item.file_name}).",
@@ -151,8 +154,7 @@ def fetch(
             return _use_download(
                 item,
                 item.url,
-                expected=expected,
-                source=source,
+                vouched=vouched,
                 settings=settings,
                 verify=verify,
                 refresh=True,
@@ -161,17 +163,14 @@ def fetch(
             if not dest.is_file():
                 raise
             log.warn(f"{exc.message} Using the cached copy from an earlier run.")
-    return _use_download(
-        item, item.url, expected=expected, source=source, settings=settings, verify=verify
-    )
+    return _use_download(item, item.url, vouched=vouched, settings=settings, verify=verify)
 
 
 def _use_local(
     item: Input,
     path: Path,
     *,
-    expected: str | None,
-    source: str,
+    vouched: Vouched | None,
     settings: FetchSettings,
     verify: Verifier | None,
 ) -> Fetched:
@@ -181,21 +180,22 @@ def _use_local(
             hint="Check the path given on the command line, in the spec, or in --mirror.",
         )
     actual = settings.hashes.sha256(path)
-    if expected and actual != expected:
+    if vouched is not None and actual != vouched.sha256:
         raise ChecksumError(
-            f"The {item.what} {path} has sha256 {actual}, but {expected} was expected ({source}).",
+            f"The {item.what} {path} has sha256 {actual}, but {vouched.sha256} was expected "
+            f"({vouched.source}).",
             hint=f"Your file was left in place. Use the right file. {CHANGED_HINT}",
         )
     # Only a pinned or locked hash vouches for the content: a file that merely was hashed
     # before (perhaps as another kind of input, or by a run that then refused it) is checked.
-    if expected is None and verify is not None:
+    if vouched is None and verify is not None:
         verify(path)
     return Fetched(
         path=path,
         sha256=actual,
         origin=str(path),
-        untrusted=None if expected else item,
-        vouched_by=source if expected else "",
+        untrusted=None if vouched is not None else item,
+        vouched=vouched,
     )
 
 
@@ -208,8 +208,7 @@ def _use_download(
     item: Input,
     url: str,
     *,
-    expected: str | None,
-    source: str,
+    vouched: Vouched | None,
     settings: FetchSettings,
     verify: Verifier | None,
     refresh: bool = False,
@@ -218,16 +217,16 @@ def _use_download(
     hashes = settings.hashes
     if dest.is_file() and not refresh:
         actual = hashes.sha256(dest)
-        if expected is None or actual == expected:
-            return _downloaded(dest, actual, url, item, expected, source=source)
+        if vouched is None or actual == vouched.sha256:
+            return _downloaded(dest, actual, url, item, vouched)
         log.warn(f"cached {dest.name} does not match its expected sha256; downloading it again")
         dest.unlink()
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     actual = download(url, part, settings, what=item.what)
-    if expected and actual != expected:
+    if vouched is not None and actual != vouched.sha256:
         part.unlink(missing_ok=True)
-        raise mismatch(dest, f"The downloaded {item.what}", expected, actual, source)
+        raise mismatch(dest, f"The downloaded {item.what}", vouched.sha256, actual, vouched.source)
     if verify is not None:
         try:
             verify(part)
@@ -236,21 +235,19 @@ def _use_download(
             raise
     os.replace(part, dest)
     hashes.store(dest, actual)
-    return _downloaded(dest, actual, url, item, expected, source=source)
+    return _downloaded(dest, actual, url, item, vouched)
 
 
-def _downloaded(
-    dest: Path, actual: str, url: str, item: Input, expected: str | None, *, source: str
-) -> Fetched:
+def _downloaded(dest: Path, actual: str, url: str, item: Input, vouched: Vouched | None) -> Fetched:
     """A download in the cache; one that nothing vouched for is trusted only after the
     checks of whoever asked for it (``untrusted``)."""
     return Fetched(
         path=dest,
         sha256=actual,
         origin=url,
-        untrusted=None if expected else item,
+        untrusted=None if vouched is not None else item,
         downloaded=True,
-        vouched_by=source if expected else "",
+        vouched=vouched,
     )
 
 

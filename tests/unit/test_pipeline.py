@@ -21,6 +21,7 @@ from builder.builds.plan import plan
 from builder.builds.recipes import recipe_for
 from builder.builds.rpmbuild import BuildImage, BuildResult
 from builder.errors import BuildError, CheckError, ConfigError, InputError, LockedError
+from builder.inputs.checksums import PINNED, Vouched
 from builder.inputs.fetch import Fetched, FetchSettings
 from builder.inputs.kernel import KernelInputs, KernelTree
 from builder.specs import Tarball, load_registry
@@ -350,7 +351,8 @@ def test_a_local_tarball_must_be_the_release_its_entry_names(
 def test_the_manifest_records_how_each_input_was_trusted(
     fakes: Fakes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fakes.source = dataclasses.replace(fakes.source, vouched_by="pinned in the spec file")
+    pinned = Vouched("s" * 64, PINNED, "pin")
+    fakes.source = dataclasses.replace(fakes.source, vouched=pinned)
     plain = fakes.prepare_kernel
 
     def signed(*args: Any, **kwargs: Any) -> KernelTree:
@@ -365,7 +367,8 @@ def test_the_manifest_records_how_each_input_was_trusted(
         "kernel_source": "lock", "kernel_rpm": "first-use", "drbd_source": "pin",
     }  # fmt: skip
     assert "trust" not in manifest["inputs"]  # a second run's lock must not rebuild
-    recorded = Fetched(path=tmp_path, sha256="s" * 64, origin="x", vouched_by="recorded in L")
+    locked = Vouched("s" * 64, "recorded in L")
+    recorded = Fetched(path=tmp_path, sha256="s" * 64, origin="x", vouched=locked)
     assert recorded.trusted_as == "lock"
     assert dataclasses.replace(recorded, untrusted=recorded_input()).trusted_as == "first-use"
 
