@@ -8,6 +8,7 @@ tool publishes and ``verify`` (publish).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -84,16 +85,23 @@ def check_detached(file: Path, signature: Path, public_key: Path) -> Verdict:
     return Verdict(good, signer, proc.tail(result.stderr).strip())
 
 
-def checksig(files: Sequence[Path], public_key: Path) -> dict[Path, str]:
-    """rpmkeys' verdict on each file, against a throwaway rpm database holding only the key."""
-    verdicts: dict[Path, str] = {}
-    if not files:
-        return verdicts
+@contextlib.contextmanager
+def _rpm_database(public_key: Path) -> Iterator[str]:
+    """A throwaway rpm database that knows ``public_key`` and no other key."""
     with tempfile.TemporaryDirectory(prefix="xdb-rpmdb-") as dbpath:
         try:
             proc.run(["rpmkeys", "--dbpath", dbpath, "--import", public_key], echo=False)
         except CommandError as exc:
             raise SigningError(f"rpmkeys could not import {public_key}.\n{exc.message}") from exc
+        yield dbpath
+
+
+def checksig(files: Sequence[Path], public_key: Path) -> dict[Path, str]:
+    """rpmkeys' verdict on each file, against a throwaway rpm database holding only the key."""
+    verdicts: dict[Path, str] = {}
+    if not files:
+        return verdicts
+    with _rpm_database(public_key) as dbpath:
         for chunk in chunks(files):
             result = proc.run(
                 ["rpmkeys", "--dbpath", dbpath, "--checksig", *chunk], echo=False, check=False
@@ -131,11 +139,7 @@ def rpm_signatures(path: Path, public_key: Path) -> RpmSignatures:
     rpm 4.14 and later sign the header only (the header holds the payload's digest); older
     rpmsign writes a header+payload signature too, which must then also verify.
     """
-    with tempfile.TemporaryDirectory(prefix="xdb-rpmdb-") as dbpath:
-        try:
-            proc.run(["rpmkeys", "--dbpath", dbpath, "--import", public_key], echo=False)
-        except CommandError as exc:
-            raise SigningError(f"rpmkeys could not import {public_key}.\n{exc.message}") from exc
+    with _rpm_database(public_key) as dbpath:
         result = proc.run(
             ["rpmkeys", "--dbpath", dbpath, "--checksig", "-v", path], echo=False, check=False
         )
