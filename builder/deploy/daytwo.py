@@ -400,7 +400,7 @@ step_status() {
     fi
     boot=$(boot_check)
     [ -z "$boot" ] || problem "$boot: run sh runbook.sh boot"
-    module_problem=$(kernel_module_problem)
+    module_problem=$(kernel_module_problem) || true
     [ -z "$module_problem" ] || problem "$module_problem"
     if [ -n "$PROBLEMS" ]; then
         printf 'UNSAFE on %s:\n%s' "$HOST" "$PROBLEMS" >&2
@@ -650,7 +650,8 @@ booted_before_kernel_update() {
 }
 
 kernel_module_problem() {
-    # Why the next boot would run a DRBD module built against another kernel (empty if not).
+    # Why the next boot would run a DRBD module built against another kernel (empty if not);
+    # status 1 when the repository has no module built for that kernel either.
     [ "$PER_KERNEL" = yes ] || return 0
     next_kernel=$(kernel_next)
     built_for=$(module_built_for)
@@ -666,6 +667,7 @@ kernel_module_problem() {
             "loads it (uname -r stays $KERNEL_RELEASE; it loads while $next_kernel keeps the" \
             "symbols it uses). Build and publish one: python -m builder build --xcp" \
             "$TARGET --kernel $next_kernel, then publish; then run sh runbook.sh upgrade"
+        return 1
     fi
 }
 
@@ -674,7 +676,7 @@ step_kernel_check() {
     built=$(module_built_for)
     echo "$KERNEL_PACKAGE ${next:-not installed}; $MODULE_PACKAGE built against" \
         "${built:-unknown (not installed)}"
-    module_problem=$(kernel_module_problem)
+    module_problem=$(kernel_module_problem) || true
     if [ -n "$module_problem" ]; then
         echo "runbook: $module_problem" >&2
         exit "$UNSAFE"
@@ -699,10 +701,7 @@ compatible() {
 step_upgrade() {
     # One host at a time: this host's VMs move to the peer, DRBD here stops, the new packages
     # come in, DRBD reconnects and resyncs; then the same on the peer.
-    module_problem=$(kernel_module_problem)
-    case "$module_problem" in
-        *"none built against"*) die "not upgrading: $module_problem" ;;
-    esac
+    module_problem=$(kernel_module_problem) || die "not upgrading: $module_problem"
     cstate=$(drbd_query cstate)
     dstate=$(drbd_query dstate)
     if [ "$cstate" != Connected ] || [ "$dstate" != UpToDate/UpToDate ]; then
