@@ -231,9 +231,10 @@ def _rpm_from_yum(target: Target, settings: FetchSettings, evr: str | None) -> F
     kernels.check_kernel_provides(target, package.evr, listing)
     pinned = package.checksum if package.checksum_type == "sha256" else None
     nvra = f"{package.name}-{package.evr}.{package.arch}"
+    listed_as = f"{package.checksum_type}:{package.checksum}"
     state = RepositoryState(settings.state_dir)
     if source.key is not None:
-        state.check_package(nvra, f"{package.checksum_type}:{package.checksum}")
+        state.check_package(nvra, listed_as)
 
     def verify(path: Path) -> None:
         if pinned is None and package.checksum_type in ("sha", "sha1", "sha512", "md5"):
@@ -260,7 +261,7 @@ def _rpm_from_yum(target: Target, settings: FetchSettings, evr: str | None) -> F
     )
     if source.key is not None:
         check_vendor_signature(rpm.path, source.key)
-        state.remember_package(nvra, f"{package.checksum_type}:{package.checksum}")
+        state.remember_package(nvra, listed_as)
     return rpm
 
 
@@ -420,8 +421,8 @@ def prepare_kernel(
 ) -> KernelTree:
     """Fetch, verify and extract ``target``'s kernel-devel (from a yum source: the one whose
     version-release is ``evr``, else the newest match); check its release."""
-    kind = target.kernel_source.kind
     source_spec = target.kernel_source
+    kind = source_spec.kind
     if inputs.iso is not None and inputs.kernel_rpm is not None:
         raise ConfigError("Give either --iso or --kernel-rpm, not both.")
     if inputs.iso is not None and kind is not SourceKind.ISO:
