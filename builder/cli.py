@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "publish": ("publish", "sign built RPMs and publish them as yum repositories"),
     "verify": ("verify", "audit a published repository: keys, signatures, checksums, index"),
     "keygen": ("keygen", "make an RSA signing key for local testing"),
+    "cache": ("cache", "list or remove the build inputs kept on the Docker engine"),
     "deploy": ("deploy", "render and check a two-host dual-primary DRBD storage repository"),
 }
 

@@ -39,7 +39,7 @@ from docker.tls import TLSConfig
 from docker.types import Mount
 
 from builder import log
-from builder.errors import BuildError, ConfigError, DockerError, Interrupted
+from builder.errors import BuildError, ConfigError, DockerError, InputError, Interrupted
 from builder.locks import pid_alive
 from builder.specs import DEFAULT_LIMITS, Limits
 
@@ -47,6 +47,8 @@ LABEL = "io.xcp-drbd-builder"
 LABEL_HOST = f"{LABEL}.host"
 LABEL_PID = f"{LABEL}.pid"
 LABEL_KEEP = f"{LABEL}.keep"
+# On a container that holds an upload's lock: the volume it fills, which goes if it is reaped.
+LABEL_VOLUME = f"{LABEL}.volume"
 KEEP_ENV = "XDB_KEEP_CONTAINER"
 IMAGE_REPOSITORY = "xcp-drbd-builder"
 # Files that never belong to an image's content (editor and VCS litter).
@@ -406,6 +408,14 @@ class BindMount:
     read_only: bool = True
 
 
+@dataclass(frozen=True)
+class VolumeMount:
+    """A named volume on the engine, mounted read-only (inputs kept there: engine_inputs)."""
+
+    name: str
+    target: str
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunSpec:
     image: str
@@ -418,6 +428,7 @@ class RunSpec:
     # The mounts' content goes in as a tar stream before the container starts, and what the
     # writable ones hold comes back as one after it ends (an engine that cannot see our paths).
     upload: bool = False
+    volumes: Sequence[VolumeMount] = ()
 
 
 @dataclass(frozen=True)
@@ -427,7 +438,7 @@ class RunResult:
     out_of_memory: bool = False  # the kernel killed a process at the memory limit
 
 
-def _owner_labels(*, keep: bool) -> dict[str, str]:
+def owner_labels(*, keep: bool) -> dict[str, str]:
     labels = {LABEL: "1", LABEL_HOST: socket.gethostname(), LABEL_PID: str(os.getpid())}
     if keep:
         labels[LABEL_KEEP] = "1"  # kept on purpose: reaping leaves it for the user
@@ -446,9 +457,12 @@ def reap_leftovers(client: docker.DockerClient) -> list[str]:
         # Sparse: the listing's own labels, no inspect per container, which a build running
         # beside this one may remove in between (404).
         containers = client.containers.list(all=True, filters={"label": LABEL}, sparse=True)
-    except docker.errors.DockerException as exc:
-        raise DockerError(f"Cannot list containers: {exc}") from exc
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        raise DockerError(f"Cannot list the Docker engine's containers: {exc}") from exc
     host = socket.gethostname()
+    # The locks of uploads last: the container filling a volume must be gone before the
+    # volume can go, and the volume before its lock (a volume without a lock is whole).
+    containers.sort(key=lambda c: LABEL_VOLUME in (c.attrs.get("Labels") or {}))
     for container in containers:
         labels = container.attrs.get("Labels") or {}
         if labels.get(LABEL_HOST) != host or labels.get(LABEL_KEEP) == "1":
@@ -458,6 +472,9 @@ def reap_leftovers(client: docker.DockerClient) -> list[str]:
             continue
         names = container.attrs.get("Names") or [container.id or "?"]
         name = str(names[0]).lstrip("/")
+        volume = labels.get(LABEL_VOLUME)
+        if volume and not _remove_half_filled(client, volume):
+            continue
         try:
             container.remove(force=True)
         except docker.errors.NotFound:
@@ -469,6 +486,19 @@ def reap_leftovers(client: docker.DockerClient) -> list[str]:
         removed.append(name)
         log.info(f"removed container {name} left behind by an interrupted run")
     return removed
+
+
+def _remove_half_filled(client: docker.DockerClient, volume: str) -> bool:
+    """Remove the volume an interrupted upload was filling; whether it is gone."""
+    try:
+        client.volumes.get(volume).remove(force=True)
+    except docker.errors.NotFound:
+        return True
+    except docker.errors.APIError as exc:
+        log.warn(f"could not remove volume {volume}, left half-filled by an interrupted run: {exc}")
+        return False
+    log.info(f"removed volume {volume}, which an interrupted run had not finished filling")
+    return True
 
 
 def labelled_containers(client: docker.DockerClient) -> list[Container]:
@@ -526,7 +556,8 @@ def pack_inputs(mounts: Sequence[BindMount], stream: IO[bytes]) -> None:
     links, owned by root, not writable by the build user); a writable mount becomes an empty
     directory that everyone may write to, as the bind-mounted staging directory is.
     """
-    with tarfile.open(fileobj=stream, mode="w", format=tarfile.PAX_FORMAT) as archive:
+    # A stream ("w|"): it may be a pipe.
+    with tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as archive:
         for mount in mounts:
             name = mount.target.strip("/")
             if not name or ".." in PurePosixPath(name).parts:
@@ -539,6 +570,55 @@ def pack_inputs(mounts: Sequence[BindMount], stream: IO[bytes]) -> None:
                 archive.addfile(info)
                 continue
             archive.add(str(mount.source), arcname=name, recursive=True, filter=_root_owned)
+
+
+class Packing:
+    """:func:`pack_inputs` as chunks, written by a thread while the engine already extracts
+    what came before (the SDK hands an iterator to requests, which sends it as it is read)."""
+
+    def __init__(self, mounts: Sequence[BindMount]) -> None:
+        self._mounts = mounts
+        self._reader, self._writer = os.pipe()
+        self._source = os.fdopen(self._reader, "rb", buffering=0)
+        self._thread = threading.Thread(target=self._write, name="pack-inputs", daemon=True)
+        self.error: BaseException | None = None
+
+    def _write(self) -> None:
+        try:
+            with os.fdopen(self._writer, "wb", buffering=1 << 20) as sink:
+                pack_inputs(self._mounts, sink)
+        except BrokenPipeError:
+            pass  # the reading side gave up: its error is the one to tell
+        except OSError as exc:
+            self.error = InputError(f"Cannot read the build's inputs to send them: {exc}")
+        except BaseException as exc:  # handed to the reading side
+            self.error = exc
+
+    def chunks(self) -> Iterator[bytes]:
+        self._thread.start()
+        while chunk := self._source.read(1 << 20):
+            yield chunk
+        self._thread.join()
+        self.check()
+
+    def check(self) -> None:
+        """Raise what went wrong on the packing side (a file that could not be read)."""
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        self._source.close()  # a writer still going gets EPIPE and ends
+        if self._thread.is_alive() or self._thread.ident is not None:
+            self._thread.join()
+
+
+@contextlib.contextmanager
+def packed(mounts: Sequence[BindMount]) -> Iterator[Packing]:
+    packing = Packing(mounts)
+    try:
+        yield packing
+    finally:
+        packing.close()
 
 
 @dataclass(frozen=True)
@@ -606,13 +686,12 @@ def unpack_outputs(archive_file: IO[bytes], destination: Path, *, limit: int) ->
     return Downloaded(tuple(files), tuple(refused))
 
 
-def _upload(container: Container, spec: RunSpec, scratch: Path) -> None:
-    with tempfile.TemporaryFile(dir=scratch) as stream:
-        pack_inputs(spec.mounts, stream)
-        stream.seek(0)
+def _upload(container: Container, spec: RunSpec) -> None:
+    with packed(spec.mounts) as packing:
         try:
-            accepted = container.put_archive("/", stream)
+            accepted = container.put_archive("/", packing.chunks())
         except requests.exceptions.RequestException as exc:
+            packing.check()
             raise DockerError(
                 f"Lost the connection to the Docker engine while uploading the inputs of "
                 f"container {container.name}: {exc}"
@@ -653,6 +732,9 @@ def started_container(client: docker.DockerClient, spec: RunSpec) -> Iterator[Co
     mounts = [
         Mount(target=m.target, source=str(m.source), type="bind", read_only=m.read_only)
         for m in ([] if spec.upload else spec.mounts)
+    ] + [
+        Mount(target=v.target, source=v.name, type="volume", read_only=True, no_copy=True)
+        for v in spec.volumes
     ]
     keep = os.environ.get(KEEP_ENV) == "1"
     with _Running.lock:
@@ -662,7 +744,7 @@ def started_container(client: docker.DockerClient, spec: RunSpec) -> Iterator[Co
             spec.image,
             list(spec.command),
             name=name,
-            labels=_owner_labels(keep=keep),
+            labels=owner_labels(keep=keep),
             network_mode="none",
             user=spec.user,
             mounts=mounts,
@@ -677,7 +759,7 @@ def started_container(client: docker.DockerClient, spec: RunSpec) -> Iterator[Co
             detach=True,
         )
         if spec.upload:
-            _upload(container, spec, scratch=Path(tempfile.gettempdir()))
+            _upload(container, spec)
         container.start()
         yield container
     except docker.errors.APIError as exc:

@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 import docker
 
 from builder import log, resources
-from builder.builds import container
+from builder.builds import container, engine_inputs
 from builder.builds.recipes import INPUT_DIR, OUTPUT_DIR, PATCH_DIR, WORK_DIR, Command, Source
 from builder.errors import BuildError, ConfigError, InputError
 from builder.specs import DEFAULT_LIMITS, Limits, Target, at_least, version_numbers
@@ -414,9 +414,7 @@ def run_build(
         container.reap_leftovers(client)
         spec = _for_engine(spec, client, log_file)
         with log.step(f"Build {run.what} ({run.arch})"):
-            result = container.run_logged(
-                client, spec, log_file=log_file, timeout=timeout, on_line=_Ticker()
-            )
+            result = _run_container(client, spec, log_file=log_file, timeout=timeout)
             if result.timed_out:
                 raise _build_error(
                     f"timed out after {timeout:.0f} s",
@@ -472,6 +470,20 @@ def _for_engine(
     with log_file.open("a", encoding="utf-8") as header:
         header.write("# inputs uploaded into the container, outputs sent back as a tar stream\n")
     return replace(spec, upload=True)
+
+
+def _run_container(
+    client: docker.DockerClient, spec: container.RunSpec, *, log_file: Path, timeout: float
+) -> container.RunResult:
+    ticker = _Ticker()
+
+    def run_spec(ready: container.RunSpec) -> container.RunResult:
+        return container.run_logged(
+            client, ready, log_file=log_file, timeout=timeout, on_line=ticker
+        )
+
+    # An engine elsewhere keeps the large inputs it was sent once (engine_inputs).
+    return engine_inputs.run(client, spec, run_spec) if spec.upload else run_spec(spec)
 
 
 # Lines that name the cause of a failed build, which rpmbuild's closing summary of warnings

@@ -5,14 +5,12 @@ build on the main engine makes."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import tempfile
+import re
+import tarfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,96 +19,30 @@ from pathlib import Path
 import docker
 import docker.errors
 import pytest
+from docker.types import Mount
 
-from builder import proc
-from builder.builds import container, drbdbuild
-from builder.errors import BuildError
+from builder.builds import container, drbdbuild, engine_inputs
+from builder.errors import BuildError, DockerError, NoSpaceError
 from builder.specs import KernelRequirement
 from tests.integration import buildenv
+from tests.support import engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
 VERSION = "8.4.1"
 
 
-@dataclass(frozen=True)
-class Engine:
-    address: str
-    root: Path
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def second_engine(docker_client: docker.DockerClient) -> Iterator[Engine]:
+def second_engine(docker_client: docker.DockerClient) -> Iterator[engine.SecondEngine]:
     """A dockerd of its own, started here and stopped in teardown (the main one is left be)."""
-    dockerd = shutil.which("dockerd")
-    if dockerd is None or shutil.which("ip") is None or os.geteuid() != 0:
-        pytest.skip("a second engine needs dockerd, ip (iproute2) and root")
-    # Short: containerd's socket lives under the exec root, and unix socket paths are short.
-    root = Path(tempfile.mkdtemp(prefix="xdb-d2-", dir="/tmp"))
-    address = f"tcp://127.0.0.1:{free_port()}"
-    # A bridge of its own, never `--bridge=none`: dockerd started with that deletes the
-    # interface docker0 on its way up, which is the running engine's bridge.  The address is
-    # from TEST-NET-2 (RFC 5737), which no network routes.
-    bridge = f"xdb{os.getpid() % 1_000_000}"
-    main_bridge = Path("/sys/class/net/docker0")
-    had_main_bridge = main_bridge.exists()
-    proc.run(["ip", "link", "add", "name", bridge, "type", "bridge"], echo=False)
-    log_file = (root / "dockerd.log").open("wb")
+    why = engine.can_run_second_engine()
+    if why:
+        pytest.skip(why)
     try:
-        proc.run(["ip", "addr", "add", "198.51.100.1/24", "dev", bridge], echo=False)
-        daemon = subprocess.Popen(
-            [
-                dockerd,
-                f"--host={address}",
-                f"--host=unix://{root}/docker.sock",
-                f"--data-root={root}/data",
-                f"--exec-root={root}/exec",
-                f"--pidfile={root}/docker.pid",
-                f"--bridge={bridge}",
-                # The host's firewall is the running engine's: left alone.
-                "--iptables=false",
-                "--ip6tables=false",
-                "--ip-masq=false",
-            ],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    except BaseException:
-        log_file.close()
-        proc.run(["ip", "link", "delete", bridge], echo=False, check=False)
-        raise
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                # The SDK asks the engine's version as it is made: inside the retry loop.
-                client = docker.DockerClient(base_url=address.replace("tcp://", "http://"))
-                client.ping()
-                break
-            except (docker.errors.DockerException, OSError) as exc:
-                if daemon.poll() is not None or time.monotonic() > deadline:
-                    text = (root / "dockerd.log").read_text(errors="replace")[-2000:]
-                    pytest.fail(f"the second dockerd did not start ({exc}):\n{text}")
-                time.sleep(0.5)
-        client.close()
-        yield Engine(address, root)
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
-        log_file.close()
-        proc.run(["ip", "link", "delete", bridge], echo=False, check=False)
-        shutil.rmtree(root, ignore_errors=True)
-    assert main_bridge.exists() or not had_main_bridge, "the running engine lost docker0"
+        with engine.second_engine() as started:
+            yield started
+    except engine.EngineFailed as exc:
+        pytest.fail(str(exc))
 
 
 def load_image(source: docker.DockerClient, destination: docker.DockerClient, image: str) -> None:
@@ -152,55 +84,272 @@ def build(
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in built.rpms}, seconds
 
 
-def test_build_on_a_tcp_engine_uploads_its_inputs_and_makes_the_same_rpms(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    *,
-    second_engine: Engine,
+@dataclass(frozen=True)
+class Reference:
+    tarball: Path
+    rpms: dict[str, str]  # what a bind-mounted build on the main engine makes
+    seconds: float
+
+
+@pytest.fixture(scope="module")
+def reference(
+    tmp_path_factory: pytest.TempPathFactory,
     docker_client: docker.DockerClient,
     standin_image: str,
     kernel_tree: buildenv.KernelTree,
-    own_containers: None,
-) -> None:
-    tarball = buildenv.make_drbd_source(tmp_path, VERSION)
+) -> Reference:
+    work = tmp_path_factory.mktemp("reference")
+    tarball = buildenv.make_drbd_source(work, VERSION)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv(container.UPLOAD_ENV, raising=False)
+        assert not container.uploads_inputs(docker_client)
+        rpms, seconds = build(standin_image, kernel_tree, tarball, work / "local", docker_client)
+    assert any(name.startswith("drbd-km-") for name in rpms)
+    return Reference(tarball, rpms, seconds)
+
+
+@pytest.fixture(scope="module")
+def remote_image(
+    second_engine: engine.SecondEngine, docker_client: docker.DockerClient, standin_image: str
+) -> str:
+    remote = second_engine.client()
+    try:
+        load_image(docker_client, remote, standin_image)
+    finally:
+        remote.close()
+    return standin_image
+
+
+@pytest.fixture
+def remote(
+    second_engine: engine.SecondEngine, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[docker.DockerClient]:
+    """The second engine as the Docker CLI would find it (DOCKER_HOST), with nothing of the
+    tool's kept on it yet."""
+    monkeypatch.setenv("DOCKER_HOST", second_engine.address)
     monkeypatch.delenv(container.UPLOAD_ENV, raising=False)
-    assert not container.uploads_inputs(docker_client)
-    local, local_seconds = build(
-        standin_image, kernel_tree, tarball, tmp_path / "local", docker_client
+    client = container.connect()
+    engine_inputs.prune(client)
+    yield client
+    client.close()
+
+
+def sent(err: str) -> list[str]:
+    """What the tool says it sent to the engine to keep."""
+    return re.findall(r"(\S+) is kept on the engine as volume", err)
+
+
+def test_build_on_a_tcp_engine_uploads_its_inputs_and_makes_the_same_rpms(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    *,
+    remote: docker.DockerClient,
+    remote_image: str,
+    reference: Reference,
+    kernel_tree: buildenv.KernelTree,
+) -> None:
+    # The containers are kept so that what they were given can be read back.
+    monkeypatch.setenv(container.KEEP_ENV, "1")
+    assert container.uploads_inputs(remote)
+    rpms, first_seconds = build(
+        remote_image, kernel_tree, reference.tarball, tmp_path / "first", remote
+    )
+    kept = container.labelled_containers(remote)
+    assert len(kept) == 2  # the userland and the module
+    for run in kept:
+        host_config = run.attrs["HostConfig"]
+        # Nothing of this machine: the kernel tree is in the engine's own volumes.
+        assert not host_config.get("Binds")
+        assert {m["Type"] for m in host_config.get("Mounts") or []} <= {"volume"}
+        assert all(not m["RW"] for m in run.attrs["Mounts"])
+        assert run.attrs["State"]["ExitCode"] == 0
+        run.remove(force=True)
+    assert rpms == reference.rpms
+    first = sent(capsys.readouterr().err)
+    volumes = engine_inputs.kept(remote)
+    # The kernel tree's directories, each once; the tarball goes with every build.
+    assert sorted(first) == sorted(v.what for v in volumes)
+    assert {f"/usr/src/{d.name}" for d in kernel_tree.build_dir.parent.iterdir()} <= set(first)
+    assert all(v.name.startswith(engine_inputs.VOLUME_PREFIX) for v in volumes)
+
+    # A second build of the same kernel sends nothing large again and makes the same RPMs.
+    monkeypatch.delenv(container.KEEP_ENV)
+    again, again_seconds = build(
+        remote_image, kernel_tree, reference.tarball, tmp_path / "again", remote
+    )
+    assert again == reference.rpms
+    assert sent(capsys.readouterr().err) == []
+    assert engine_inputs.kept(remote) == volumes
+    print(
+        f"\nbind-mounted build on the main engine: {reference.seconds:.1f} s; on the TCP "
+        f"engine: first {first_seconds:.1f} s, kernel kept there {again_seconds:.1f} s"
     )
 
-    # The engine comes from DOCKER_HOST, as the Docker CLI's would; its containers are kept
-    # so that what they were given can be read back.
-    monkeypatch.setenv("DOCKER_HOST", second_engine.address)
-    monkeypatch.setenv(container.KEEP_ENV, "1")
-    remote_client = container.connect()
-    try:
-        load_image(docker_client, remote_client, standin_image)
-        assert container.uploads_inputs(remote_client)
-        remote, remote_seconds = build(
-            standin_image, kernel_tree, tarball, tmp_path / "remote", remote_client
-        )
-        kept = container.labelled_containers(remote_client)
-        assert len(kept) == 2  # the userland and the module
-        for run in kept:
-            host_config = run.attrs["HostConfig"]
-            assert run.attrs["Mounts"] == []
-            assert not host_config.get("Binds")
-            assert not host_config.get("Mounts")
-            assert run.attrs["State"]["ExitCode"] == 0
-            run.remove(force=True)
-    finally:
-        remote_client.close()
-    print(
-        f"\nbind-mounted build on the main engine: {local_seconds:.1f} s; "
-        f"uploaded build on the TCP engine: {remote_seconds:.1f} s"
+
+def test_a_kept_input_with_other_content_is_refused_and_sent_again(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    *,
+    remote: docker.DockerClient,
+    remote_image: str,
+    reference: Reference,
+    kernel_tree: buildenv.KernelTree,
+    own_containers: None,
+) -> None:
+    build(remote_image, kernel_tree, reference.tarball, tmp_path / "first", remote)
+    capsys.readouterr()
+    # Someone else on the engine changes a header in the volume that carries our label.
+    (common,) = [v for v in engine_inputs.kept(remote) if v.what.endswith("-common")]
+    remote.containers.run(
+        remote_image,
+        ["sh", "-c", "echo '#define PLANTED 1' >> \"$(find /v -name kernel.h | head -n 1)\""],
+        user="0",
+        network_mode="none",
+        mounts=[Mount("/v", common.name, type="volume")],
+        remove=True,
     )
-    assert remote == local
-    assert any(name.startswith("drbd-km-") for name in remote)
+    rpms, _ = build(remote_image, kernel_tree, reference.tarball, tmp_path / "again", remote)
+    assert rpms == reference.rpms
+    err = capsys.readouterr().err
+    assert f"warning: volume {common.name} on the Docker engine" in err
+    assert "holds other content: removed, sending it again" in err
+    assert sent(err) == [common.what]
+    assert common.name in {v.name for v in engine_inputs.kept(remote)}
+
+
+def test_two_builds_needing_one_input_at_once_send_it_once(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    *,
+    remote: docker.DockerClient,
+    remote_image: str,
+    reference: Reference,
+    kernel_tree: buildenv.KernelTree,
+    own_containers: None,
+) -> None:
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        futures = [
+            pool.submit(
+                build, remote_image, kernel_tree, reference.tarball, tmp_path / name, remote
+            )
+            for name in ("one", "two")
+        ]
+        results = [future.result()[0] for future in futures]
+    assert results == [reference.rpms, reference.rpms]
+    first = sent(capsys.readouterr().err)
+    assert sorted(first) == sorted(set(first))  # each once
+    assert sorted(first) == sorted(v.what for v in engine_inputs.kept(remote))
+    assert uploads_left(remote) == []
+
+
+def uploads_left(client: docker.DockerClient) -> list[str]:
+    return [
+        str(c.name)
+        for c in client.containers.list(all=True)
+        if str(c.name).startswith(engine_inputs.LOCK_PREFIX)
+    ]
+
+
+def test_an_engine_that_dies_mid_upload_fails_clearly_and_the_next_run_starts_clean(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    *,
+    second_engine: engine.SecondEngine,
+    remote: docker.DockerClient,
+    remote_image: str,
+    reference: Reference,
+    kernel_tree: buildenv.KernelTree,
+) -> None:
+    common = next(d for d in kernel_tree.build_dir.parent.iterdir() if d.name.endswith("common"))
+    large = engine_inputs.describe(common)
+    assert large is not None
+    # Watched on the engine's disk: its API waits for an upload to end before it lists the
+    # container that receives it.
+    filling = second_engine.root / "data" / "volumes" / large.volume / "_data"
+    killed = threading.Event()
+
+    def kill_when_filling() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if filling.is_dir() and any(filling.iterdir()):
+                second_engine.kill()  # the upload of the largest input is under way
+                killed.set()
+                return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_when_filling)
+    killer.start()
+    try:
+        with pytest.raises(DockerError) as caught:
+            build(remote_image, kernel_tree, reference.tarball, tmp_path / "first", remote)
+    finally:
+        killer.join()
+        if not killed.is_set():
+            pytest.fail("the upload ended before the engine could be killed")
+        second_engine.start()
+    assert caught.value.exit_code == 8
+    assert (
+        f"Lost the connection to the Docker engine while sending /usr/src/{common.name}"
+        in caught.value.message
+    )
+    assert caught.value.hint == "The next run removes what was half sent and starts again."
+    before = sent(capsys.readouterr().err)
+    assert f"/usr/src/{common.name}" not in before
+
+    # The engine is back: what was half sent is removed, sent again, and checked by the build.
+    rpms, _ = build(remote_image, kernel_tree, reference.tarball, tmp_path / "again", remote)
+    assert rpms == reference.rpms
+    assert uploads_left(remote) == []
+    after = sent(capsys.readouterr().err)
+    assert f"/usr/src/{common.name}" in after
+    assert sorted(before + after) == sorted(v.what for v in engine_inputs.kept(remote))
+
+
+def test_an_engine_whose_disk_fills_keeps_nothing_half_sent(
+    kernel_tree: buildenv.KernelTree, docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    why = engine.can_run_second_engine()
+    if why:
+        pytest.skip(why)
+    common = max(kernel_tree.build_dir.parent.iterdir(), key=lambda d: d.name.endswith("common"))
+    large = engine_inputs.describe(common)
+    small = engine_inputs.describe(kernel_tree.build_dir)
+    assert large is not None
+    assert small is not None
+    assert large.size > 40 << 20 > small.size
+    with engine.second_engine(data_mib=40) as full:
+        client = full.client()
+        try:
+            image = tiny_image(client, tmp_path)
+            with pytest.raises(NoSpaceError) as caught:
+                engine_inputs.ensure(client, large, image=image, what=f"/usr/src/{common.name}")
+            assert caught.value.exit_code == 16
+            assert f"ran out of disk space while receiving /usr/src/{common.name}" in str(
+                caught.value
+            )
+            assert engine_inputs.kept(client) == []
+            assert client.volumes.list() == []
+            assert uploads_left(client) == []
+            # The space is free again: a smaller input fits and is kept.
+            engine_inputs.ensure(client, small, image=image, what="/usr/src/small")
+            assert [v.size for v in engine_inputs.kept(client)] == [small.size]
+        finally:
+            client.close()
+
+
+def tiny_image(client: docker.DockerClient, work: Path) -> str:
+    """An image of one small file: the lock and the filler are created from it, never run."""
+    (work / "marker").write_text("an image to create containers from\n")
+    archive = work / "tiny.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(work / "marker", arcname="marker")
+    client.api.import_image(src=str(archive), repository="xdb-tiny", tag="1")
+    return "xdb-tiny:1"
 
 
 def test_the_current_context_reaches_the_tcp_engine(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, second_engine: Engine
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, second_engine: engine.SecondEngine
 ) -> None:
     """`docker context use` moves the engine, though docker-py's from_env reads no context."""
     key = hashlib.sha256(b"second").hexdigest()

@@ -1,0 +1,111 @@
+"""The key of an input kept on an engine: computed here in Python, checked there by the build
+image's own find and sha256sum.  Both sides must agree on every tree a build can get, and the
+check must catch any change: run here with this machine's GNU tools, which the images share."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from builder.builds import engine_inputs
+from builder.errors import ConfigError
+
+
+def make_tree(root: Path) -> Path:
+    """A kernel tree's shapes: nested directories, an empty one, plain and executable files,
+    a link that climbs out of the tree (Debian's scripts -> ../../lib/linux-kbuild-*), a
+    link inside it, and two names for one file."""
+    (root / "include" / "generated").mkdir(parents=True)
+    (root / "empty").mkdir()
+    (root / "Makefile").write_text("obj-m += drbd.o\n")
+    (root / "include" / "generated" / "autoconf.h").write_text("#define CONFIG_X 1\n")
+    tool = root / "include" / "fixdep"
+    tool.write_bytes(b"\x7fELF" + bytes(range(256)) * 4096)
+    tool.chmod(0o755)
+    (root / "Makefile").chmod(0o644)
+    (root / "scripts").symlink_to("../../lib/linux-kbuild-6.1/scripts")
+    (root / "include" / "config.h").symlink_to("generated/autoconf.h")
+    os.link(root / "Makefile", root / "Kbuild")
+    for directory in (root, root / "include", root / "include" / "generated", root / "empty"):
+        directory.chmod(0o755)
+    return root
+
+
+def check(*pairs: tuple[Path, str]) -> subprocess.CompletedProcess[str]:
+    arguments = [str(part) for pair in pairs for part in pair]
+    return subprocess.run(
+        ["/bin/sh", "-c", engine_inputs.CHECK, "sh", *arguments, "--", "echo", "built"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_the_check_in_the_container_computes_the_key_computed_here(tmp_path: Path) -> None:
+    tree = engine_inputs.describe(make_tree(tmp_path / "tree"))
+    assert tree is not None
+    assert tree.entries == 9
+    assert tree.size == len("obj-m += drbd.o\n") * 2 + len("#define CONFIG_X 1\n") + 4 + 256 * 4096
+    done = check((tree.source, tree.digest))
+    assert (done.returncode, done.stdout, done.stderr) == (0, "built\n", "")
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["content", "extra file", "missing file", "link target", "mode", "file becomes a link"],
+)
+def test_any_change_to_the_content_fails_the_check_with_its_own_status(
+    tmp_path: Path, change: str
+) -> None:
+    good = engine_inputs.describe(make_tree(tmp_path / "good"))
+    root = make_tree(tmp_path / "bad")
+    tree = engine_inputs.describe(root)
+    assert good is not None
+    assert tree is not None
+    assert tree.digest == good.digest  # the key is the content's, not the path's
+    if change == "content":
+        (root / "include" / "generated" / "autoconf.h").write_text("#define CONFIG_X 2\n")
+    elif change == "extra file":
+        (root / "empty" / "planted.h").write_text("")
+    elif change == "missing file":
+        (root / "include" / "fixdep").unlink()
+    elif change == "link target":
+        (root / "scripts").unlink()
+        (root / "scripts").symlink_to("/tmp")
+    elif change == "mode":
+        (root / "Makefile").chmod(0o755)
+    else:
+        (root / "include" / "generated" / "autoconf.h").unlink()
+        (root / "include" / "generated" / "autoconf.h").symlink_to("/etc/passwd")
+    done = check((good.source, good.digest), (root, tree.digest))
+    assert done.returncode == engine_inputs.MISMATCH_STATUS + 1
+    assert done.stdout == ""
+    assert f"{root} does not hold the input its volume is named for" in done.stderr
+
+
+def test_a_tree_the_check_cannot_see_alike_is_sent_with_every_build(tmp_path: Path) -> None:
+    spaced = make_tree(tmp_path / "spaced")
+    (spaced / "a name").write_text("")
+    assert engine_inputs.describe(spaced) is None
+    escaped = make_tree(tmp_path / "escaped")
+    (escaped / "back\\slash").write_text("")
+    assert engine_inputs.describe(escaped) is None
+    special = make_tree(tmp_path / "fifo")
+    os.mkfifo(special / "pipe")
+    assert engine_inputs.describe(special) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("", 10 << 30), ("512M", 512 << 20), ("2g", 2 << 30), ("4GiB", 4 << 30), ("1000", 1000)],
+)
+def test_the_cache_limit_reads_sizes(text: str, size: int) -> None:
+    assert engine_inputs.cache_limit({engine_inputs.CACHE_MAX_ENV: text}) == size
+
+
+def test_a_cache_limit_that_is_no_size_is_refused() -> None:
+    with pytest.raises(ConfigError, match="XDB_ENGINE_CACHE_MAX='lots' is not a size"):
+        engine_inputs.cache_limit({engine_inputs.CACHE_MAX_ENV: "lots"})
