@@ -29,7 +29,7 @@ from builder import proc
 from builder.builds import drbdbuild
 from builder.builds.container import context_hash
 from builder.builds.recipes import recipe_for
-from builder.specs import DrbdFamily, KernelRequirement
+from builder.specs import Consumer, DrbdFamily, KernelRequirement, KernelSource, SourceKind, Target
 from tests import rpmfactory
 
 HERE = Path(__file__).resolve().parent
@@ -396,3 +396,22 @@ def dom0_stand_ins(work: Path, rpms: list[Path]) -> list[Path]:
         work / "kernel", ["kernel-xen"], version=version, release=release
     )
     return [base_system(work / "base", rpms), kernel]
+
+
+def standin_target(client: docker.DockerClient, kernel_tree: KernelTree) -> Target:
+    """A target whose build context is the Debian stand-in under tests/integration/."""
+    return Target(
+        id="standin-debian12",
+        name="Debian 12 stand-in for a dom0 build root",
+        aliases=(),
+        arch="x86_64",
+        basearch="x86_64",
+        kernel_package="linux-headers",
+        kernel_release=kernel_tree.release,
+        kernel_source=KernelSource(kind=SourceKind.RPM, file="kernel-devel.rpm"),
+        container_family="standin-debian12",
+        base_image=standin_root_image(client),
+        build_context=STANDIN_CONTEXT,
+        consumer=Consumer.EL7,
+        spec_file=STANDIN_CONTEXT / "target.yaml",
+    )

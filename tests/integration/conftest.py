@@ -19,7 +19,7 @@ import pytest
 
 from builder.builds import container, rpmbuild
 from builder.errors import DockerError
-from builder.specs import Consumer, KernelSource, SourceKind, Target
+from builder.specs import Target
 from tests.integration import buildenv
 from tests.support.kernelrpm import build_kernel_devel_rpm, installed_headers, make_iso
 
@@ -55,25 +55,10 @@ def kernel_tree(tmp_path_factory: pytest.TempPathFactory) -> buildenv.KernelTree
 def standin_target(docker_client: docker.DockerClient, kernel_tree: buildenv.KernelTree) -> Target:
     """A target whose build context is the Debian stand-in under tests/integration/."""
     try:
-        base = buildenv.standin_root_image(docker_client)
+        return buildenv.standin_target(docker_client, kernel_tree)
     except buildenv.Unavailable as exc:
         unavailable(str(exc))
         raise AssertionError("unreachable") from exc
-    return Target(
-        id="standin-debian12",
-        name="Debian 12 stand-in for a dom0 build root",
-        aliases=(),
-        arch="x86_64",
-        basearch="x86_64",
-        kernel_package="linux-headers",
-        kernel_release=kernel_tree.release,
-        kernel_source=KernelSource(kind=SourceKind.RPM, file="kernel-devel.rpm"),
-        container_family="standin-debian12",
-        base_image=base,
-        build_context=buildenv.STANDIN_CONTEXT,
-        consumer=Consumer.EL7,
-        spec_file=buildenv.STANDIN_CONTEXT / "target.yaml",
-    )
 
 
 @pytest.fixture(scope="session")
