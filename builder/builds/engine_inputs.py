@@ -161,6 +161,7 @@ def prepare(client: docker.DockerClient, spec: container.RunSpec) -> Prepared:
     trees: list[Tree] = []
     mounts: list[container.BindMount] = []
     volumes: list[container.VolumeMount] = []
+    sent = False
     for mount in spec.mounts:
         tree = None
         if mount.read_only and mount.source.is_dir() and len(trees) < MAX_VOLUMES:
@@ -168,11 +169,13 @@ def prepare(client: docker.DockerClient, spec: container.RunSpec) -> Prepared:
         if tree is None or tree.size < MIN_CACHED:
             mounts.append(mount)
             continue
-        ensure(client, tree, image=spec.image, what=mount.target)
+        sent |= ensure(client, tree, image=spec.image, what=mount.target)
         trees.append(tree)
         volumes.append(container.VolumeMount(tree.volume, mount.target))
     if not trees:
         return Prepared(spec, ())
+    if sent:  # never what this build is about to mount
+        evict(client, keep={tree.volume for tree in trees})
     checks = [part for v, t in zip(volumes, trees, strict=True) for part in (v.target, t.digest)]
     command = ["/bin/sh", "-c", CHECK, "sh", *checks, "--", *spec.command]
     return Prepared(replace(spec, mounts=mounts, volumes=volumes, command=command), tuple(trees))
@@ -220,8 +223,9 @@ def _refused(prepared: Prepared, result: container.RunResult) -> Tree | None:
 # Filling a volume once
 
 
-def ensure(client: docker.DockerClient, tree: Tree, *, image: str, what: str) -> str:
-    """The volume holding ``tree`` on the engine, uploaded now unless it is there already.
+def ensure(client: docker.DockerClient, tree: Tree, *, image: str, what: str) -> bool:
+    """Make sure the engine holds ``tree`` in its volume (``tree.volume``), uploading it now
+    unless it is there already; whether it was sent.
 
     The volume exists without its lock only once it is whole: it is created under the lock,
     removed again if filling it fails, and a lock whose process died takes its volume with
@@ -235,10 +239,11 @@ def ensure(client: docker.DockerClient, tree: Tree, *, image: str, what: str) ->
         exists = _volume_exists(client, tree.volume)
         holder = _lock_holder(client, lock_name)
         if exists and holder is None:
-            return tree.volume
+            return False
         if holder is None and _take_lock(client, lock_name, image=image, volume=tree.volume):
             try:
-                if not _volume_exists(client, tree.volume):
+                sent = not _volume_exists(client, tree.volume)
+                if sent:
                     _fill(client, tree, image=image, what=what)
             except BaseException:
                 _abandon(client, tree.volume, lock_name)
@@ -247,7 +252,7 @@ def ensure(client: docker.DockerClient, tree: Tree, *, image: str, what: str) ->
                 with _Held.lock:
                     _Held.names.discard(lock_name)
             _remove_container(client, lock_name)
-            return tree.volume
+            return sent
         now = time.monotonic()
         if now > deadline:
             raise DockerError(
@@ -370,7 +375,6 @@ def _fill(client: docker.DockerClient, tree: Tree, *, image: str, what: str) -> 
         f"{what} is kept on the engine as volume {tree.volume[: len(VOLUME_PREFIX) + 12]}… "
         f"({time.monotonic() - started:.1f} s)"
     )
-    evict(client, keep=tree.volume)
 
 
 def _abandon(client: docker.DockerClient, volume: str, lock_name: str) -> None:
@@ -445,8 +449,9 @@ def kept(client: docker.DockerClient) -> list[Kept]:
     return sorted(found, key=lambda k: (k.created, k.name))
 
 
-def evict(client: docker.DockerClient, *, keep: str) -> list[Kept]:
-    """Remove the oldest volumes not in use until the rest fit :func:`cache_limit`."""
+def evict(client: docker.DockerClient, *, keep: set[str]) -> list[Kept]:
+    """Remove the oldest volumes not in use (nor in ``keep``) until the rest fit
+    :func:`cache_limit`."""
     limit = cache_limit()
     volumes = kept(client)
     total = sum(k.size for k in volumes)
@@ -454,7 +459,7 @@ def evict(client: docker.DockerClient, *, keep: str) -> list[Kept]:
     for victim in volumes:
         if total <= limit:
             break
-        if victim.name == keep or victim.in_use:
+        if victim.name in keep or victim.in_use:
             continue
         try:
             client.volumes.get(victim.name).remove()

@@ -21,7 +21,9 @@ import docker.errors
 import pytest
 from docker.types import Mount
 
+from builder import log
 from builder.builds import container, drbdbuild, engine_inputs
+from builder.cli import main
 from builder.errors import BuildError, DockerError, NoSpaceError
 from builder.specs import KernelRequirement
 from tests.integration import buildenv
@@ -128,6 +130,9 @@ def remote(
     tool's kept on it yet."""
     monkeypatch.setenv("DOCKER_HOST", second_engine.address)
     monkeypatch.delenv(container.UPLOAD_ENV, raising=False)
+    # What the tool says is part of what these tests check (a `-q` run before may have
+    # silenced it in this process).
+    monkeypatch.setattr(log._State, "quiet", False)
     client = container.connect()
     engine_inputs.prune(client)
     yield client
@@ -181,6 +186,15 @@ def test_build_on_a_tcp_engine_uploads_its_inputs_and_makes_the_same_rpms(
     assert again == reference.rpms
     assert sent(capsys.readouterr().err) == []
     assert engine_inputs.kept(remote) == volumes
+
+    # What the user sees of them, and how they go.
+    assert main(["cache"]) == 0
+    listing = capsys.readouterr().out
+    assert all(f"    {v.name}\n" in listing and v.what in listing for v in volumes)
+    assert f"{len(volumes)} kept, " in listing
+    assert main(["cache", "--prune"]) == 0
+    assert f"removed {len(volumes)} kept inputs" in capsys.readouterr().out
+    assert engine_inputs.kept(remote) == []
     print(
         f"\nbind-mounted build on the main engine: {reference.seconds:.1f} s; on the TCP "
         f"engine: first {first_seconds:.1f} s, kernel kept there {again_seconds:.1f} s"

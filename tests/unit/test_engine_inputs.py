@@ -7,7 +7,9 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
+import docker.errors
 import pytest
 
 from builder.builds import engine_inputs
@@ -109,3 +111,74 @@ def test_the_cache_limit_reads_sizes(text: str, size: int) -> None:
 def test_a_cache_limit_that_is_no_size_is_refused() -> None:
     with pytest.raises(ConfigError, match="XDB_ENGINE_CACHE_MAX='lots' is not a size"):
         engine_inputs.cache_limit({engine_inputs.CACHE_MAX_ENV: "lots"})
+
+
+class FakeVolume:
+    def __init__(self, engine: FakeEngine, name: str, size: int, created: str) -> None:
+        self.engine = engine
+        self.name = name
+        self.attrs = {
+            "Name": name,
+            "CreatedAt": created,
+            "Labels": {
+                engine_inputs.LABEL_DIGEST: name[-64:],
+                engine_inputs.LABEL_BYTES: str(size),
+                engine_inputs.LABEL_WHAT: f"/usr/src/{name[-4:]}",
+            },
+        }
+
+    def remove(self, force: bool = False) -> None:
+        if self.name in self.engine.mounted:
+            raise docker.errors.APIError("volume is in use", response=None)
+        del self.engine.volumes_by_name[self.name]
+
+
+class FakeUser:
+    def __init__(self, volume: str) -> None:
+        self.attrs = {"Mounts": [{"Type": "volume", "Name": volume}]}
+
+
+class FakeEngine:
+    """What evict and prune ask of an engine: its labelled volumes and who mounts them."""
+
+    def __init__(self) -> None:
+        self.volumes_by_name: dict[str, FakeVolume] = {}
+        self.mounted: set[str] = set()
+        self.volumes = self
+        self.containers = self
+
+    def add(self, tail: str, mib: int, created: str) -> str:
+        name = engine_inputs.VOLUME_PREFIX + tail.rjust(64, "0")
+        self.volumes_by_name[name] = FakeVolume(self, name, mib << 20, created)
+        return name
+
+    def list(self, **_: object) -> list[object]:
+        if _.get("sparse"):
+            return [FakeUser(name) for name in self.mounted]
+        return list(self.volumes_by_name.values())
+
+    def get(self, name: str) -> FakeVolume:
+        return self.volumes_by_name[name]
+
+
+def test_the_oldest_inputs_no_build_uses_go_once_over_the_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    engine = FakeEngine()
+    oldest = engine.add("a001", 300, "2026-12-01T10:00:00Z")
+    in_use = engine.add("b002", 300, "2026-12-02T10:00:00Z")
+    older = engine.add("c003", 300, "2026-12-03T10:00:00Z")
+    this_build = engine.add("d004", 300, "2026-12-04T10:00:00Z")
+    newest = engine.add("e005", 300, "2026-12-05T10:00:00Z")
+    engine.mounted.add(in_use)
+    monkeypatch.setenv(engine_inputs.CACHE_MAX_ENV, "900M")
+    client: Any = engine
+    removed = engine_inputs.evict(client, keep={this_build})
+    assert [volume.name for volume in removed] == [oldest, older]
+    assert sorted(engine.volumes_by_name) == [in_use, this_build, newest]
+
+    # Under the limit nothing goes; prune takes all that no container uses.
+    assert engine_inputs.evict(client, keep=set()) == []
+    pruned, left = engine_inputs.prune(client)
+    assert sorted(v.name for v in pruned) == [this_build, newest]
+    assert [v.name for v in left] == [in_use]
