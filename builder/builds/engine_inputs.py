@@ -62,21 +62,35 @@ _PLAIN = re.compile(r"[\x21-\x5b\x5d-\x7e]+")
 
 # The build image's own tools recompute the digest: POSIX sh, GNU find (-printf, -exec +: since
 # findutils 4.2, CentOS 5 has 4.2.27), sort and sha256sum.  Arguments: pairs of directory and
-# expected digest, then the build's command.
+# expected digest, then the build's command.  The checks run beside the build (it has the
+# CPUs to spare while it waits on make), and the build counts only if every check passed: the
+# outputs of a failed run are never sent back.
 CHECK = r"""
 n=0
+checks=""
 while [ "$1" != "--" ]; do
-    got=$(cd "$1" && { find . -mindepth 1 -printf '%y %m %p %l\n' | LC_ALL=C sort;
-        find . -type f -exec sha256sum {} + | LC_ALL=C sort; } | sha256sum | cut -c1-64)
-    if [ "$got" != "$2" ]; then
-        echo "xcp-drbd-builder: $1 does not hold the input its volume is named for" >&2
-        exit $((240 + n))
-    fi
+    (
+        got=$(cd "$1" && { find . -mindepth 1 -printf '%y %m %p %l\n' | LC_ALL=C sort;
+            find . -type f -exec sha256sum {} + | LC_ALL=C sort; } | sha256sum | cut -c1-64)
+        [ "$got" = "$2" ]
+    ) &
+    checks="$checks $!:$n:$1"
     n=$((n + 1))
     shift 2
 done
 shift
-exec "$@"
+"$@"
+status=$?
+for check in $checks; do
+    pid=${check%%:*}
+    rest=${check#*:}
+    if ! wait "$pid"; then
+        echo "xcp-drbd-builder: ${rest#*:} does not hold the input its volume is named for;" \
+            "nothing this build made is kept" >&2
+        exit $((240 + ${rest%%:*}))
+    fi
+done
+exit $status
 """
 
 
@@ -94,10 +108,42 @@ class Tree:
         return VOLUME_PREFIX + self.digest
 
 
+class _Described:
+    """Digests this process computed, by directory and a signature of every entry's metadata
+    (a second build of the same kernel reads no file again; any change to the tree, which
+    rewrites a file's size, time or inode, is seen)."""
+
+    lock = threading.Lock()
+    trees: ClassVar[dict[tuple[Path, str], Tree | None]] = {}
+
+
+def _signature(source: Path) -> str:
+    digest = hashlib.sha256()
+    for directory, dirnames, filenames in os.walk(source):
+        for name in (*dirnames, *filenames):
+            info = os.lstat(os.path.join(directory, name))
+            digest.update(
+                f"{directory}/{name}\0{info.st_mode}:{info.st_size}:{info.st_mtime_ns}:"
+                f"{info.st_ctime_ns}:{info.st_ino}\n".encode("utf-8", "surrogateescape")
+            )
+    return digest.hexdigest()
+
+
 def describe(source: Path) -> Tree | None:
     """The digest of ``source`` as the check in the container computes it, or ``None`` when it
     holds something the check cannot see the same way (a device, a name with spaces or
     non-ASCII bytes, a backslash): such a tree goes with every build instead."""
+    key = (source, _signature(source))
+    with _Described.lock:
+        if key in _Described.trees:
+            return _Described.trees[key]
+    tree = _describe(source)
+    with _Described.lock:
+        _Described.trees[key] = tree
+    return tree
+
+
+def _describe(source: Path) -> Tree | None:
     listing: list[bytes] = []
     sums: list[bytes] = []
     size = 0

@@ -17,6 +17,7 @@ Rows (ABBA order, ratios pair by pair):
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -42,7 +43,9 @@ def kernel_dirs(kernel: buildenv.KernelTree) -> list[tuple[Path, str]]:
     return [(m.source, m.target) for m in mounts]
 
 
-def docker_cp(address: str, image: str, dirs: list[tuple[Path, str]], tarball: Path) -> None:
+def docker_cp(
+    address: str, image: str, root: Path, dirs: list[tuple[Path, str]], tarball: Path
+) -> None:
     """What a user would run: a container on the engine, `docker cp` of each input into it."""
     cli = ["docker", "-H", address]
     made = subprocess.run(
@@ -51,9 +54,12 @@ def docker_cp(address: str, image: str, dirs: list[tuple[Path, str]], tarball: P
     )  # fmt: skip
     name = made.stdout.strip()
     try:
-        for source, target in dirs:
-            parent = str(Path(target).parent)
-            subprocess.run([*cli, "cp", str(source), f"{name}:{parent}/"], check=True)
+        # From their common top (usr/): copied one by one, Debian's headers' link
+        # scripts -> ../../lib/linux-kbuild-* climbs out of /usr/src, which `docker cp`
+        # refuses ("invalid symlink").
+        tops = sorted({Path(target).relative_to("/").parts[0] for _, target in dirs})
+        for top in tops:
+            subprocess.run([*cli, "cp", str(root / top), f"{name}:/"], check=True)
         subprocess.run([*cli, "cp", str(tarball), f"{name}:/tmp/"], check=True)
     finally:
         subprocess.run([*cli, "rm", "-f", name], check=True, capture_output=True)
@@ -114,9 +120,12 @@ def main() -> int:
 
             def forget() -> None:
                 engine_inputs.prune(remote)
+                # The engine's disk writes of the side before are flushed before this one
+                # starts, not charged to it.
+                os.sync()
 
             def cp_then_local() -> None:
-                docker_cp(other.address, image, dirs, tarball)
+                docker_cp(other.address, image, kernel.root, dirs, tarball)
                 run_local()
 
             def send() -> None:
@@ -143,7 +152,7 @@ def main() -> int:
             print("\n".join(first_row.lines()))
             goals.at_most(first_row, 1.2)
             for name, baseline in (
-                ("docker cp", lambda: docker_cp(other.address, image, dirs, tarball)),
+                ("docker cp", lambda: docker_cp(other.address, image, kernel.root, dirs, tarball)),
                 ("tar c | docker exec -i … tar x", lambda: tar_exec(other.address, image, kernel)),
             ):
                 row = abba(
