@@ -202,15 +202,17 @@ class Prepared:
 
 def prepare(client: docker.DockerClient, spec: container.RunSpec) -> Prepared:
     """``spec`` (an uploading one) with its large read-only directories in volumes on the
-    engine, uploaded there first if the engine lacks them, and the check put before its
-    command."""
+    engine, uploaded there first if the engine lacks them, and the check of each put beside
+    its command."""
     trees: list[Tree] = []
     mounts: list[container.BindMount] = []
     volumes: list[container.VolumeMount] = []
     sent = False
     for mount in spec.mounts:
         tree = None
-        if mount.read_only and mount.source.is_dir() and len(trees) < MAX_VOLUMES:
+        # A plain target: the check's shell splits the list of them on spaces.
+        plain = _PLAIN.fullmatch(mount.target) is not None
+        if plain and mount.read_only and mount.source.is_dir() and len(trees) < MAX_VOLUMES:
             tree = describe(mount.source)
         if tree is None or tree.size < MIN_CACHED:
             mounts.append(mount)
@@ -253,7 +255,7 @@ def run(
             f"Volume {again.volume} on the Docker engine changed again under a build: "
             "something else writes to this tool's volumes on that engine.",
             hint="Find out what (docker ps --filter volume=...), then run "
-            "`python -m builder cache prune`.",
+            "`python -m builder cache --prune`.",
         )
     return result
 
@@ -280,12 +282,16 @@ def ensure(client: docker.DockerClient, tree: Tree, *, image: str, what: str) ->
     lock_name = LOCK_PREFIX + tree.digest[:32]
     deadline = time.monotonic() + WAIT_LIMIT
     told = 0.0
+    reaped = False
     while True:
-        container.reap_leftovers(client)
         exists = _volume_exists(client, tree.volume)
         holder = _lock_holder(client, lock_name)
         if exists and holder is None:
             return False
+        if not reaped:  # locks (and their volumes) of runs that died here, then look again
+            container.reap_leftovers(client)
+            reaped = True
+            continue
         if holder is None and _take_lock(client, lock_name, image=image, volume=tree.volume):
             try:
                 sent = not _volume_exists(client, tree.volume)
@@ -404,7 +410,7 @@ def _fill(client: docker.DockerClient, tree: Tree, *, image: str, what: str) -> 
                 raise NoSpaceError(
                     f"The Docker engine ran out of disk space while receiving {what} "
                     f"({log.format_bytes(tree.size)}); nothing of it is kept.",
-                    hint="Free space on the engine: `python -m builder cache prune`, "
+                    hint="Free space on the engine: `python -m builder cache --prune`, "
                     f"`docker system prune`, or a lower {CACHE_MAX_ENV}.",
                 ) from exc
             raise DockerError(f"The Docker engine refused {what}: {exc}") from exc
