@@ -26,6 +26,7 @@ Files (a source tarball, patches) are a few MiB and go with every build.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import socket
@@ -132,15 +133,53 @@ def _signature(source: Path) -> str:
 def describe(source: Path) -> Tree | None:
     """The digest of ``source`` as the check in the container computes it, or ``None`` when it
     holds something the check cannot see the same way (a device, a name with spaces or
-    non-ASCII bytes, a backslash): such a tree goes with every build instead."""
+    non-ASCII bytes, a backslash): such a tree goes with every build instead.
+
+    Remembered by the tree's metadata signature, in this process and in a small file under
+    the user's cache directory, so that each build of a kernel does not read it whole again.
+    """
     key = (source, _signature(source))
     with _Described.lock:
         if key in _Described.trees:
             return _Described.trees[key]
-    tree = _describe(source)
+    memo = _memo_file(source)
+    tree = _read_memo(memo, source, key[1])
+    if tree is None:
+        tree = _describe(source)
+        _write_memo(memo, key[1], tree)
     with _Described.lock:
         _Described.trees[key] = tree
     return tree
+
+
+def _memo_file(source: Path) -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    name = hashlib.sha256(os.fsencode(source.resolve())).hexdigest()[:32]
+    return Path(base) / "xcp-drbd-builder" / "engine-inputs" / f"{name}.json"
+
+
+def _read_memo(memo: Path, source: Path, signature: str) -> Tree | None:
+    try:
+        data = json.loads(memo.read_text(encoding="utf-8"))
+        if data.get("signature") != signature or not data.get("digest"):
+            return None
+        return Tree(source, str(data["digest"]), int(data["size"]), int(data["entries"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # none yet, or unreadable: computed again
+
+
+def _write_memo(memo: Path, signature: str, tree: Tree | None) -> None:
+    if tree is None:
+        return
+    record = {"signature": signature, "digest": tree.digest, "size": tree.size}
+    record["entries"] = tree.entries
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        partial = memo.with_name(f".{memo.name}.{os.getpid()}.{threading.get_ident()}")
+        partial.write_text(json.dumps(record), encoding="utf-8")
+        partial.replace(memo)
+    except OSError:
+        pass  # a memo that cannot be kept costs the next build one more reading
 
 
 def _describe(source: Path) -> Tree | None:

@@ -4,6 +4,7 @@ check must catch any change: run here with this machine's GNU tools, which the i
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -14,6 +15,12 @@ import pytest
 
 from builder.builds import engine_inputs
 from builder.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Digests are remembered under the user's cache directory: here, the test's own."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
 
 def make_tree(root: Path) -> Path:
@@ -185,3 +192,26 @@ def test_the_oldest_inputs_no_build_uses_go_once_over_the_limit(
     pruned, left = engine_inputs.prune(client)
     assert sorted(v.name for v in pruned) == [this_build, newest]
     assert [v.name for v in left] == [in_use]
+
+
+def test_a_digest_is_remembered_until_the_tree_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_inputs._Described, "trees", {})
+    root = make_tree(tmp_path / "tree")
+    first = engine_inputs.describe(root)
+    assert first is not None
+    (memo,) = (tmp_path / "cache" / "xcp-drbd-builder" / "engine-inputs").iterdir()
+    # A later process finds it on disk: a planted digest shows it is what was read.
+    monkeypatch.setattr(engine_inputs._Described, "trees", {})
+    record = json.loads(memo.read_text())
+    memo.write_text(json.dumps({**record, "digest": "f" * 64}))
+    remembered = engine_inputs.describe(root)
+    assert remembered is not None
+    assert remembered.digest == "f" * 64
+    # Any change to the tree is a new signature: computed again, and right.
+    (root / "include" / "generated" / "autoconf.h").write_text("#define CONFIG_X 2\n")
+    changed = engine_inputs.describe(root)
+    assert changed is not None
+    assert changed.digest not in (first.digest, "f" * 64)
+    assert check((root, changed.digest)).returncode == 0
