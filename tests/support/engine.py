@@ -152,7 +152,6 @@ def second_engine(*, data_mib: int | None = None) -> Iterator[SecondEngine]:
     had_main_bridge = main_bridge.exists()
     engine = SecondEngine(root, bridge)
     proc.run(["ip", "link", "add", "name", bridge, "type", "bridge"], echo=False)
-    mounted = False
     try:
         proc.run(["ip", "addr", "add", subnet, "dev", bridge], echo=False)
         if data_mib is not None:
@@ -161,16 +160,16 @@ def second_engine(*, data_mib: int | None = None) -> Iterator[SecondEngine]:
                 ["mount", "-t", "tmpfs", "-o", f"size={data_mib}m", "tmpfs", str(root / "data")],
                 echo=False,
             )
-            mounted = True
         engine.start()
         yield engine
     finally:
         engine.stop()
-        if mounted:
-            proc.run(["umount", "-l", str(root / "data")], echo=False, check=False)
+        # dockerd bind-mounts its data root onto itself (and a tmpfs may be there); one that
+        # was killed leaves that mount, which no directory removal gets past.
+        for mount_point in reversed(mounts_below(root)):
+            proc.run(["umount", "-l", mount_point], echo=False, check=False)
         proc.run(["ip", "link", "delete", bridge], echo=False, check=False)
-        if not os.environ.get("XDB_KEEP_ENGINE"):
-            shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
     assert main_bridge.exists() or not had_main_bridge, "the running engine lost docker0"
 
 
@@ -179,3 +178,13 @@ def can_run_second_engine() -> str | None:
     if shutil.which("dockerd") is None or shutil.which("ip") is None or os.geteuid() != 0:
         return "a second engine needs dockerd, ip (iproute2) and root"
     return None
+
+
+def mounts_below(root: Path) -> list[str]:
+    """Mount points at or below ``root``, in the order they were mounted."""
+    found = []
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        point = line.split()[1].replace("\\040", " ")
+        if point == str(root) or point.startswith(f"{root}/"):
+            found.append(point)
+    return found
