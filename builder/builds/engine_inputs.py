@@ -339,10 +339,12 @@ def ensure(client: docker.DockerClient, tree: Tree, *, image: str, what: str) ->
             except BaseException:
                 _abandon(client, tree.volume, lock_name)
                 raise
+            else:
+                _remove_container(client, lock_name)
             finally:
-                with _Held.lock:
-                    _Held.names.discard(lock_name)
-            _remove_container(client, lock_name)
+                # Only once the lock is gone from the engine: until then another thread of
+                # this process must see it as held, not as left behind.
+                _Held.release(lock_name)
             return sent
         now = time.monotonic()
         if now > deadline:
@@ -368,10 +370,30 @@ def _volume_exists(client: docker.DockerClient, name: str) -> bool:
 
 
 class _Held:
-    """The locks this process holds now (another thread of it may wait on one)."""
+    """The locks threads of this process hold now: a lock of this process's pid that none of
+    them holds was left by a failed upload, one that one of them holds is in use."""
 
     lock = threading.Lock()
-    names: ClassVar[set[str]] = set()
+    holders: ClassVar[dict[str, int]] = {}  # lock name -> thread
+
+    @classmethod
+    def claim(cls, name: str) -> bool:
+        with cls.lock:
+            if name in cls.holders:
+                return False
+            cls.holders[name] = threading.get_ident()
+            return True
+
+    @classmethod
+    def release(cls, name: str) -> None:
+        with cls.lock:
+            if cls.holders.get(name) == threading.get_ident():
+                del cls.holders[name]
+
+    @classmethod
+    def held(cls, name: str) -> bool:
+        with cls.lock:
+            return name in cls.holders
 
 
 def _lock_holder(client: docker.DockerClient, name: str) -> str | None:
@@ -386,30 +408,25 @@ def _lock_holder(client: docker.DockerClient, name: str) -> str | None:
     labels = lock.labels or {}
     pid = labels.get(container.LABEL_PID, "?")
     host = labels.get(container.LABEL_HOST, "?")
-    if host == socket.gethostname() and pid == str(os.getpid()):
-        with _Held.lock:
-            ours_now = name in _Held.names
-        if not ours_now:
-            _abandon(client, labels.get(container.LABEL_VOLUME, ""), name)
-            return None
+    if host == socket.gethostname() and pid == str(os.getpid()) and not _Held.held(name):
+        _abandon(client, labels.get(container.LABEL_VOLUME, ""), name)
+        return None
     return f"process {pid} on {host}"
 
 
 def _take_lock(client: docker.DockerClient, name: str, *, image: str, volume: str) -> bool:
+    if not _Held.claim(name):  # another thread of this process holds it
+        return False
     labels = {**container.owner_labels(keep=False), container.LABEL_VOLUME: volume}
-    with _Held.lock:
-        _Held.names.add(name)
     try:
         client.containers.create(image, ["true"], name=name, labels=labels, network_mode="none")
     except docker.errors.APIError as exc:
-        with _Held.lock:
-            _Held.names.discard(name)
+        _Held.release(name)
         if exc.status_code == 409:  # someone else holds it
             return False
         raise DockerError(f"Cannot create lock {name} on the Docker engine: {exc}") from exc
     except requests.exceptions.RequestException as exc:
-        with _Held.lock:
-            _Held.names.discard(name)
+        _Held.release(name)
         raise DockerError(f"Lost the Docker engine while creating {name}: {exc}") from exc
     return True
 

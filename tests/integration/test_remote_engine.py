@@ -232,7 +232,7 @@ def test_a_kept_input_with_other_content_is_refused_and_sent_again(
     assert common.name in {v.name for v in engine_inputs.kept(remote)}
 
 
-def test_two_builds_needing_one_input_at_once_send_it_once(
+def test_builds_needing_one_input_at_once_send_it_once(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     *,
@@ -242,17 +242,21 @@ def test_two_builds_needing_one_input_at_once_send_it_once(
     kernel_tree: buildenv.KernelTree,
     own_containers: None,
 ) -> None:
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    names = ("one", "two", "three")
+    with concurrent.futures.ThreadPoolExecutor(len(names)) as pool:
         futures = [
             pool.submit(
                 build, remote_image, kernel_tree, reference.tarball, tmp_path / name, remote
             )
-            for name in ("one", "two")
+            for name in names
         ]
         results = [future.result()[0] for future in futures]
-    assert results == [reference.rpms, reference.rpms]
-    first = sent(capsys.readouterr().err)
+    assert results == [reference.rpms] * len(names)
+    err = capsys.readouterr().err
+    first = sent(err)
     assert sorted(first) == sorted(set(first))  # each once
+    assert "holds other content" not in err
+    assert "warning" not in err
     assert sorted(first) == sorted(v.what for v in engine_inputs.kept(remote))
     assert uploads_left(remote) == []
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -215,3 +216,26 @@ def test_a_digest_is_remembered_until_the_tree_changes(
     assert changed is not None
     assert changed.digest not in (first.digest, "f" * 64)
     assert check((root, changed.digest)).returncode == 0
+
+
+def test_a_lock_one_thread_holds_stays_held_whatever_another_thread_does() -> None:
+    """Two builds of one process wait on each other's upload: the one that waits must not
+    release the other's claim (it would then remove the lock, the half-filled volume and the
+    upload under way as if they were left behind by a failed run)."""
+    name = engine_inputs.LOCK_PREFIX + "0" * 32
+    assert engine_inputs._Held.claim(name)
+    try:
+        outcome: list[bool] = []
+
+        def other_thread() -> None:
+            outcome.append(engine_inputs._Held.claim(name))
+            engine_inputs._Held.release(name)  # what a failed attempt does
+
+        waiter = threading.Thread(target=other_thread)
+        waiter.start()
+        waiter.join()
+        assert outcome == [False]
+        assert engine_inputs._Held.held(name)
+    finally:
+        engine_inputs._Held.release(name)
+    assert not engine_inputs._Held.held(name)
