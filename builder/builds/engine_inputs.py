@@ -41,6 +41,8 @@ from typing import ClassVar
 import docker
 import docker.errors
 import requests.exceptions
+from docker.models.containers import Container
+from docker.models.volumes import Volume
 
 from builder import log
 from builder.builds import container
@@ -498,21 +500,21 @@ def _abandon(client: docker.DockerClient, volume: str, lock_name: str) -> None:
 
 
 def _remove_container(client: docker.DockerClient, name: str) -> None:
-    try:
-        client.containers.get(name).remove(force=True)
-    except docker.errors.NotFound:
-        pass
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-        raise DockerError(f"Cannot remove {name} from the Docker engine: {exc}") from exc
+    _remove(lambda: client.containers.get(name), name)
 
 
 def _remove_volume(client: docker.DockerClient, name: str) -> None:
+    _remove(lambda: client.volumes.get(name), f"volume {name}")
+
+
+def _remove(find: Callable[[], Container | Volume], what: str) -> None:
+    """Remove what ``find`` gets from the engine, forced; gone already is fine."""
     try:
-        client.volumes.get(name).remove(force=True)
+        find().remove(force=True)
     except docker.errors.NotFound:
         pass
     except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-        raise DockerError(f"Cannot remove volume {name} from the Docker engine: {exc}") from exc
+        raise DockerError(f"Cannot remove {what} from the Docker engine: {exc}") from exc
 
 
 # ---------------------------------------------------------------------------------------------
