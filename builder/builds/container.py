@@ -608,7 +608,7 @@ class Packing:
 
     def close(self) -> None:
         self._source.close()  # a writer still going gets EPIPE and ends
-        if self._thread.is_alive() or self._thread.ident is not None:
+        if self._thread.ident is not None:  # started
             self._thread.join()
 
 

@@ -10,10 +10,10 @@ least :data:`MIN_CACHED` bytes is sent once and kept on the engine in a **named 
 - filled under an engine-wide lock (a container name, which the engine keeps unique), so two
   builds that need the same input at once upload it once; a lock whose process died on this
   machine is removed together with its half-filled volume;
-- mounted read-only into the build, whose first act is to recompute the digest of what it
-  sees with the image's own ``find`` and ``sha256sum`` and to compare it with the key.  The
-  engine may be shared, and a volume is only a name: one whose content does not match is
-  refused, removed and uploaded again, with a warning that names it;
+- mounted read-only into the build, beside which the image's own ``find`` and ``sha256sum``
+  recompute the digest of what it sees and compare it with the key; the build counts only if
+  they agree.  The engine may be shared, and a volume is only a name: one whose content does
+  not match is refused, removed and uploaded again, with a warning that names it;
 - evicted oldest first once the tool's volumes on an engine add up to more than
   ``XDB_ENGINE_CACHE_MAX`` (default 10G).  ``python -m builder cache`` lists and prunes them.
 
@@ -337,7 +337,7 @@ def ensure(client: docker.DockerClient, tree: Tree, *, image: str, what: str) ->
             try:
                 sent = not _volume_exists(client, tree.volume)
                 if sent:
-                    _fill(client, tree, image=image, what=what)
+                    _fill(client, tree, image=image, what=what, lock_name=lock_name)
             except BaseException:
                 _abandon(client, tree.volume, lock_name)
                 raise
@@ -433,14 +433,21 @@ def _take_lock(client: docker.DockerClient, name: str, *, image: str, volume: st
     return True
 
 
-def _fill(client: docker.DockerClient, tree: Tree, *, image: str, what: str) -> None:
+def _fill_name(lock_name: str) -> str:
+    """The container an upload under ``lock_name`` fills its volume through."""
+    return f"{lock_name}-fill"
+
+
+def _fill(
+    client: docker.DockerClient, tree: Tree, *, image: str, what: str, lock_name: str
+) -> None:
     labels = {
         container.LABEL: "1",
         LABEL_DIGEST: tree.digest,
         LABEL_BYTES: str(tree.size),
         LABEL_WHAT: what,
     }
-    fill_name = f"{LOCK_PREFIX}{tree.digest[:32]}-fill"  # what _abandon removes
+    fill_name = _fill_name(lock_name)
     started = time.monotonic()
     with log.step(f"Send {what} ({log.format_bytes(tree.size)}) to the engine once"):
         try:
@@ -491,7 +498,7 @@ def _abandon(client: docker.DockerClient, volume: str, lock_name: str) -> None:
     """After a failed upload: the half-filled volume goes, then its lock.  A lock that cannot
     be removed stays with its volume named in it, for the next run to reap both."""
     try:
-        _remove_container(client, f"{lock_name}-fill")
+        _remove_container(client, _fill_name(lock_name))
         if volume:
             _remove_volume(client, volume)
         _remove_container(client, lock_name)

@@ -21,7 +21,8 @@ def register(
             f"{container.UPLOAD_ENV}=1) sends each large input, a kernel tree above all, once "
             "and keeps it there in a named volume labelled as this tool's, named by a digest "
             "of its content; later builds mount it read-only and check it against that digest "
-            "first. The oldest go once the volumes add up to more than "
+            "beside the build, which counts only if they agree. The oldest go once the "
+            "volumes add up to more than "
             f"{engine_inputs.CACHE_MAX_ENV} (default 10G). `cache` lists them; "
             "`cache --prune` removes every one no container uses."
         ),
