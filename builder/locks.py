@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -58,3 +59,15 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def file_lock(path: Path) -> contextlib.AbstractContextManager[None]:
+    """An exclusive lock on ``path`` (created if needed), held for the block: waited for as
+    long as it takes, saying once which process holds it."""
+    return timed_lock(
+        path,
+        timeout=math.inf,
+        what=f"{path} is held by pid {{pid}}",
+        waiting=f"waiting for {path}, held by pid {{pid}}",
+        hint="",
+    )

@@ -24,7 +24,7 @@ from typing import Any
 
 from builder import log
 from builder.errors import ConfigError, InputError
-from builder.inputs.checksums import write_atomic
+from builder.files import write_atomic
 from builder.specs import SAFE_NAME, Consumer, Registry
 
 MANIFEST = "manifest.json"

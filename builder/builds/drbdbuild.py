@@ -53,8 +53,9 @@ from builder.builds.rpmbuild import (
     top_level_files,
 )
 from builder.errors import ConfigError, InputError
-from builder.inputs.checksums import file_lock, sha256_file, write_atomic
-from builder.inputs.rpm import vercmp
+from builder.files import sha256_file, write_atomic
+from builder.locks import file_lock
+from builder.rpm.version import vercmp
 from builder.specs import DEFAULT_LIMITS, NO_ADJUSTMENTS, Adjustments, KernelRequirement, Limits
 
 USERLAND_RECORD = "userland.json"

@@ -51,7 +51,8 @@ from builder.errors import (
     NoSpaceError,
     no_space,
 )
-from builder.inputs.checksums import lock_for, sha256_file
+from builder.files import sha256_file
+from builder.inputs.checksums import lock_for
 from builder.inputs.fetch import Fetched, FetchSettings, Input, fetch
 from builder.inputs.kernel import KernelInputs, KernelTree, prepare_kernel
 from builder.inputs.kernels import per_kernel, release_suffix

@@ -19,7 +19,8 @@ from typing import Any
 import rpmfile
 
 from builder.errors import CheckError
-from builder.inputs.rpm import text_of, vercmp
+from builder.rpm.header import text_of
+from builder.rpm.version import vercmp
 from builder.specs import UNAME_PROVIDE, KernelRequirement
 
 RPMSENSE_LESS = 0x02

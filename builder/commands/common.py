@@ -109,7 +109,7 @@ def non_negative_int(text: str) -> int:
 
 def fetch_settings(args: argparse.Namespace) -> FetchSettings:
     from builder.inputs.fetch import FetchSettings
-    from builder.inputs.rpm import MIB, ExtractLimits
+    from builder.rpm.payload import MIB, ExtractLimits
 
     cache: Path = args.cache
     if not hasattr(args, "max_file"):

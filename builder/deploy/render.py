@@ -30,7 +30,7 @@ from builder.deploy.daytwo import (
 )
 from builder.deploy.pool import Fencing, Host, Pool, WithoutPygpgme
 from builder.errors import DeployError
-from builder.inputs.checksums import write_atomic
+from builder.files import write_atomic
 from builder.inputs.kernels import RELEASE_CHARACTERS, per_kernel
 from builder.publish import layout
 from builder.publish.consumers import profile

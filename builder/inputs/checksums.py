@@ -1,4 +1,4 @@
-"""sha256 of inputs: pinned values, lock files, and a stat-keyed hash cache.
+"""sha256 of inputs: pinned values and lock files.
 
 An input with a pinned ``sha256`` in its spec must match it.  Without one, a lock file
 vouches for it: for a built-in entry, first the ``checksums.lock`` shipped with the package
@@ -9,76 +9,21 @@ every later use must match it.  Nothing is ever written into the installed packa
 recorded hash never replaces a pin or a shipped one: where they disagree, the pin or the
 shipped hash is what the file must match, and a warning names the entry to delete.
 
-Hashing a 300 MB ISO on every call would cost a second; :class:`HashCache` remembers the hash of
-a file keyed by its path, size, inode and modification time, so an unchanged cached input is
-not read again.
+Hashing a file, writing one atomically and remembering hashes (:class:`builder.files.HashCache`)
+are not about trust and live in :mod:`builder.files`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
-import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from builder import log, resources
 from builder.errors import ChecksumError, ConfigError, NoSpaceError, StateError, no_space
-from builder.locks import timed_lock
-
-READ_CHUNK = 1 << 20  # bytes per read of a file being hashed, copied or downloaded
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(READ_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
-    """Write ``data`` to ``path`` so that readers see the old or the new file, never a mix.
-
-    The file gets ``mode``, or the mode a plain ``open`` would give it (0644 under the usual
-    umask), not the 0600 of the temporary file it is made from: manifests travel with the RPMs.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask() if mode is None else mode)
-        with os.fdopen(fd, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-
-
-def file_lock(path: Path) -> contextlib.AbstractContextManager[None]:
-    """An exclusive lock on ``path`` (created if needed), held for the block: waited for as
-    long as it takes, saying once which process holds it."""
-    return timed_lock(
-        path,
-        timeout=math.inf,
-        what=f"{path} is held by pid {{pid}}",
-        waiting=f"waiting for {path}, held by pid {{pid}}",
-        hint="",
-    )
-
+from builder.files import write_atomic
+from builder.locks import file_lock
 
 PINNED = "pinned in the spec file"
 
@@ -219,41 +164,3 @@ def mismatch(path: Path, what: str, expected: str, actual: str, source: str) -> 
         f"{what} {path.name} has sha256 {actual}, but {expected} was expected ({source}).",
         hint=f"The file was deleted. {CHANGED_HINT}",
     )
-
-
-class HashCache:
-    """Remembers file hashes keyed by (real path, size, inode, mtime_ns)."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-
-    def _entry(self, path: Path) -> Path:
-        key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]
-        return self.directory / f"{key}.json"
-
-    @staticmethod
-    def _identity(path: Path) -> list[int]:
-        info = path.stat()
-        return [info.st_size, info.st_ino, info.st_mtime_ns]
-
-    def lookup(self, path: Path) -> str | None:
-        try:
-            data = json.loads(self._entry(path).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        if not isinstance(data, dict) or data.get("identity") != self._identity(path):
-            return None
-        value = data.get("sha256")
-        return value if isinstance(value, str) else None
-
-    def store(self, path: Path, sha256: str) -> None:
-        data = {"path": str(path.resolve()), "identity": self._identity(path), "sha256": sha256}
-        write_atomic(self._entry(path), json.dumps(data).encode())
-
-    def sha256(self, path: Path) -> str:
-        cached = self.lookup(path)
-        if cached is not None:
-            return cached
-        value = sha256_file(path)
-        self.store(path, value)
-        return value

@@ -25,16 +25,9 @@ from typing import TYPE_CHECKING
 
 from builder import log
 from builder.errors import ChecksumError, FetchError, InputError, NoSpaceError, no_space
-from builder.inputs.checksums import (
-    CHANGED_HINT,
-    PINNED,
-    READ_CHUNK,
-    ChecksumLock,
-    HashCache,
-    Vouched,
-    mismatch,
-)
-from builder.inputs.rpm import DEFAULT_LIMITS, ExtractLimits
+from builder.files import READ_CHUNK, HashCache
+from builder.inputs.checksums import CHANGED_HINT, PINNED, ChecksumLock, Vouched, mismatch
+from builder.rpm.payload import DEFAULT_LIMITS, ExtractLimits
 from builder.urls import NotLocal, local_path
 
 if TYPE_CHECKING:

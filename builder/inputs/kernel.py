@@ -27,13 +27,15 @@ from builder.errors import (
     KernelMismatchError,
     SigningError,
 )
-from builder.inputs.checksums import ChecksumLock, file_lock, lock_for, write_atomic
+from builder.files import write_atomic
+from builder.inputs.checksums import ChecksumLock, lock_for
 from builder.inputs.fetch import Fetched, FetchSettings, Input, fetch
 from builder.inputs.iso import extract as extract_from_iso
 from builder.inputs.iso import locate
 from builder.inputs.repostate import RepositoryState
-from builder.inputs.rpm import RpmInfo, extract_payload, read_info, verify_integrity
-from builder.locks import pid_alive
+from builder.locks import file_lock, pid_alive
+from builder.rpm.header import RpmInfo, read_info, verify_integrity
+from builder.rpm.payload import extract_payload
 from builder.specs import UNAME_PROVIDE, KernelDependency, SourceKind, Target, VendorKey
 
 MARKER = "tree.json"

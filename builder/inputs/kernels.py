@@ -163,7 +163,7 @@ def resolve(
 
 def rpm_version_release(path: Path) -> str:
     """The version-release of a local kernel-devel RPM (``--kernel-rpm``), from its header."""
-    from builder.inputs.rpm import read_info
+    from builder.rpm.header import read_info
 
     try:
         info = read_info(path)

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from builder.errors import SigningError
-from builder.inputs.checksums import file_lock, write_atomic
+from builder.files import write_atomic
+from builder.locks import file_lock
 
 STATE_FILE = "repositories.json"
 

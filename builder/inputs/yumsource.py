@@ -19,7 +19,7 @@ from builder import log, signatures
 from builder.errors import ConfigError, FetchError, InputError, SigningError
 from builder.inputs.fetch import Fetched, FetchSettings, Input, fetch
 from builder.inputs.repostate import RepositoryState, read_metadata
-from builder.inputs.rpm import vercmp
+from builder.rpm.version import vercmp
 from builder.specs import VendorKey
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from builder import proc
 from builder.errors import PublishError
-from builder.inputs.checksums import write_atomic
+from builder.files import write_atomic
 from builder.publish.consumers import profile
 from builder.publish.versions import link_or_copy
 from builder.specs import Consumer

@@ -47,7 +47,7 @@ from builder.errors import (
     PublishError,
     no_space,
 )
-from builder.inputs.checksums import sha256_file, write_atomic
+from builder.files import sha256_file, write_atomic
 from builder.publish import layout, provenance, sign
 from builder.publish.consumers import profile
 from builder.publish.layout import KEY_FILE_NAME, family_path, repo_file_name

@@ -42,7 +42,7 @@ from typing import NamedTuple
 
 from builder import log
 from builder.errors import PublishError
-from builder.inputs.checksums import sha256_file, write_atomic
+from builder.files import sha256_file, write_atomic
 
 STORE_DIR = "packages"
 INDEX_NAME = "index.jsonl"

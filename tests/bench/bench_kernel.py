@@ -32,7 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from builder.inputs.rpm import extract_payload, read_info  # noqa: E402
+from builder.rpm.header import read_info  # noqa: E402
+from builder.rpm.payload import extract_payload  # noqa: E402
 from tests.bench.abba import Goals, abba  # noqa: E402
 from tests.support.kernelrpm import build_kernel_devel_rpm, installed_headers, make_iso  # noqa: E402
 
@@ -191,7 +192,7 @@ def libarchive_row(rpm: Path, base: Path) -> None:
     try:
         row = abba(
             f"extraction alone on {base}, in-process",
-            ("builder.inputs.rpm.extract_payload", partial(extract_payload, rpm, info, ours)),
+            ("builder.rpm.payload.extract_payload", partial(extract_payload, rpm, info, ours)),
             ("libarchive secure extract_file", with_libarchive),
             rounds=COLD_ROUNDS,
             before=clean,

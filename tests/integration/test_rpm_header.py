@@ -8,7 +8,7 @@ import pytest
 import rpmfile
 
 from builder.errors import InputError
-from builder.inputs.rpm import read_info
+from builder.rpm.header import read_info
 from tests.rpmfactory import build_rpms
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ import pytest
 from builder.inputs import kernel
 from builder.inputs.fetch import Fetched, FetchSettings
 from builder.inputs.kernel import find_build_dirs, read_release
-from builder.inputs.rpm import RpmInfo
+from builder.rpm.header import RpmInfo
 
 UTS = {"include/generated/utsrelease.h": '#define UTS_RELEASE "6.1.0-1-amd64"'}
 

@@ -13,7 +13,7 @@ from builder import cli
 from builder.artifacts.manifest import scan
 from builder.commands import publish
 from builder.errors import CommandError, ConfigError, InputError, LockedError, PublishError
-from builder.inputs import checksums
+from builder.files import sha256_file
 from builder.publish import publisher, store, versions
 from builder.publish.layout import family_path
 from builder.specs import Consumer, load_registry
@@ -29,7 +29,7 @@ def make_build(
     outputs = []
     for name, content in files.items():
         (directory / name).write_bytes(content)
-        outputs.append({"file": name, "sha256": checksums.sha256_file(directory / name)})
+        outputs.append({"file": name, "sha256": sha256_file(directory / name)})
     data = {"target": target, "drbd_version": version, "outputs": outputs, **manifest}
     (directory / "manifest.json").write_text(json.dumps(data))
     return directory
@@ -147,7 +147,7 @@ def test_plan_reads_only_new_outputs(tmp_path: Path) -> None:
 
     def digest(path: Path) -> str:
         hashed.append(path.name)
-        return checksums.sha256_file(path)
+        return sha256_file(path)
 
     (directory / "a-1-1.i686.rpm").unlink()  # published already: the artifact is not needed
     builds = scan(tmp_path, load_registry)

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from builder.errors import InputError
-from builder.inputs.rpm import ExtractLimits, RpmInfo, extract_payload, vercmp
+from builder.rpm.header import RpmInfo
+from builder.rpm.payload import ExtractLimits, extract_payload
+from builder.rpm.version import vercmp
 
 
 def cpio(entries: list[tuple[str, int, bytes, int, int]]) -> bytes:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from builder.errors import PublishError
-from builder.inputs import checksums
+from builder.files import sha256_file
 from builder.publish import metadata, store
 from builder.specs import Consumer
 
@@ -19,7 +19,7 @@ def put(root: store.Store, path: str, data: bytes) -> store.Entry:
     target = root.root / path
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(data)
-    return store.Entry(path, path, "0" * 64, checksums.sha256_file(target), len(data), "")
+    return store.Entry(path, path, "0" * 64, sha256_file(target), len(data), "")
 
 
 def test_an_interrupted_run_is_cut_off_and_its_files_removed(tmp_path: Path) -> None:
