@@ -35,10 +35,8 @@ from builder.inputs.kernels import RELEASE_CHARACTERS, per_kernel
 from builder.publish import layout
 from builder.publish.consumers import profile
 
-REPO_ID = layout.REPO_ID
-KEY_FILE = layout.INSTALLED_KEY_FILE
 # The .repo file an EL5 host without pygpgme installs, rendered only when the pool allows it.
-REPO_FILE_WITHOUT_PYGPGME = f"{REPO_ID}.repo.without-pygpgme"
+REPO_FILE_WITHOUT_PYGPGME = f"{layout.REPO_ID}.repo.without-pygpgme"
 # What XCP's own lvm.conf rejects: VM disks (xvd*) and the logical volumes inside SRs, which
 # dom0 must never scan for nested volume groups.
 XCP_LVM_REJECTS = ("r|/dev/xvd.|", "r|/dev/VG_Xen.*/.*|")
@@ -208,10 +206,11 @@ def render_repo_file(pool: Pool, header: str, *, repo_gpgcheck: bool = True) -> 
     return layout.render_repo_file(
         name=f"DRBD for {pool.target.name} (xcp-drbd-builder)",
         baseurl=pool.repo_baseurl,
-        gpgkey=f"file://{KEY_FILE}",
+        gpgkey=f"file://{layout.INSTALLED_KEY_FILE}",
         repo_gpgcheck=repo_gpgcheck,
         comment=f"{header}#\n"
-        f"# Install as {layout.INSTALLED_REPO_FILE} after importing the key to {KEY_FILE}.\n"
+        f"# Install as {layout.INSTALLED_REPO_FILE} after importing the key to "
+        f"{layout.INSTALLED_KEY_FILE}.\n"
         f"{why}",
     )
 
@@ -331,7 +330,7 @@ def render_runbook(pool: Pool, host: Host, header: str) -> str:
         "GUARD_HOOK": pool.guard.hook or "",
         "SR_NAME": pool.sr_name,
         "GPGKEY_URL": pool.repo.gpgkey,
-        "KEY_FILE": KEY_FILE,
+        "KEY_FILE": layout.INSTALLED_KEY_FILE,
         "REPO_FILE": layout.INSTALLED_REPO_FILE,
         "PACKAGES": " ".join(packages(pool)),
         "LVM_FILTER": _lvm_list(lvm_filter(host)),
@@ -431,7 +430,7 @@ require_disk() {{
 {_pygpgme_check(pool)}
 step_install() {{
     require_replication_address
-    REPO_SOURCE="$HERE/{REPO_ID}.repo"
+    REPO_SOURCE="$HERE/{layout.REPO_ID}.repo"
 {pygpgme_call}    # The key first: yum checks the repository metadata and every package against it.
     mkdir -p "$(dirname "$KEY_FILE")"
     curl -fsS -o "$KEY_FILE.part" "$GPGKEY_URL"
@@ -637,7 +636,7 @@ def render_pool(pool: Pool, overridden: Sequence[str] = ()) -> dict[str, Rendere
     for host in pool.hosts:
         files[f"{host.name}/{pool.drbd.resource}.res"] = RenderedFile(resource)
         files[f"{host.name}/lvm.conf.snippet"] = RenderedFile(render_lvm(pool, host, header))
-        files[f"{host.name}/{REPO_ID}.repo"] = RenderedFile(repo)
+        files[f"{host.name}/{layout.REPO_ID}.repo"] = RenderedFile(repo)
         if pool.repo.without_pygpgme is WithoutPygpgme.REPO_GPGCHECK_OFF:
             files[f"{host.name}/{REPO_FILE_WITHOUT_PYGPGME}"] = RenderedFile(without_pygpgme)
         files[f"{host.name}/runbook.sh"] = RenderedFile(
