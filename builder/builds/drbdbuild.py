@@ -35,6 +35,7 @@ from builder.builds.recipes import (
     KmodRecipe,
     Recipe,
     Requirement,
+    Source,
     check_tarball,
     expected_packages,
     make_environment,
@@ -46,14 +47,12 @@ from builder.builds.rpmbuild import (
     Run,
     check_spatch,
     kernel_mounts,
-    read_member,
     run_build,
-    source_for,
     spatch_version,
-    top_level_files,
 )
 from builder.errors import ConfigError, InputError
 from builder.files import sha256_file, write_atomic
+from builder.inputs.sourcetarball import SourceTarball, read_source_tarball
 from builder.locks import file_lock
 from builder.rpm.version import vercmp
 from builder.specs import DEFAULT_LIMITS, NO_ADJUSTMENTS, Adjustments, KernelRequirement, Limits
@@ -69,6 +68,10 @@ class SourceInput:
     tarball: Path
     sha256: str
     adjustments: Adjustments = NO_ADJUSTMENTS
+
+    def read(self) -> SourceTarball:
+        """The tarball, read (once per build: its value is handed on, never the path)."""
+        return read_source_tarball(self.tarball, sha256=self.sha256)
 
     def adjustments_record(self) -> dict[str, Any]:
         adjust = self.adjustments
@@ -204,13 +207,15 @@ def _read_userland(directory: Path, key: str) -> BuiltUserland | None:
 
 def ensure_userland(
     build: DrbdBuild,
+    tarball: SourceTarball,
     *,
     cache_dir: Path,
     log_file: Path,
     timeout: float | None,
     client: docker.DockerClient | None,
 ) -> BuiltUserland:
-    """The userland RPMs for ``build``: from the cache, or built now and cached."""
+    """The userland RPMs for ``build``: from the cache, or built now from ``tarball`` (its
+    userland source, read) and cached."""
     key = userland_key(build)
     base = cache_dir / "userland"
     directory = base / key
@@ -227,7 +232,7 @@ def ensure_userland(
         partial.mkdir(parents=True)
         try:
             job = Job(
-                source=source_for(source.tarball, source.version, source.adjustments.patches),
+                source=Source.of(tarball, source.version, source.adjustments.patches),
                 arch=build.arch,
                 adjustments=source.adjustments,
                 jobs=parallel_jobs(build.limits.cpus),
@@ -239,7 +244,7 @@ def ensure_userland(
                     image=build.image,
                     arch=build.arch,
                     commands=commands,
-                    tarball=source.tarball,
+                    tarball=tarball,
                     patches=source.adjustments.patches,
                     environment=_environment(source.adjustments, job.jobs),
                     limits=build.limits,
@@ -272,6 +277,7 @@ def ensure_userland(
 
 def build_module(
     build: DrbdBuild,
+    tarball: SourceTarball,
     *,
     output_dir: Path,
     log_file: Path,
@@ -279,19 +285,19 @@ def build_module(
     timeout: float | None,
     client: docker.DockerClient | None,
 ) -> tuple[BuildResult, str, dict[str, str | None] | None]:
-    """Build the kernel module package into ``output_dir``; return the result, kdir and (DRBD
-    9) where the compat patch came from."""
+    """Build the kernel module package from ``tarball`` (the DRBD source, read) into
+    ``output_dir``; return the result, kdir and (DRBD 9) where the compat patch came from."""
     mounts, kdir = kernel_mounts(build.kernel.root, build.kernel.build_dir)
     adjustments = build.drbd.adjustments + build.module_adjustments
     requires = build.kernel.requires
     job = Job(
-        source=source_for(build.drbd.tarball, build.drbd.version, adjustments.patches),
+        source=Source.of(tarball, build.drbd.version, adjustments.patches),
         arch=build.arch,
         adjustments=adjustments,
         kernel_release=build.kernel.release,
         kdir=kdir,
         kernel_requires=", ".join(map(str, requires)) or None,
-        userland_requires=module_userland_requirement(build),
+        userland_requires=module_userland_requirement(build.recipe, tarball),
         release_suffix=build.kernel.release_suffix or None,
         jobs=parallel_jobs(build.limits.cpus),
     )
@@ -308,7 +314,7 @@ def build_module(
         image=build.image,
         arch=build.arch,
         commands=(),
-        tarball=build.drbd.tarball,
+        tarball=tarball,
         patches=adjustments.patches,
         kernel_mounts=mounts,
         environment=environment,
@@ -343,12 +349,12 @@ def build_module(
     return result, kdir, compat
 
 
-def module_userland_requirement(build: DrbdBuild) -> str | None:
-    """The drbd-utils range the module-only family's spec file declares, if any."""
-    spec = build.recipe.module_spec
+def module_userland_requirement(recipe: Recipe, drbd: SourceTarball) -> str | None:
+    """The drbd-utils range the module-only family's spec file in ``drbd`` declares, if any."""
+    spec = recipe.module_spec
     if spec is None:
         return None
-    return userland_requirement(read_member(build.drbd.tarball, spec))
+    return userland_requirement(drbd.spec_text(spec))
 
 
 def ensure_compat(
@@ -373,7 +379,7 @@ def ensure_compat(
     patches = [(p.name, sha256_file(p)) for p in template.patches]
     source_key = hashlib.sha256(json.dumps([build.drbd.sha256, patches]).encode()).hexdigest()
     base = cache_dir / "compat" / source_key
-    shipped_files = top_level_files(build.drbd.tarball) if not patches else frozenset()
+    shipped_files = template.tarball.files if not patches else frozenset()
 
     def shipped(checksum: str) -> bool:
         return f"{COCCI_CACHE}/{checksum}/compat.patch" in shipped_files
@@ -503,9 +509,9 @@ def _note(log_file: Path, text: str) -> None:
         sink.write(f"# {text}\n")
 
 
-def check_pairing(build: DrbdBuild) -> None:
+def check_pairing(build: DrbdBuild, drbd: SourceTarball) -> None:
     """Refuse, before building, a drbd-utils release older than the module requires."""
-    wanted = module_userland_requirement(build)
+    wanted = module_userland_requirement(build.recipe, drbd)
     utils = build.utils
     if wanted is None or utils is None:
         return
@@ -518,26 +524,25 @@ def check_pairing(build: DrbdBuild) -> None:
         )
 
 
-def check_sources(build: DrbdBuild) -> None:
-    """Refuse a tarball the recipe cannot build (before any container starts)."""
+def read_sources(build: DrbdBuild) -> tuple[SourceTarball, SourceTarball]:
+    """The DRBD tarball and the userland's (the same one for the bundled families), each read
+    once; refuses, before any container starts, a tarball the recipe cannot build and a
+    drbd-utils release the module cannot use."""
     recipe = build.recipe
     family = recipe.family.value
-    check_tarball(
-        f"DRBD {build.drbd.version}",
-        build.drbd.tarball.name,
-        family,
-        recipe.files,
-        top_level_files(build.drbd.tarball),
-    )
+    drbd = build.drbd.read()
+    check_tarball(f"DRBD {build.drbd.version}", drbd.name, family, recipe.files, drbd.files)
     source = build.userland_source
+    userland = drbd if source is build.drbd else source.read()
     check_tarball(
         f"the {recipe.userland.name} {source.version} userland",
-        source.tarball.name,
+        userland.name,
         family,
         recipe.userland.files,
-        top_level_files(source.tarball),
+        userland.files,
     )
-    check_pairing(build)
+    check_pairing(build, drbd)
+    return drbd, userland
 
 
 def build_drbd(
@@ -550,12 +555,18 @@ def build_drbd(
     client: docker.DockerClient | None = None,
 ) -> Built:
     """Userland (cached) and module RPMs of ``build``, all in ``output_dir``; not yet checked."""
-    check_sources(build)
+    drbd, userland_source = read_sources(build)
     userland = ensure_userland(
-        build, cache_dir=cache_dir, log_file=log_file, timeout=timeout, client=client
+        build,
+        userland_source,
+        cache_dir=cache_dir,
+        log_file=log_file,
+        timeout=timeout,
+        client=client,
     )
     module, kdir, compat = build_module(
         build,
+        drbd,
         output_dir=output_dir,
         log_file=log_file,
         cache_dir=cache_dir,

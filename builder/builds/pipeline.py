@@ -41,7 +41,6 @@ from builder.builds.rpmbuild import (
     build_image_of,
     ensure_image,
     ensure_spatch_image,
-    tarball_top_dir,
 )
 from builder.errors import (
     BuilderError,
@@ -56,6 +55,7 @@ from builder.inputs.checksums import lock_for
 from builder.inputs.fetch import Fetched, FetchSettings, Input, fetch
 from builder.inputs.kernel import KernelInputs, KernelTree, prepare_kernel
 from builder.inputs.kernels import per_kernel, release_suffix
+from builder.inputs.sourcetarball import read_source_tarball
 from builder.locks import timed_lock
 from builder.specs import Limits, Tarball, Target
 
@@ -121,7 +121,7 @@ def _fetch_tarball(entry: Tarball, what: str, local: Path | None, options: Build
     def verify(path: Path) -> None:
         # The release its spec entry names, not another one (a --source or --utils-source
         # of another version would otherwise fail deep inside rpmbuild, or build the wrong one).
-        top = tarball_top_dir(path)
+        top = read_source_tarball(path).top_dir
         expected = f"{project}-{entry.version}"
         if top != expected and not top.startswith(f"{expected}-"):
             raise InputError(

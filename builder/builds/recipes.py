@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.errors import ConfigError
+from builder.inputs.sourcetarball import SourceTarball
 from builder.specs import NO_ADJUSTMENTS, Adjustments, DrbdFamily, family_of_version
 
 INPUT_DIR = "/build/input"
@@ -57,6 +58,11 @@ class Requirement(enum.Enum):
     MINIMUM = "minimum"  # drbd-utils >= X, which the paired drbd-utils release must satisfy
 
 
+def patch_names(patches: Sequence[Path]) -> tuple[str, ...]:
+    """Names the patches have under PATCH_DIR: numbered, so that two of one name both fit."""
+    return tuple(f"{index:02d}-{patch.name}" for index, patch in enumerate(patches, 1))
+
+
 @dataclass(frozen=True, kw_only=True)
 class Source:
     """One source tarball as the container sees it."""
@@ -65,6 +71,16 @@ class Source:
     top_dir: str  # its single top-level directory
     version: str
     patches: tuple[str, ...] = ()  # file names under PATCH_DIR, in order
+
+    @classmethod
+    def of(cls, tarball: SourceTarball, version: str, patches: Sequence[Path] = ()) -> Source:
+        """How the container sees ``tarball`` (mounted read-only) and its patches."""
+        return cls(
+            file_name=tarball.name,
+            top_dir=tarball.top_dir,
+            version=version,
+            patches=patch_names(patches),
+        )
 
     @property
     def path(self) -> str:

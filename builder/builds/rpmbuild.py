@@ -14,18 +14,25 @@ import re
 import shlex
 import shutil
 import stat
-import tarfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import docker
 
 from builder import log, resources
 from builder.builds import container, engine_inputs
-from builder.builds.recipes import INPUT_DIR, OUTPUT_DIR, PATCH_DIR, WORK_DIR, Command, Source
+from builder.builds.recipes import (
+    INPUT_DIR,
+    OUTPUT_DIR,
+    PATCH_DIR,
+    WORK_DIR,
+    Command,
+    patch_names,
+)
 from builder.errors import BuildError, ConfigError, InputError
+from builder.inputs.sourcetarball import SourceTarball
 from builder.specs import DEFAULT_LIMITS, Limits, Target, at_least, version_numbers
 
 CONTAINERS_DIR = resources.CONTAINERS_DIR
@@ -62,78 +69,6 @@ def shell_script(commands: Sequence[Sequence[str]]) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Inputs
-
-
-def tarball_members(tarball: Path) -> list[PurePosixPath]:
-    try:
-        with tarfile.open(tarball) as archive:
-            return [PurePosixPath(m.name) for m in archive if m.name not in (".", "./")]
-    except (OSError, tarfile.TarError) as exc:
-        raise InputError(f"Cannot read source tarball {tarball}: {exc}") from exc
-
-
-def read_member(tarball: Path, name: str, limit: int = 1 << 20) -> str:
-    """The text of ``name`` (a path below the top directory) in ``tarball``; "" if absent."""
-    try:
-        with tarfile.open(tarball) as archive:
-            for member in archive:
-                parts = PurePosixPath(member.name).parts
-                if parts[1:] and PurePosixPath(*parts[1:]).as_posix() == name and member.isfile():
-                    stream = archive.extractfile(member)
-                    if stream is None:
-                        return ""
-                    return stream.read(limit).decode("utf-8", "replace")
-    except (OSError, tarfile.TarError) as exc:
-        raise InputError(f"Cannot read source tarball {tarball}: {exc}") from exc
-    return ""
-
-
-def top_level_files(tarball: Path) -> frozenset[str]:
-    """Paths below the tarball's top directory (``configure``, ``drbd/Kbuild``)."""
-    return frozenset(
-        PurePosixPath(*m.parts[1:]).as_posix()
-        for m in tarball_members(tarball)
-        if len(m.parts) > 1 and m.parts[0] != "."
-    )
-
-
-def tarball_top_dir(tarball: Path) -> str:
-    """The single top-level directory of a source tarball (``drbd-8.4.1``)."""
-    tops = {m.parts[0] for m in tarball_members(tarball)}
-    tops.discard(".")
-    if len(tops) != 1:
-        raise InputError(
-            f"Source tarball {tarball} must hold one top-level directory, not "
-            f"{', '.join(sorted(tops)) or 'nothing'}."
-        )
-    top = tops.pop()
-    if top in ("..", "/") or top.startswith("/"):
-        raise InputError(f"Source tarball {tarball} has an unsafe top-level entry {top!r}.")
-    return top
-
-
-def patch_names(patches: Sequence[Path]) -> tuple[str, ...]:
-    """Names the patches have under PATCH_DIR: numbered, so that two of one name both fit."""
-    return tuple(f"{index:02d}-{patch.name}" for index, patch in enumerate(patches, 1))
-
-
-def source_for(tarball: Path, version: str, patches: Sequence[Path] = ()) -> Source:
-    """How the container sees ``tarball`` (mounted read-only) and its patches."""
-    return Source(
-        file_name=tarball.name,
-        top_dir=tarball_top_dir(tarball),
-        version=version,
-        patches=patch_names(patches),
-    )
-
-
-def tarball_epoch(tarball: Path) -> int:
-    """SOURCE_DATE_EPOCH for a source: its newest member's mtime, so a rebuild is identical."""
-    try:
-        with tarfile.open(tarball) as archive:
-            return max((int(m.mtime) for m in archive), default=0)
-    except (OSError, tarfile.TarError) as exc:
-        raise InputError(f"Cannot read source tarball {tarball}: {exc}") from exc
 
 
 def kernel_mounts(
@@ -324,14 +259,14 @@ class Run:
     image: str
     arch: str
     commands: Sequence[Command]
-    tarball: Path
+    tarball: SourceTarball
     patches: Sequence[Path] = ()
     kernel_mounts: Sequence[container.BindMount] = ()
     mounts: Sequence[container.BindMount] = ()  # further read-only inputs
     environment: Mapping[str, str] = field(default_factory=dict)
     outputs: str = "*.rpm"  # what the run must leave in OUTPUT_DIR (a glob)
     limits: Limits = DEFAULT_LIMITS
-    source_date_epoch: int | None = None  # default: the tarball's newest mtime
+    source_date_epoch: int | None = None  # default: the tarball's epoch (newest mtime)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -364,12 +299,12 @@ def run_build(
     if timeout is None:
         timeout = limits.timeout
     started = time.monotonic()
-    tarball = run.tarball.resolve()
+    tarball = run.tarball.path.resolve()
     if not tarball.is_file():
         raise InputError(f"Source tarball {tarball} does not exist.")
     if not output_dir.is_dir():
         raise InputError(f"Output directory {output_dir} does not exist.")
-    epoch = tarball_epoch(tarball) if run.source_date_epoch is None else run.source_date_epoch
+    epoch = run.tarball.epoch if run.source_date_epoch is None else run.source_date_epoch
     shell = [*personality(run.arch), "/bin/sh", "-c"]
     # The build user's uid is the image's, not ours, so the directory it writes to is open to
     # everyone; its parent is ours alone, so no other local user can reach into it.

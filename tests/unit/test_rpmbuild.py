@@ -1,9 +1,7 @@
 from __future__ import annotations
 
-import io
 import re
 import shlex
-import tarfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -230,30 +228,6 @@ def test_build_dir_outside_the_root_is_refused(tmp_path: Path) -> None:
         rpmbuild.kernel_mounts(tmp_path / "root", tmp_path / "elsewhere")
     with pytest.raises(InputError, match="does not exist"):
         rpmbuild.kernel_mounts(tmp_path / "root", tmp_path / "root/missing")
-
-
-def write_tarball(path: Path, names: list[str], mtime: int = 1_300_000_000) -> Path:
-    with tarfile.open(path, "w:gz") as archive:
-        for index, name in enumerate(names):
-            data = b"x"
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mtime = mtime + index
-            archive.addfile(info, io.BytesIO(data))
-    return path
-
-
-def test_tarball_top_dir_and_epoch(tmp_path: Path) -> None:
-    good = write_tarball(tmp_path / "good.tar.gz", ["drbd-8.4.1/configure", "drbd-8.4.1/a/b"])
-    assert rpmbuild.tarball_top_dir(good) == "drbd-8.4.1"
-    assert rpmbuild.tarball_epoch(good) == 1_300_000_001
-    two = write_tarball(tmp_path / "two.tar.gz", ["drbd-8.4.1/configure", "other/file"])
-    with pytest.raises(InputError, match="one top-level directory"):
-        rpmbuild.tarball_top_dir(two)
-    broken = tmp_path / "broken.tar.gz"
-    broken.write_bytes(b"not a tarball")
-    with pytest.raises(InputError, match="Cannot read source tarball"):
-        rpmbuild.tarball_top_dir(broken)
 
 
 def test_every_builtin_target_has_a_build_context_with_the_contract() -> None:
