@@ -7,7 +7,7 @@
 #
 # `build` starts its build containers on the host's engine through the mounted socket. That
 # engine reports the host's name, not this container's, so the build inputs are uploaded into
-# each build container rather than bind-mounted (README, "Other engines"); $PWD:$PWD keeps
+# each build container rather than bind-mounted (docs/engines.md); $PWD:$PWD keeps
 # the cache and artifacts on the host at the paths the tool prints.
 # `publish` signs on this container's host side of the pipeline, never in a build container:
 # mount the GnuPG home (read-only is not enough for gpg-agent) and pass --gnupg-home.

@@ -27,6 +27,15 @@ def typecheck(session: nox.Session) -> None:
 
 
 @nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site, strictly: a broken link or a page in no table of contents fails."""
+    session.run(
+        sys.executable, "-m", "sphinx", "-W", "--keep-going", "-n", "-b", "html", "docs",
+        "build/docs", *session.posargs,
+    )  # fmt: skip
+
+
+@nox.session
 def tests(session: nox.Session) -> None:
     """Fast unit tests: no Docker, no external tools."""
     session.run(
