@@ -67,7 +67,7 @@ PROFILES: dict[Consumer, Profile] = {
         signature_packet=None,
         header_and_payload_signature=False,
         # rpm 4.11 trusts only primary keys too; publish warns rather than refuses (see
-        # builder.publish.publisher.check_signing_key).
+        # builder.publish.sign.check_signing_key).
         primary_key_only=False,
         key_bits=None,
         metadata_check_needs_pygpgme=False,

@@ -291,7 +291,7 @@ class PublishResult:
 def publish(options: PublishOptions, registry: Callable[[], Registry]) -> PublishResult:
     key = sign.find_key(options.key, options.gnupg_home, options.passphrase_file)
     builds = scan(options.artifacts, registry)
-    check_signing_key(key, builds)
+    sign.check_signing_key(key, builds)
     try:
         options.repo.mkdir(parents=True, exist_ok=True)
         versions = options.repo / "versions"
@@ -309,23 +309,6 @@ def publish(options: PublishOptions, registry: Callable[[], Registry]) -> Publis
                 "again; the next publish removes what this one left.",
             ) from exc
         raise
-
-
-def check_signing_key(key: sign.SigningKey, builds: Sequence[Manifest]) -> None:
-    """Before the lock and before anything is signed: a host or key that cannot make the
-    signatures a consumer's rpm verifies would publish a repository its dom0s refuse."""
-    targets: dict[Consumer, set[str]] = {}
-    for build in builds:
-        targets.setdefault(build.consumer, set()).add(build.target)
-    for consumer, names in sorted(targets.items()):
-        sign.check_key_for(consumer, key, sorted(names))
-        if profile(consumer).v3_signatures:
-            sign.require_gpg1(sorted(names))
-    if key.is_subkey:
-        log.warn(
-            f"signing with subkey {key.signing_fingerprint} of key {key.fingerprint}: rpm before "
-            "4.13 trusts only primary keys; check that every consumer's rpm is newer"
-        )
 
 
 def _nearly_full(path: Path) -> bool:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder import log, proc
+from builder.artifacts.manifest import Manifest
 from builder.errors import CommandError, ConfigError, SigningError
 from builder.publish.consumers import profile
 from builder.signatures import (
@@ -239,6 +240,23 @@ def check_key_for(consumer: Consumer, key: SigningKey, targets: Sequence[str]) -
             + ".",
             hint="Sign with an RSA key of 2048 to 4096 bits whose primary key can sign (for "
             "example `gpg --quick-gen-key NAME rsa3072 sign`, or `python -m builder keygen`).",
+        )
+
+
+def check_signing_key(key: SigningKey, builds: Sequence[Manifest]) -> None:
+    """Before the lock and before anything is signed: a host or key that cannot make the
+    signatures a consumer's rpm verifies would publish a repository its dom0s refuse."""
+    targets: dict[Consumer, set[str]] = {}
+    for build in builds:
+        targets.setdefault(build.consumer, set()).add(build.target)
+    for consumer, names in sorted(targets.items()):
+        check_key_for(consumer, key, sorted(names))
+        if profile(consumer).v3_signatures:
+            require_gpg1(sorted(names))
+    if key.is_subkey:
+        log.warn(
+            f"signing with subkey {key.signing_fingerprint} of key {key.fingerprint}: rpm before "
+            "4.13 trusts only primary keys; check that every consumer's rpm is newer"
         )
 
 
