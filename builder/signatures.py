@@ -1,6 +1,8 @@
 """OpenPGP checks against one public key, never a user's keyring: whose key signed a detached
 signature (``gpgv``), which primary keys a key file holds, and rpm's verdict on packages
-(``rpmkeys`` with a throwaway database that holds only that key).
+(``rpmkeys`` with a throwaway database that holds only that key).  Also what an RPM's
+signature tags hold (``read_signatures``): rpm's description and the OpenPGP packet's version
+and algorithms, which decide whether a consumer's rpm can verify it.
 
 Every stage uses these: the kernel source's vendor signatures (inputs), the repository the
 tool publishes and ``verify`` (publish).
@@ -158,3 +160,91 @@ def rpm_signatures(path: Path, public_key: Path) -> RpmSignatures:
         elif "digest:" in line and not line.rstrip().endswith(": OK"):
             digests_ok = False
     return RpmSignatures(header, whole, tuple(dict.fromkeys(key_ids)), digests_ok)
+
+
+# RFC 4880 numbers, for messages.
+PUBKEY_ALGOS = {1: "RSA", 3: "RSA(sign-only)", 17: "DSA", 19: "ECDSA", 22: "EdDSA"}
+HASH_ALGOS = {1: "MD5", 2: "SHA1", 3: "RIPEMD160", 8: "SHA256", 9: "SHA384", 10: "SHA512"}
+
+
+# Signature header tags 268 and 267 (RSA, DSA: header only), 1002 and 1005 (PGP, GPG: header
+# and payload), by the names rpm --queryformat knows them under.
+SIGNATURE_TAGS = ("RSAHEADER", "DSAHEADER", "SIGPGP", "SIGGPG")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SignaturePacket:
+    """The fields of an OpenPGP signature packet that decide whether a consumer can verify it."""
+
+    version: int
+    pubkey_algo: int  # RFC 4880: 1 RSA, 17 DSA
+    hash_algo: int  # RFC 4880: 2 SHA-1, 8 SHA-256
+
+    def describe(self) -> str:
+        algo = PUBKEY_ALGOS.get(self.pubkey_algo, f"algorithm {self.pubkey_algo}")
+        digest = HASH_ALGOS.get(self.hash_algo, f"hash {self.hash_algo}")
+        return f"V{self.version} {algo}/{digest}"
+
+
+def parse_signature_packet(raw: bytes) -> SignaturePacket:
+    """Read the version and algorithms of one OpenPGP signature packet (RFC 4880 5.2)."""
+    if not raw or not raw[0] & 0x80:
+        raise ValueError("not an OpenPGP packet")
+    first = raw[0]
+    if first & 0x40:  # new format: tag in the low six bits, then a one-, two- or five-octet length
+        tag, offset = first & 0x3F, 1
+        length_octet = raw[offset] if len(raw) > offset else 0
+        offset += 1 if length_octet < 192 else 2 if length_octet < 224 else 5
+    else:  # old format: tag in bits 5-2, length type in bits 1-0
+        tag = (first >> 2) & 0x0F
+        offset = 1 + {0: 1, 1: 2, 2: 4, 3: 0}[first & 0x03]
+    if tag != 2:
+        raise ValueError(f"packet tag {tag} is not a signature")
+    body = raw[offset:]
+    if body[:1] == b"\x03" and len(body) >= 17:
+        # version, hashed length (5), type, time (4), key id (8), public-key and hash algorithms
+        return SignaturePacket(version=3, pubkey_algo=body[15], hash_algo=body[16])
+    if len(body) >= 4 and body[0] >= 4:
+        return SignaturePacket(version=body[0], pubkey_algo=body[2], hash_algo=body[3])
+    raise ValueError("truncated signature packet")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Signature:
+    """One signature tag of an RPM: rpm's description and the packet itself."""
+
+    text: str  # rpm's ``:pgpsig`` view, e.g. "RSA/SHA1, <date>, Key ID <16 hex digits>"
+    packet: SignaturePacket | None  # None when the tag is absent
+
+
+def read_signatures(files: Sequence[Path]) -> dict[Path, dict[str, Signature]]:
+    """The signature tags of each RPM: rpm's view (``RSA/SHA1, …, Key ID …``) and the packet."""
+    query = "|".join(f"%{{{tag}:pgpsig}}|%{{{tag}}}" for tag in SIGNATURE_TAGS) + r"\n"
+    found: dict[Path, dict[str, Signature]] = {}
+    for chunk in chunks(files):
+        result = proc.run(
+            ["rpm", "-qp", "--nomanifest", "--nosignature", "--nodigest", "--qf", query, *chunk],
+            echo=False,
+        )
+        lines = result.stdout.splitlines()
+        if len(lines) != len(chunk):
+            raise SigningError(f"rpm printed {len(lines)} lines for {len(chunk)} packages.")
+        for path, line in zip(chunk, lines, strict=True):
+            fields = line.split("|")
+            if len(fields) != 2 * len(SIGNATURE_TAGS):
+                raise SigningError(f"rpm printed an unexpected signature line for {path.name}.")
+            sigs: dict[str, Signature] = {}
+            for index, tag in enumerate(SIGNATURE_TAGS):
+                text, raw = fields[2 * index], fields[2 * index + 1]
+                packet = None
+                if raw != "(none)":
+                    try:
+                        packet = parse_signature_packet(bytes.fromhex(raw))
+                    except ValueError as exc:
+                        raise SigningError(
+                            f"{path.name}: the {tag} signature is not a valid OpenPGP "
+                            f"signature packet ({exc})."
+                        ) from None
+                sigs[tag] = Signature(text=text, packet=packet)
+            found[path] = sigs
+    return found

@@ -222,7 +222,7 @@ def _check_packages(report: Report, listed: list[_Listed], public_key: Path) -> 
             if rules.signature_packet is None:
                 continue
             files = [item.served for item in present if item.consumer is consumer]
-            for path, sigs in sign.read_signatures(files).items():
+            for path, sigs in signatures.read_signatures(files).items():
                 for tag, sig in sigs.items():
                     if sig.packet is not None and sig.packet.version != rules.signature_packet:
                         report.problem(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from builder import signatures
 from builder.errors import CommandError, SigningError
 from builder.publish import sign
 from builder.publish.consumers import profile
@@ -49,13 +50,13 @@ V4_BODY = bytes([4, 0x00, 1, 8]) + b"\x00\x00" + b"\x00\x00" + b"\x12\x34" + b"\
 def test_signature_packets_are_read_in_both_formats(
     packet: bytes, expected: tuple[int, int, int]
 ) -> None:
-    parsed = sign.parse_signature_packet(packet)
+    parsed = signatures.parse_signature_packet(packet)
     assert (parsed.version, parsed.pubkey_algo, parsed.hash_algo) == expected
 
 
 def test_packet_descriptions_name_what_rpm_44_cares_about() -> None:
-    assert sign.parse_signature_packet(old_format(V3_BODY)).describe() == "V3 RSA/SHA1"
-    assert sign.parse_signature_packet(old_format(V4_BODY)).describe() == "V4 RSA/SHA256"
+    assert signatures.parse_signature_packet(old_format(V3_BODY)).describe() == "V3 RSA/SHA1"
+    assert signatures.parse_signature_packet(old_format(V4_BODY)).describe() == "V4 RSA/SHA256"
 
 
 @pytest.mark.parametrize(
@@ -69,7 +70,7 @@ def test_packet_descriptions_name_what_rpm_44_cares_about() -> None:
 )
 def test_what_is_not_a_signature_packet_is_refused(packet: bytes, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
-        sign.parse_signature_packet(packet)
+        signatures.parse_signature_packet(packet)
 
 
 def key(algorithm: str = "RSA", bits: int = 2048, signer: str = PRIMARY) -> sign.SigningKey:
