@@ -59,19 +59,13 @@ def register(
     parser.set_defaults(func=run)
 
 
-TRUST_NAMES = {
-    "kernel_source": "kernel source",
-    "kernel_rpm": "kernel-devel",
-    "drbd_source": "DRBD",
-    "utils_source": "drbd-utils",
-}
-
-
 def print_trust(trust: dict[str, dict[str, str]]) -> None:
     """Per published package, how its build's inputs were trusted; weaker than a vendor
     signature or a pin is marked, so that an operator sees which modules rest on it."""
     if not trust:
         return
+    from builder.publish import provenance
+
     print("How the inputs of each published package were trusted (provenance):")
     for path in sorted(trust):
         record = trust[path]
@@ -80,8 +74,8 @@ def print_trust(trust: dict[str, dict[str, str]]) -> None:
             continue
         parts = []
         for key, how in record.items():
-            weak = how.startswith(("first-use", "insecure", "unknown"))
-            parts.append(f"{TRUST_NAMES.get(key, key)} {how}" + (" (!)" if weak else ""))
+            weak = " (!)" if provenance.weak(how) else ""
+            parts.append(f"{provenance.INPUT_NAMES.get(key, key)} {how}{weak}")
         print(f"  {path}: {'; '.join(parts)}")
 
 

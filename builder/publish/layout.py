@@ -1,5 +1,5 @@
 """The names a published repository and its clients agree on, in one place: the repository
-id, the key file, the family folders, the ``.repo`` files and how one reads.
+id, the key file, the family folders, the ``.repo`` files and how one reads, the front page.
 
 ``publish`` writes them, ``verify`` checks them, and ``deploy`` installs them on dom0; a
 dom0 that gets its ``.repo`` file from either sees one repository, under one id.
@@ -14,6 +14,7 @@ KEY_FILE_NAME = f"RPM-GPG-KEY-{REPO_ID}"  # beside the repository, and what dom0
 INSTALLED_KEY_FILE = f"/etc/pki/rpm-gpg/{KEY_FILE_NAME}"
 INSTALLED_REPO_FILE = f"/etc/yum.repos.d/{REPO_ID}.repo"
 METADATA_EXPIRE = "1h"  # served .repo files: a module for a kernel update is found within the hour
+FRONT_PAGE = "index.html"  # at the root: what a browser pointed at the repository URL gets
 
 
 def family_path(consumer: Consumer, basearch: str) -> str:

@@ -52,6 +52,34 @@ def relative_path(target: str, version: str, body: bytes) -> str:
     return f"{PROVENANCE_DIR}/{target}/{version}/{digest}{SUFFIX}"
 
 
+# The inputs a manifest's "trust" names, in words; how an input was trusted is weak when it
+# rests on neither a vendor signature nor a pin or lock (an operator should see those).
+INPUT_NAMES = {
+    "kernel_source": "kernel source",
+    "kernel_rpm": "kernel-devel",
+    "drbd_source": "DRBD",
+    "utils_source": "drbd-utils",
+}
+WEAK_TRUST = ("first-use", "insecure", "unknown")
+
+
+def weak(how: str) -> bool:
+    """Whether an input trusted ``how`` (a manifest's "trust" value) rests on nothing strong."""
+    return how.startswith(WEAK_TRUST)
+
+
+def recorded_manifest(path: Path) -> dict[str, Any]:
+    """The build manifest a statement carries, read without checking its signature (verify
+    does that); a malformed statement is a ValueError or OSError."""
+    data: Any = json.loads(path.read_bytes())
+    if not isinstance(data, dict) or data.get("predicateType") != PREDICATE_TYPE:
+        raise ValueError("not a statement publish writes")
+    manifest = data["predicate"]["manifest"]
+    if not isinstance(manifest, dict):
+        raise ValueError("its predicate holds no manifest")
+    return manifest
+
+
 def signature_consumer(key: sign.SigningKey) -> Consumer:
     """SHA-256 signatures, except for a DSA-1024 key, which can only make SHA-1 ones."""
     return Consumer.EL5 if key.algorithm == "DSA" else Consumer.EL7

@@ -12,9 +12,11 @@ Layout of a published tree (``--repo DIR``)::
         el7/x86_64/repodata/
         RPM-GPG-KEY-xcp-drbd-builder
         xcp-drbd-el5.repo ...
+        index.html                  the front page (``frontpage``)
         publish-state.json          the signing key, and how much of the index is live
     DIR/current -> versions/<id>    the pointer, switched with one os.replace()
     DIR/el5 -> packages/el5         stable names clients use (baseurl=URL/el5/$basearch)
+    DIR/index.html -> current/index.html   what a browser pointed at URL gets
 
 A publish checks every published package against the digest it had when signed (a cheap stat
 check for those unchanged since their last check), signs the new packages into the store,
@@ -42,13 +44,14 @@ from builder.artifacts.manifest import Manifest, scan
 from builder.errors import (
     BuilderError,
     CommandError,
+    ConfigError,
     InputError,
     NoSpaceError,
     PublishError,
     no_space,
 )
 from builder.files import sha256_file, write_atomic
-from builder.publish import layout, provenance, sign
+from builder.publish import frontpage, layout, provenance, sign
 from builder.publish.consumers import profile
 from builder.publish.layout import KEY_FILE_NAME, family_path, repo_file_name
 from builder.publish.metadata import (
@@ -297,7 +300,7 @@ def publish(options: PublishOptions, registry: Callable[[], Registry]) -> Publis
         versions = options.repo / "versions"
         versions.mkdir(exist_ok=True)
         with publish_lock(options.repo, options.lock_timeout):
-            return _publish_locked(options, builds, key, versions)
+            return _publish_locked(options, builds, key, versions, registry)
     except (OSError, BuilderError) as exc:
         # A full disk shows up as whatever failed first: gpg, createrepo_c, a copy.
         if no_space(exc) or _nearly_full(options.repo):
@@ -374,7 +377,11 @@ def _open_store(repo: Path, versions: Path) -> Opened:
 
 
 def _publish_locked(
-    options: PublishOptions, builds: Sequence[Manifest], key: sign.SigningKey, versions: Path
+    options: PublishOptions,
+    builds: Sequence[Manifest],
+    key: sign.SigningKey,
+    versions: Path,
+    registry: Callable[[], Registry],
 ) -> PublishResult:
     opened = _open_store(options.repo, versions)
     store, previous, state, mark = opened.store, opened.previous, opened.state, opened.mark
@@ -419,6 +426,16 @@ def _publish_locked(
             )
             new_mark = store.append(mark, added)
             _assemble(partial, plan=plan, previous=previous, public_key=public_key, options=options)
+            _write_front_page(
+                partial,
+                entries=[*entries, *added],
+                store=store,
+                plan=plan,
+                fingerprint=key.fingerprint,
+                version=version_id,
+                options=options,
+                registry=registry,
+            )
             new_state = State(key=key.fingerprint, index=new_mark)
             write_atomic(partial / STATE_FILE_NAME, new_state.to_json().encode())
             final = versions / version_id
@@ -607,9 +624,53 @@ def _assemble(
             copy_function=link_or_copy,
         )
     write_atomic(root / KEY_FILE_NAME, public_key.read_bytes())
-    base_url = options.base_url or options.repo.resolve().as_uri()
+    base_url = _base_url(options)
     for consumer in sorted(set(plan.families.values())):
         write_atomic(root / repo_file_name(consumer), render_repo_file(base_url, consumer).encode())
+
+
+def _base_url(options: PublishOptions) -> str:
+    return options.base_url or options.repo.resolve().as_uri()
+
+
+def _write_front_page(
+    root: Path,
+    *,
+    entries: Sequence[Entry],
+    store: Store,
+    plan: Changes,
+    fingerprint: str,
+    version: str,
+    options: PublishOptions,
+    registry: Callable[[], Registry],
+) -> None:
+    """``index.html`` of the new version, from every published package and its statement."""
+    base_url = _base_url(options)
+    with log.step(f"Write the front page, {layout.FRONT_PAGE}"):
+        page = frontpage.collect(
+            entries=entries,
+            store_root=store.root,
+            families=plan.families,
+            repo_files={c: render_repo_file(base_url, c) for c in set(plan.families.values())},
+            fingerprint=fingerprint,
+            base_url=base_url,
+            version=version,
+            target_names=_target_names(registry),
+        )
+        for build in page.builds:
+            if build.problem:
+                log.warn(f"{build.statement}: {build.problem}; the front page says so")
+        write_atomic(root / layout.FRONT_PAGE, frontpage.render(page).encode("utf-8"))
+
+
+def _target_names(registry: Callable[[], Registry]) -> dict[str, str]:
+    """The spec files' names of the targets, for the front page. Publishing needs no spec
+    file otherwise: one that cannot be read costs the page its names, not the publish."""
+    try:
+        return {target.id: target.name for target in registry().targets.values()}
+    except ConfigError as exc:
+        log.warn(f"the front page names targets by id only: {exc.message}")
+        return {}
 
 
 def _adopt_format_1(repo: Path, previous: Path, state: State) -> State:

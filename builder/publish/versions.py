@@ -13,11 +13,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from builder import log
 from builder.artifacts import manifest
 from builder.errors import PublishError
 from builder.locks import timed_lock
 from builder.publish import provenance
-from builder.publish.layout import KEY_FILE_NAME, repo_file_name
+from builder.publish.layout import FRONT_PAGE, KEY_FILE_NAME, repo_file_name
 from builder.publish.store import EMPTY, STORE_DIR, Mark, Store
 from builder.specs import Consumer
 
@@ -147,10 +148,21 @@ def stable_links(repo: Path, store: Store, families: dict[str, Consumer]) -> Non
         _ensure_link(repo / consumer, f"{STORE_DIR}/{consumer}", {f"current/{consumer}"})
     for name in sorted({KEY_FILE_NAME} | {repo_file_name(c) for c in families.values()}):
         _ensure_link(repo / name, f"current/{name}", set())
+    _ensure_front_page_link(repo / FRONT_PAGE, f"current/{FRONT_PAGE}")
     if (store.root / provenance.PROVENANCE_DIR).is_dir():
         _ensure_link(
             repo / provenance.PROVENANCE_DIR, f"{STORE_DIR}/{provenance.PROVENANCE_DIR}", set()
         )
+
+
+def _ensure_front_page_link(link: Path, wanted: str) -> None:
+    """``REPO/index.html``: a page of the user's own there is kept, and said so, every time."""
+    if link.is_symlink() and os.readlink(link) == wanted:
+        return
+    if link.exists() or link.is_symlink():
+        log.warn(f"{link} is not the link publish makes: left as it is; the page is at {wanted}")
+        return
+    replace_symlink(link, wanted)
 
 
 def _ensure_link(link: Path, wanted: str, replaceable: set[str]) -> None:
