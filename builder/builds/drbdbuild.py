@@ -36,11 +36,9 @@ from builder.builds.recipes import (
     Recipe,
     Requirement,
     Source,
-    check_tarball,
     expected_packages,
     make_environment,
     parallel_jobs,
-    userland_requirement,
 )
 from builder.builds.rpmbuild import (
     BuildResult,
@@ -54,7 +52,6 @@ from builder.errors import ConfigError, InputError
 from builder.files import sha256_file, write_atomic
 from builder.inputs.sourcetarball import SourceTarball, read_source_tarball
 from builder.locks import file_lock
-from builder.rpm.version import vercmp
 from builder.specs import DEFAULT_LIMITS, NO_ADJUSTMENTS, Adjustments, KernelRequirement, Limits
 
 USERLAND_RECORD = "userland.json"
@@ -144,6 +141,18 @@ class DrbdBuild:
             kernel=kernel_facts(self.kernel.build_dir),
             overrides=isinstance(self.recipe, KmodRecipe),
         )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReadInputs:
+    """What a build learns of its inputs before any container starts: its source tarballs,
+    each read once and checked against the recipe, and how the container sees the kernel."""
+
+    drbd: SourceTarball
+    userland: SourceTarball  # the DRBD tarball itself for the bundled families
+    userland_requires: str | None  # "drbd-utils >= X", as the DRBD tarball's spec file says
+    kernel_mounts: tuple[container.BindMount, ...]  # the kernel tree, read-only
+    kdir: str  # the kernel build directory as the container sees it
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -244,6 +253,7 @@ def ensure_userland(
                     image=build.image,
                     arch=build.arch,
                     commands=commands,
+                    source=job.source,
                     tarball=tarball,
                     patches=source.adjustments.patches,
                     environment=_environment(source.adjustments, job.jobs),
@@ -277,27 +287,26 @@ def ensure_userland(
 
 def build_module(
     build: DrbdBuild,
-    tarball: SourceTarball,
+    inputs: ReadInputs,
     *,
     output_dir: Path,
     log_file: Path,
     cache_dir: Path,
     timeout: float | None,
     client: docker.DockerClient | None,
-) -> tuple[BuildResult, str, dict[str, str | None] | None]:
-    """Build the kernel module package from ``tarball`` (the DRBD source, read) into
-    ``output_dir``; return the result, kdir and (DRBD 9) where the compat patch came from."""
-    mounts, kdir = kernel_mounts(build.kernel.root, build.kernel.build_dir)
+) -> tuple[BuildResult, dict[str, str | None] | None]:
+    """Build the kernel module package from ``inputs.drbd`` into ``output_dir``; return the
+    result and (DRBD 9) where the compat patch came from."""
     adjustments = build.drbd.adjustments + build.module_adjustments
     requires = build.kernel.requires
     job = Job(
-        source=Source.of(tarball, build.drbd.version, adjustments.patches),
+        source=Source.of(inputs.drbd, build.drbd.version, adjustments.patches),
         arch=build.arch,
         adjustments=adjustments,
         kernel_release=build.kernel.release,
-        kdir=kdir,
+        kdir=inputs.kdir,
         kernel_requires=", ".join(map(str, requires)) or None,
-        userland_requires=module_userland_requirement(build.recipe, tarball),
+        userland_requires=inputs.userland_requires,
         release_suffix=build.kernel.release_suffix or None,
         jobs=parallel_jobs(build.limits.cpus),
     )
@@ -314,9 +323,10 @@ def build_module(
         image=build.image,
         arch=build.arch,
         commands=(),
-        tarball=tarball,
+        source=job.source,
+        tarball=inputs.drbd,
         patches=adjustments.patches,
-        kernel_mounts=mounts,
+        kernel_mounts=inputs.kernel_mounts,
         environment=environment,
         limits=build.limits,
     )
@@ -346,15 +356,7 @@ def build_module(
         timeout=timeout,
         client=client,
     )
-    return result, kdir, compat
-
-
-def module_userland_requirement(recipe: Recipe, drbd: SourceTarball) -> str | None:
-    """The drbd-utils range the module-only family's spec file in ``drbd`` declares, if any."""
-    spec = recipe.module_spec
-    if spec is None:
-        return None
-    return userland_requirement(drbd.spec_text(spec))
+    return result, compat
 
 
 def ensure_compat(
@@ -466,6 +468,7 @@ def _spatch_entry(
             log.info(f"compat patch {checksum} for {release}: reusing {entry}")
             _note(log_file, f"compat patch {checksum}: reused from {entry}")
             return entry
+        commands = recipe.spatch_commands(job, checksum)
         image = build.spatch_image()
         # Before spatch runs: one that cannot parse the rules fails late and obscurely.
         spatch = spatch_version(image, log_file=log_file, client=client)
@@ -480,7 +483,7 @@ def _spatch_entry(
                     template,
                     what=f"DRBD {version} compat patch for {release} (spatch)",
                     image=image,
-                    commands=recipe.spatch_commands(job, checksum),
+                    commands=commands,
                     kernel_mounts=(),
                     outputs="*",
                 ),
@@ -509,40 +512,28 @@ def _note(log_file: Path, text: str) -> None:
         sink.write(f"# {text}\n")
 
 
-def check_pairing(build: DrbdBuild, drbd: SourceTarball) -> None:
-    """Refuse, before building, a drbd-utils release older than the module requires."""
-    wanted = module_userland_requirement(build.recipe, drbd)
-    utils = build.utils
-    if wanted is None or utils is None:
-        return
-    minimum = wanted.split(">=", 1)[1].strip()
-    if vercmp(utils.version, minimum) < 0:
-        raise ConfigError(
-            f"DRBD {build.drbd.version}'s module package requires {wanted}, but its spec entry "
-            f"pairs it with drbd-utils {utils.version}.",
-            hint="Name a newer drbd-utils release in utils: (and define it under drbd-utils:).",
-        )
-
-
-def read_sources(build: DrbdBuild) -> tuple[SourceTarball, SourceTarball]:
-    """The DRBD tarball and the userland's (the same one for the bundled families), each read
-    once; refuses, before any container starts, a tarball the recipe cannot build and a
-    drbd-utils release the module cannot use."""
-    recipe = build.recipe
-    family = recipe.family.value
+def read_inputs(build: DrbdBuild) -> ReadInputs:
+    """The DRBD tarball and the userland's, each read once, and the kernel tree's mounts.
+    Before any container starts, the recipe refuses a tarball it cannot build and a
+    drbd-utils release the module cannot use, and a missing kernel tree is refused."""
     drbd = build.drbd.read()
-    check_tarball(f"DRBD {build.drbd.version}", drbd.name, family, recipe.files, drbd.files)
     source = build.userland_source
     userland = drbd if source is build.drbd else source.read()
-    check_tarball(
-        f"the {recipe.userland.name} {source.version} userland",
-        userland.name,
-        family,
-        recipe.userland.files,
-        userland.files,
+    requires = build.recipe.check_sources(
+        drbd,
+        userland,
+        version=build.drbd.version,
+        userland_version=source.version,
+        utils=None if build.utils is None else build.utils.version,
     )
-    check_pairing(build, drbd)
-    return drbd, userland
+    mounts, kdir = kernel_mounts(build.kernel.root, build.kernel.build_dir)
+    return ReadInputs(
+        drbd=drbd,
+        userland=userland,
+        userland_requires=requires,
+        kernel_mounts=tuple(mounts),
+        kdir=kdir,
+    )
 
 
 def build_drbd(
@@ -555,18 +546,18 @@ def build_drbd(
     client: docker.DockerClient | None = None,
 ) -> Built:
     """Userland (cached) and module RPMs of ``build``, all in ``output_dir``; not yet checked."""
-    drbd, userland_source = read_sources(build)
+    inputs = read_inputs(build)
     userland = ensure_userland(
         build,
-        userland_source,
+        inputs.userland,
         cache_dir=cache_dir,
         log_file=log_file,
         timeout=timeout,
         client=client,
     )
-    module, kdir, compat = build_module(
+    module, compat = build_module(
         build,
-        drbd,
+        inputs,
         output_dir=output_dir,
         log_file=log_file,
         cache_dir=cache_dir,
@@ -587,7 +578,7 @@ def build_drbd(
         rpms=tuple(sorted([*module.rpms, *copied])),
         module=module,
         userland=userland,
-        kdir=kdir,
+        kdir=inputs.kdir,
         compat=compat,
     )
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from builder.errors import ConfigError
 from builder.inputs.sourcetarball import SourceTarball
+from builder.rpm.version import vercmp
 from builder.specs import NO_ADJUSTMENTS, Adjustments, DrbdFamily, family_of_version
 
 INPUT_DIR = "/build/input"
@@ -313,6 +314,45 @@ class Recipe(abc.ABC):
     def userland_from_utils(self) -> bool:
         """True when the userland is a drbd-utils release, not the DRBD tarball."""
         return isinstance(self.userland, UtilsUserland)
+
+    def userland_requirement_of(self, drbd: SourceTarball) -> str | None:
+        """The drbd-utils range the module-only family's spec file in ``drbd`` declares, if any."""
+        if self.module_spec is None:
+            return None
+        return userland_requirement(drbd.spec_text(self.module_spec))
+
+    def check_sources(
+        self,
+        drbd: SourceTarball,
+        userland: SourceTarball,
+        *,
+        version: str,
+        userland_version: str,
+        utils: str | None,
+    ) -> str | None:
+        """Refuse, before any container starts, a tarball this recipe cannot build, and a
+        drbd-utils release (``utils``, the one the spec entry pairs with DRBD ``version``)
+        older than the module requires; return that requirement ("drbd-utils >= X"), if any."""
+        family = self.family.value
+        check_tarball(f"DRBD {version}", drbd.name, family, self.files, drbd.files)
+        check_tarball(
+            f"the {self.userland.name} {userland_version} userland",
+            userland.name,
+            family,
+            self.userland.files,
+            userland.files,
+        )
+        wanted = self.userland_requirement_of(drbd)
+        if wanted is not None and utils is not None:
+            minimum = wanted.split(">=", 1)[1].strip()
+            if vercmp(utils, minimum) < 0:
+                raise ConfigError(
+                    f"DRBD {version}'s module package requires {wanted}, but its spec entry "
+                    f"pairs it with drbd-utils {utils}.",
+                    hint="Name a newer drbd-utils release in utils: (and define it under "
+                    "drbd-utils:).",
+                )
+        return wanted
 
     def module_package(self, kernel_release: str) -> str:
         return km_package_name(kernel_release)

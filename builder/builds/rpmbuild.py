@@ -23,14 +23,7 @@ import docker
 
 from builder import log, resources
 from builder.builds import container, engine_inputs
-from builder.builds.recipes import (
-    INPUT_DIR,
-    OUTPUT_DIR,
-    PATCH_DIR,
-    WORK_DIR,
-    Command,
-    patch_names,
-)
+from builder.builds.recipes import OUTPUT_DIR, PATCH_DIR, WORK_DIR, Command, Source
 from builder.errors import BuildError, ConfigError, InputError
 from builder.inputs.sourcetarball import SourceTarball
 from builder.specs import DEFAULT_LIMITS, Limits, Target, at_least, version_numbers
@@ -259,8 +252,9 @@ class Run:
     image: str
     arch: str
     commands: Sequence[Command]
-    tarball: SourceTarball
-    patches: Sequence[Path] = ()
+    source: Source  # how the commands see the tarball and the patches
+    tarball: SourceTarball  # mounted at source.path
+    patches: Sequence[Path] = ()  # mounted under PATCH_DIR by the names in source.patches
     kernel_mounts: Sequence[container.BindMount] = ()
     mounts: Sequence[container.BindMount] = ()  # further read-only inputs
     environment: Mapping[str, str] = field(default_factory=dict)
@@ -316,7 +310,7 @@ def run_build(
     os.chmod(staging, 0o777)  # noqa: S103
     patch_mounts = [
         container.BindMount(patch.resolve(), f"{PATCH_DIR}/{name}")
-        for patch, name in zip(run.patches, patch_names(run.patches), strict=True)
+        for patch, name in zip(run.patches, run.source.patches, strict=True)
     ]
     spec = container.RunSpec(
         limits=limits,
@@ -324,7 +318,7 @@ def run_build(
         command=[*shell, shell_script(run.commands)],
         user=BUILD_USER,
         mounts=[
-            container.BindMount(tarball, f"{INPUT_DIR}/{tarball.name}"),
+            container.BindMount(tarball, run.source.path),
             *patch_mounts,
             *run.kernel_mounts,
             *run.mounts,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import tarfile
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -145,18 +146,34 @@ def test_the_build_reads_each_source_once_and_checks_it_from_the_value(tmp_path:
         tmp_path / "drbd-utils-9.22.0.tar.gz",
         {"drbd-utils-9.22.0/configure": b"", "drbd-utils-9.22.0/drbd.spec.in": b""},
     )
-    read_drbd, read_utils = drbdbuild.read_sources(_build(tmp_path, drbd, utils, "9.22.0"))
-    assert (read_drbd.path, read_drbd.sha256) == (drbd, "d" * 64)
-    assert (read_utils.top_dir, read_utils.sha256) == ("drbd-utils-9.22.0", "u" * 64)
-    assert drbdbuild.module_userland_requirement(recipes.recipe_for(DrbdFamily.V84), read_drbd) == (
-        "drbd-utils >= 8.9.2"
-    )
-    source = recipes.Source.of(read_drbd, "8.4.11", [tmp_path / "fix.patch"])
+    inputs = drbdbuild.read_inputs(_build(tmp_path, drbd, utils, "9.22.0"))
+    assert (inputs.drbd.path, inputs.drbd.sha256) == (drbd, "d" * 64)
+    assert (inputs.userland.top_dir, inputs.userland.sha256) == ("drbd-utils-9.22.0", "u" * 64)
+    # what the module package must require, from the spec file the value holds
+    assert inputs.userland_requires == "drbd-utils >= 8.9.2"
+    source = recipes.Source.of(inputs.drbd, "8.4.11", [tmp_path / "fix.patch"])
     assert (source.file_name, source.top_dir) == ("drbd-8.4.11-1.tar.gz", "drbd-8.4.11-1")
     assert source.patches == ("01-fix.patch",)
-    # the spec file's range, read from the value, refuses an older drbd-utils
+    # the spec file's range refuses an older drbd-utils
     with pytest.raises(ConfigError, match=r"requires drbd-utils >= 8\.9\.2, but .* 8\.4\.0"):
-        drbdbuild.read_sources(_build(tmp_path, drbd, utils, "8.4.0"))
-    # the family's files, read from the value: the utils tarball is not a drbd-utils release
+        drbdbuild.read_inputs(_build(tmp_path, drbd, utils, "8.4.0"))
+    # the family's files: the utils tarball is not a drbd-utils release
     with pytest.raises(ConfigError, match=r"drbd-8\.4\.11-1\.tar\.gz has no configure"):
-        drbdbuild.read_sources(_build(tmp_path, drbd, drbd, "9.22.0"))
+        drbdbuild.read_inputs(_build(tmp_path, drbd, drbd, "9.22.0"))
+
+
+def test_a_missing_kernel_tree_is_refused_before_any_container(tmp_path: Path) -> None:
+    drbd = write_tarball(
+        tmp_path / "drbd-8.4.11-1.tar.gz", {"drbd-8.4.11-1/drbd-km.spec": KM_SPEC.encode()}
+    )
+    utils = write_tarball(
+        tmp_path / "drbd-utils-9.22.0.tar.gz",
+        {"drbd-utils-9.22.0/configure": b"", "drbd-utils-9.22.0/drbd.spec.in": b""},
+    )
+    build = _build(tmp_path, drbd, utils, "9.22.0")
+    gone = replace(build, kernel=replace(build.kernel, build_dir=tmp_path / "gone"))
+    with pytest.raises(InputError, match=r"Kernel build directory .*gone does not exist"):
+        drbdbuild.build_drbd(
+            gone, output_dir=tmp_path, log_file=tmp_path / "log", cache_dir=tmp_path / "cache"
+        )
+    assert not (tmp_path / "cache").exists()  # no userland was built first
