@@ -1,3 +1,5 @@
 """Stage 1 and 2, the inputs: fetch and verify downloads (``fetch``, ``checksums``), read the
 kernel-devel RPM out of an ISO (``iso``) or pick it from a yum repository (``yumsource``,
-``kernels``), and extract its kernel build tree safely (``rpm``, ``kernel``, ``kernel_memo``)."""
+``kernels``), extract its kernel build tree safely (``rpm``, ``kernel``, ``kernel_memo``), and
+read a DRBD or drbd-utils source tarball once into the value the build is handed
+(``sourcetarball``)."""
