@@ -51,7 +51,7 @@ from builder.errors import (
     no_space,
 )
 from builder.files import sha256_file, write_atomic
-from builder.publish import frontpage, layout, provenance, sign
+from builder.publish import frontpage, frontpage_data, layout, provenance, sign
 from builder.publish.consumers import profile
 from builder.publish.layout import KEY_FILE_NAME, family_path, repo_file_name
 from builder.publish.metadata import (
@@ -647,7 +647,7 @@ def _write_front_page(
     """``index.html`` of the new version, from every published package and its statement."""
     base_url = _base_url(options)
     with log.step(f"Write the front page, {layout.FRONT_PAGE}"):
-        page = frontpage.collect(
+        page = frontpage_data.collect(
             entries=entries,
             store_root=store.root,
             families=plan.families,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.publish import frontpage, provenance
+from builder.publish import frontpage, frontpage_data, provenance
 from builder.publish.layout import FRONT_PAGE, KEY_FILE_NAME
 from builder.publish.publisher import render_repo_file
 from builder.publish.store import Entry, Store
@@ -23,11 +23,11 @@ BASE = "https://drbd.example.org/repo"
 HOSTILE = '<script>alert(1)</script>"\'><img src=x onerror="alert(2)">&amp;'
 
 
-def module(row: tuple[str, str, str, str, str, str]) -> frontpage.Module:
+def module(row: tuple[str, str, str, str, str, str]) -> frontpage_data.Module:
     """A module package from (target, DRBD, uname -r, kernel-devel, NEVRA, family)."""
     target, drbd, kernel, evr, nvra, family = row
-    name, epoch, version, release, arch = frontpage.split_nevra(nvra)
-    return frontpage.Module(
+    name, epoch, version, release, arch = frontpage_data.split_nevra(nvra)
+    return frontpage_data.Module(
         target=target,
         drbd_version=drbd,
         kernel_release=kernel,
@@ -41,7 +41,7 @@ def module(row: tuple[str, str, str, str, str, str]) -> frontpage.Module:
     )
 
 
-def sample_page(hostile: str = "") -> frontpage.FrontPage:
+def sample_page(hostile: str = "") -> frontpage_data.FrontPage:
     """Two families, three targets, four module packages; ``hostile`` goes into every string
     a spec file, a manifest or a package can bring."""
     xen = "2.6.32.12-0.7.1.xs1.4.90.530.170661xen"
@@ -68,7 +68,7 @@ def sample_page(hostile: str = "") -> frontpage.FrontPage:
             ),
         ]
     )
-    build = frontpage.Build(
+    build = frontpage_data.Build(
         statement="provenance/xcp-ng-8.3/9.2.18/0123456789abcdef.intoto.json",
         target=f"xcp-ng-8.3{hostile}",
         build_name="9.2.18+k4.19.19-8.0.30.xcpng8.3",
@@ -79,30 +79,30 @@ def sample_page(hostile: str = "") -> frontpage.FrontPage:
         source_date_epoch=1735689600,
         tool="xcp-drbd-builder 0.1",
         inputs=(
-            frontpage.Input(
+            frontpage_data.Input(
                 what="kernel-devel",
                 name=f"kernel-devel-4.19.19-8.0.30.xcpng8.3.x86_64{hostile}",
                 sha256="cd" * 32,
                 trust=f"vendor-signature 34AC2EB6{hostile}",
             ),
-            frontpage.Input(
+            frontpage_data.Input(
                 what="DRBD", name="drbd-9.2.18.tar.gz", sha256="ef" * 32, trust="first-use"
             ),
         ),
         packages=(f"kmod-drbd-9.2.18_4.19.0+1-1.0.30{hostile}.x86_64.rpm",),
     )
-    return frontpage.FrontPage(
+    return frontpage_data.FrontPage(
         version="20261205T061355.123456Z",
         base_url=BASE,
         fingerprint=FPR,
         families=(
-            frontpage.Family(
+            frontpage_data.Family(
                 consumer=Consumer.EL5,
                 folders=("el5/i386",),
                 repo_file="xcp-drbd-el5.repo",
                 repo_text=render_repo_file(BASE, Consumer.EL5),
             ),
-            frontpage.Family(
+            frontpage_data.Family(
                 consumer=Consumer.EL7,
                 folders=("el7/x86_64",),
                 repo_file="xcp-drbd-el7.repo",
@@ -110,9 +110,11 @@ def sample_page(hostile: str = "") -> frontpage.FrontPage:
             ),
         ),
         targets=(
-            frontpage.Target(id="xcp-1.5", name="XCP 1.5 (beta, build 53341)", family="el5/i386"),
-            frontpage.Target(id="xcp-ng-8.3", name="XCP-ng 8.3", family="el7/x86_64"),
-            frontpage.Target(
+            frontpage_data.Target(
+                id="xcp-1.5", name="XCP 1.5 (beta, build 53341)", family="el5/i386"
+            ),
+            frontpage_data.Target(id="xcp-ng-8.3", name="XCP-ng 8.3", family="el7/x86_64"),
+            frontpage_data.Target(
                 id=f"xcp-ng-8.3{hostile}", name=f"XCP-ng {hostile}", family="el7/x86_64"
             ),
         ),
@@ -239,7 +241,7 @@ def test_collect_reads_each_build_from_its_statement(tmp_path: Path) -> None:
               "provenance/xcp-ng-8.3/build/ffffffffffffffff.intoto.json"),
     ]  # fmt: skip
     families = {"el7/x86_64": Consumer.EL7, "el5/i386": Consumer.EL5}
-    page = frontpage.collect(
+    page = frontpage_data.collect(
         entries=entries,
         store_root=tmp_path,
         families=families,
@@ -272,15 +274,15 @@ def test_collect_reads_each_build_from_its_statement(tmp_path: Path) -> None:
 
 
 def test_split_nevra_and_natural_order() -> None:
-    assert frontpage.split_nevra("kmod-drbd-0:9.2.18_4.19.0+1-1.0.30.x86_64") == (
+    assert frontpage_data.split_nevra("kmod-drbd-0:9.2.18_4.19.0+1-1.0.30.x86_64") == (
         "kmod-drbd", "", "9.2.18_4.19.0+1", "1.0.30", "x86_64",
     )  # fmt: skip
-    assert frontpage.split_nevra("drbd-utils-2:9.22.0-1.el7.x86_64")[1] == "2"
+    assert frontpage_data.split_nevra("drbd-utils-2:9.22.0-1.el7.x86_64")[1] == "2"
     versions = ["8.4.10", "8.4.9", "9.2.18", "8.3.16"]
     assert sorted(versions, key=frontpage.natural) == ["8.3.16", "8.4.9", "8.4.10", "9.2.18"]
-    assert frontpage.is_module_package("drbd-km-2.6.32.43_0.4.1.xs1.6.10.734.170748xen")
-    assert frontpage.is_module_package("kmod-drbd")
-    assert not frontpage.is_module_package("drbd-utils")
+    assert frontpage_data.is_module_package("drbd-km-2.6.32.43_0.4.1.xs1.6.10.734.170748xen")
+    assert frontpage_data.is_module_package("kmod-drbd")
+    assert not frontpage_data.is_module_package("drbd-utils")
 
 
 def test_a_page_of_the_users_own_at_the_root_is_kept(
