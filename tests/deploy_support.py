@@ -8,6 +8,8 @@ from typing import Any
 
 import yaml
 
+from builder.cli import main
+
 BASE_POOL: dict[str, Any] = {
     "target": "xcp-1.5",
     "sr_name": "drbd-sr",
@@ -66,3 +68,13 @@ def write_pool(directory: Path, data: dict[str, Any], name: str = "pool.yaml") -
     path = directory / name
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def render_pool(directory: Path, data: dict[str, Any] | None = None, *extra: str) -> Path:
+    """``deploy render`` (quiet, no repository check, then ``extra``) of ``data`` (default: the
+    baseline) written to ``directory/pool.yaml``; checks it succeeds; the output directory."""
+    pool = write_pool(directory, pool_data() if data is None else data)
+    output = directory / "out"
+    argv = ["deploy", "render", "--pool", str(pool), "--output", str(output), "--no-repo-check"]
+    assert main([*argv, "-q", *extra]) == 0
+    return output

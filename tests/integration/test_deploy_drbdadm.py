@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 
 from builder import proc
-from builder.cli import main
 from builder.errors import CommandError
-from tests.deploy_support import pool_data, write_pool
+from tests.deploy_support import pool_data, render_pool
 
 pytestmark = pytest.mark.integration
 
@@ -26,14 +25,6 @@ HOSTS = {
     "xcp1": ("10.0.0.1", "/dev/disk/by-id/ata-DISK-ONE"),
     "xcp2": ("10.0.0.2", "/dev/disk/by-id/ata-DISK-TWO"),
 }
-
-
-def render(tmp_path: Path, data: dict[str, Any]) -> Path:
-    pool = write_pool(tmp_path, data)
-    output = tmp_path / "out"
-    argv = ["deploy", "render", "--pool", str(pool), "--output", str(output), "--no-repo-check"]
-    assert main([*argv, "-q"]) == 0
-    return output
 
 
 def drbdadm(version: str) -> str:
@@ -62,7 +53,7 @@ def options(resource: ET.Element, section: str) -> dict[str, str | None]:
 
 @pytest.mark.parametrize("version", sorted(DRBDADM))
 def test_drbd_parses_the_dual_primary_resource(tmp_path: Path, version: str) -> None:
-    output = render(tmp_path, pool_data(**{"drbd.version": version}))
+    output = render_pool(tmp_path, pool_data(**{"drbd.version": version}))
     res_files = [output / host / "r0.res" for host in HOSTS]
     assert res_files[0].read_bytes() == res_files[1].read_bytes()
     resource = parsed_resource(version, res_files[0])
@@ -104,7 +95,7 @@ def test_drbd_parses_the_dual_primary_resource(tmp_path: Path, version: str) -> 
 def test_each_host_would_connect_over_the_replication_network(
     tmp_path: Path, version: str, host: str
 ) -> None:
-    output = render(tmp_path, pool_data(**{"drbd.version": version}))
+    output = render_pool(tmp_path, pool_data(**{"drbd.version": version}))
     res_file = output / host / "r0.res"
     result = proc.run(
         [drbdadm(version), "-c", res_file, "-d", "up", "r0"],
@@ -126,11 +117,11 @@ def test_each_host_would_connect_over_the_replication_network(
 
 
 def test_each_version_renders_the_syntax_only_its_own_parser_accepts(tmp_path: Path) -> None:
-    output = render(tmp_path, pool_data(**{"drbd.version": "8.4.1"}))
+    output = render_pool(tmp_path, pool_data(**{"drbd.version": "8.4.1"}))
     with pytest.raises(CommandError):
         proc.run([drbdadm("8.3.16"), "-c", output / "xcp1" / "r0.res", "dump", "r0"], echo=False)
     # 8.4 reads 8.3 files (it is backwards compatible) but not 9's node-ids and net fencing.
-    output9 = render(tmp_path / "9", pool_data(**{"drbd.version": "9.2.5"}))
+    output9 = render_pool(tmp_path / "9", pool_data(**{"drbd.version": "9.2.5"}))
     with pytest.raises(CommandError):
         proc.run([drbdadm("8.4.1"), "-c", output9 / "xcp1" / "r0.res", "dump", "all"], echo=False)
 
@@ -152,7 +143,7 @@ def lvm_values(system_dir: Path) -> dict[str, str]:
 
 
 def test_lvm_reads_the_snippet(tmp_path: Path) -> None:
-    output = render(tmp_path, pool_data())
+    output = render_pool(tmp_path, pool_data())
     system_dir = tmp_path / "lvm"
     system_dir.mkdir()
     shutil.copy(output / "xcp2" / "lvm.conf.snippet", system_dir / "lvm.conf")
@@ -202,7 +193,7 @@ def run_runbook(
 
 def test_runbook_lvm_step_edits_lvm_conf_as_lvm_reads_it(tmp_path: Path) -> None:
     disk = block_device()
-    output = render(tmp_path, pool_data(**{"hosts.0.disk": disk}))
+    output = render_pool(tmp_path, pool_data(**{"hosts.0.disk": disk}))
     system_dir = tmp_path / "etc-lvm"
     (system_dir / "cache").mkdir(parents=True)
     (system_dir / "cache" / ".cache").write_text("stale")
@@ -225,7 +216,7 @@ def test_runbook_lvm_step_edits_lvm_conf_as_lvm_reads_it(tmp_path: Path) -> None
 
 
 def test_runbook_refuses_the_wrong_host_and_a_missing_disk(tmp_path: Path) -> None:
-    output = render(tmp_path, pool_data())
+    output = render_pool(tmp_path, pool_data())
     stubs = tmp_path / "bin"
     stubs.mkdir()
     stub(stubs, "uname", "echo xcp2")
@@ -250,7 +241,7 @@ esac
 
 
 def test_runbook_sr_steps_create_on_the_first_host_and_plug_on_the_second(tmp_path: Path) -> None:
-    output = render(tmp_path, pool_data(**{"drbd.version": "8.3.16", "drbd.minor": 3}))
+    output = render_pool(tmp_path, pool_data(**{"drbd.version": "8.3.16", "drbd.minor": 3}))
     stubs = tmp_path / "bin"
     stubs.mkdir()
     stub(stubs, "xe", FAKE_XE)
@@ -290,7 +281,7 @@ def test_runbooks_are_valid_shell(tmp_path: Path, shell: str) -> None:
     if shutil.which(shell) is None:
         pytest.skip(f"{shell} is not installed")
     for version in DRBDADM:
-        output = render(tmp_path / version, pool_data(**{"drbd.version": version}))
+        output = render_pool(tmp_path / version, pool_data(**{"drbd.version": version}))
         for host in HOSTS:
             proc.run([shell, "-n", output / host / "runbook.sh"], echo=False)
     usage = proc.run(["sh", output / "xcp1" / "runbook.sh"], echo=False, check=False)
@@ -300,7 +291,7 @@ def test_runbooks_are_valid_shell(tmp_path: Path, shell: str) -> None:
 
 
 def test_runbook_up_step_needs_the_replication_address(tmp_path: Path) -> None:
-    output = render(tmp_path, pool_data())
+    output = render_pool(tmp_path, pool_data())
     stubs = tmp_path / "bin"
     stubs.mkdir()
     calls = tmp_path / "calls"

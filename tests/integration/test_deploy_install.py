@@ -14,13 +14,11 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from builder.cli import main
 from builder.deploy.render import REPO_FILE_WITHOUT_PYGPGME
-from tests.deploy_support import pool_data, write_pool
+from tests.deploy_support import pool_data, render_pool
 
 pytestmark = pytest.mark.integration
 
@@ -63,14 +61,6 @@ def _mount_etc(base: Path) -> str:
     return f"mount -t overlay overlay -o {shlex.quote(options)} /etc"
 
 
-def render(tmp_path: Path, data: dict[str, Any]) -> Path:
-    pool = write_pool(tmp_path, data)
-    output = tmp_path / "out"
-    argv = ["deploy", "render", "--pool", str(pool), "--output", str(output), "--no-repo-check"]
-    assert main([*argv, "-q"]) == 0
-    return output
-
-
 def run_install(tmp_path: Path, output: Path, *, pygpgme: bool) -> Run:
     base = tmp_path / "host"
     for name in ("upper", "work", "bin", "python-path"):
@@ -108,7 +98,7 @@ def installed_repo(run: Run) -> configparser.SectionProxy:
 
 @pytest.mark.usefixtures("can_overlay_etc")
 def test_with_pygpgme_the_repo_is_enabled_with_repo_gpgcheck(tmp_path: Path) -> None:
-    output = render(tmp_path, pool_data())
+    output = render_pool(tmp_path, pool_data())
     run = run_install(tmp_path, output, pygpgme=True)
     assert run.returncode == 0, run.stderr
     assert run.calls[0] == "python -c import gpgme"
@@ -121,7 +111,7 @@ def test_with_pygpgme_the_repo_is_enabled_with_repo_gpgcheck(tmp_path: Path) -> 
 
 @pytest.mark.usefixtures("can_overlay_etc")
 def test_without_pygpgme_the_step_stops_and_says_how_to_install_it(tmp_path: Path) -> None:
-    output = render(tmp_path, pool_data())
+    output = render_pool(tmp_path, pool_data())
     run = run_install(tmp_path, output, pygpgme=False)
     assert run.returncode == 1
     assert "python cannot import gpgme (pygpgme)" in run.stderr
@@ -136,7 +126,7 @@ def test_without_pygpgme_the_step_stops_and_says_how_to_install_it(tmp_path: Pat
 def test_the_recorded_override_falls_back_to_repo_gpgcheck_0_only_without_pygpgme(
     tmp_path: Path,
 ) -> None:
-    output = render(tmp_path, pool_data(**{"repo.without_pygpgme": "repo_gpgcheck=0"}))
+    output = render_pool(tmp_path, pool_data(**{"repo.without_pygpgme": "repo_gpgcheck=0"}))
     run = run_install(tmp_path / "without", output, pygpgme=False)
     assert run.returncode == 0, run.stderr
     assert "WARNING: python cannot import gpgme (pygpgme)" in run.stderr

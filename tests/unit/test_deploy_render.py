@@ -4,24 +4,15 @@ import configparser
 import os
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from builder import __version__
 from builder.cli import main
 from builder.deploy.render import REPO_FILE_WITHOUT_PYGPGME, RenderedFile, write_files
-from tests.deploy_support import pool_data, write_pool
+from tests.deploy_support import pool_data, render_pool, write_pool
 
 HOST_FILES = ("r0.res", "lvm.conf.snippet", "xcp-drbd-builder.repo", "runbook.sh")
-
-
-def render(tmp_path: Path, data: dict[str, Any] | None = None, *extra: str) -> Path:
-    pool = write_pool(tmp_path, data or pool_data())
-    output = tmp_path / "out"
-    argv = ["deploy", "render", "--pool", str(pool), "--output", str(output), "--no-repo-check"]
-    assert main([*argv, "-q", *extra]) == 0
-    return output
 
 
 def snapshot(directory: Path) -> dict[str, tuple[int, int, bytes]]:
@@ -33,7 +24,7 @@ def snapshot(directory: Path) -> dict[str, tuple[int, int, bytes]]:
 
 
 def test_render_writes_every_file_per_host_with_provenance(tmp_path: Path) -> None:
-    output = render(tmp_path)
+    output = render_pool(tmp_path)
     pool = tmp_path / "pool.yaml"
     names = {str(p.relative_to(output)) for p in output.rglob("*") if p.is_file()}
     assert names == {"README.txt"} | {f"{h}/{f}" for h in ("xcp1", "xcp2") for f in HOST_FILES}
@@ -45,16 +36,16 @@ def test_render_writes_every_file_per_host_with_provenance(tmp_path: Path) -> No
 
 
 def test_rerendering_an_unchanged_pool_changes_nothing_on_disk(tmp_path: Path) -> None:
-    output = render(tmp_path)
+    output = render_pool(tmp_path)
     before = snapshot(output)
-    render(tmp_path)
+    render_pool(tmp_path)
     assert snapshot(output) == before
 
 
 def test_changed_pool_replaces_only_the_files_that_change(tmp_path: Path) -> None:
-    output = render(tmp_path)
+    output = render_pool(tmp_path)
     before = snapshot(output)
-    render(tmp_path, pool_data(**{"hosts.1.disk": "/dev/disk/by-id/ata-DISK-THREE"}))
+    render_pool(tmp_path, pool_data(**{"hosts.1.disk": "/dev/disk/by-id/ata-DISK-THREE"}))
     after = snapshot(output)
     # The provenance header (pool sha256) changes everywhere; the new disk is where it belongs.
     assert all(after[name][2] != before[name][2] for name in before)
@@ -87,7 +78,7 @@ def test_output_that_is_a_file_is_refused(
 def test_repo_file_points_at_the_targets_consumer_directory_and_checks_signatures(
     tmp_path: Path,
 ) -> None:
-    output = render(tmp_path, pool_data(**{"repo.url": "http://repo.lan/drbd/"}))
+    output = render_pool(tmp_path, pool_data(**{"repo.url": "http://repo.lan/drbd/"}))
     parser = configparser.ConfigParser()
     parser.read_string((output / "xcp1" / "xcp-drbd-builder.repo").read_text())
     section = parser["xcp-drbd-builder"]
@@ -101,7 +92,7 @@ def test_repo_file_points_at_the_targets_consumer_directory_and_checks_signature
 
 
 def test_runbooks_split_the_sr_steps_between_the_hosts(tmp_path: Path) -> None:
-    output = render(tmp_path, pool_data(**{"drbd.initial_sync_from": "xcp2"}))
+    output = render_pool(tmp_path, pool_data(**{"drbd.initial_sync_from": "xcp2"}))
     first = (output / "xcp2" / "runbook.sh").read_text()
     second = (output / "xcp1" / "runbook.sh").read_text()
     assert "xe sr-create" in first
@@ -118,13 +109,13 @@ def test_runbooks_split_the_sr_steps_between_the_hosts(tmp_path: Path) -> None:
 
 
 def test_drbd83_initial_sync_uses_its_own_syntax(tmp_path: Path) -> None:
-    output = render(tmp_path, pool_data(**{"drbd.version": "8.3.16"}))
+    output = render_pool(tmp_path, pool_data(**{"drbd.version": "8.3.16"}))
     runbook = (output / "xcp1" / "runbook.sh").read_text()
     assert "drbdadm -- --overwrite-data-of-peer primary r0" in runbook
 
 
 def test_lvm_snippet_rejects_the_backing_disk_and_keeps_drbd(tmp_path: Path) -> None:
-    output = render(tmp_path, pool_data(**{"hosts.0.disk": "/dev/disk/by-id/ata-X.Y+1"}))
+    output = render_pool(tmp_path, pool_data(**{"hosts.0.disk": "/dev/disk/by-id/ata-X.Y+1"}))
     snippet = (output / "xcp1" / "lvm.conf.snippet").read_text()
     assert '"a|^/dev/drbd[0-9]+$|"' in snippet
     assert '"r|^/dev/disk/by-id/ata-X[.]Y[+]1$|"' in snippet
@@ -135,7 +126,7 @@ def test_lvm_snippet_rejects_the_backing_disk_and_keeps_drbd(tmp_path: Path) -> 
 def test_renaming_a_host_warns_about_its_old_runbook(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    output = render(tmp_path)
+    output = render_pool(tmp_path)
     capsys.readouterr()
     renamed = pool_data(**{"hosts.1.name": "xcp3"})
     pool = write_pool(tmp_path, renamed)
@@ -148,7 +139,7 @@ def test_renaming_a_host_warns_about_its_old_runbook(
 
 def test_module_only_drbd_installs_drbd_utils_and_the_kernels_module(tmp_path: Path) -> None:
     # The recipe registry, not deploy, knows what each family's hosts install.
-    output = render(tmp_path, pool_data(**{"drbd.version": "8.4.11"}))
+    output = render_pool(tmp_path, pool_data(**{"drbd.version": "8.4.11"}))
     runbook = (output / "xcp1" / "runbook.sh").read_text()
     assert "PACKAGES='drbd-utils drbd-km-2.6.32.12_0.7.1.xs1.4.90.530.170661xen'" in runbook
 
@@ -159,7 +150,7 @@ def _install_step(runbook: str) -> str:
 
 
 def test_el5_install_checks_pygpgme_before_it_enables_the_repo(tmp_path: Path) -> None:
-    output = render(tmp_path)
+    output = render_pool(tmp_path)
     runbook = (output / "xcp1" / "runbook.sh").read_text()
     assert "python -c 'import gpgme'" in runbook
     install = _install_step(runbook)
@@ -174,7 +165,7 @@ def test_el5_install_checks_pygpgme_before_it_enables_the_repo(tmp_path: Path) -
 
 
 def test_the_repo_gpgcheck_fallback_is_explicit_and_recorded(tmp_path: Path) -> None:
-    output = render(tmp_path, pool_data(**{"repo.without_pygpgme": "repo_gpgcheck=0"}))
+    output = render_pool(tmp_path, pool_data(**{"repo.without_pygpgme": "repo_gpgcheck=0"}))
     for host in ("xcp1", "xcp2"):
         fallback = (output / host / REPO_FILE_WITHOUT_PYGPGME).read_text()
         parser = configparser.ConfigParser()
@@ -196,7 +187,7 @@ def test_el7_dom0s_have_pygpgme_and_no_fallback(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     el7 = {"target": "xcp-ng-8.2", "drbd.version": "9.2.5"}
-    output = render(tmp_path, pool_data(**el7))
+    output = render_pool(tmp_path, pool_data(**el7))
     assert "check_pygpgme" not in (output / "xcp1" / "runbook.sh").read_text()
     capsys.readouterr()
     pool = write_pool(tmp_path, pool_data(**el7, **{"repo.without_pygpgme": "repo_gpgcheck=0"}))
@@ -223,7 +214,7 @@ def test_a_line_break_in_the_pool_path_cannot_reach_the_runbook_as_a_command(
     planted = tmp_path / "INJECTED"
     hostile = tmp_path / f"x\ntouch {planted}\n"
     hostile.mkdir(parents=True)
-    output = render(hostile)
+    output = render_pool(hostile)
     runbook = output / "xcp1" / "runbook.sh"
     text = runbook.read_text()
     assert f"touch {planted}\\n" in text  # escaped inside the comment, not a line of its own
@@ -252,7 +243,7 @@ DAY_TWO = ("status", "guard", "split-brain", "master-change", "boot", "upgrade")
 def test_split_brain_recovery_uses_the_syntax_of_the_pools_drbd(
     tmp_path: Path, version: str, discard: str
 ) -> None:
-    output = render(tmp_path, pool_data(**{"drbd.version": version}))
+    output = render_pool(tmp_path, pool_data(**{"drbd.version": version}))
     for host in ("xcp1", "xcp2"):
         runbook = (output / host / "runbook.sh").read_text()
         assert discard in runbook
@@ -267,11 +258,11 @@ def test_split_brain_recovery_uses_the_syntax_of_the_pools_drbd(
 
 
 def test_the_dom0_init_system_decides_how_boot_orders_drbd_before_xapi(tmp_path: Path) -> None:
-    sysv = (render(tmp_path / "el5", pool_data()) / "xcp1" / "runbook.sh").read_text()
+    sysv = (render_pool(tmp_path / "el5", pool_data()) / "xcp1" / "runbook.sh").read_text()
     assert "chkconfig drbd on" in sysv
     assert "systemctl" not in sysv
     el7 = pool_data(**{"target": "xcp-ng-8.2", "drbd.version": "8.4.11"})
-    systemd = (render(tmp_path / "el7", el7) / "xcp1" / "runbook.sh").read_text()
+    systemd = (render_pool(tmp_path / "el7", el7) / "xcp1" / "runbook.sh").read_text()
     assert "systemctl enable drbd.service" in systemd
     assert "Before=xapi.service" in systemd
     assert "SYSTEMD_DROPIN=/etc/systemd/system/drbd.service.d/xcp-drbd-builder.conf" in systemd
@@ -282,7 +273,9 @@ def test_the_dom0_init_system_decides_how_boot_orders_drbd_before_xapi(tmp_path:
 def test_the_resource_promotes_at_boot_and_does_not_wait_for_ever(
     tmp_path: Path, version: str
 ) -> None:
-    res = (render(tmp_path, pool_data(**{"drbd.version": version})) / "xcp1" / "r0.res").read_text()
+    res = (
+        render_pool(tmp_path, pool_data(**{"drbd.version": version})) / "xcp1" / "r0.res"
+    ).read_text()
     assert "wfc-timeout 120;" in res
     assert "degr-wfc-timeout 60;" in res
     if version.startswith("9"):
@@ -296,7 +289,7 @@ def test_the_resource_promotes_at_boot_and_does_not_wait_for_ever(
 def test_guard_values_reach_the_runbook_quoted_and_the_readme(tmp_path: Path) -> None:
     data = pool_data(**{"guard.grace_minutes": 12, "guard.hook": "/usr/local/bin/page --team a"})
     data["drbd"]["resource"] = "sr.a"
-    output = render(tmp_path, data)
+    output = render_pool(tmp_path, data)
     runbook = (output / "xcp2" / "runbook.sh").read_text()
     assert "GRACE_MINUTES=12\n" in runbook
     assert "GUARD_HOOK='/usr/local/bin/page --team a'\n" in runbook
@@ -310,7 +303,7 @@ def test_guard_values_reach_the_runbook_quoted_and_the_readme(tmp_path: Path) ->
 
 
 def test_usage_lists_the_day_two_steps(tmp_path: Path) -> None:
-    output = render(tmp_path)
+    output = render_pool(tmp_path)
     usage = subprocess.run(
         ["sh", str(output / "xcp1" / "runbook.sh"), "no-such-step"],
         capture_output=True,
