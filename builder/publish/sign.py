@@ -22,6 +22,7 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -150,11 +151,7 @@ def find_key(key: str, gnupg_home: Path, passphrase_file: Path | None = None) ->
             hint="Pass --gnupg-home DIR (or set GNUPGHOME), or make a test key with "
             "`python -m builder keygen --gnupg-home DIR`.",
         )
-    result = proc.run(
-        [gpg(), "--homedir", gnupg_home, "--batch", "--with-colons", "--list-secret-keys", key],
-        echo=False,
-        check=False,
-    )
+    result = _gpg(gnupg_home, "--batch", "--with-colons", "--list-secret-keys", key, check=False)
     blocks = _parse_secret_keys(result.stdout)
     if not blocks:
         raise ConfigError(
@@ -284,6 +281,22 @@ def default_gnupg_home() -> Path:
     return Path(os.environ.get("GNUPGHOME") or Path.home() / ".gnupg")
 
 
+def _gpg(
+    home: Path, *args: str | os.PathLike[str], input: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """The host's gpg on the GnuPG home ``home``, without echo: how publish runs gpg."""
+    return proc.run([gpg(), "--homedir", home, *args], input=input, echo=False, check=check)
+
+
+def _gpg1(
+    home: Path, *args: str | os.PathLike[str], input: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """GnuPG 1.4 on a GnuPG 1 home of its own, in batch mode, without echo."""
+    return proc.run(
+        [gpg1(), "--homedir", home, "--batch", *args], input=input, echo=False, check=check
+    )
+
+
 def _pinentry_args(key: SigningKey) -> list[str]:
     args = ["--batch", "--pinentry-mode", "loopback"]
     if key.passphrase_file is not None:
@@ -330,10 +343,7 @@ def generate_test_key(gnupg_home: Path, *, name: str = TEST_KEY_UID) -> str:
 
 def export_public_key(key: SigningKey) -> str:
     """The armored public key, as consumers import it (``gpgkey=``, ``rpm --import``)."""
-    result = proc.run(
-        [gpg(), "--homedir", key.gnupg_home, "--batch", "--armor", "--export", key.fingerprint],
-        echo=False,
-    )
+    result = _gpg(key.gnupg_home, "--batch", "--armor", "--export", key.fingerprint)
     if "BEGIN PGP PUBLIC KEY BLOCK" not in result.stdout:
         raise SigningError(f"gpg exported no public key for {key.fingerprint}.")
     return result.stdout
@@ -349,20 +359,15 @@ def gnupg1_home(key: SigningKey) -> Iterator[Path]:
     the primary key is copied: it is the one that signs for EL5.  The armored key travels
     through pipes, never through a file of its own, and the home is removed in ``finally``.
     """
-    program = gpg1()
+    gpg1()  # missing, it is reported before anything is exported
     home = Path(tempfile.mkdtemp(prefix="xdb-gnupg1-"))
     try:
-        exported = proc.run(
-            [
-                gpg(),
-                "--homedir",
-                key.gnupg_home,
-                *_pinentry_args(key),
-                "--armor",
-                "--export-secret-keys",
-                f"{key.fingerprint}!",
-            ],
-            echo=False,
+        exported = _gpg(
+            key.gnupg_home,
+            *_pinentry_args(key),
+            "--armor",
+            "--export-secret-keys",
+            f"{key.fingerprint}!",
             check=False,
         )
         if exported.returncode != 0 or "BEGIN PGP PRIVATE KEY BLOCK" not in exported.stdout:
@@ -372,24 +377,13 @@ def gnupg1_home(key: SigningKey) -> Iterator[Path]:
                 hint="A protected key needs its passphrase: --passphrase-file FILE (or "
                 "XDB_PASSPHRASE_FILE); check that gpg-agent allows loopback pinentry.",
             )
-        imported = proc.run(
-            [program, "--homedir", home, "--batch", "--no-tty", "--import"],
-            input=exported.stdout,
-            echo=False,
-            check=False,
-        )
-        listed = proc.run(
-            [
-                program,
-                "--homedir",
-                home,
-                "--batch",
-                "--with-colons",
-                "--fingerprint",
-                "--list-secret-keys",
-                key.fingerprint,
-            ],
-            echo=False,
+        imported = _gpg1(home, "--no-tty", "--import", input=exported.stdout, check=False)
+        listed = _gpg1(
+            home,
+            "--with-colons",
+            "--fingerprint",
+            "--list-secret-keys",
+            key.fingerprint,
             check=False,
         )
         if imported.returncode != 0 or f":{key.fingerprint}:" not in listed.stdout:
@@ -537,24 +531,19 @@ def detach_sign(file: Path, key: SigningKey, consumer: Consumer) -> Path:
     target = file.with_name(file.name + ".asc")
     partial = file.with_name(file.name + ".asc.partial")
     try:
-        proc.run(
-            [
-                gpg(),
-                "--homedir",
-                key.gnupg_home,
-                *_pinentry_args(key),
-                "--yes",
-                "--local-user",
-                key.signer,
-                "--digest-algo",
-                profile(consumer).signature_digest,
-                "--armor",
-                "--detach-sign",
-                "--output",
-                partial,
-                file,
-            ],
-            echo=False,
+        _gpg(
+            key.gnupg_home,
+            *_pinentry_args(key),
+            "--yes",
+            "--local-user",
+            key.signer,
+            "--digest-algo",
+            profile(consumer).signature_digest,
+            "--armor",
+            "--detach-sign",
+            "--output",
+            partial,
+            file,
         )
     except CommandError as exc:
         partial.unlink(missing_ok=True)
@@ -582,19 +571,19 @@ def verify_detached_gnupg1(file: Path, signature: Path, public_key: Path) -> Non
     and accepts ``repomd.xml`` only when the first signature is valid with full or ultimate
     validity.  The same steps with the host's GnuPG 1.4 catch a signature it cannot read.
     """
-    program = gpg1()
-    with tempfile.TemporaryDirectory(prefix="xdb-gnupg1-verify-") as tmp:
-        base = [program, "--homedir", tmp, "--batch", "--no-tty"]
-        proc.run([*base, "--import", public_key], echo=False)
-        listed = proc.run([*base, "--with-colons", "--fingerprint", "--list-keys"], echo=False)
+    gpg1()  # missing, it is reported before a keyring is made
+    with tempfile.TemporaryDirectory(prefix="xdb-gnupg1-verify-") as name:
+        tmp = Path(name)
+        _gpg1(tmp, "--no-tty", "--import", public_key)
+        listed = _gpg1(tmp, "--no-tty", "--with-colons", "--fingerprint", "--list-keys")
         trust = "".join(
             f"{line.split(':')[9]}:6:\n"
             for line in listed.stdout.splitlines()
             if line.startswith("fpr:")
         )
-        proc.run([*base, "--import-ownertrust"], input=trust, echo=False)
-        result = proc.run(
-            [*base, "--status-fd", "1", "--verify", signature, file], echo=False, check=False
+        _gpg1(tmp, "--no-tty", "--import-ownertrust", input=trust)
+        result = _gpg1(
+            tmp, "--no-tty", "--status-fd", "1", "--verify", signature, file, check=False
         )
         status = {line.split()[1] for line in result.stdout.splitlines() if line.count(" ")}
         trusted = {"TRUST_FULLY", "TRUST_ULTIMATE"} & status
@@ -604,3 +593,38 @@ def verify_detached_gnupg1(file: Path, signature: Path, public_key: Path) -> Non
                 f"signature {signature.name} of {file}:\n"
                 f"{proc.tail(result.stderr or result.stdout)}"
             )
+
+
+class Signer:
+    """The signing of one publish: its key, the public half exported once, and every signature
+    read back against that public key alone before anything relies on it.
+
+    Each call takes a whole batch (the new packages of one consumer family, one file), so a
+    publish enters the signing code once per thing it signs or checks.
+    """
+
+    def __init__(self, key: SigningKey, public_key: Path) -> None:
+        self.key = key
+        self.public_key = public_key  # an armored export of ``key``, for the checks
+
+    def sign_packages(self, files: Sequence[Path], consumer: Consumer) -> None:
+        """Sign ``files`` in place for ``consumer`` and check the signature packets."""
+        sign_rpms(files, self.key, consumer)
+        check_signatures(files, self.key, consumer)
+
+    def verify_packages(self, files: Sequence[Path]) -> None:
+        """rpm's own verdict on ``files``, with only the repository's key known."""
+        verify_rpms(files, self.public_key)
+
+    def sign_file(self, file: Path, consumer: Consumer, *, check_as: Consumer) -> Path:
+        """``FILE.asc`` made with ``consumer``'s digest, verified as ``check_as``'s client."""
+        signature = detach_sign(file, self.key, consumer)
+        verify_detached(file, signature, self.public_key, check_as)
+        return signature
+
+
+@contextlib.contextmanager
+def signer(key: SigningKey) -> Iterator[Signer]:
+    """A ``Signer`` for ``key`` while the block runs; its exported public key is removed after."""
+    with public_key_file(key) as public_key:
+        yield Signer(key, public_key)
