@@ -8,7 +8,7 @@ from pathlib import Path
 
 from builder import log
 from builder.errors import ConfigError
-from builder.publish import publisher, sign
+from builder.publish import layout, publisher, sign
 from builder.specs import Consumer, Registry, load_registry
 
 DESCRIPTION = """\
@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(
                 "--print-repo-file needs --consumer el5 or el7 (one .repo file per family)."
             )
-        print(publisher.render_repo_file(args.print_repo_file, Consumer(args.consumer)), end="")
+        print(layout.served_repo_file(args.print_repo_file, Consumer(args.consumer)), end="")
         return 0
     options = options_from_args(args)
     cached: list[Registry] = []

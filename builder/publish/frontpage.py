@@ -24,10 +24,14 @@ import html
 import re
 import shlex
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from builder import log
+from builder.errors import ConfigError
+from builder.files import write_atomic
 from builder.publish import layout, provenance
 from builder.publish.consumers import profile
 from builder.publish.frontpage_data import (
@@ -37,7 +41,10 @@ from builder.publish.frontpage_data import (
     FrontPage,
     Input,
     Module,
+    collect,
 )
+from builder.publish.store import Entry
+from builder.specs import Consumer, Registry
 
 # ---------------------------------------------------------------------------------------------
 # Writing it
@@ -467,3 +474,47 @@ def _verify() -> list[str]:
         f"<pre>{text(trace)}</pre>",
         "</section>",
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Into a new version
+
+
+def write(
+    root: Path,
+    *,
+    entries: Iterable[Entry],
+    store_root: Path,
+    families: Mapping[str, Consumer],
+    fingerprint: str,
+    version: str,
+    base_url: str,
+    registry: Callable[[], Registry],
+) -> None:
+    """``index.html`` of the version assembled in ``root``, from every published package
+    (``entries``) and its build's statement under ``store_root``."""
+    with log.step(f"Write the front page, {layout.FRONT_PAGE}"):
+        page = collect(
+            entries=entries,
+            store_root=store_root,
+            families=families,
+            repo_files={c: layout.served_repo_file(base_url, c) for c in set(families.values())},
+            fingerprint=fingerprint,
+            base_url=base_url,
+            version=version,
+            target_names=_target_names(registry),
+        )
+        for build in page.builds:
+            if build.problem:
+                log.warn(f"{build.statement}: {build.problem}; the front page says so")
+        write_atomic(root / layout.FRONT_PAGE, render(page).encode("utf-8"))
+
+
+def _target_names(registry: Callable[[], Registry]) -> dict[str, str]:
+    """The spec files' names of the targets, for the front page. Publishing needs no spec
+    file otherwise: one that cannot be read costs the page its names, not the publish."""
+    try:
+        return {target.id: target.name for target in registry().targets.values()}
+    except ConfigError as exc:
+        log.warn(f"the front page names targets by id only: {exc.message}")
+        return {}

@@ -15,6 +15,7 @@ INSTALLED_KEY_FILE = f"/etc/pki/rpm-gpg/{KEY_FILE_NAME}"
 INSTALLED_REPO_FILE = f"/etc/yum.repos.d/{REPO_ID}.repo"
 METADATA_EXPIRE = "1h"  # served .repo files: a module for a kernel update is found within the hour
 FRONT_PAGE = "index.html"  # at the root: what a browser pointed at the repository URL gets
+PROVENANCE_DIR = "provenance"  # signed build statements: packages/provenance, and REPO/provenance
 
 
 def family_path(consumer: Consumer, basearch: str) -> str:
@@ -53,4 +54,15 @@ def render_repo_file(
         f"repo_gpgcheck={1 if repo_gpgcheck else 0}\n"
         f"gpgkey={gpgkey}\n"
         f"{expire}"
+    )
+
+
+def served_repo_file(base_url: str, consumer: Consumer) -> str:
+    """The ``.repo`` file served for a consumer family: packages and metadata both checked."""
+    base = base_url.rstrip("/")
+    return render_repo_file(
+        name=f"DRBD for Xen dom0 ({consumer.value}, $basearch)",
+        baseurl=baseurl(base, consumer),
+        gpgkey=f"{base}/{KEY_FILE_NAME}",
+        metadata_expire=METADATA_EXPIRE,
     )

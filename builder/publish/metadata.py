@@ -14,7 +14,7 @@ from builder import proc
 from builder.errors import PublishError
 from builder.files import write_atomic
 from builder.publish.consumers import profile
-from builder.publish.versions import link_or_copy
+from builder.publish.store import link_or_copy
 from builder.specs import Consumer
 
 CREATEREPO_CHOICE = ".createrepo.json"

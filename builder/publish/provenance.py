@@ -21,11 +21,11 @@ from typing import Any
 
 from builder.errors import SigningError
 from builder.publish import sign
+from builder.publish.layout import PROVENANCE_DIR
 from builder.specs import SAFE_NAME, Consumer
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "urn:xcp-drbd-builder:build-manifest:v1"
-PROVENANCE_DIR = "provenance"
 SUFFIX = ".intoto.json"
 
 

@@ -1,6 +1,25 @@
-"""The package store of a published tree: the signed packages every version shares.
+"""The published tree on disk: the package store every version shares, the versions of the
+metadata, the ``current`` pointer and the names clients use.
 
-Layout under ``REPO/packages/``::
+Layout of a published tree (``--repo DIR``)::
+
+    DIR/.lock                       held while publishing (one publisher at a time)
+    DIR/packages/                   the package store: signed packages that
+        el5/i386/*.rpm              every version shares, added once, never replaced, and
+        el5/i386/repodata           -> ../../../current/el5/i386/repodata
+        index.jsonl                 every package published, append-only
+    DIR/versions/<id>/              immutable versions of the metadata; the last N are kept
+        el5/i386/repodata/          one repository per consumer family and $basearch
+        el7/x86_64/repodata/
+        RPM-GPG-KEY-xcp-drbd-builder
+        xcp-drbd-el5.repo ...
+        index.html                  the front page (``frontpage``)
+        publish-state.json          the signing key, and how much of the index is live
+    DIR/current -> versions/<id>    the pointer, switched with one os.replace()
+    DIR/el5 -> packages/el5         stable names clients use (baseurl=URL/el5/$basearch)
+    DIR/index.html -> current/index.html   what a browser pointed at URL gets
+
+The package store, under ``REPO/packages/``::
 
     el5/i386/*.rpm        signed packages; a file is added once and never replaced
     el5/i386/repodata     -> ../../../current/el5/i386/repodata (the live metadata)
@@ -30,6 +49,7 @@ the builds' output lists; any change to the index makes the whole file stale.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -37,12 +57,18 @@ import shutil
 import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from builder import log
+from builder.artifacts.manifest import PARTIAL_SUFFIX
 from builder.errors import PublishError
 from builder.files import sha256_file, write_atomic
+from builder.locks import timed_lock
+from builder.publish.layout import FRONT_PAGE, KEY_FILE_NAME, PROVENANCE_DIR, repo_file_name
+from builder.specs import Consumer
 
 STORE_DIR = "packages"
 INDEX_NAME = "index.jsonl"
@@ -53,6 +79,8 @@ SETTLED_NAME = ".settled"
 # publisher killed outright (SIGKILL) leaves them running: in a folder of its own, what they
 # write later can never land in a family folder, and the next publish removes the folder.
 INCOMING_PREFIX = ".incoming-"
+STATE_FILE_NAME = "publish-state.json"
+STATE_FORMAT = 2
 
 
 class Entry(NamedTuple):
@@ -361,3 +389,230 @@ def _kind(mode: int) -> str:
     if stat.S_ISDIR(mode):
         return "directory"
     return "special file"
+
+
+# --- the versions and the names that lead into them ---------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class State:
+    """``publish-state.json`` of a version: the signing key and how much of the index it covers.
+
+    Format 1 (before the shared package store) listed every package in each version; such a
+    repository is moved into the store by its next publish (see :func:`adopt_format_1`).
+    """
+
+    key: str
+    index: Mark
+    legacy: tuple[tuple[str, str, str], ...] = ()  # format 1: (path, nevra, source sha256)
+
+    def to_json(self) -> str:
+        data = {"format": STATE_FORMAT, "key": self.key, "index": self.index.to_json()}
+        return json.dumps(data, indent=1) + "\n"
+
+    @classmethod
+    def from_file(cls, path: Path) -> State:
+        try:
+            data: Any = json.loads(path.read_text(encoding="utf-8"))
+            if data.get("format") == 1:
+                legacy = tuple(
+                    (str(p["path"]), str(p["nevra"]), str(p["source_sha256"]))
+                    for p in data["packages"]
+                )
+                return cls(key=str(data["key"]), index=EMPTY, legacy=legacy)
+            if data.get("format") != STATE_FORMAT:
+                raise ValueError(f"unknown format {data.get('format')!r}")
+            return cls(key=str(data["key"]), index=Mark.from_json(data["index"]))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise PublishError(
+                f"The published state {path} is unreadable: {exc}",
+                hint="Publish into a fresh --repo directory, or restore the file.",
+            ) from exc
+
+
+def publish_lock(repo: Path, timeout: float) -> contextlib.AbstractContextManager[None]:
+    """Exclusive lock on ``repo/.lock``; wait up to ``timeout`` seconds, then fail clearly."""
+    return timed_lock(
+        repo / ".lock",
+        timeout=timeout,
+        what=f"Another publish (pid {{pid}}) is writing {repo}",
+        waiting=f"waiting for another publish (pid {{pid}}) to release {repo / '.lock'}",
+        hint="Wait for it to finish, or pass a longer --lock-timeout.",
+    )
+
+
+def current_version(repo: Path) -> Path | None:
+    pointer = repo / "current"
+    if not pointer.is_symlink():
+        return None
+    target = pointer.resolve()
+    if not target.is_dir():
+        raise PublishError(f"{pointer} points at {target}, which does not exist.")
+    return target
+
+
+def replace_symlink(link: Path, target: str) -> None:
+    temp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    temp.unlink(missing_ok=True)
+    os.symlink(target, temp)
+    os.replace(temp, link)
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def new_version_id(versions: Path) -> str:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    candidate = stamp
+    counter = 1
+    while (versions / candidate).exists():
+        counter += 1
+        candidate = f"{stamp}-{counter}"
+    return candidate
+
+
+def link_or_copy(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def prune_versions(repo: Path, keep: int) -> list[Path]:
+    """Delete the oldest versions beyond the ``keep`` newest (never the current one)."""
+    versions = repo / "versions"
+    current = current_version(repo)
+    finished = sorted(
+        p for p in versions.iterdir() if p.is_dir() and not p.name.endswith(PARTIAL_SUFFIX)
+    )
+    removed = []
+    for old in finished[: max(len(finished) - keep, 0)]:
+        if current is not None and old.resolve() == current:
+            continue
+        shutil.rmtree(old)
+        removed.append(old)
+    return removed
+
+
+def stable_links(repo: Path, store: Store, families: dict[str, Consumer]) -> None:
+    """Names clients use; they never change once made.
+
+    ``REPO/el5 -> packages/el5`` serves the packages from the store, and each family folder's
+    ``repodata`` leads through ``current``, so the one switch of ``current`` still changes the
+    metadata of every family at once.
+    """
+    for family in sorted(families):
+        link = store.family_dir(family) / "repodata"
+        depth = "/".join([".."] * (family.count("/") + 2))
+        wanted = f"{depth}/current/{family}/repodata"
+        if not (link.is_symlink() and os.readlink(link) == wanted):
+            replace_symlink(link, wanted)
+    for consumer in sorted({c.value for c in families.values()}):
+        _ensure_link(repo / consumer, f"{STORE_DIR}/{consumer}", {f"current/{consumer}"})
+    for name in sorted({KEY_FILE_NAME} | {repo_file_name(c) for c in families.values()}):
+        _ensure_link(repo / name, f"current/{name}", set())
+    _ensure_front_page_link(repo / FRONT_PAGE, f"current/{FRONT_PAGE}")
+    if (store.root / PROVENANCE_DIR).is_dir():
+        _ensure_link(repo / PROVENANCE_DIR, f"{STORE_DIR}/{PROVENANCE_DIR}", set())
+
+
+def _ensure_front_page_link(link: Path, wanted: str) -> None:
+    """``REPO/index.html``: a page of the user's own there is kept, and said so, every time."""
+    if link.is_symlink() and os.readlink(link) == wanted:
+        return
+    if link.exists() or link.is_symlink():
+        log.warn(f"{link} is not the link publish makes: left as it is; the page is at {wanted}")
+        return
+    replace_symlink(link, wanted)
+
+
+def _ensure_link(link: Path, wanted: str, replaceable: set[str]) -> None:
+    if link.is_symlink():
+        if os.readlink(link) == wanted:
+            return
+        if os.readlink(link) in replaceable:
+            replace_symlink(link, wanted)  # a repository made before the package store
+            return
+    if link.exists() or link.is_symlink():
+        raise PublishError(f"{link} exists and is not the link publish makes; move it away.")
+    replace_symlink(link, wanted)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Opened:
+    """The store under the lock, with the live version, its state and its checked index."""
+
+    store: Store
+    previous: Path | None
+    state: State | None
+    mark: Mark
+    index: bytes  # the index bytes ``mark`` covers, parsed only if something may be new
+
+    @cached_property
+    def entries(self) -> list[Entry]:
+        """The live packages, parsed once: for the strays after an interruption and the plan."""
+        return self.store.entries(self.index, self.mark)
+
+
+def open_store(repo: Path, versions: Path) -> Opened:
+    """The store and the live version, after clearing an interrupted publish."""
+    interrupted = False
+    for stale in versions.glob(f"*{PARTIAL_SUFFIX}"):
+        log.info(f"removing {stale.name}, left by an interrupted publish")
+        shutil.rmtree(stale, ignore_errors=True)
+        interrupted = True
+    store = Store(repo)
+    previous = current_version(repo)
+    state = State.from_file(previous / STATE_FILE_NAME) if previous else None
+    if state is not None and state.legacy:
+        assert previous is not None  # noqa: S101 - a state comes from a version
+        state = adopt_format_1(repo, previous, state)
+    mark = state.index if state else EMPTY
+    opened = Opened(
+        store=store,
+        previous=previous,
+        state=state,
+        mark=mark,
+        index=store.check_index(mark, repair=True),
+    )
+    for folder in store.remove_incoming(but=os.getpid()):
+        log.info(f"removed {folder}, left by a publish that was killed")
+    if interrupted or store.repaired:
+        # Packages reach the store only while a version is being assembled (*.partial).
+        for stray in store.remove_strays(opened.entries):
+            log.info(f"removed {stray}, left by an interrupted publish")
+    return opened
+
+
+def adopt_format_1(repo: Path, previous: Path, state: State) -> State:
+    """Move a repository published before the shared store into it, once.
+
+    The packages of the live version are hard-linked into the store and indexed with their
+    digest; the live version keeps its own copies, so clients see no change until the next
+    version goes live.
+    """
+    store = Store(repo)
+    with log.step(f"Move the {len(state.legacy)} published package(s) into {store.root}"):
+        store.root.mkdir(exist_ok=True)
+        entries: list[Entry] = []
+        for path, nevra, source_sha in state.legacy:
+            source = previous / path
+            target = store.root / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.exists():
+                link_or_copy(source, target)
+            entries.append(
+                Entry(path, nevra, source_sha, sha256_file(target), target.stat().st_size, "")
+            )
+        store.index.unlink(missing_ok=True)
+        mark = store.append(EMPTY, entries)
+        store.record(entries)
+        write_atomic(
+            previous / STATE_FILE_NAME, State(key=state.key, index=mark).to_json().encode()
+        )
+    return State(key=state.key, index=mark)

@@ -31,8 +31,7 @@ from builder.errors import BuilderError, PublishError, VerifyError
 from builder.publish import provenance, sign
 from builder.publish.consumers import profile
 from builder.publish.layout import KEY_FILE_NAME, repo_file_name
-from builder.publish.store import STORE_DIR, Store
-from builder.publish.versions import STATE_FILE_NAME, State, current_version
+from builder.publish.store import STATE_FILE_NAME, STORE_DIR, State, Store, current_version
 from builder.specs import Consumer
 
 _DIGESTS: dict[str, Callable[[], hashlib._Hash]] = {

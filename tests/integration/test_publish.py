@@ -21,7 +21,8 @@ import pytest
 
 from builder import proc
 from builder.errors import ConfigError, InputError, SigningError
-from builder.publish import layout, metadata, publisher, sign, versions
+from builder.publish import changes, layout, metadata, sign
+from builder.publish.store import STATE_FILE_NAME
 from builder.specs import Consumer
 from tests.rpmfactory import build_rpms, write_build
 from tests.support.http import serve_directory
@@ -1003,9 +1004,9 @@ def test_a_file_that_is_not_an_rpm_is_an_input_error(tmp_path: Path, rpms: Rpms)
     garbage = tmp_path / "drbd-9.0-1.x86_64.rpm"
     garbage.write_bytes(b"this is not an RPM package\n")
     with pytest.raises(InputError, match="Cannot read an RPM header") as raised:
-        publisher.query_nevras([rpms.el7[0], garbage])
+        changes.query_nevras([rpms.el7[0], garbage])
     assert raised.value.exit_code == 5
-    assert publisher.query_nevras(rpms.el7[:1]) == {rpms.el7[0]: "drbd-kmod-0:9.0-1.x86_64"}
+    assert changes.query_nevras(rpms.el7[:1]) == {rpms.el7[0]: "drbd-kmod-0:9.0-1.x86_64"}
 
 
 def test_a_text_file_named_like_an_rpm_is_refused_not_read_as_a_manifest(
@@ -1015,7 +1016,7 @@ def test_a_text_file_named_like_an_rpm_is_refused_not_read_as_a_manifest(
     listing = tmp_path / "drbd-9.0-1.x86_64.rpm"
     listing.write_text(f"{rpms.el7[0]}\n")
     with pytest.raises(InputError, match="Cannot read an RPM header"):
-        publisher.query_nevras([listing])
+        changes.query_nevras([listing])
 
 
 def run_verify(target: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -1156,7 +1157,7 @@ def test_a_repository_from_before_the_package_store_is_moved_into_it(
         shutil.copyfile(made / name, version / name)
         os.symlink(f"current/{name}", target / name)
     state = {"format": 1, "key": keys.fingerprint, "packages": packages}
-    (version / versions.STATE_FILE_NAME).write_text(json.dumps(state))
+    (version / STATE_FILE_NAME).write_text(json.dumps(state))
     os.symlink(f"versions/{version.name}", target / "current")
     assert _published_names(target) == {r.name for r in [*rpms.el5, *rpms.el7]}
 

@@ -11,10 +11,8 @@ from pathlib import Path
 import pytest
 
 from builder.publish import frontpage, frontpage_data, provenance
-from builder.publish.layout import FRONT_PAGE, KEY_FILE_NAME
-from builder.publish.publisher import render_repo_file
-from builder.publish.store import Entry, Store
-from builder.publish.versions import stable_links
+from builder.publish.layout import FRONT_PAGE, KEY_FILE_NAME, served_repo_file
+from builder.publish.store import Entry, Store, stable_links
 from builder.specs import Consumer
 from tests.support.htmlpage import Page
 
@@ -100,13 +98,13 @@ def sample_page(hostile: str = "") -> frontpage_data.FrontPage:
                 consumer=Consumer.EL5,
                 folders=("el5/i386",),
                 repo_file="xcp-drbd-el5.repo",
-                repo_text=render_repo_file(BASE, Consumer.EL5),
+                repo_text=served_repo_file(BASE, Consumer.EL5),
             ),
             frontpage_data.Family(
                 consumer=Consumer.EL7,
                 folders=("el7/x86_64",),
                 repo_file="xcp-drbd-el7.repo",
-                repo_text=render_repo_file(BASE, Consumer.EL7) + f"# {hostile}\n",
+                repo_text=served_repo_file(BASE, Consumer.EL7) + f"# {hostile}\n",
             ),
         ),
         targets=(
@@ -245,7 +243,7 @@ def test_collect_reads_each_build_from_its_statement(tmp_path: Path) -> None:
         entries=entries,
         store_root=tmp_path,
         families=families,
-        repo_files={c: render_repo_file(BASE, c) for c in families.values()},
+        repo_files={c: served_repo_file(BASE, c) for c in families.values()},
         fingerprint=FPR,
         base_url=BASE,
         version="20261205T061355.123456Z",

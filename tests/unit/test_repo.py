@@ -14,8 +14,8 @@ from builder.artifacts.manifest import scan
 from builder.commands import publish
 from builder.errors import CommandError, ConfigError, InputError, LockedError, PublishError
 from builder.files import sha256_file
-from builder.publish import publisher, store, versions
-from builder.publish.layout import family_path
+from builder.publish import changes, store
+from builder.publish.layout import family_path, served_repo_file
 from builder.specs import Consumer, load_registry
 
 FPR = "8491801EA5E36A6613E10D71C5E71C6396DBB809"
@@ -108,19 +108,17 @@ def test_bad_manifests_are_input_errors(tmp_path: Path) -> None:
         [build.outputs for build in scan(tmp_path, load_registry)]  # checked when first used
 
 
-def plan(
-    artifacts: Path, previous: publisher.Published | None, key: str = FPR
-) -> publisher.Changes:
+def plan(artifacts: Path, previous: changes.Published | None, key: str = FPR) -> changes.Changes:
     builds = scan(artifacts, load_registry)
-    return publisher.changes_of(builds, previous, key, nevras=fake_nevras)
+    return changes.changes_of(builds, previous, key, nevras=fake_nevras)
 
 
-def published_after(result: publisher.Changes, key: str = FPR) -> publisher.Published:
+def published_after(result: changes.Changes, key: str = FPR) -> changes.Published:
     """What the repository holds once ``result`` went live (signed digests made up)."""
     added = [
         store.Entry(i.path, i.nevra, i.source_sha256, "f" * 64, 1, "") for i in result.incoming
     ]
-    return publisher.Published(key=key, packages=[*result.published, *added])
+    return changes.Published(key=key, packages=[*result.published, *added])
 
 
 def test_plan_reuses_unchanged_packages_and_adds_new_ones(tmp_path: Path) -> None:
@@ -151,7 +149,7 @@ def test_plan_reads_only_new_outputs(tmp_path: Path) -> None:
 
     (directory / "a-1-1.i686.rpm").unlink()  # published already: the artifact is not needed
     builds = scan(tmp_path, load_registry)
-    result = publisher.changes_of(builds, first, FPR, nevras=fake_nevras, digest=digest)
+    result = changes.changes_of(builds, first, FPR, nevras=fake_nevras, digest=digest)
     assert hashed == ["c-1-1.i686.rpm"]
     assert [i.path for i in result.incoming] == ["el5/i386/c-1-1.i686.rpm"]
 
@@ -166,7 +164,7 @@ def test_plan_refuses_same_file_with_other_content(tmp_path: Path) -> None:
 
 
 def test_plan_refuses_same_nevra_under_another_file_name(tmp_path: Path) -> None:
-    previous = publisher.Published(
+    previous = changes.Published(
         key=FPR,
         packages=[store.Entry("el5/i386/x.rpm", "a-1-1.i686", "0" * 64, "1" * 64, 1, "")],
     )
@@ -197,17 +195,17 @@ def test_plan_refuses_to_mix_keys(tmp_path: Path) -> None:
 
 
 def test_state_round_trips_and_rejects_garbage(tmp_path: Path) -> None:
-    state = versions.State(key=FPR, index=store.Mark(length=10, sha256="1" * 64, count=2))
+    state = store.State(key=FPR, index=store.Mark(length=10, sha256="1" * 64, count=2))
     path = tmp_path / "state.json"
     path.write_text(state.to_json())
-    assert versions.State.from_file(path) == state
+    assert store.State.from_file(path) == state
     path.write_text('{"format": 99}')
     with pytest.raises(PublishError, match="unreadable"):
-        versions.State.from_file(path)
+        store.State.from_file(path)
 
 
 def test_repo_file_checks_package_and_metadata_signatures() -> None:
-    text = publisher.render_repo_file("https://example.org/drbd/", Consumer.EL5)
+    text = served_repo_file("https://example.org/drbd/", Consumer.EL5)
     assert text.splitlines() == [
         "[xcp-drbd-builder]",
         "name=DRBD for Xen dom0 (el5, $basearch)",
@@ -222,12 +220,12 @@ def test_repo_file_checks_package_and_metadata_signatures() -> None:
 
 def test_lock_fails_clearly_when_held(tmp_path: Path) -> None:
     with (
-        versions.publish_lock(tmp_path, timeout=0),
+        store.publish_lock(tmp_path, timeout=0),
         pytest.raises(LockedError, match=f"pid {os.getpid()}"),
-        versions.publish_lock(tmp_path, timeout=0.2),
+        store.publish_lock(tmp_path, timeout=0.2),
     ):
         pass
-    with versions.publish_lock(tmp_path, timeout=0):
+    with store.publish_lock(tmp_path, timeout=0):
         pass  # released
 
 
@@ -236,7 +234,7 @@ def test_prune_keeps_the_newest_and_the_current(tmp_path: Path) -> None:
     for name in ("20260101T000000Z", "20260102T000000Z", "20260103T000000Z", "20260104T000000Z"):
         (folder / name).mkdir(parents=True)
     os.symlink("versions/20260101T000000Z", tmp_path / "current")
-    removed = versions.prune_versions(tmp_path, keep=2)
+    removed = store.prune_versions(tmp_path, keep=2)
     assert [p.name for p in removed] == ["20260102T000000Z"]
     assert sorted(p.name for p in folder.iterdir()) == [
         "20260101T000000Z",
@@ -280,5 +278,5 @@ def test_missing_rpm_program_is_a_command_error_not_a_bad_input(
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
     with pytest.raises(CommandError, match="'rpm' is not installed") as raised:
-        publisher.query_nevras([package])
+        changes.query_nevras([package])
     assert raised.value.exit_code == 7
