@@ -15,8 +15,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+
+from tests.support.http import listening
 
 
 @dataclass(frozen=True)
@@ -141,14 +143,6 @@ def _handler(server: FaultServer) -> type[BaseHTTPRequestHandler]:
 def serving(root: Path) -> Iterator[FaultServer]:
     """Serve the files under ``root`` on 127.0.0.1 until the block ends."""
     state = FaultServer(root=root)
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    httpd.daemon_threads = True
-    state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with listening(_handler(state)) as url:
+        state.url = url
         yield state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()

@@ -1,12 +1,13 @@
 """Small HTTP file servers on 127.0.0.1: one with Range support and fault injection, and a
-plain one for a published tree, as a web server would serve it."""
+plain one for a published tree, as a web server would serve it.  Every test server, these and
+tests/faults/faultserver.py's, runs through :func:`listening`."""
 
 from __future__ import annotations
 
 import functools
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -73,19 +74,27 @@ def _handler(state: ServerState) -> type[BaseHTTPRequestHandler]:
 
 
 @contextmanager
-def serve(root: Path) -> Iterator[tuple[str, ServerState]]:
-    """Serve ``root`` on 127.0.0.1; yields the base URL and the server's state."""
-    state = ServerState(root=root)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+def listening(handler: Callable[..., BaseHTTPRequestHandler]) -> Iterator[str]:
+    """Answer HTTP with ``handler`` on a free port of 127.0.0.1, from a thread, until the block
+    ends; yields the base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", state
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
-        thread.join()
+        thread.join(timeout=5)
+
+
+@contextmanager
+def serve(root: Path) -> Iterator[tuple[str, ServerState]]:
+    """Serve ``root`` on 127.0.0.1; yields the base URL and the server's state."""
+    state = ServerState(root=root)
+    with listening(_handler(state)) as url:
+        yield url, state
 
 
 class _QuietFiles(SimpleHTTPRequestHandler):
@@ -97,15 +106,5 @@ class _QuietFiles(SimpleHTTPRequestHandler):
 def serve_directory(directory: Path) -> Iterator[str]:
     """Serve the files under ``directory`` on 127.0.0.1; yields the base URL."""
     directory.mkdir(parents=True, exist_ok=True)
-    server = ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(_QuietFiles, directory=str(directory))
-    )
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with listening(functools.partial(_QuietFiles, directory=str(directory))) as url:
+        yield url
