@@ -202,6 +202,20 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("fuzz")
 
 
+def mutated(
+    base: dict[str, Any], mutations: list[tuple[Key, Any]], broken_bytes: bool, canary: Path
+) -> Any:
+    """A copy of ``base`` with ``mutations`` made, the first one's value followed by bytes
+    that are not UTF-8 when ``broken_bytes``, and the canary's path filled in."""
+    data = copy.deepcopy(base)
+    for key, value in mutations:
+        put(data, key, value)
+    if broken_bytes:
+        key, value = mutations[0]
+        put(data, key, f"{value}{NON_UTF8}")
+    return with_canary(data, canary)
+
+
 def example_dir(workspace: Path) -> Path:
     return Path(tempfile.mkdtemp(dir=workspace))
 
@@ -358,13 +372,7 @@ def test_fuzzed_pool_files_are_refused_or_render_files_that_parse(
 ) -> None:
     work = example_dir(workspace)
     canary = work / CANARY
-    data = copy.deepcopy(BASE_POOL)
-    for key, value in mutations:
-        put(data, key, value)
-    if broken_bytes:
-        key, value = mutations[0]
-        put(data, key, f"{value}{NON_UTF8}")
-    data = with_canary(data, canary)
+    data = mutated(BASE_POOL, mutations, broken_bytes, canary)
     pool_dir = work / directory
     pool_dir.mkdir()
     pool_file = pool_dir / "pool.yaml"
@@ -435,13 +443,7 @@ def test_fuzzed_spec_files_are_refused_or_give_files_that_parse(
 ) -> None:
     work = example_dir(workspace)
     canary = work / CANARY
-    data = copy.deepcopy(BASE_SPEC)
-    for key, value in mutations:
-        put(data, key, value)
-    if broken_bytes:
-        key, value = mutations[0]
-        put(data, key, f"{value}{NON_UTF8}")
-    data = with_canary(data, canary)
+    data = mutated(BASE_SPEC, mutations, broken_bytes, canary)
     keys = all_keys(data)
     if renamed is not None:
         renamed = with_canary(renamed, canary)

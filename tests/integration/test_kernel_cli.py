@@ -20,6 +20,7 @@ from tests import rpmfactory
 from tests.integration.conftest import Utils
 from tests.support.http import serve
 from tests.support.kernelrpm import build_small_rpm, make_iso
+from tests.support.labspec import write_kernel_lab_spec
 from tests.support.vendorrepo import key_yaml, make_vendor, signed_repository, yum_target_spec
 
 pytestmark = pytest.mark.integration
@@ -30,26 +31,9 @@ REPO = Path(__file__).resolve().parents[2]
 def specs_dir(
     tmp_path: Path, *, iso: str, inner: str, release: str, sha256: str | None = None
 ) -> Path:
-    directory = tmp_path / "specs"
-    directory.mkdir(exist_ok=True)
-    pin = f"\n        sha256: {sha256}" if sha256 else ""
-    (directory / "lab.yaml").write_text(
-        f"""targets:
-  lab:
-    name: Lab dom0
-    arch: x86_64
-    kernel:
-      package: kernel-xen-devel
-      release: {release}
-      source:
-        iso: {iso}
-        path: {inner}{pin}
-    container:
-      family: centos7-x86_64
-    consumer: el7
-"""
+    return write_kernel_lab_spec(
+        tmp_path / "specs", iso=iso, inner=inner, release=release, sha256=sha256
     )
-    return directory
 
 
 def run_cli(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
@@ -64,6 +48,11 @@ def run_cli(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
         timeout=300,
         check=False,
     )
+
+
+def lab_kernel(specs: Path, *args: str, cache: Path) -> subprocess.CompletedProcess[str]:
+    """``kernel --xcp lab`` with the spec directory ``specs``."""
+    return run_cli("kernel", "--xcp", "lab", "--specs", str(specs), *args, cache=cache)
 
 
 def inner_path(rpm: Path) -> str:
@@ -88,12 +77,8 @@ def test_kernel_from_a_local_iso(
         release=kernel_release,
     )
     cache = tmp_path / "cache"
-    result = run_cli(
-        "kernel",
-        "--xcp",
-        "lab",
-        "--specs",
-        str(specs),
+    result = lab_kernel(
+        specs,
         "--iso",
         str(binpkg_iso),
         "--json",
@@ -114,9 +99,7 @@ def test_kernel_from_a_local_iso(
 
     # Everything cached: the second call only stats its inputs.
     started = time.monotonic()
-    again = run_cli(
-        "kernel", "--xcp", "lab", "--specs", str(specs), "--iso", str(binpkg_iso), cache=cache
-    )
+    again = lab_kernel(specs, "--iso", str(binpkg_iso), cache=cache)
     elapsed = time.monotonic() - started
     assert again.returncode == 0, again.stderr
     assert f"build tree:     {build_dir}" in again.stdout
@@ -126,9 +109,7 @@ def test_kernel_from_a_local_iso(
 
     # A changed ISO is looked at again (here: the same content, so the same tree).
     os.utime(binpkg_iso)
-    third = run_cli(
-        "kernel", "--xcp", "lab", "--specs", str(specs), "--iso", str(binpkg_iso), cache=cache
-    )
+    third = lab_kernel(specs, "--iso", str(binpkg_iso), cache=cache)
     assert third.returncode == 0, third.stderr
     assert "unchanged since the last call" not in third.stderr
     assert f"build tree:     {build_dir}" in third.stdout
@@ -145,7 +126,7 @@ def test_404_is_a_clear_download_error(
             inner=inner_path(kernel_rpm),
             release=kernel_release,
         )
-        result = run_cli("kernel", "--xcp", "lab", "--specs", str(specs), cache=tmp_path / "cache")
+        result = lab_kernel(specs, cache=tmp_path / "cache")
     assert result.returncode == 3
     assert "HTTP 404" in result.stderr and "Traceback" not in result.stderr
     assert len(state.requests) == 1
@@ -159,7 +140,7 @@ def test_truncated_iso(
     specs = specs_dir(
         tmp_path, iso=f"file://{truncated}", inner=inner_path(kernel_rpm), release=kernel_release
     )
-    result = run_cli("kernel", "--xcp", "lab", "--specs", str(specs), cache=tmp_path / "cache")
+    result = lab_kernel(specs, cache=tmp_path / "cache")
     assert result.returncode == 5
     assert "truncated" in result.stderr
     assert not (specs / "checksums.lock").exists()
@@ -174,7 +155,7 @@ def test_iso_without_the_kernel_package(
     specs = specs_dir(
         tmp_path, iso=f"file://{iso}", inner=inner_path(kernel_rpm), release=kernel_release
     )
-    result = run_cli("kernel", "--xcp", "lab", "--specs", str(specs), cache=tmp_path / "cache")
+    result = lab_kernel(specs, cache=tmp_path / "cache")
     assert result.returncode == 5
     assert kernel_rpm.name in result.stderr and other.name in result.stderr  # says what is there
 
@@ -187,12 +168,8 @@ def test_corrupt_rpm(tmp_path: Path, kernel_rpm: Path, kernel_release: str) -> N
     specs = specs_dir(
         tmp_path, iso="file:///unused.iso", inner=inner_path(kernel_rpm), release=kernel_release
     )
-    result = run_cli(
-        "kernel",
-        "--xcp",
-        "lab",
-        "--specs",
-        str(specs),
+    result = lab_kernel(
+        specs,
         "--kernel-rpm",
         str(bad),
         cache=tmp_path / "cache",
@@ -211,7 +188,7 @@ def test_tree_for_another_kernel_release(
         inner=inner_path(kernel_rpm),
         release="2.6.32.12-0.7.1.xs1.4.90.530.170661xen",
     )
-    result = run_cli("kernel", "--xcp", "lab", "--specs", str(specs), cache=tmp_path / "cache")
+    result = lab_kernel(specs, cache=tmp_path / "cache")
     assert result.returncode == 6
     assert kernel_release in result.stderr
     assert "2.6.32.12-0.7.1.xs1.4.90.530.170661xen" in result.stderr
@@ -227,7 +204,7 @@ def test_a_tree_naming_two_releases_is_refused_with_both(
     rpm = build_kernel_devel_rpm(tmp_path / "rpm", kernel_release_file=False)
     iso = make_iso(tmp_path / "iso", {f"domain0/RPMS/{rpm.parent.name}/{rpm.name}": rpm})
     specs = specs_dir(tmp_path, iso=f"file://{iso}", inner=inner_path(rpm), release=kernel_release)
-    result = run_cli("kernel", "--xcp", "lab", "--specs", str(specs), cache=tmp_path / "cache")
+    result = lab_kernel(specs, cache=tmp_path / "cache")
     assert result.returncode == 6, result.stderr
     upstream = Path(
         glob.glob("/usr/src/linux-headers-*-amd64")[-1], "include/config/kernel.release"

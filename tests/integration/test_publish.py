@@ -46,19 +46,24 @@ def _kill_agent(home: Path) -> None:
     subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], check=False)
 
 
+def keygen(home: Path) -> subprocess.CompletedProcess[str]:
+    """``builder keygen`` into ``home``; its stdout is the new key's fingerprint."""
+    return subprocess.run(
+        [sys.executable, "-m", "builder", "keygen", "--gnupg-home", str(home)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
     base = tmp_path_factory.mktemp("keys")
     homes = [base / "signer", base / "other"]
     fingerprints = []
     for home in homes:
-        result = subprocess.run(
-            [sys.executable, "-m", "builder", "keygen", "--gnupg-home", str(home)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
+        result = keygen(home)
         fingerprints.append(result.stdout.strip())
     try:
         yield Keys(homes[0], fingerprints[0], homes[1], fingerprints[1])
@@ -110,7 +115,7 @@ def publish_cmd(artifacts: Path, target: Path, keys: Keys, *extra: str) -> list[
 
 
 def run_publish(
-    artifacts: Path, target: Path, keys: Keys, *extra: str
+    artifacts: Path, target: Path, keys: Keys, *extra: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         publish_cmd(artifacts, target, keys, *extra),
@@ -119,7 +124,16 @@ def run_publish(
         text=True,
         check=False,
         timeout=300,
+        env=env,
     )
+
+
+def published_once(tmp_path: Path, keys: Keys, rpms: Rpms) -> tuple[Path, Path]:
+    """The artifacts of an EL5 and an EL7 build, published into ``tmp_path/repo``."""
+    artifacts = make_artifacts(tmp_path, rpms)
+    target = tmp_path / "repo"
+    assert run_publish(artifacts, target, keys).returncode == 0
+    return artifacts, target
 
 
 def dnf_fetch(work: Path, base_url: str, package: str) -> subprocess.CompletedProcess[str]:
@@ -346,9 +360,7 @@ def test_publish_refuses_unsigned_or_foreign_packages(
 
 
 def test_publish_is_incremental(tmp_path: Path, keys: Keys, rpms: Rpms) -> None:
-    artifacts = make_artifacts(tmp_path, rpms)
-    target = tmp_path / "repo"
-    assert run_publish(artifacts, target, keys).returncode == 0
+    artifacts, target = published_once(tmp_path, keys, rpms)
     first = (target / "current").resolve()
     before = {p: p.stat().st_ino for p in (target / "packages").rglob("*.rpm")}
     assert len(before) == 4
@@ -377,9 +389,7 @@ def test_publish_is_incremental(tmp_path: Path, keys: Keys, rpms: Rpms) -> None:
 def test_builds_published_before_are_not_looked_into_again(
     tmp_path: Path, keys: Keys, rpms: Rpms
 ) -> None:
-    artifacts = make_artifacts(tmp_path, rpms)
-    target = tmp_path / "repo"
-    assert run_publish(artifacts, target, keys).returncode == 0
+    artifacts, target = published_once(tmp_path, keys, rpms)
     live = (target / "current").resolve()
     # A CI publish job downloads every build again: other directories, inodes and times, the
     # same manifests. Their packages are not even needed any more.
@@ -454,9 +464,7 @@ def test_old_metadata_is_kept_one_round_not_forever(tmp_path: Path, keys: Keys, 
 
 
 def test_same_nvr_with_other_content_is_refused(tmp_path: Path, keys: Keys, rpms: Rpms) -> None:
-    artifacts = make_artifacts(tmp_path, rpms)
-    target = tmp_path / "repo"
-    assert run_publish(artifacts, target, keys).returncode == 0
+    artifacts, target = published_once(tmp_path, keys, rpms)
     before = (target / "current").resolve()
     rebuilt = build_rpms(tmp_path, ["drbd-kmod"], version="9.0", arch="x86_64", payload="changed")
     shutil.rmtree(artifacts / "xcp-ng-8.2")
@@ -671,13 +679,7 @@ def test_el5_and_el7_from_one_build_carry_the_packets_their_rpm_verifies(
 def test_keygen_makes_a_key_both_consumer_families_verify(tmp_path: Path) -> None:
     home = tmp_path / "gnupg"
     try:
-        result = subprocess.run(
-            [sys.executable, "-m", "builder", "keygen", "--gnupg-home", str(home)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
+        result = keygen(home)
         assert "usable for el5 (rpm 4.4, V3 signatures made with gpg1) and el7" in result.stderr
         key = sign.find_key(result.stdout.strip(), home)
         # rpm 4.4 trusts only primary keys and verifies RSA up to 4096 bits.
@@ -851,14 +853,7 @@ def test_el5_without_gpg1_fails_before_anything_is_signed(
     before = {p: p.read_bytes() for p in rpms.el5 + rpms.el7}
     env = {**os.environ, "PATH": _path_without_gpg1(tmp_path)}
     target = tmp_path / "repo"
-    result = subprocess.run(
-        publish_cmd(artifacts, target, keys),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
-    )
+    result = run_publish(artifacts, target, keys, env=env)
     assert result.returncode == 7, result.stderr
     assert "needs gpg1 (GnuPG 1.4)" in result.stderr
     assert "apt-get install gnupg1" in result.stderr
@@ -869,14 +864,7 @@ def test_el5_without_gpg1_fails_before_anything_is_signed(
     # EL7 alone does not need it.
     el7_only = tmp_path / "el7-artifacts"
     write_build(el7_only, "xcp-ng-8.2", "9.0", rpms.el7, consumer="el7", basearch="x86_64")
-    done = subprocess.run(
-        publish_cmd(el7_only, tmp_path / "el7-repo", keys),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
-    )
+    done = run_publish(el7_only, tmp_path / "el7-repo", keys, env=env)
     assert done.returncode == 0, done.stderr
 
 
@@ -1043,9 +1031,7 @@ def _rewrite_in_place(path: Path, change: Callable[[bytes], bytes]) -> None:
 def test_a_package_changed_after_publishing_is_caught(
     tmp_path: Path, keys: Keys, rpms: Rpms
 ) -> None:
-    artifacts = make_artifacts(tmp_path, rpms)
-    target = tmp_path / "repo"
-    assert run_publish(artifacts, target, keys).returncode == 0
+    artifacts, target = published_once(tmp_path, keys, rpms)
     clean = run_verify(target)
     assert clean.returncode == 0, clean.stderr
     assert "verified 4 package(s) in 2 repositories" in clean.stdout
@@ -1080,9 +1066,7 @@ def test_a_package_changed_after_publishing_is_caught(
 def test_a_package_replaced_by_a_dangling_link_is_a_publish_error(
     tmp_path: Path, keys: Keys, rpms: Rpms
 ) -> None:
-    artifacts = make_artifacts(tmp_path, rpms)
-    target = tmp_path / "repo"
-    assert run_publish(artifacts, target, keys).returncode == 0
+    artifacts, target = published_once(tmp_path, keys, rpms)
     package = target / "packages" / "el5" / "i386" / rpms.el5[0].name
     package.unlink()
     package.symlink_to("/nonexistent/drbd.rpm")
@@ -1103,9 +1087,7 @@ def test_a_package_replaced_by_a_dangling_link_is_a_publish_error(
 def test_verify_trusts_the_key_given_not_the_one_served(
     tmp_path: Path, keys: Keys, rpms: Rpms
 ) -> None:
-    artifacts = make_artifacts(tmp_path, rpms)
-    target = tmp_path / "repo"
-    assert run_publish(artifacts, target, keys).returncode == 0
+    _artifacts, target = published_once(tmp_path, keys, rpms)
     other = tmp_path / "other.asc"
     other.write_text(
         subprocess.run(
@@ -1180,9 +1162,7 @@ def test_a_repository_from_before_the_package_store_is_moved_into_it(
 def test_each_package_traces_to_its_build_through_a_signed_statement(
     tmp_path: Path, keys: Keys, rpms: Rpms
 ) -> None:
-    artifacts = make_artifacts(tmp_path, rpms)
-    target = tmp_path / "repo"
-    assert run_publish(artifacts, target, keys).returncode == 0
+    _artifacts, target = published_once(tmp_path, keys, rpms)
     # A consumer holding a package: its sha256 finds the statement, gpgv checks it.
     package = target / "el5" / "i386" / rpms.el5[0].name
     digest = hashlib.sha256(package.read_bytes()).hexdigest()

@@ -123,7 +123,7 @@ def remote_image(
 
 
 @pytest.fixture
-def remote(
+def remote_client(
     second_engine: engine.SecondEngine, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[docker.DockerClient]:
     """The second engine as the Docker CLI would find it (DOCKER_HOST), with nothing of the
@@ -139,6 +139,31 @@ def remote(
     client.close()
 
 
+@dataclass(frozen=True)
+class Remote:
+    """The second engine with the stand-in image on it, the kernel tree its builds upload,
+    and the main engine's build of the same source to compare with."""
+
+    client: docker.DockerClient
+    image: str
+    kernel: buildenv.KernelTree
+    reference: Reference
+
+    def build(self, work: Path) -> tuple[dict[str, str], float]:
+        """:func:`build` of the reference's source on the second engine, in ``work``."""
+        return build(self.image, self.kernel, self.reference.tarball, work, self.client)
+
+
+@pytest.fixture
+def remote(
+    remote_client: docker.DockerClient,
+    remote_image: str,
+    reference: Reference,
+    kernel_tree: buildenv.KernelTree,
+) -> Remote:
+    return Remote(remote_client, remote_image, kernel_tree, reference)
+
+
 def sent(err: str) -> list[str]:
     """What the tool says it sent to the engine to keep."""
     return re.findall(r"(\S+) is kept on the engine as volume", err)
@@ -149,18 +174,13 @@ def test_build_on_a_tcp_engine_uploads_its_inputs_and_makes_the_same_rpms(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     *,
-    remote: docker.DockerClient,
-    remote_image: str,
-    reference: Reference,
-    kernel_tree: buildenv.KernelTree,
+    remote: Remote,
 ) -> None:
     # The containers are kept so that what they were given can be read back.
     monkeypatch.setenv(container.KEEP_ENV, "1")
-    assert container.uploads_inputs(remote)
-    rpms, first_seconds = build(
-        remote_image, kernel_tree, reference.tarball, tmp_path / "first", remote
-    )
-    kept = container.labelled_containers(remote)
+    assert container.uploads_inputs(remote.client)
+    rpms, first_seconds = remote.build(tmp_path / "first")
+    kept = container.labelled_containers(remote.client)
     assert len(kept) == 2  # the userland and the module
     for run in kept:
         host_config = run.attrs["HostConfig"]
@@ -170,22 +190,20 @@ def test_build_on_a_tcp_engine_uploads_its_inputs_and_makes_the_same_rpms(
         assert all(not m["RW"] for m in run.attrs["Mounts"])
         assert run.attrs["State"]["ExitCode"] == 0
         run.remove(force=True)
-    assert rpms == reference.rpms
+    assert rpms == remote.reference.rpms
     first = sent(capsys.readouterr().err)
-    volumes = engine_inputs.kept(remote)
+    volumes = engine_inputs.kept(remote.client)
     # The kernel tree's directories, each once; the tarball goes with every build.
     assert sorted(first) == sorted(v.what for v in volumes)
-    assert {f"/usr/src/{d.name}" for d in kernel_tree.build_dir.parent.iterdir()} <= set(first)
+    assert {f"/usr/src/{d.name}" for d in remote.kernel.build_dir.parent.iterdir()} <= set(first)
     assert all(v.name.startswith(engine_inputs.VOLUME_PREFIX) for v in volumes)
 
     # A second build of the same kernel sends nothing large again and makes the same RPMs.
     monkeypatch.delenv(container.KEEP_ENV)
-    again, again_seconds = build(
-        remote_image, kernel_tree, reference.tarball, tmp_path / "again", remote
-    )
-    assert again == reference.rpms
+    again, again_seconds = remote.build(tmp_path / "again")
+    assert again == remote.reference.rpms
     assert sent(capsys.readouterr().err) == []
-    assert engine_inputs.kept(remote) == volumes
+    assert engine_inputs.kept(remote.client) == volumes
 
     # What the user sees of them, and how they go.
     assert main(["cache"]) == 0
@@ -194,9 +212,9 @@ def test_build_on_a_tcp_engine_uploads_its_inputs_and_makes_the_same_rpms(
     assert f"{len(volumes)} kept, " in listing
     assert main(["cache", "--prune"]) == 0
     assert f"removed {len(volumes)} kept inputs" in capsys.readouterr().out
-    assert engine_inputs.kept(remote) == []
+    assert engine_inputs.kept(remote.client) == []
     print(
-        f"\nbind-mounted build on the main engine: {reference.seconds:.1f} s; on the TCP "
+        f"\nbind-mounted build on the main engine: {remote.reference.seconds:.1f} s; on the TCP "
         f"engine: first {first_seconds:.1f} s, kernel kept there {again_seconds:.1f} s"
     )
 
@@ -205,60 +223,49 @@ def test_a_kept_input_with_other_content_is_refused_and_sent_again(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     *,
-    remote: docker.DockerClient,
-    remote_image: str,
-    reference: Reference,
-    kernel_tree: buildenv.KernelTree,
+    remote: Remote,
     own_containers: None,
 ) -> None:
-    build(remote_image, kernel_tree, reference.tarball, tmp_path / "first", remote)
+    remote.build(tmp_path / "first")
     capsys.readouterr()
     # Someone else on the engine changes a header in the volume that carries our label.
-    (common,) = [v for v in engine_inputs.kept(remote) if v.what.endswith("-common")]
-    remote.containers.run(
-        remote_image,
+    (common,) = [v for v in engine_inputs.kept(remote.client) if v.what.endswith("-common")]
+    remote.client.containers.run(
+        remote.image,
         ["sh", "-c", "echo '#define PLANTED 1' >> \"$(find /v -name kernel.h | head -n 1)\""],
         user="0",
         network_mode="none",
         mounts=[Mount("/v", common.name, type="volume")],
         remove=True,
     )
-    rpms, _ = build(remote_image, kernel_tree, reference.tarball, tmp_path / "again", remote)
-    assert rpms == reference.rpms
+    rpms, _ = remote.build(tmp_path / "again")
+    assert rpms == remote.reference.rpms
     err = capsys.readouterr().err
     assert f"warning: volume {common.name} on the Docker engine" in err
     assert "holds other content: removed, sending it again" in err
     assert sent(err) == [common.what]
-    assert common.name in {v.name for v in engine_inputs.kept(remote)}
+    assert common.name in {v.name for v in engine_inputs.kept(remote.client)}
 
 
 def test_builds_needing_one_input_at_once_send_it_once(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     *,
-    remote: docker.DockerClient,
-    remote_image: str,
-    reference: Reference,
-    kernel_tree: buildenv.KernelTree,
+    remote: Remote,
     own_containers: None,
 ) -> None:
     names = ("one", "two", "three")
     with concurrent.futures.ThreadPoolExecutor(len(names)) as pool:
-        futures = [
-            pool.submit(
-                build, remote_image, kernel_tree, reference.tarball, tmp_path / name, remote
-            )
-            for name in names
-        ]
+        futures = [pool.submit(remote.build, tmp_path / name) for name in names]
         results = [future.result()[0] for future in futures]
-    assert results == [reference.rpms] * len(names)
+    assert results == [remote.reference.rpms] * len(names)
     err = capsys.readouterr().err
     first = sent(err)
     assert sorted(first) == sorted(set(first))  # each once
     assert "holds other content" not in err
     assert "warning" not in err
-    assert sorted(first) == sorted(v.what for v in engine_inputs.kept(remote))
-    assert uploads_left(remote) == []
+    assert sorted(first) == sorted(v.what for v in engine_inputs.kept(remote.client))
+    assert uploads_left(remote.client) == []
 
 
 def uploads_left(client: docker.DockerClient) -> list[str]:
@@ -274,12 +281,9 @@ def test_an_engine_that_dies_mid_upload_fails_clearly_and_the_next_run_starts_cl
     capsys: pytest.CaptureFixture[str],
     *,
     second_engine: engine.SecondEngine,
-    remote: docker.DockerClient,
-    remote_image: str,
-    reference: Reference,
-    kernel_tree: buildenv.KernelTree,
+    remote: Remote,
 ) -> None:
-    common = next(d for d in kernel_tree.build_dir.parent.iterdir() if d.name.endswith("common"))
+    common = next(d for d in remote.kernel.build_dir.parent.iterdir() if d.name.endswith("common"))
     large = engine_inputs.describe(common)
     assert large is not None
     # Watched on the engine's disk: its API waits for an upload to end before it lists the
@@ -300,7 +304,7 @@ def test_an_engine_that_dies_mid_upload_fails_clearly_and_the_next_run_starts_cl
     killer.start()
     try:
         with pytest.raises(DockerError) as caught:
-            build(remote_image, kernel_tree, reference.tarball, tmp_path / "first", remote)
+            remote.build(tmp_path / "first")
     finally:
         killer.join()
         if not killed.is_set():
@@ -316,12 +320,12 @@ def test_an_engine_that_dies_mid_upload_fails_clearly_and_the_next_run_starts_cl
     assert f"/usr/src/{common.name}" not in before
 
     # The engine is back: what was half sent is removed, sent again, and checked by the build.
-    rpms, _ = build(remote_image, kernel_tree, reference.tarball, tmp_path / "again", remote)
-    assert rpms == reference.rpms
-    assert uploads_left(remote) == []
+    rpms, _ = remote.build(tmp_path / "again")
+    assert rpms == remote.reference.rpms
+    assert uploads_left(remote.client) == []
     after = sent(capsys.readouterr().err)
     assert f"/usr/src/{common.name}" in after
-    assert sorted(before + after) == sorted(v.what for v in engine_inputs.kept(remote))
+    assert sorted(before + after) == sorted(v.what for v in engine_inputs.kept(remote.client))
 
 
 def test_an_engine_whose_disk_fills_keeps_nothing_half_sent(
