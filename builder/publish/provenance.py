@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from builder import log
 from builder.errors import SigningError
 from builder.publish import sign
+from builder.publish.changes import Incoming
 from builder.publish.layout import PROVENANCE_DIR
 from builder.specs import SAFE_NAME, Consumer
 
@@ -94,6 +97,35 @@ class Statement:
     outputs: dict[str, str]  # build output file name -> unsigned sha256
     # input -> how it was trusted (the manifest's "trust"; empty for builds made before it)
     trust: dict[str, str] = field(default_factory=dict)
+
+
+def write_statements(
+    store_root: Path, signed: Sequence[tuple[Incoming, Path, str]], signer: sign.Signer
+) -> dict[int, str]:
+    """One signed statement per build with new packages (``signed``: each new package, its
+    file in the store and that file's sha256), under ``store_root``; where each is, by build.
+
+    Each statement is read back with the repository's public key before it is relied on.
+    """
+    by_build: dict[int, list[tuple[Incoming, str]]] = {}
+    for item, _, digest in signed:
+        by_build.setdefault(id(item.build), []).append((item, digest))
+    where: dict[int, str] = {}
+    with log.step(f"Sign the provenance of {len(by_build)} build(s)"):
+        for build_id, items in by_build.items():
+            build = items[0][0].build
+            subjects = [(item.source.name, digest) for item, digest in items]
+            body = statement(build.manifest, subjects, signer.key.fingerprint)
+            relative = relative_path(build.target, build.drbd_version, body)
+            path = store_root / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(body)
+            os.chmod(path, 0o644)
+            consumer = signature_consumer(signer.key)
+            signature = signer.sign_file(path, consumer, check_as=Consumer.EL7)
+            os.chmod(signature, 0o644)
+            where[build_id] = relative
+    return where
 
 
 def read(path: Path, public_key: Path) -> Statement:

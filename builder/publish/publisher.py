@@ -254,7 +254,7 @@ def _add_packages(
             files = [path for item, path, _ in signed if item.consumer is consumer]
             with log.step(f"Check the signatures of {len(files)} new {consumer.value} package(s)"):
                 signer.verify_packages(files)
-        statements = _write_provenance(store, signed, signer)
+        statements = provenance.write_statements(store.root, signed, signer)
         for family, (consumer, prior, job) in metadata.items():
             folder = version.root / family
             with log.step(f"Make metadata for {family}"):
@@ -317,33 +317,6 @@ def _sign_into_store(
     for family in {item.family for item in plan.incoming}:
         fsync_dir(store.family_dir(family))
     return signed
-
-
-def _write_provenance(
-    store: Store,
-    signed: list[tuple[Incoming, Path, str]],
-    signer: sign.Signer,
-) -> dict[int, str]:
-    """One signed statement per build with new packages; where each is, by build."""
-    by_build: dict[int, list[tuple[Incoming, str]]] = {}
-    for item, _, digest in signed:
-        by_build.setdefault(id(item.build), []).append((item, digest))
-    where: dict[int, str] = {}
-    with log.step(f"Sign the provenance of {len(by_build)} build(s)"):
-        for build_id, items in by_build.items():
-            build = items[0][0].build
-            subjects = [(item.source.name, digest) for item, digest in items]
-            body = provenance.statement(build.manifest, subjects, signer.key.fingerprint)
-            relative = provenance.relative_path(build.target, build.drbd_version, body)
-            path = store.root / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(body)
-            os.chmod(path, 0o644)
-            consumer = provenance.signature_consumer(signer.key)
-            signature = signer.sign_file(path, consumer, check_as=Consumer.EL7)
-            os.chmod(signature, 0o644)
-            where[build_id] = relative
-    return where
 
 
 def _assemble(version: NewVersion, public_key: Path) -> None:

@@ -18,6 +18,7 @@ Layout of a published tree (``--repo DIR``)::
     DIR/current -> versions/<id>    the pointer, switched with one os.replace()
     DIR/el5 -> packages/el5         stable names clients use (baseurl=URL/el5/$basearch)
     DIR/index.html -> current/index.html   what a browser pointed at URL gets
+    DIR/provenance -> packages/provenance   the builds' signed statements (``provenance``)
 
 The package store, under ``REPO/packages/``::
 
