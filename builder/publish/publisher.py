@@ -95,26 +95,26 @@ class NewVersion:
 
 
 def publish(options: PublishOptions, registry: Callable[[], Registry]) -> PublishResult:
-    key = sign.find_key(options.key, options.gnupg_home, options.passphrase_file)
-    builds = scan(options.artifacts, registry)
-    sign.check_signing_key(key, builds)
-    try:
-        options.repo.mkdir(parents=True, exist_ok=True)
-        versions = options.repo / "versions"
-        versions.mkdir(exist_ok=True)
-        with publish_lock(options.repo, options.lock_timeout):
-            return _publish_locked(options, builds, key, versions, registry)
-    except (OSError, BuilderError) as exc:
-        # A full disk shows up as whatever failed first: gpg, createrepo_c, a copy.
-        if no_space(exc) or _nearly_full(options.repo):
-            raise NoSpaceError(
-                f"No space left on the device holding {options.repo}; nothing was published "
-                f"and {options.repo / 'current'} is unchanged.\n"
-                f"(what failed: {exc.message if isinstance(exc, BuilderError) else exc})",
-                hint="Free space there (a smaller --keep removes old versions), then publish "
-                "again; the next publish removes what this one left.",
-            ) from exc
-        raise
+    with sign.signer(options.key, options.gnupg_home, options.passphrase_file) as signer:
+        builds = scan(options.artifacts, registry)
+        sign.check_signing_key(signer.key, builds)
+        try:
+            options.repo.mkdir(parents=True, exist_ok=True)
+            versions = options.repo / "versions"
+            versions.mkdir(exist_ok=True)
+            with publish_lock(options.repo, options.lock_timeout):
+                return _publish_locked(options, builds, signer, versions, registry)
+        except (OSError, BuilderError) as exc:
+            # A full disk shows up as whatever failed first: gpg, createrepo_c, a copy.
+            if no_space(exc) or _nearly_full(options.repo):
+                raise NoSpaceError(
+                    f"No space left on the device holding {options.repo}; nothing was "
+                    f"published and {options.repo / 'current'} is unchanged.\n"
+                    f"(what failed: {exc.message if isinstance(exc, BuilderError) else exc})",
+                    hint="Free space there (a smaller --keep removes old versions), then "
+                    "publish again; the next publish removes what this one left.",
+                ) from exc
+            raise
 
 
 def _nearly_full(path: Path) -> bool:
@@ -131,7 +131,7 @@ def _nearly_full(path: Path) -> bool:
 def _publish_locked(
     options: PublishOptions,
     builds: Sequence[Manifest],
-    key: sign.SigningKey,
+    signer: sign.Signer,
     versions: Path,
     registry: Callable[[], Registry],
 ) -> PublishResult:
@@ -143,7 +143,7 @@ def _publish_locked(
     with log.step("Plan"):
         entries = opened.entries if pending else []
         published = Published(key=state.key, packages=entries) if state else None
-        plan = changes_of(pending, published, key.fingerprint)
+        plan = changes_of(pending, published, signer.key.fingerprint)
         total = mark.count + len(plan.incoming)
         log.info(
             f"{len(builds)} build(s) ({len(builds) - len(pending)} published before), "
@@ -175,25 +175,24 @@ def _publish_locked(
     )
     added: list[Entry] = []
     try:
-        with sign.signer(key) as signer:
-            added = _add_packages(version, store, signer, createrepo)
-            new_mark = store.append(mark, added)
-            _assemble(version, signer.public_key)
-            frontpage.write(
-                version.root,
-                entries=[*entries, *added],
-                store_root=store.root,
-                families=plan.families,
-                fingerprint=key.fingerprint,
-                version=version.id,
-                base_url=version.base_url,
-                registry=registry,
-            )
-            new_state = State(key=key.fingerprint, index=new_mark)
-            write_atomic(version.root / STATE_FILE_NAME, new_state.to_json().encode())
-            final = versions / version.id
-            os.replace(version.root, final)
-            fsync_dir(versions)
+        added = _add_packages(version, store, signer, createrepo)
+        new_mark = store.append(mark, added)
+        _assemble(version, signer.public_key)
+        frontpage.write(
+            version.root,
+            entries=[*entries, *added],
+            store_root=store.root,
+            families=plan.families,
+            fingerprint=signer.key.fingerprint,
+            version=version.id,
+            base_url=version.base_url,
+            registry=registry,
+        )
+        new_state = State(key=signer.key.fingerprint, index=new_mark)
+        write_atomic(version.root / STATE_FILE_NAME, new_state.to_json().encode())
+        final = versions / version.id
+        os.replace(version.root, final)
+        fsync_dir(versions)
     except BaseException:
         shutil.rmtree(version.root, ignore_errors=True)
         with contextlib.suppress(OSError):

@@ -26,6 +26,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from builder import log, proc
@@ -603,9 +604,15 @@ class Signer:
     publish enters the signing code once per thing it signs or checks.
     """
 
-    def __init__(self, key: SigningKey, public_key: Path) -> None:
+    def __init__(self, key: SigningKey, cleanup: contextlib.ExitStack) -> None:
         self.key = key
-        self.public_key = public_key  # an armored export of ``key``, for the checks
+        self._cleanup = cleanup  # closed when the Signer's block ends
+
+    @cached_property
+    def public_key(self) -> Path:
+        """The key's public half, armored as consumers import it; exported when first needed,
+        so a publish with nothing to sign runs no gpg for it."""
+        return self._cleanup.enter_context(public_key_file(self.key))
 
     def sign_packages(self, files: Sequence[Path], consumer: Consumer) -> None:
         """Sign ``files`` in place for ``consumer`` and check the signature packets."""
@@ -624,7 +631,9 @@ class Signer:
 
 
 @contextlib.contextmanager
-def signer(key: SigningKey) -> Iterator[Signer]:
-    """A ``Signer`` for ``key`` while the block runs; its exported public key is removed after."""
-    with public_key_file(key) as public_key:
-        yield Signer(key, public_key)
+def signer(key: str, gnupg_home: Path, passphrase_file: Path | None = None) -> Iterator[Signer]:
+    """The ``Signer`` of the secret key ``key`` names (see :func:`find_key`) while the block
+    runs; what it exported is removed after."""
+    found = find_key(key, gnupg_home, passphrase_file)
+    with contextlib.ExitStack() as cleanup:
+        yield Signer(found, cleanup)
