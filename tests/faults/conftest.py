@@ -1,10 +1,12 @@
 """Fixtures shared by the fault cases: a lab target whose kernel-devel comes from an ISO or is
-given with ``--kernel-rpm``, and a cache that already holds something worth keeping."""
+given with ``--kernel-rpm``, a cache that already holds something worth keeping, a signing
+key for ``publish``, and the stand-in's build inputs for the cases that build."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +14,19 @@ import pytest
 
 from tests.faults import rpmcraft
 from tests.faults.harness import Node, snapshot
+from tests.faults.publishing import Signer, kill_agents, make_signer
+
+# The stand-in's inputs as the integration tests make them, for the builds that race or fill
+# a disk (fixtures, used by name).
+from tests.integration.conftest import (  # noqa: F401
+    binpkg_iso,
+    docker_client,
+    kernel_release,
+    kernel_rpm,
+    standin_inputs,
+    standin_root,
+)
+from tests.support.labspec import write_kernel_lab_spec
 
 RELEASE = "6.1.0-lab"
 RPM_NAME = "kernel-xen-devel-1.0-1.x86_64.rpm"
@@ -23,26 +38,7 @@ KEPT_LOCK = {"http://example.invalid/kept.iso": "1" * 64}
 
 def write_lab_spec(directory: Path, *, iso: str, sha256: str | None = None) -> Path:
     """A spec directory with target ``lab``, whose kernel-devel is INNER inside ``iso``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    pin = f"\n        sha256: {sha256}" if sha256 else ""
-    (directory / "lab.yaml").write_text(
-        f"""targets:
-  lab:
-    name: Lab dom0
-    arch: x86_64
-    kernel:
-      package: kernel-xen-devel
-      release: {RELEASE}
-      source:
-        iso: {iso}
-        path: {INNER}{pin}
-    container:
-      family: centos7-x86_64
-    consumer: el7
-""",
-        encoding="utf-8",
-    )
-    return directory
+    return write_kernel_lab_spec(directory, iso=iso, inner=INNER, release=RELEASE, sha256=sha256)
 
 
 @dataclass(frozen=True)
@@ -102,6 +98,16 @@ def make_lab(root: Path, cache: Path) -> Lab:
     (kept / "tree" / "usr" / "src" / "Makefile").write_text("all:\n")
     (kept / "tree.json").write_text(json.dumps({"nvra": "kept", "builds": "{}"}))
     return Lab(root=root, specs=specs, cache=cache)
+
+
+@pytest.fixture(scope="module")
+def signer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Signer]:
+    """A signing key for ``publish`` (made by ``keygen``), its gpg-agent stopped at the end."""
+    signer = make_signer(tmp_path_factory.mktemp("keys") / "gnupg")
+    try:
+        yield signer
+    finally:
+        kill_agents(signer.home)
 
 
 @pytest.fixture(scope="session")

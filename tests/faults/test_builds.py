@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,59 +17,25 @@ import docker
 import pytest
 
 from builder.builds import container
-from builder.errors import DockerError
 from tests.faults.disks import assert_says_disk_is_full, fill, small_disk
 from tests.faults.harness import Result, builder, finish, running, spawn
 from tests.faults.harness import snapshot as tree_snapshot
 from tests.integration import buildenv
 from tests.rpmfactory import build_rpms, write_build
-from tests.support.kernelrpm import build_kernel_devel_rpm, installed_headers, make_iso
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
 VERSION = "8.4.1"
 
 
-def unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
-def client() -> Iterator[docker.DockerClient]:
-    try:
-        engine = container.connect()
-    except DockerError as exc:
-        unavailable(f"no Docker engine: {exc.message}")
-        raise AssertionError("unreachable") from exc
-    yield engine
-    engine.close()
-
-
-@pytest.fixture(scope="module")
-def specs(tmp_path_factory: pytest.TempPathFactory, client: docker.DockerClient) -> Path:
+def specs(tmp_path_factory: pytest.TempPathFactory, standin_inputs: buildenv.StandinInputs) -> Path:
     """Target ``lab`` on the stand-in image, its kernel-devel inside a local ISO, and DRBD
     VERSION from a local tarball."""
-    try:
-        base_image = buildenv.standin_root_image(client)
-    except buildenv.Unavailable as exc:
-        unavailable(str(exc))
-        raise AssertionError("unreachable") from exc
     work = tmp_path_factory.mktemp("lab")
-    rpm = build_kernel_devel_rpm(work / "kernel")
-    iso = make_iso(work, {f"domain0/RPMS/{rpm.parent.name}/{rpm.name}": rpm})
     tarball = buildenv.make_drbd_source(work, VERSION)
     drbd = f"drbd:\n  {VERSION}:\n    family: 8.4-early\n    url: file://{tarball}\n"
-    return buildenv.write_lab_specs(
-        work / "specs",
-        targets={"lab": "kernel-xen"},
-        iso=iso,
-        rpm=rpm,
-        release=installed_headers().release,
-        base_image=base_image,
-        drbd=drbd,
-    )
+    return standin_inputs.write_specs(work / "specs", drbd=drbd)
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +84,7 @@ def wait_for_build_step(process: Iterator[bytes] | None) -> list[str]:
 
 
 def test_two_builds_of_one_target_and_version_take_turns(
-    tmp_path: Path, specs: Path, cache: Path, client: docker.DockerClient
+    tmp_path: Path, specs: Path, cache: Path, docker_client: docker.DockerClient
 ) -> None:
     artifacts = tmp_path / "artifacts"
     first = spawn(*build_args(specs, cache, artifacts))
@@ -140,7 +105,7 @@ def test_two_builds_of_one_target_and_version_take_turns(
     assert "up to date" in waited.stdout, waited
     assert_complete(artifacts / "lab" / VERSION)
     assert no_partials(artifacts) == []
-    assert mine(client, first.pid, waiting.pid) == []
+    assert mine(docker_client, first.pid, waiting.pid) == []
     assert not refused.stdout
 
 
@@ -151,7 +116,7 @@ def earlier_build(artifacts: Path, work: Path) -> Path:
 
 
 def test_a_build_finishing_onto_a_full_artifacts_disk(
-    tmp_path: Path, specs: Path, cache: Path, client: docker.DockerClient
+    tmp_path: Path, specs: Path, cache: Path, docker_client: docker.DockerClient
 ) -> None:
     with small_disk(tmp_path / "disk", "16m") as disk:
         artifacts = disk / "artifacts"
@@ -164,7 +129,7 @@ def test_a_build_finishing_onto_a_full_artifacts_disk(
         assert not (artifacts / "lab" / VERSION).exists()
         assert no_partials(artifacts) == []
         assert tree_snapshot(earlier) == kept
-        assert mine(client, process.pid) == []
+        assert mine(docker_client, process.pid) == []
         # Room again: the same command builds.
         filler.unlink()
         again = builder(*build_args(specs, cache, artifacts, "--lock-timeout", "0"), timeout=900)

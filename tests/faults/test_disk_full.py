@@ -10,7 +10,6 @@ must be intact. Once there is room again, the same command succeeds.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,9 +22,7 @@ from tests.faults.publishing import (
     Signer,
     add_build,
     assert_dnf_gets,
-    kill_agents,
     make_packages,
-    make_signer,
     partial_leftovers,
     publish_args,
     verify_served,
@@ -59,15 +56,6 @@ def test_extracting_a_kernel_tree_into_a_full_cache(tmp_path: Path) -> None:
         assert again.returncode == 0, again
     # Last, so that a wrong message does not hide how the rest went.
     assert_says_disk_is_full(result.returncode, result.stderr, disk)
-
-
-@pytest.fixture(scope="module")
-def signer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Signer]:
-    signer = make_signer(tmp_path_factory.mktemp("keys") / "gnupg")
-    try:
-        yield signer
-    finally:
-        kill_agents(signer.home)
 
 
 @pytest.mark.parametrize("room", [0, 16 << 10], ids=["no-room", "16k-left"])

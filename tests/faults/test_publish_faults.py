@@ -15,7 +15,6 @@ import random
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,9 +26,7 @@ from tests.faults.publishing import (
     assert_dnf_gets,
     audit,
     dnf_download,
-    kill_agents,
     make_packages,
-    make_signer,
     partial_leftovers,
     publish_args,
     verify_served,
@@ -39,15 +36,6 @@ pytestmark = pytest.mark.integration
 
 RUNS = 20
 SIGNALS = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT)
-
-
-@pytest.fixture(scope="module")
-def signer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Signer]:
-    signer = make_signer(tmp_path_factory.mktemp("keys") / "gnupg")
-    try:
-        yield signer
-    finally:
-        kill_agents(signer.home)
 
 
 @pytest.fixture(scope="module")

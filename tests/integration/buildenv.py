@@ -1,7 +1,8 @@
 """Build inputs for the container tests, all made locally (no registry).
 
-- a Debian 12 root made with debootstrap and ``docker import``-ed, cached by a tag that hashes
-  what went into it, so reruns skip the 40-second debootstrap;
+- a Debian 12 root made with debootstrap and ``docker import``-ed
+  (``tests.support.debianroot``), cached by a tag that hashes what went into it, so reruns
+  skip the 40-second debootstrap;
 - a real kernel build tree: the installed Debian linux-headers packages and linux-kbuild,
   copied into a temporary root with their relative layout (the headers' ``scripts`` and
   ``tools`` are symlinks into the kbuild package, and the Makefile includes ``-common`` by its
@@ -12,25 +13,26 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
 import subprocess
 import tarfile
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import docker
-import docker.errors
+import pytest
 
-from builder import proc
 from builder.builds import drbdbuild
 from builder.builds.container import context_hash
 from builder.builds.recipes import recipe_for
 from builder.specs import Consumer, DrbdFamily, KernelRequirement, KernelSource, SourceKind, Target
 from tests import rpmfactory
+from tests.support.debianroot import debian_mirror, debootstrapped
+from tests.support.needs import Unavailable
 
 HERE = Path(__file__).resolve().parent
 SOURCE_TEMPLATE = HERE / "drbd-src"
@@ -51,78 +53,20 @@ SPATCH_SUITE = "trixie"
 # None: the helper's Dockerfile installs coccinelle with apt, as on debian:trixie-slim
 # (debootstrap --include=coccinelle fails configuring libfindlib-ocaml in the new root).
 SPATCH_PACKAGES: tuple[str, ...] = ()
-DEFAULT_MIRROR = "http://deb.debian.org/debian"
 # Sources' newest mtime, hence SOURCE_DATE_EPOCH: 2011-12-20, DRBD 8.4.1's release day.
 SOURCE_MTIME = 1324339200
 
 
-class Unavailable(Exception):
-    """Something the tests need is missing on this machine (message says what)."""
-
-
-def debian_mirror() -> str:
-    """The Debian archive this machine's apt uses (deb822 or one-line format)."""
-    for sources in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
-        text = sources.read_text(encoding="utf-8", errors="replace")
-        for stanza in text.split("\n\n"):
-            if re.search(rf"^Suites:.*\b{SUITE}\b", stanza, re.M):
-                match = re.search(r"^URIs:\s*(\S+)", stanza, re.M)
-                if match and "security" not in match.group(1):
-                    return match.group(1).rstrip("/")
-    listing = Path("/etc/apt/sources.list")
-    if listing.is_file():
-        for line in listing.read_text(encoding="utf-8", errors="replace").splitlines():
-            words = line.split()
-            if len(words) >= 3 and words[0] == "deb" and words[2] == SUITE:
-                return words[1].rstrip("/")
-    return DEFAULT_MIRROR
-
-
 def standin_root_image(client: docker.DockerClient) -> str:
     """Tag of the debootstrapped Debian root image, made and imported if it is missing."""
-    return _debootstrapped(client, SUITE, ROOT_PACKAGES, ROOT_REPOSITORY)
+    return debootstrapped(client, SUITE, ROOT_PACKAGES, ROOT_REPOSITORY, debian_mirror(SUITE))
 
 
 def spatch_base_image(client: docker.DockerClient) -> str:
     """Tag of a debootstrapped Debian 13 root with coccinelle 1.3: the spatch helper's base,
     as ``debian:trixie-slim`` would be (DRBD 9.2 needs a spatch newer than 1.2)."""
-    return _debootstrapped(client, SPATCH_SUITE, SPATCH_PACKAGES, SPATCH_REPOSITORY)
-
-
-def _debootstrapped(
-    client: docker.DockerClient, suite: str, packages: tuple[str, ...], repository: str
-) -> str:
-    mirror = debian_mirror()
-    recipe = f"{suite} minbase {','.join(packages)} {mirror}"
-    tag = hashlib.sha256(recipe.encode()).hexdigest()[:12]
-    reference = f"{repository}:{tag}"
-    try:
-        client.images.get(reference)
-    except docker.errors.ImageNotFound:
-        pass
-    else:
-        return reference
-    if os.geteuid() != 0:
-        raise Unavailable("debootstrap needs root to make the stand-in build root")
-    if shutil.which("debootstrap") is None:
-        raise Unavailable("debootstrap is not installed (apt-get install debootstrap)")
-    with tempfile.TemporaryDirectory(prefix="xdb-root-", dir="/var/tmp") as work:
-        root = Path(work) / "root"
-        proc.run(
-            [
-                "debootstrap",
-                "--variant=minbase",
-                *([f"--include={','.join(packages)}"] if packages else []),
-                suite,
-                root,
-                mirror,
-            ],
-            timeout=1800,
-        )
-        archive = Path(work) / "root.tar"
-        proc.run(["tar", "-C", root, "--numeric-owner", "-cf", archive, "."], timeout=600)
-        client.api.import_image_from_file(str(archive), repository=repository, tag=tag)
-    return reference
+    mirror = debian_mirror(SUITE)  # the archive apt knows; it serves trixie as well
+    return debootstrapped(client, SPATCH_SUITE, SPATCH_PACKAGES, SPATCH_REPOSITORY, mirror)
 
 
 @dataclass(frozen=True)
@@ -241,6 +185,31 @@ def make_kmod_source(
         return pack(source, directory / f"{top}.tar.gz", filelist=False)
 
 
+SLOW_STEP = "sleep 600"
+
+
+def slow_down(source: Path) -> None:
+    """Alter a ``drbd-src/`` source so that its userland step sleeps ten minutes: a build that
+    is still running when a test interrupts it."""
+    makefile = source / "Makefile"
+    text = makefile.read_text().replace("tools: user/drbdadm\n", f"tools:\n\t{SLOW_STEP}\n")
+    makefile.write_text(text)
+
+
+def wait_for_slow_step(
+    process: subprocess.Popen[str], logs: list[Path], *, seconds: float, what: str
+) -> None:
+    """Return once every build log shows the slow step (:func:`slow_down`); fail with
+    ``process``'s stderr if it ends first, or with ``what`` after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if all(log.is_file() and SLOW_STEP in log.read_text() for log in logs):
+            return
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        time.sleep(0.5)
+    pytest.fail(what)
+
+
 def _module_pieces(source: Path) -> None:
     """What every test source shares with ``drbd-src/``: the release script and license."""
     (source / "scripts").mkdir()
@@ -304,6 +273,37 @@ def drbd_build(
 
 def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class StandinInputs:
+    """What a spec directory for a target on the stand-in names: the binpkg-shaped ISO, the
+    kernel-devel RPM inside it, that kernel's release and the stand-in's Debian root image."""
+
+    iso: Path
+    rpm: Path
+    release: str
+    base_image: str
+
+    def write_specs(
+        self,
+        directory: Path,
+        *,
+        drbd: str,
+        targets: tuple[str, ...] = ("lab",),
+        spatch_base: str | None = None,
+    ) -> Path:
+        """:func:`write_lab_specs` for ``targets`` (dom0 kernel package ``kernel-xen``)."""
+        return write_lab_specs(
+            directory,
+            targets=dict.fromkeys(targets, "kernel-xen"),
+            iso=self.iso,
+            rpm=self.rpm,
+            release=self.release,
+            base_image=self.base_image,
+            drbd=drbd,
+            spatch_base=spatch_base,
+        )
 
 
 def write_lab_specs(

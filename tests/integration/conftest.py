@@ -22,12 +22,7 @@ from builder.errors import DockerError
 from builder.specs import Target
 from tests.integration import buildenv
 from tests.support.kernelrpm import build_kernel_devel_rpm, installed_headers, make_iso
-
-
-def unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)")
-    pytest.skip(reason)
+from tests.support.needs import Unavailable, unavailable
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +31,6 @@ def docker_client() -> Iterator[docker.DockerClient]:
         client = container.connect()
     except DockerError as exc:
         unavailable(f"no Docker engine: {exc.message}")
-        raise AssertionError("unreachable") from exc
     yield client
     client.close()
 
@@ -46,9 +40,8 @@ def kernel_tree(tmp_path_factory: pytest.TempPathFactory) -> buildenv.KernelTree
     """A real kernel build tree (Debian's 6.1 headers + kbuild) in a root of its own."""
     try:
         return buildenv.copy_kernel_tree(tmp_path_factory.mktemp("kernel-root"))
-    except buildenv.Unavailable as exc:
+    except Unavailable as exc:
         unavailable(str(exc))
-        raise AssertionError("unreachable") from exc
 
 
 @pytest.fixture(scope="session")
@@ -56,9 +49,25 @@ def standin_target(docker_client: docker.DockerClient, kernel_tree: buildenv.Ker
     """A target whose build context is the Debian stand-in under tests/integration/."""
     try:
         return buildenv.standin_target(docker_client, kernel_tree)
-    except buildenv.Unavailable as exc:
+    except Unavailable as exc:
         unavailable(str(exc))
-        raise AssertionError("unreachable") from exc
+
+
+@pytest.fixture(scope="session")
+def standin_root(docker_client: docker.DockerClient) -> str:
+    """The debootstrapped Debian 12 root that the stand-in build image starts from."""
+    try:
+        return buildenv.standin_root_image(docker_client)
+    except Unavailable as exc:
+        unavailable(str(exc))
+
+
+@pytest.fixture(scope="session")
+def standin_inputs(
+    binpkg_iso: Path, kernel_rpm: Path, kernel_release: str, standin_root: str
+) -> buildenv.StandinInputs:
+    """What a lab spec on the stand-in names: the ISO, its kernel-devel RPM, the root."""
+    return buildenv.StandinInputs(binpkg_iso, kernel_rpm, kernel_release, standin_root)
 
 
 @pytest.fixture(scope="session")
@@ -67,9 +76,8 @@ def spatch_base(docker_client: docker.DockerClient) -> str:
     stand-in), for DRBD 9 builds that make a compat patch."""
     try:
         return buildenv.spatch_base_image(docker_client)
-    except buildenv.Unavailable as exc:
+    except Unavailable as exc:
         unavailable(str(exc))
-        raise AssertionError("unreachable") from exc
 
 
 @pytest.fixture(scope="session")

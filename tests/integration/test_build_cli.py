@@ -17,7 +17,6 @@ import docker
 import pytest
 
 from builder.builds import container
-from builder.specs import Target
 from tests.integration import buildenv
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
@@ -26,53 +25,36 @@ REPO = Path(__file__).resolve().parents[2]
 VERSION = "8.4.1"
 
 
-def write_specs(
-    directory: Path, *, iso: Path, rpm: Path, release: str, base_image: str, tarball: Path
-) -> Path:
-    drbd = f"""drbd:
+def drbd_section(tarball: Path) -> str:
+    """The specs' ``drbd:`` section: DRBD VERSION (8.4 early) from ``tarball``."""
+    return f"""drbd:
   {VERSION}:
     family: 8.4-early
     url: file://{tarball}
 """
-    return buildenv.write_lab_specs(
-        directory,
-        targets={"lab": "kernel-xen"},
-        iso=iso,
-        rpm=rpm,
-        release=release,
-        base_image=base_image,
-        drbd=drbd,
-    )
+
+
+def write_specs(
+    directory: Path, *, iso: Path, rpm: Path, release: str, base_image: str, tarball: Path
+) -> Path:
+    inputs = buildenv.StandinInputs(iso, rpm, release, base_image)
+    return inputs.write_specs(directory, drbd=drbd_section(tarball))
 
 
 @dataclass(frozen=True)
-class Lab:
+class Lab(buildenv.StandinInputs):
     """A spec directory for one target and DRBD version, in a test's own directory."""
 
     tmp: Path
-    iso: Path
-    rpm: Path
-    release: str
-    base_image: str
 
     def specs(self, alter: Callable[[Path], None] | None = None) -> Path:
         tarball = buildenv.make_drbd_source(self.tmp, VERSION, alter)
-        return write_specs(
-            self.tmp / "specs",
-            iso=self.iso,
-            rpm=self.rpm,
-            release=self.release,
-            base_image=self.base_image,
-            tarball=tarball,
-        )
+        return self.write_specs(self.tmp / "specs", drbd=drbd_section(tarball))
 
 
 @pytest.fixture
-def lab(
-    tmp_path: Path, binpkg_iso: Path, kernel_rpm: Path, kernel_release: str, standin_target: Target
-) -> Lab:
-    assert standin_target.base_image is not None
-    return Lab(tmp_path, binpkg_iso, kernel_rpm, kernel_release, standin_target.base_image)
+def lab(tmp_path: Path, standin_inputs: buildenv.StandinInputs) -> Lab:
+    return Lab(**vars(standin_inputs), tmp=tmp_path)
 
 
 def build_cmd(specs: Path, tmp: Path) -> list[str]:
@@ -88,12 +70,44 @@ STARTED: list[int] = []
 
 
 def run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
-    with subprocess.Popen(
-        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    ) as process:
-        STARTED.append(process.pid)
+    with start(cmd) as process:
         stdout, stderr = process.communicate(timeout=900)
     return subprocess.CompletedProcess(cmd, process.returncode, stdout, stderr)
+
+
+def start(cmd: list[str]) -> subprocess.Popen[str]:
+    """``cmd`` started as :func:`run` does, for a test that interrupts it."""
+    process = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    STARTED.append(process.pid)
+    return process
+
+
+def interrupt_when_slow(
+    process: subprocess.Popen[str],
+    logs: list[Path],
+    client: docker.DockerClient,
+    *,
+    seconds: float,
+    what: str,
+) -> str:
+    """SIGTERM to ``process`` once each build of ``logs`` is in its slow step
+    (``buildenv.slow_down``), each in a container of its own; checks that the tool stops as
+    interrupted and leaves no container, and returns its stderr."""
+    try:
+        buildenv.wait_for_slow_step(process, logs, seconds=seconds, what=what)
+        assert len(mine(client)) == len(logs)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=seconds * 0.4)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, stderr[-3000:]
+    assert "SIGTERM" in stderr
+    assert mine(client) == []
+    return stderr
 
 
 def rpm_query(path: Path, fmt: str) -> str:
@@ -218,38 +232,16 @@ def test_sigterm_mid_build_leaves_no_container_and_no_artifacts(
     lab: Lab, docker_client: docker.DockerClient
 ) -> None:
     tmp = lab.tmp
-
-    def slow_down(source: Path) -> None:
-        makefile = source / "Makefile"
-        makefile.write_text(
-            makefile.read_text().replace("tools: user/drbdadm\n", "tools:\n\tsleep 600\n")
-        )
-
-    specs = lab.specs(slow_down)
-    process = subprocess.Popen(
-        build_cmd(specs, tmp), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    STARTED.append(process.pid)
+    specs = lab.specs(buildenv.slow_down)
+    process = start(build_cmd(specs, tmp))
     log_path = tmp / "artifacts" / "lab" / f"{VERSION}.build.log"
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if log_path.is_file() and "sleep 600" in log_path.read_text():
-                break
-            assert process.poll() is None, process.communicate()[1][-3000:]
-            time.sleep(0.5)
-        else:
-            pytest.fail("the build never reached its slow step")
-        assert len(mine(docker_client)) == 1
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == 130, stderr[-3000:]
-    assert "SIGTERM" in stderr
-    assert mine(docker_client) == []
+    interrupt_when_slow(
+        process,
+        [log_path],
+        docker_client,
+        seconds=300,
+        what="the build never reached its slow step",
+    )
     assert not (tmp / "artifacts" / "lab" / VERSION).exists()
     assert not list((tmp / "artifacts" / "lab").glob("*.partial"))
 

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 
-from builder.specs import Target
 from tests import rpmfactory
 from tests.integration import buildenv
 from tests.integration.buildenv import base_system
@@ -35,12 +34,8 @@ VERSION = "8.4.11"
 
 
 @dataclass(frozen=True)
-class Lab:
+class Lab(buildenv.StandinInputs):
     tmp: Path
-    iso: Path
-    rpm: Path
-    release: str
-    base_image: str
     utils: Utils
     spatch_base: str
 
@@ -73,38 +68,18 @@ class Lab:
   {self.utils.version}:
     url: file://{self.utils.tarball}
 """
-        return buildenv.write_lab_specs(
-            specs,
-            targets=dict.fromkeys(targets, "kernel-xen"),
-            iso=self.iso,
-            rpm=self.rpm,
-            release=self.release,
-            base_image=self.base_image,
-            drbd=drbd,
-            spatch_base=self.spatch_base,
-        )
+        return self.write_specs(specs, drbd=drbd, targets=targets, spatch_base=self.spatch_base)
 
 
 @pytest.fixture
-def lab(  # noqa: PLR0917 (pytest passes fixtures by name)
+def lab(
     tmp_path: Path,
-    binpkg_iso: Path,
-    kernel_rpm: Path,
-    kernel_release: str,
-    standin_target: Target,
+    standin_inputs: buildenv.StandinInputs,
     debian_drbd_utils: Utils,
     spatch_base: str,
 ) -> Lab:
-    assert standin_target.base_image is not None
-    return Lab(
-        tmp_path,
-        binpkg_iso,
-        kernel_rpm,
-        kernel_release,
-        standin_target.base_image,
-        debian_drbd_utils,
-        spatch_base,
-    )
+    inputs = vars(standin_inputs)
+    return Lab(**inputs, tmp=tmp_path, utils=debian_drbd_utils, spatch_base=spatch_base)
 
 
 def build(

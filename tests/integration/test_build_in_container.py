@@ -33,12 +33,30 @@ class Built:
     kernel: buildenv.KernelTree
 
 
+@dataclass(frozen=True)
+class Standin:
+    """What every build here runs on: the stand-in image, the kernel tree, the engine."""
+
+    image: str
+    kernel: buildenv.KernelTree
+    client: docker.DockerClient
+
+
+@pytest.fixture
+def standin(
+    standin_image: str,
+    kernel_tree: buildenv.KernelTree,
+    docker_client: docker.DockerClient,
+    own_containers: None,
+) -> Standin:
+    """The stand-in, for a test whose builds must leave no container behind."""
+    return Standin(standin_image, kernel_tree, docker_client)
+
+
 def build(
-    image: str,
-    kernel: buildenv.KernelTree,
+    standin: Standin,
     work: Path,
     tarball: Path,
-    client: docker.DockerClient,
     *,
     timeout: float = 900,
     kernel_release: str | None = None,
@@ -48,8 +66,8 @@ def build(
     output.mkdir(exist_ok=True)
     build = replace(
         buildenv.drbd_build(
-            image,
-            kernel,
+            standin.image,
+            standin.kernel,
             tarball,
             version=VERSION,
             kernel_release=kernel_release,
@@ -63,7 +81,7 @@ def build(
         log_file=work / "build.log",
         cache_dir=work / "cache",
         timeout=timeout,
-        client=client,
+        client=standin.client,
     )
 
 
@@ -76,7 +94,7 @@ def built(
 ) -> Built:
     work = tmp_path_factory.mktemp("build")
     tarball = buildenv.make_drbd_source(work, VERSION)
-    result = build(standin_image, kernel_tree, work, tarball, docker_client)
+    result = build(Standin(standin_image, kernel_tree, docker_client), work, tarball)
     return Built(result=result, output=work / "out.partial", kernel=kernel_tree)
 
 
@@ -158,11 +176,7 @@ def test_module_built_for_another_kernel_is_rejected(built: Built) -> None:
 
 
 def test_kernel_tree_of_another_release_stops_the_module_build(
-    tmp_path: Path,
-    standin_image: str,
-    kernel_tree: buildenv.KernelTree,
-    docker_client: docker.DockerClient,
-    own_containers: None,
+    tmp_path: Path, standin: Standin
 ) -> None:
     """drbd-km.spec's %prep compares kdir's release with kernelversion before compiling."""
     tarball = buildenv.make_drbd_source(tmp_path, VERSION)
@@ -170,15 +184,13 @@ def test_kernel_tree_of_another_release_stops_the_module_build(
     output.mkdir()
     with pytest.raises(BuildError) as caught:
         build(
-            standin_image,
-            kernel_tree,
+            standin,
             tmp_path,
             tarball,
-            docker_client,
             kernel_release="2.6.32.12-0.7.1.xs1.4.90.530.170661xen",
         )
     message = str(caught.value)
-    assert f"test {kernel_tree.release} = 2.6.32.12-0.7.1.xs1.4.90.530.170661xen" in message
+    assert f"test {standin.kernel.release} = 2.6.32.12-0.7.1.xs1.4.90.530.170661xen" in message
     assert "(%prep)" in message
     assert list(output.iterdir()) == []
 
@@ -204,11 +216,7 @@ def test_image_whose_base_cannot_be_had_fails_with_a_docker_error(
 
 
 def test_source_that_fails_to_compile_gives_a_readable_error(
-    tmp_path: Path,
-    standin_image: str,
-    kernel_tree: buildenv.KernelTree,
-    docker_client: docker.DockerClient,
-    own_containers: None,
+    tmp_path: Path, standin: Standin
 ) -> None:
     def break_userland(source: Path) -> None:
         program = source / "user" / "drbdadm.c"
@@ -216,7 +224,7 @@ def test_source_that_fails_to_compile_gives_a_readable_error(
 
     tarball = buildenv.make_drbd_source(tmp_path, VERSION, break_userland)
     with pytest.raises(BuildError) as caught:
-        build(standin_image, kernel_tree, tmp_path, tarball, docker_client)
+        build(standin, tmp_path, tarball)
     message = str(caught.value)
     assert "Building DRBD 8.4.1 userland failed (exit status" in message
     assert "drbdadm.c" in message
@@ -225,13 +233,7 @@ def test_source_that_fails_to_compile_gives_a_readable_error(
     assert list((tmp_path / "out.partial").iterdir()) == []
 
 
-def test_missing_build_requirement_stops_rpmbuild(
-    tmp_path: Path,
-    standin_image: str,
-    kernel_tree: buildenv.KernelTree,
-    docker_client: docker.DockerClient,
-    own_containers: None,
-) -> None:
+def test_missing_build_requirement_stops_rpmbuild(tmp_path: Path, standin: Standin) -> None:
     """Dependency checks stay on: a BuildRequires nobody provides fails the build."""
 
     def require_more(source: Path) -> None:
@@ -240,7 +242,7 @@ def test_missing_build_requirement_stops_rpmbuild(
 
     tarball = buildenv.make_drbd_source(tmp_path, VERSION, require_more)
     with pytest.raises(BuildError) as caught:
-        build(standin_image, kernel_tree, tmp_path, tarball, docker_client)
+        build(standin, tmp_path, tarball)
     assert "docbook is needed by drbd-8.4.1-1" in str(caught.value)
 
 
@@ -274,12 +276,6 @@ except KeyboardInterrupt:
 """
 
 
-def slow_down(source: Path) -> None:
-    makefile = source / "Makefile"
-    text = makefile.read_text().replace("tools: user/drbdadm\n", "tools:\n\tsleep 600\n")
-    makefile.write_text(text)
-
-
 @pytest.mark.parametrize(
     "stop",
     [(signal.SIGTERM, "stopped by SIGTERM"), (signal.SIGINT, "interrupted")],
@@ -292,7 +288,7 @@ def test_signal_mid_build_removes_the_container(
     kernel_tree: buildenv.KernelTree,
     docker_client: docker.DockerClient,
 ) -> None:
-    tarball = buildenv.make_drbd_source(tmp_path, VERSION, slow_down)
+    tarball = buildenv.make_drbd_source(tmp_path, VERSION, buildenv.slow_down)
     output = tmp_path / "out.partial"
     output.mkdir()
     log_file = tmp_path / "build.log"
@@ -313,14 +309,9 @@ def test_signal_mid_build_removes_the_container(
     )
     try:
         mine = {container.LABEL_PID: str(runner.pid)}
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if log_file.is_file() and "sleep 600" in log_file.read_text():
-                break
-            assert runner.poll() is None, runner.stderr.read() if runner.stderr else ""
-            time.sleep(0.5)
-        else:
-            pytest.fail("the build never reached its slow step")
+        buildenv.wait_for_slow_step(
+            runner, [log_file], seconds=120, what="the build never reached its slow step"
+        )
         running = [
             c
             for c in container.labelled_containers(docker_client)
@@ -346,28 +337,18 @@ def test_signal_mid_build_removes_the_container(
     assert os.path.exists(log_file)
 
 
-def test_build_that_runs_too_long_is_stopped(
-    tmp_path: Path,
-    standin_image: str,
-    kernel_tree: buildenv.KernelTree,
-    docker_client: docker.DockerClient,
-    own_containers: None,
-) -> None:
-    tarball = buildenv.make_drbd_source(tmp_path, VERSION, slow_down)
+def test_build_that_runs_too_long_is_stopped(tmp_path: Path, standin: Standin) -> None:
+    tarball = buildenv.make_drbd_source(tmp_path, VERSION, buildenv.slow_down)
     output = tmp_path / "out.partial"
     started = time.monotonic()
     with pytest.raises(BuildError, match=r"failed \(timed out after 8 s\)"):
-        build(standin_image, kernel_tree, tmp_path, tarball, docker_client, timeout=8)
+        build(standin, tmp_path, tarball, timeout=8)
     assert time.monotonic() - started < 60
     assert list(output.iterdir()) == []
 
 
 def test_build_containers_run_within_their_limits_and_say_which_one_stopped_them(
-    tmp_path: Path,
-    standin_image: str,
-    kernel_tree: buildenv.KernelTree,
-    docker_client: docker.DockerClient,
-    own_containers: None,
+    tmp_path: Path, standin: Standin
 ) -> None:
     def report_limits(source: Path) -> None:
         makefile = source / "Makefile"
@@ -384,7 +365,7 @@ def test_build_containers_run_within_their_limits_and_say_which_one_stopped_them
 
     limits = Limits(memory_mib=512, pids=300, cpus=1.0, timeout=600)
     tarball = buildenv.make_drbd_source(tmp_path, VERSION, report_limits)
-    build(standin_image, kernel_tree, tmp_path, tarball, docker_client, limits=limits)
+    build(standin, tmp_path, tarball, limits=limits)
     lines = (tmp_path / "build.log").read_text().splitlines()
     assert str(512 << 20) in lines
     assert "300" in lines
@@ -404,5 +385,5 @@ def test_build_containers_run_within_their_limits_and_say_which_one_stopped_them
     tarball = buildenv.make_drbd_source(hungry, VERSION, eat_memory)
     small = replace(limits, memory_mib=128)
     with pytest.raises(BuildError, match="killed at its memory limit of 128 MiB") as caught:
-        build(standin_image, kernel_tree, hungry, tarball, docker_client, limits=small)
+        build(standin, hungry, tarball, limits=small)
     assert "--memory" in str(caught.value)

@@ -4,10 +4,7 @@ RPMs are the very bytes a serial build makes."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +12,7 @@ import docker
 import pytest
 
 from tests.integration import buildenv
-from tests.integration.test_build_cli import REPO, STARTED, Lab, lab, mine, run
+from tests.integration.test_build_cli import Lab, interrupt_when_slow, lab, mine, run, start
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
@@ -28,13 +25,6 @@ def break_module(source: Path) -> None:
     module.write_text(module.read_text() + "\nthis is not C;\n")
 
 
-def slow_down(source: Path) -> None:
-    makefile = source / "Makefile"
-    makefile.write_text(
-        makefile.read_text().replace("tools: user/drbdadm\n", "tools:\n\tsleep 600\n")
-    )
-
-
 def two_versions(lab: Lab, alter: dict[str, Callable[[Path], None] | None]) -> Path:
     """Specs for the lab target with DRBD 8.4.1 and 8.4.2, each source altered as given."""
     entries = ""
@@ -43,10 +33,7 @@ def two_versions(lab: Lab, alter: dict[str, Callable[[Path], None] | None]) -> P
         directory.mkdir()
         tarball = buildenv.make_drbd_source(directory, version, alter.get(version))
         entries += f"  {version}:\n    family: 8.4-early\n    url: file://{tarball}\n"
-    return buildenv.write_lab_specs(
-        lab.tmp / "specs", targets={"lab": "kernel-xen"}, iso=lab.iso, rpm=lab.rpm,
-        release=lab.release, base_image=lab.base_image, drbd="drbd:\n" + entries,
-    )  # fmt: skip
+    return lab.write_specs(lab.tmp / "specs", drbd="drbd:\n" + entries)
 
 
 def build(specs: Path, out: Path, *extra: str) -> list[str]:
@@ -79,32 +66,13 @@ def test_a_failing_build_does_not_stop_the_other(
 def test_sigterm_stops_every_running_build_and_leaves_nothing(
     lab: Lab, docker_client: docker.DockerClient
 ) -> None:
-    specs = two_versions(lab, {FIRST: slow_down, SECOND: slow_down})
-    process = subprocess.Popen(
-        build(specs, lab.tmp, "--jobs", "2"),
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    STARTED.append(process.pid)
+    slow = buildenv.slow_down
+    specs = two_versions(lab, {FIRST: slow, SECOND: slow})
+    process = start(build(specs, lab.tmp, "--jobs", "2"))
     logs = [lab.tmp / "artifacts" / "lab" / f"{v}.build.log" for v in (FIRST, SECOND)]
-    try:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            if all(log.is_file() and "sleep 600" in log.read_text() for log in logs):
-                break
-            assert process.poll() is None, process.communicate()[1][-3000:]
-            time.sleep(0.5)
-        else:
-            pytest.fail("the two builds never ran at once")
-        assert len(mine(docker_client)) == 2
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=180)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == 130, stderr[-3000:]
-    assert "SIGTERM" in stderr
-    assert mine(docker_client) == []
+    interrupt_when_slow(
+        process, logs, docker_client, seconds=600, what="the two builds never ran at once"
+    )
     artifacts = lab.tmp / "artifacts" / "lab"
     assert not (artifacts / FIRST).exists() and not (artifacts / SECOND).exists()
     assert not list(artifacts.glob("*.partial"))

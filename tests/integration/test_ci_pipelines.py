@@ -35,9 +35,9 @@ import pytest
 
 from builder.specs import Target
 from tests.integration import buildenv
-from tests.integration.conftest import unavailable
 from tests.support import cirunner
 from tests.support.http import serve_directory
+from tests.support.needs import unavailable
 
 pytestmark = [
     pytest.mark.integration,

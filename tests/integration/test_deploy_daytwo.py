@@ -17,9 +17,8 @@ from typing import Any
 import pytest
 
 from builder import proc
-from builder.cli import main
 from builder.specs import load_registry
-from tests.deploy_support import pool_data, write_pool
+from tests.deploy_support import pool_data, render_pool
 from tests.support.dom0pair import (
     SPLIT_BRAIN_LINE,
     START,
@@ -28,6 +27,7 @@ from tests.support.dom0pair import (
     can_isolate,
     healthy_state,
 )
+from tests.support.needs import unavailable
 
 pytestmark = pytest.mark.integration
 
@@ -58,12 +58,6 @@ XE_CHANGES = (
 )  # fmt: skip
 
 
-def unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)")
-    pytest.skip(reason)
-
-
 def actions(run: Run) -> list[str]:
     """The calls that change something, without the host prefix when one host ran."""
     changed = []
@@ -81,11 +75,7 @@ def actions(run: Run) -> list[str]:
 
 def render(directory: Path, case: Case, **changes: Any) -> Path:
     data = pool_data(**{"target": case.target, "drbd.version": case.version, **changes})
-    pool = write_pool(directory, data)
-    output = directory / "out"
-    argv = ["deploy", "render", "--pool", str(pool), "--output", str(output), "--no-repo-check"]
-    assert main([*argv, "-q"]) == 0
-    return output
+    return render_pool(directory, data)
 
 
 def make_pair(
@@ -127,10 +117,7 @@ def test_shellcheck_passes_on_every_runbook(tmp_path: Path, target: str, version
         unavailable("shellcheck is not installed (Debian package shellcheck)")
     data = pool_data(**{"target": target, "drbd.version": version})
     data["guard"] = {"hook": "/usr/local/sbin/page-oncall --team storage"}
-    pool = write_pool(tmp_path, data)
-    output = tmp_path / "out"
-    argv = ["deploy", "render", "--pool", str(pool), "--output", str(output), "--no-repo-check"]
-    assert main([*argv, "-q"]) == 0
+    output = render_pool(tmp_path, data)
     runbooks = sorted(output.glob("*/runbook.sh"))
     assert len(runbooks) == 2
     # The runbooks say #!/bin/sh: shellcheck checks them as POSIX sh, so no bash-ism hides.

@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 
-from builder.cli import main
-from tests.deploy_support import pool_data, write_pool
+from tests.deploy_support import pool_data, render_pool
 
 # The build fixtures of the integration tests (the stand-in target, its kernel-devel, Debian's
 # drbd-utils tarball): the module scenario builds what it installs.
@@ -30,10 +29,12 @@ from tests.integration.conftest import (  # noqa: F401
     kernel_rpm,
     kernel_tree,
     spatch_base,
+    standin_inputs,
+    standin_root,
     standin_target,
-    unavailable,
 )
 from tests.lab import drbdlab, guest, guestfiles, vm
+from tests.support.needs import unavailable
 
 pytestmark = pytest.mark.lab
 
@@ -63,13 +64,7 @@ def lab_pool(**changes: Any) -> dict[str, Any]:
 
 
 def render(directory: Path, data: dict[str, Any], *overrides: str) -> Path:
-    pool = write_pool(directory, data)
-    output = directory / "out"
-    argv = ["deploy", "render", "--pool", str(pool), "--output", str(output), "--no-repo-check"]
-    for finding in overrides:
-        argv += ["--override", finding]
-    assert main([*argv, "-q"]) == 0
-    return output
+    return render_pool(directory, data, *[a for f in overrides for a in ("--override", f)])
 
 
 @pytest.fixture(scope="session")

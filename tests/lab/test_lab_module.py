@@ -25,7 +25,6 @@ from pathlib import Path
 
 import pytest
 
-from builder.specs import Target
 from tests.deploy_support import pool_data, write_pool
 from tests.integration import buildenv
 from tests.integration.conftest import Utils
@@ -76,12 +75,9 @@ def tool(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def published(  # noqa: PLR0917 (pytest passes fixtures by name)
+def published(
     tmp_path_factory: pytest.TempPathFactory,
-    binpkg_iso: Path,
-    kernel_rpm: Path,
-    kernel_release: str,
-    standin_target: Target,
+    standin_inputs: buildenv.StandinInputs,
     debian_drbd_utils: Utils,
     spatch_base: str,
 ) -> Iterator[tuple[Path, str, Path]]:
@@ -92,14 +88,8 @@ def published(  # noqa: PLR0917 (pytest passes fixtures by name)
     else:
         tarball = buildenv.make_kmod_source(work, VERSION)
     utils = _utils(debian_drbd_utils)
-    assert standin_target.base_image is not None
-    specs = buildenv.write_lab_specs(
+    specs = standin_inputs.write_specs(
         work / "specs",
-        targets={"lab": "kernel-xen"},
-        iso=binpkg_iso,
-        rpm=kernel_rpm,
-        release=kernel_release,
-        base_image=standin_target.base_image,
         spatch_base=spatch_base,
         drbd=(
             f'drbd:\n  {VERSION}:\n    family: "9"\n    url: file://{tarball}\n'
