@@ -1,8 +1,4 @@
-"""The Docker engine: build images from a build context, run labelled throw-away containers.
-
-Images are tagged with a sha256 of their build context (every file's path, mode and content)
-plus the build arguments, and reused while that hash is unchanged: editing a Dockerfile or
-choosing another base image gives a new tag, rebuilding nothing else.
+"""Labelled throw-away build containers, with their inputs bind-mounted or uploaded.
 
 Every container this tool starts carries :data:`LABEL` and is removed with ``force=True`` in a
 ``finally`` block (never ``auto_remove``, which can delete a container before its logs are
@@ -13,33 +9,28 @@ next run starts.  ``XDB_KEEP_CONTAINER=1`` keeps the container for debugging.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import shutil
 import socket
-import stat
 import tarfile
 import tempfile
 import threading
 import time
-import urllib.parse
 import uuid
-import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, ClassVar
+from typing import IO, ClassVar
 
 import docker
 import docker.errors
 import requests.exceptions
 from docker.models.containers import Container
-from docker.tls import TLSConfig
 from docker.types import Mount
 
 from builder import log
-from builder.errors import BuildError, ConfigError, DockerError, InputError, Interrupted
+from builder.builds import engine
+from builder.errors import BuildError, DockerError, InputError, Interrupted
 from builder.locks import pid_alive
 from builder.specs import DEFAULT_LIMITS, Limits
 
@@ -50,349 +41,8 @@ LABEL_KEEP = f"{LABEL}.keep"
 # On a container that holds an upload's lock: the volume it fills, which goes if it is reaped.
 LABEL_VOLUME = f"{LABEL}.volume"
 KEEP_ENV = "XDB_KEEP_CONTAINER"
-IMAGE_REPOSITORY = "xcp-drbd-builder"
-# Files that never belong to an image's content (editor and VCS litter).
-IGNORED_NAMES = frozenset({".git", "__pycache__", ".DS_Store"})
-
-
-DEFAULT_ADDRESS = "unix:///var/run/docker.sock"
-UPLOAD_ENV = "XDB_DOCKER_UPLOAD"
 # What a build may send back through the engine (RPMs of a few MiB, a compat patch).
 OUTPUT_LIMIT = 2 << 30
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where the Docker engine is, and what named it (for messages)."""
-
-    address: str
-    origin: str  # "DOCKER_HOST", "Docker context NAME", "the default socket"
-    tls: TLSConfig | None = None
-
-
-def _config_dir(environ: Mapping[str, str]) -> Path:
-    configured = environ.get("DOCKER_CONFIG")
-    if configured:
-        return Path(configured)
-    return Path(environ.get("HOME") or Path.home()) / ".docker"
-
-
-def resolve_endpoint(environ: Mapping[str, str]) -> Endpoint:
-    """The engine the Docker CLI would talk to: DOCKER_HOST, else the current context.
-
-    docker-py's ``from_env`` reads DOCKER_HOST, DOCKER_TLS_VERIFY and DOCKER_CERT_PATH but no
-    CLI context, so a user who ran ``docker context use remote`` would get the local socket.
-    The context comes from DOCKER_CONTEXT, else ``currentContext`` in the CLI's config.json;
-    its endpoint and TLS files sit under ``contexts/`` in a directory named by the sha256 of
-    the context's name.
-    """
-    host = environ.get("DOCKER_HOST")
-    if host:
-        return Endpoint(host, "DOCKER_HOST")
-    config = _config_dir(environ)
-    name = environ.get("DOCKER_CONTEXT", "")
-    if not name:
-        try:
-            data = json.loads((config / "config.json").read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            data = {}
-        except (OSError, ValueError) as exc:
-            raise DockerError(
-                f"Cannot read the Docker CLI configuration {config / 'config.json'}: {exc}"
-            ) from exc
-        current = data.get("currentContext") if isinstance(data, dict) else None
-        name = current if isinstance(current, str) else ""
-    if name in ("", "default"):
-        return Endpoint(DEFAULT_ADDRESS, "the default socket")
-    key = hashlib.sha256(name.encode()).hexdigest()
-    meta_file = config / "contexts" / "meta" / key / "meta.json"
-    hint = "Check `docker context ls`, or set DOCKER_HOST."
-    try:
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        docker_endpoint = meta["Endpoints"]["docker"]
-        address = docker_endpoint["Host"]
-    except FileNotFoundError:
-        raise DockerError(
-            f"The current Docker context {name!r} does not exist ({meta_file} is missing).",
-            hint=hint,
-        ) from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DockerError(
-            f"The Docker context {name!r} has no readable engine address in {meta_file}: {exc}",
-            hint=hint,
-        ) from None
-    if not isinstance(address, str) or not address:
-        raise DockerError(f"The Docker context {name!r} names no engine in {meta_file}.", hint=hint)
-    tls_dir = config / "contexts" / "tls" / key / "docker"
-    tls = None
-    if tls_dir.is_dir():
-        ca, cert, client_key = (tls_dir / f for f in ("ca.pem", "cert.pem", "key.pem"))
-        verify = not bool(docker_endpoint.get("SkipTLSVerify"))
-        tls = TLSConfig(
-            client_cert=(str(cert), str(client_key)) if cert.is_file() else None,
-            ca_cert=str(ca) if ca.is_file() and verify else None,
-            verify=verify,
-        )
-    return Endpoint(address, f"Docker context {name}", tls)
-
-
-def engine_address() -> str:
-    return resolve_endpoint(os.environ).address
-
-
-def _probe_unix_socket(address: str, hint: str) -> None:
-    path = address.removeprefix("unix://")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(5)
-        probe.connect(path)
-    except OSError as exc:
-        reason = "no such socket" if isinstance(exc, FileNotFoundError) else exc.strerror
-        raise DockerError(
-            f"The Docker engine is not reachable at {address} ({reason}).", hint=hint
-        ) from None
-    finally:
-        probe.close()
-
-
-def _probe_tcp(address: str, hint: str) -> None:
-    """A refused or silent port fails in seconds, not after the SDK's 60-second timeout."""
-    parsed = urllib.parse.urlsplit(address.replace("tcp://", "http://", 1))
-    try:
-        port = parsed.port or 2375
-        with socket.create_connection((parsed.hostname or "localhost", port), timeout=5):
-            pass
-    except (OSError, ValueError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        raise DockerError(
-            f"The Docker engine is not reachable at {address} ({reason}).", hint=hint
-        ) from None
-
-
-# The engine each client of connect() talks to, for the local/remote decision.
-_ENDPOINTS: weakref.WeakKeyDictionary[docker.DockerClient, Endpoint] = weakref.WeakKeyDictionary()
-# Whether each engine address gets uploads: decided (and said) once per process.
-_UPLOADS: dict[str, bool] = {}
-
-
-def connect() -> docker.DockerClient:
-    """Return a client for a Docker engine that answered a ping, or raise :class:`DockerError`."""
-    endpoint = resolve_endpoint(os.environ)
-    address = endpoint.address
-    hint = "Start dockerd (for example `systemctl start docker`) or set DOCKER_HOST."
-    if endpoint.origin.startswith("Docker context"):
-        hint = (
-            f"Start the engine of {endpoint.origin}, choose another with `docker context use`, "
-            "or set DOCKER_HOST."
-        )
-    if address.startswith("unix://"):
-        # Checked first: docker-py leaks its socket when its first request fails.
-        _probe_unix_socket(address, hint)
-    elif address.startswith("tcp://"):
-        _probe_tcp(address, hint)
-    client: docker.DockerClient | None = None
-    try:
-        if endpoint.origin == "DOCKER_HOST":
-            client = docker.from_env()  # DOCKER_TLS_VERIFY and DOCKER_CERT_PATH too
-        else:
-            client = docker.DockerClient(base_url=address, tls=endpoint.tls or False)
-        client.ping()
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-        if client is not None:
-            client.close()
-        raise DockerError(
-            f"The Docker engine is not reachable at {address} (from {endpoint.origin}: {exc}).",
-            hint=hint,
-        ) from exc
-    _ENDPOINTS[client] = endpoint
-    return client
-
-
-def engine_is_local(address: str, engine_name: str, host_name: str) -> tuple[bool, str]:
-    """Whether an engine sees this machine's files at their paths, and why it was judged so.
-
-    Only a unix socket can be this machine's engine for sure: a TCP or SSH address may be
-    127.0.0.1 and still be another machine (a tunnel) or another root (an engine in a VM).
-    Behind a unix socket the engine may still be elsewhere (a forwarded socket, the builder
-    itself in a container with the host's socket), which its name then tells: dockerd
-    reports its machine's host name.
-    """
-    if not address.startswith("unix://"):
-        scheme = address.split("://", 1)[0] if "://" in address else address
-        return False, f"{address} is a {scheme} address, not a unix socket of this machine"
-    if engine_name != host_name:
-        return False, (
-            f"the engine behind {address} runs on {engine_name!r}, and this is {host_name!r}"
-        )
-    return True, f"the engine behind {address} runs on this machine ({host_name})"
-
-
-def uploads_inputs(client: docker.DockerClient) -> bool:
-    """Whether builds on ``client``'s engine get their inputs as uploads, not bind mounts.
-
-    ``XDB_DOCKER_UPLOAD=1`` forces uploads, ``=0`` bind mounts; otherwise a remote engine
-    (:func:`engine_is_local`) gets uploads.  Decided once per engine address.
-    """
-    forced = os.environ.get(UPLOAD_ENV, "")
-    if forced in ("0", "1"):
-        return forced == "1"
-    if forced:
-        raise ConfigError(f"{UPLOAD_ENV} must be 1 (upload inputs) or 0 (bind-mount them).")
-    endpoint = _ENDPOINTS.get(client)
-    address = endpoint.address if endpoint is not None else _address_of(client)
-    known = _UPLOADS.get(address)
-    if known is not None:
-        return known
-    try:
-        name = str(client.info().get("Name", ""))
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-        raise DockerError(f"Cannot ask the Docker engine at {address} about itself: {exc}") from exc
-    local, why = engine_is_local(address, name, socket.gethostname())
-    log.info(f"{'bind-mounting' if local else 'uploading'} build inputs: {why}")
-    _UPLOADS[address] = not local
-    return not local
-
-
-def _address_of(client: docker.DockerClient) -> str:
-    # docker-py names a unix socket http+docker://localhost (ssh: http+docker://ssh).
-    base = str(client.api.base_url)
-    if base == "http+docker://localhost":
-        return DEFAULT_ADDRESS
-    return base.replace("http+docker://", "ssh://", 1)
-
-
-# ---------------------------------------------------------------------------------------------
-# Images
-
-
-def context_hash(context: Path, build_args: Mapping[str, str] | None = None) -> str:
-    """sha256 over the build context's files (path, executable bit, content) and build args."""
-    if not (context / "Dockerfile").is_file():
-        raise DockerError(f"Build context {context} has no Dockerfile.")
-    digest = hashlib.sha256()
-    for path in sorted(_context_files(context)):
-        relative = path.relative_to(context).as_posix()
-        mode = path.lstat().st_mode
-        if stat.S_ISLNK(mode):
-            digest.update(f"link {relative} -> {os.readlink(path)}\0".encode())
-            continue
-        executable = "x" if mode & stat.S_IXUSR else "-"
-        digest.update(f"file {relative} {executable}\0".encode())
-        with path.open("rb") as stream:
-            for block in iter(lambda: stream.read(1 << 20), b""):
-                digest.update(block)
-        digest.update(b"\0")
-    for key, value in sorted((build_args or {}).items()):
-        digest.update(f"arg {key}={value}\0".encode())
-    return digest.hexdigest()
-
-
-def _context_files(context: Path) -> Iterator[Path]:
-    for root, dirs, files in os.walk(context):
-        dirs[:] = sorted(d for d in dirs if d not in IGNORED_NAMES)
-        for name in files:
-            if name not in IGNORED_NAMES:
-                yield Path(root) / name
-        for name in dirs:
-            if (Path(root) / name).is_symlink():
-                yield Path(root) / name
-
-
-def image_tag(
-    name: str,
-    context: Path,
-    build_args: Mapping[str, str] | None = None,
-    content_sha256: str | None = None,
-) -> str:
-    """The tag an image of ``context`` gets: its name and the content hash (given, when the
-    caller hashed the context already)."""
-    digest = content_sha256 or context_hash(context, build_args)
-    return f"{IMAGE_REPOSITORY}/{name}:{digest[:16]}"
-
-
-def build_image(
-    client: docker.DockerClient,
-    *,
-    context: Path,
-    name: str,
-    build_args: Mapping[str, str] | None = None,
-    log_file: Path | None = None,
-    content_sha256: str | None = None,
-) -> str:
-    """Build ``context`` unless an image with its content tag exists; return the image id.
-
-    ``content_sha256`` is :func:`context_hash` of ``context`` and ``build_args``, when known.
-    """
-    args = {k: v for k, v in (build_args or {}).items()}
-    tag = image_tag(name, context, args, content_sha256)
-    try:
-        image = client.images.get(tag)
-    except docker.errors.ImageNotFound:
-        pass
-    except docker.errors.APIError as exc:
-        raise DockerError(f"Cannot look up image {tag}: {exc}") from exc
-    else:
-        log.info(f"image {tag} is up to date ({_short(image.id)})")
-        return str(image.id)
-    with log.step(f"Build image {tag} from {context}"):
-        lines: list[str] = []
-        sink: IO[str] | None = None
-        try:
-            if log_file is not None:
-                log_file.parent.mkdir(parents=True, exist_ok=True)
-                sink = log_file.open("w", encoding="utf-8")
-            stream = client.api.build(
-                path=str(context),
-                tag=tag,
-                buildargs=args,
-                rm=True,
-                forcerm=True,
-                decode=True,
-                labels={LABEL: "1"},
-            )
-            error = _read_build_output(stream, lines, sink)
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise DockerError(f"Building image {tag} from {context} failed: {exc}") from exc
-        finally:
-            if sink is not None:
-                sink.close()
-        if error is not None:
-            tail = "\n".join(lines[-20:])
-            where = f"\nFull log: {log_file}" if log_file else ""
-            raise DockerError(
-                f"Building image {tag} from {context} failed: {error}\n{tail}{where}",
-                hint="Check the Dockerfile and that its base image can be pulled "
-                "(or name a local one with the target's container.image).",
-            )
-        try:
-            image = client.images.get(tag)
-        except docker.errors.DockerException as exc:
-            raise DockerError(f"Image {tag} was built but cannot be found: {exc}") from exc
-        log.info(f"image {tag} is {_short(image.id)}")
-        return str(image.id)
-
-
-def _read_build_output(
-    stream: Iterable[dict[str, Any]], lines: list[str], sink: IO[str] | None
-) -> str | None:
-    """Collect the build's output lines; return its first error, if any.
-
-    Reads to the end even after an error, so that the engine's response is released.
-    """
-    error = None
-    for chunk in stream:
-        text = chunk.get("stream") or chunk.get("status") or ""
-        if text:
-            lines.extend(text.rstrip("\n").splitlines())
-            if sink is not None:
-                sink.write(text if text.endswith("\n") else text + "\n")
-        if "error" in chunk and error is None:
-            error = str(chunk["error"]).strip()
-    return error
-
-
-def _short(image_id: str | None) -> str:
-    return (image_id or "").removeprefix("sha256:")[:12]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -524,7 +174,7 @@ def stop_all(client: docker.DockerClient | None = None) -> list[str]:
     if not names:
         return []
     try:
-        client = client or connect()
+        client = client or engine.connect()
     except DockerError:
         return []
     for name in names:

@@ -45,11 +45,11 @@ from docker.models.containers import Container
 from docker.models.volumes import Volume
 
 from builder import log
-from builder.builds import container
+from builder.builds import container, images
 from builder.errors import ConfigError, DockerError, NoSpaceError
 
-VOLUME_PREFIX = f"{container.IMAGE_REPOSITORY}-input-"
-LOCK_PREFIX = f"{container.IMAGE_REPOSITORY}-upload-"
+VOLUME_PREFIX = f"{images.IMAGE_REPOSITORY}-input-"
+LOCK_PREFIX = f"{images.IMAGE_REPOSITORY}-upload-"
 LABEL_DIGEST = f"{container.LABEL}.input"
 LABEL_BYTES = f"{container.LABEL}.bytes"
 LABEL_WHAT = f"{container.LABEL}.for"

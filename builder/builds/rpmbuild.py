@@ -22,7 +22,7 @@ from pathlib import Path
 import docker
 
 from builder import log, resources
-from builder.builds import container, engine_inputs
+from builder.builds import container, engine, engine_inputs, images
 from builder.builds.recipes import OUTPUT_DIR, PATCH_DIR, WORK_DIR, Command, Source
 from builder.errors import BuildError, ConfigError, InputError
 from builder.inputs.sourcetarball import SourceTarball
@@ -144,7 +144,7 @@ def build_image_of(target: Target, containers_dir: Path = CONTAINERS_DIR) -> Bui
         context=context,
         name=target.container_family if target.build_context is None else context.name,
         build_args=args,
-        context_sha256=container.context_hash(context, args),
+        context_sha256=images.context_hash(context, args),
     )
 
 
@@ -161,8 +161,8 @@ def ensure_image(
     ``image`` is the target's :func:`build_image_of`, when the caller resolved it already.
     """
     spec = image or build_image_of(target, containers_dir)
-    return container.build_image(
-        client or container.connect(),
+    return images.build_image(
+        client or engine.connect(),
         context=spec.context,
         name=spec.name,
         build_args=spec.build_args,
@@ -185,8 +185,8 @@ def ensure_spatch_image(
             hint="Set container.spatch.context to a directory holding a Dockerfile.",
         )
     args = {"BASE_IMAGE": target.spatch_image} if target.spatch_image else {}
-    return container.build_image(
-        client or container.connect(), context=context, name="spatch", build_args=args
+    return images.build_image(
+        client or engine.connect(), context=context, name="spatch", build_args=args
     )
 
 
@@ -201,7 +201,7 @@ def spatch_version(
     timeout: float = 120,
 ) -> str:
     """What ``spatch --version`` says in the helper image (also appended to ``log_file``)."""
-    client = client or container.connect()
+    client = client or engine.connect()
     scratch = log_file.with_name(f".{log_file.name}.spatch-{os.getpid()}")
     try:
         result = container.run_logged(
@@ -339,7 +339,7 @@ def run_build(
         for key, value in sorted(run.environment.items()):
             header.write(f"# {key}={value}\n")
     try:
-        client = client or container.connect()
+        client = client or engine.connect()
         container.reap_leftovers(client)
         spec = _for_engine(spec, client, log_file)
         with log.step(f"Build {run.what} ({run.arch})"):
@@ -394,7 +394,7 @@ def _for_engine(
 ) -> container.RunSpec:
     """``spec`` as the engine can run it: an engine elsewhere gets the same inputs at the same
     paths as a tar stream, and sends the staging directory's content back the same way."""
-    if not container.uploads_inputs(client):
+    if not engine.uploads_inputs(client):
         return spec
     with log_file.open("a", encoding="utf-8") as header:
         header.write("# inputs uploaded into the container, outputs sent back as a tar stream\n")

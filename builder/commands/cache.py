@@ -6,7 +6,7 @@ import argparse
 import json
 
 from builder import log
-from builder.builds import container, engine_inputs
+from builder.builds import engine, engine_inputs
 
 
 def register(
@@ -18,7 +18,7 @@ def register(
         help="list or remove the build inputs kept on the Docker engine",
         description=(
             "A build on an engine elsewhere (DOCKER_HOST, a Docker context, "
-            f"{container.UPLOAD_ENV}=1) sends each large input, a kernel tree above all, once "
+            f"{engine.UPLOAD_ENV}=1) sends each large input, a kernel tree above all, once "
             "and keeps it there in a named volume labelled as this tool's, named by a digest "
             "of its content; later builds mount it read-only and check it against that digest "
             "beside the build, which counts only if they agree. The oldest go once the "
@@ -35,7 +35,7 @@ def register(
 
 
 def run(args: argparse.Namespace) -> int:
-    client = container.connect()
+    client = engine.connect()
     try:
         if args.prune:
             removed, left = engine_inputs.prune(client)

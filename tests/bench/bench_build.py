@@ -45,7 +45,7 @@ import docker
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from builder.builds import container, recipes, rpmbuild  # noqa: E402
+from builder.builds import engine, recipes, rpmbuild  # noqa: E402
 from builder.specs import DEFAULT_LIMITS  # noqa: E402
 from tests.integration import buildenv  # noqa: E402
 from tests.integration.test_build_cli import write_specs  # noqa: E402
@@ -289,7 +289,7 @@ def wall(cmd: list[str], **kwargs: object) -> float:
 
 
 def main() -> int:
-    client = container.connect()
+    client = engine.connect()
     failures: list[str] = []
     results: dict[str, tuple[float, float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-build-") as temp:

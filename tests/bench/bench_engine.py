@@ -28,11 +28,11 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from builder import log  # noqa: E402
-from builder.builds import container, engine_inputs, rpmbuild  # noqa: E402
+from builder.builds import engine, engine_inputs, rpmbuild  # noqa: E402
 from tests.bench.abba import Goals, abba  # noqa: E402
 from tests.integration import buildenv  # noqa: E402
 from tests.integration.test_remote_engine import VERSION, build, load_image  # noqa: E402
-from tests.support import engine  # noqa: E402
+from tests.support import engines  # noqa: E402
 
 ROUNDS = 6
 
@@ -88,13 +88,13 @@ def tar_exec(address: str, image: str, kernel: buildenv.KernelTree) -> None:
 
 
 def main() -> int:
-    why = engine.can_run_second_engine()
+    why = engines.can_run_second_engine()
     if why:
         print(f"skipped: {why}")
         return 0
     log.set_quiet(True)
     goals = Goals()
-    local = container.connect()
+    local = engine.connect()
     with tempfile.TemporaryDirectory(prefix="bench-engine-") as temp:
         work = Path(temp)
         kernel = buildenv.copy_kernel_tree(work / "kernel-root")
@@ -104,7 +104,7 @@ def main() -> int:
         trees = [engine_inputs.describe(source) for source, _ in dirs]
         size = sum(tree.size for tree in trees if tree is not None)
         print(f"inputs: {len(dirs)} kernel directories, {size >> 20} MiB; the tarball")
-        with engine.second_engine() as other:
+        with engines.second_engine() as other:
             remote = other.client()
             load_image(local, remote, image)
             reference, _ = build(image, kernel, tarball, work / "reference", local)

@@ -28,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from builder.builds import container  # noqa: E402
+from builder.builds import engine  # noqa: E402
 from tests.bench.abba import Goals, Row, abba  # noqa: E402
 from tests.bench.bench_build import drbd_sized_module  # noqa: E402
 from tests.integration import buildenv  # noqa: E402
@@ -87,7 +87,7 @@ def row(
 
 
 def main() -> int:
-    client = container.connect()
+    client = engine.connect()
     goals = Goals()
     with tempfile.TemporaryDirectory(prefix="bench-parallel-") as temp:
         work = Path(temp)

@@ -27,7 +27,7 @@ import docker
 import pytest
 
 from builder.builds import drbdbuild
-from builder.builds.container import context_hash
+from builder.builds.images import context_hash
 from builder.builds.recipes import recipe_for
 from builder.specs import Consumer, DrbdFamily, KernelRequirement, KernelSource, SourceKind, Target
 from tests import rpmfactory

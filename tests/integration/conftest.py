@@ -17,7 +17,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from builder.builds import container, rpmbuild
+from builder.builds import container, engine, rpmbuild
 from builder.errors import DockerError
 from builder.specs import Target
 from tests.integration import buildenv
@@ -28,7 +28,7 @@ from tests.support.needs import Unavailable, unavailable
 @pytest.fixture(scope="session")
 def docker_client() -> Iterator[docker.DockerClient]:
     try:
-        client = container.connect()
+        client = engine.connect()
     except DockerError as exc:
         unavailable(f"no Docker engine: {exc.message}")
     yield client

@@ -22,12 +22,12 @@ import pytest
 from docker.types import Mount
 
 from builder import log
-from builder.builds import container, drbdbuild, engine_inputs
+from builder.builds import container, drbdbuild, engine, engine_inputs
 from builder.cli import main
 from builder.errors import BuildError, DockerError, NoSpaceError
 from builder.specs import KernelRequirement
 from tests.integration import buildenv
-from tests.support import engine
+from tests.support import engines
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
@@ -35,15 +35,15 @@ VERSION = "8.4.1"
 
 
 @pytest.fixture(scope="module")
-def second_engine(docker_client: docker.DockerClient) -> Iterator[engine.SecondEngine]:
+def second_engine(docker_client: docker.DockerClient) -> Iterator[engines.SecondEngine]:
     """A dockerd of its own, started here and stopped in teardown (the main one is left be)."""
-    why = engine.can_run_second_engine()
+    why = engines.can_run_second_engine()
     if why:
         pytest.skip(why)
     try:
-        with engine.second_engine() as started:
+        with engines.second_engine() as started:
             yield started
-    except engine.EngineFailed as exc:
+    except engines.EngineFailed as exc:
         pytest.fail(str(exc))
 
 
@@ -103,8 +103,8 @@ def reference(
     work = tmp_path_factory.mktemp("reference")
     tarball = buildenv.make_drbd_source(work, VERSION)
     with pytest.MonkeyPatch.context() as patch:
-        patch.delenv(container.UPLOAD_ENV, raising=False)
-        assert not container.uploads_inputs(docker_client)
+        patch.delenv(engine.UPLOAD_ENV, raising=False)
+        assert not engine.uploads_inputs(docker_client)
         rpms, seconds = build(standin_image, kernel_tree, tarball, work / "local", docker_client)
     assert any(name.startswith("drbd-km-") for name in rpms)
     return Reference(tarball, rpms, seconds)
@@ -112,7 +112,7 @@ def reference(
 
 @pytest.fixture(scope="module")
 def remote_image(
-    second_engine: engine.SecondEngine, docker_client: docker.DockerClient, standin_image: str
+    second_engine: engines.SecondEngine, docker_client: docker.DockerClient, standin_image: str
 ) -> str:
     remote = second_engine.client()
     try:
@@ -124,16 +124,16 @@ def remote_image(
 
 @pytest.fixture
 def remote_client(
-    second_engine: engine.SecondEngine, monkeypatch: pytest.MonkeyPatch
+    second_engine: engines.SecondEngine, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[docker.DockerClient]:
     """The second engine as the Docker CLI would find it (DOCKER_HOST), with nothing of the
     tool's kept on it yet."""
     monkeypatch.setenv("DOCKER_HOST", second_engine.address)
-    monkeypatch.delenv(container.UPLOAD_ENV, raising=False)
+    monkeypatch.delenv(engine.UPLOAD_ENV, raising=False)
     # What the tool says is part of what these tests check (a `-q` run before may have
     # silenced it in this process).
     monkeypatch.setattr(log._State, "quiet", False)
-    client = container.connect()
+    client = engine.connect()
     engine_inputs.prune(client)
     yield client
     client.close()
@@ -178,7 +178,7 @@ def test_build_on_a_tcp_engine_uploads_its_inputs_and_makes_the_same_rpms(
 ) -> None:
     # The containers are kept so that what they were given can be read back.
     monkeypatch.setenv(container.KEEP_ENV, "1")
-    assert container.uploads_inputs(remote.client)
+    assert engine.uploads_inputs(remote.client)
     rpms, first_seconds = remote.build(tmp_path / "first")
     kept = container.labelled_containers(remote.client)
     assert len(kept) == 2  # the userland and the module
@@ -280,7 +280,7 @@ def test_an_engine_that_dies_mid_upload_fails_clearly_and_the_next_run_starts_cl
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     *,
-    second_engine: engine.SecondEngine,
+    second_engine: engines.SecondEngine,
     remote: Remote,
 ) -> None:
     common = next(d for d in remote.kernel.build_dir.parent.iterdir() if d.name.endswith("common"))
@@ -331,7 +331,7 @@ def test_an_engine_that_dies_mid_upload_fails_clearly_and_the_next_run_starts_cl
 def test_an_engine_whose_disk_fills_keeps_nothing_half_sent(
     kernel_tree: buildenv.KernelTree, docker_client: docker.DockerClient, tmp_path: Path
 ) -> None:
-    why = engine.can_run_second_engine()
+    why = engines.can_run_second_engine()
     if why:
         pytest.skip(why)
     common = max(kernel_tree.build_dir.parent.iterdir(), key=lambda d: d.name.endswith("common"))
@@ -340,7 +340,7 @@ def test_an_engine_whose_disk_fills_keeps_nothing_half_sent(
     assert large is not None
     assert small is not None
     assert large.size > 40 << 20 > small.size
-    with engine.second_engine(data_mib=40) as full:
+    with engines.second_engine(data_mib=40) as full:
         client = full.client()
         try:
             image = tiny_image(client, tmp_path)
@@ -371,7 +371,7 @@ def tiny_image(client: docker.DockerClient, work: Path) -> str:
 
 
 def test_the_current_context_reaches_the_tcp_engine(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, second_engine: engine.SecondEngine
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, second_engine: engines.SecondEngine
 ) -> None:
     """`docker context use` moves the engine, though docker-py's from_env reads no context."""
     key = hashlib.sha256(b"second").hexdigest()
@@ -383,12 +383,12 @@ def test_the_current_context_reaches_the_tcp_engine(
     (tmp_path / "config.json").write_text(json.dumps({"currentContext": "second"}))
     monkeypatch.delenv("DOCKER_HOST", raising=False)
     monkeypatch.delenv("DOCKER_CONTEXT", raising=False)
-    monkeypatch.delenv(container.UPLOAD_ENV, raising=False)
+    monkeypatch.delenv(engine.UPLOAD_ENV, raising=False)
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
-    client = container.connect()
+    client = engine.connect()
     try:
         assert client.info()["DockerRootDir"] == f"{second_engine.root}/data"
-        assert container.uploads_inputs(client)
+        assert engine.uploads_inputs(client)
     finally:
         client.close()
 
@@ -418,7 +418,7 @@ def test_links_left_in_the_output_fail_the_build_alike(
     kernel_tree: buildenv.KernelTree,
     own_containers: None,
 ) -> None:
-    monkeypatch.setenv(container.UPLOAD_ENV, upload)
+    monkeypatch.setenv(engine.UPLOAD_ENV, upload)
     tarball = buildenv.make_drbd_source(tmp_path, VERSION, leave_links)
     with pytest.raises(BuildError) as caught:
         build(standin_image, kernel_tree, tarball, tmp_path / "work", docker_client)

@@ -14,7 +14,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from builder.builds import container
+from builder.builds import images
 from builder.specs import Target
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
@@ -38,7 +38,7 @@ def self_image(
     if cas:
         (context / "extra-ca.crt").write_text("".join(ca.read_text() for ca in cas))
     assert standin_target.base_image is not None
-    return container.build_image(
+    return images.build_image(
         docker_client,
         context=context,
         name="self-test",

@@ -11,7 +11,7 @@ from typing import Any
 import docker
 import pytest
 
-from builder.builds import container
+from builder.builds import container, engine, images
 from builder.errors import DockerError
 
 
@@ -24,38 +24,38 @@ def make_context(root: Path) -> Path:
 
 def test_context_hash_is_stable_and_follows_content(tmp_path: Path) -> None:
     context = make_context(tmp_path / "ctx")
-    first = container.context_hash(context)
-    assert container.context_hash(context) == first
-    assert container.context_hash(make_context(tmp_path / "same")) == first
+    first = images.context_hash(context)
+    assert images.context_hash(context) == first
+    assert images.context_hash(make_context(tmp_path / "same")) == first
 
     (context / "helper.sh").write_text("#!/bin/sh\necho changed\n")
-    changed = container.context_hash(context)
+    changed = images.context_hash(context)
     assert changed != first
 
     (context / "helper.sh").chmod(0o755)
-    assert container.context_hash(context) != changed
+    assert images.context_hash(context) != changed
 
 
 def test_context_hash_covers_build_args_and_ignores_vcs_litter(tmp_path: Path) -> None:
     context = make_context(tmp_path / "ctx")
-    plain = container.context_hash(context)
-    assert container.context_hash(context, {"BASE_IMAGE": "mirror/centos:7"}) != plain
+    plain = images.context_hash(context)
+    assert images.context_hash(context, {"BASE_IMAGE": "mirror/centos:7"}) != plain
     (context / ".git").mkdir()
     (context / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
     (context / "__pycache__").mkdir()
     (context / "__pycache__" / "x.pyc").write_bytes(b"\0")
-    assert container.context_hash(context) == plain
+    assert images.context_hash(context) == plain
 
 
 def test_context_without_dockerfile_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DockerError, match="has no Dockerfile"):
-        container.context_hash(tmp_path)
+        images.context_hash(tmp_path)
 
 
 def test_image_tag_names_family_and_hash(tmp_path: Path) -> None:
     context = make_context(tmp_path / "ctx")
-    tag = container.image_tag("centos5-i686", context)
-    assert tag == f"xcp-drbd-builder/centos5-i686:{container.context_hash(context)[:16]}"
+    tag = images.image_tag("centos5-i686", context)
+    assert tag == f"xcp-drbd-builder/centos5-i686:{images.context_hash(context)[:16]}"
 
 
 def test_unreachable_engine_says_what_to_do(
@@ -63,7 +63,7 @@ def test_unreachable_engine_says_what_to_do(
 ) -> None:
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-such.sock")
     with pytest.raises(DockerError) as caught:
-        container.connect()
+        engine.connect()
     assert f"not reachable at unix://{tmp_path}/no-such.sock" in str(caught.value)
     assert "Start dockerd" in str(caught.value)
     assert "set DOCKER_HOST" in str(caught.value)

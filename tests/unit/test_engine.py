@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.builds import container
+from builder.builds import container, engine
 from builder.errors import BuildError, ConfigError, DockerError
 
 
@@ -34,14 +34,14 @@ def test_docker_host_wins_over_any_context(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"currentContext": "far"}))
     write_context(tmp_path, "far", "tcp://far.example:2376")
     environ = {"DOCKER_HOST": "tcp://10.0.0.5:2375", "DOCKER_CONFIG": str(tmp_path)}
-    endpoint = container.resolve_endpoint(environ)
+    endpoint = engine.resolve_endpoint(environ)
     assert (endpoint.address, endpoint.origin) == ("tcp://10.0.0.5:2375", "DOCKER_HOST")
 
 
 def test_the_current_context_names_the_engine_with_its_tls_files(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"currentContext": "far"}))
     write_context(tmp_path, "far", "tcp://far.example:2376", tls=True)
-    endpoint = container.resolve_endpoint({"DOCKER_CONFIG": str(tmp_path)})
+    endpoint = engine.resolve_endpoint({"DOCKER_CONFIG": str(tmp_path)})
     assert endpoint.address == "tcp://far.example:2376"
     assert endpoint.origin == "Docker context far"
     assert endpoint.tls is not None
@@ -56,15 +56,15 @@ def test_docker_context_variable_and_home_config(tmp_path: Path) -> None:
     (config / "config.json").write_text(json.dumps({"currentContext": "far"}))
     write_context(config, "far", "tcp://far.example:2376")
     write_context(config, "near", "ssh://builder@near.example")
-    assert container.resolve_endpoint({"HOME": str(tmp_path)}).address == ("tcp://far.example:2376")
-    chosen = container.resolve_endpoint({"HOME": str(tmp_path), "DOCKER_CONTEXT": "near"})
+    assert engine.resolve_endpoint({"HOME": str(tmp_path)}).address == ("tcp://far.example:2376")
+    chosen = engine.resolve_endpoint({"HOME": str(tmp_path), "DOCKER_CONTEXT": "near"})
     assert chosen.address == "ssh://builder@near.example"
-    default = container.resolve_endpoint({"HOME": str(tmp_path), "DOCKER_CONTEXT": "default"})
-    assert default.address == container.DEFAULT_ADDRESS
+    default = engine.resolve_endpoint({"HOME": str(tmp_path), "DOCKER_CONTEXT": "default"})
+    assert default.address == engine.DEFAULT_ADDRESS
 
 
 def test_no_configuration_is_the_default_socket(tmp_path: Path) -> None:
-    endpoint = container.resolve_endpoint({"HOME": str(tmp_path)})
+    endpoint = engine.resolve_endpoint({"HOME": str(tmp_path)})
     assert endpoint.address == "unix:///var/run/docker.sock"
     assert endpoint.origin == "the default socket"
 
@@ -72,7 +72,7 @@ def test_no_configuration_is_the_default_socket(tmp_path: Path) -> None:
 def test_a_context_that_does_not_exist_is_named(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"currentContext": "gone"}))
     with pytest.raises(DockerError) as caught:
-        container.resolve_endpoint({"DOCKER_CONFIG": str(tmp_path)})
+        engine.resolve_endpoint({"DOCKER_CONFIG": str(tmp_path)})
     assert caught.value.exit_code == 8
     assert "'gone' does not exist" in str(caught.value)
     assert "docker context ls" in str(caught.value)
@@ -88,7 +88,7 @@ def test_unreachable_tcp_engine_is_exit_code_8_naming_it(
     address = f"tcp://127.0.0.1:{port}"
     monkeypatch.setenv("DOCKER_HOST", address)
     with pytest.raises(DockerError) as caught:
-        container.connect()
+        engine.connect()
     assert caught.value.exit_code == 8
     assert f"not reachable at {address}" in str(caught.value)
 
@@ -101,7 +101,7 @@ def test_unreachable_context_engine_names_the_context(
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
     monkeypatch.setenv("DOCKER_CONTEXT", "far")
     with pytest.raises(DockerError) as caught:
-        container.connect()
+        engine.connect()
     assert f"not reachable at unix://{tmp_path}/no-such.sock" in str(caught.value)
     assert "Docker context far" in str(caught.value)
 
@@ -118,20 +118,20 @@ def test_unreachable_context_engine_names_the_context(
 def test_only_a_unix_socket_to_this_host_is_local(
     address: str, name: str, local: bool, why: str
 ) -> None:
-    judged, reason = container.engine_is_local(address, name, "vm")
+    judged, reason = engine.engine_is_local(address, name, "vm")
     assert judged is local
     assert why in reason
 
 
 def test_upload_can_be_forced_either_way(monkeypatch: pytest.MonkeyPatch) -> None:
     client = object()
-    monkeypatch.setenv(container.UPLOAD_ENV, "1")
-    assert container.uploads_inputs(client)  # type: ignore[arg-type]
-    monkeypatch.setenv(container.UPLOAD_ENV, "0")
-    assert not container.uploads_inputs(client)  # type: ignore[arg-type]
-    monkeypatch.setenv(container.UPLOAD_ENV, "yes")
+    monkeypatch.setenv(engine.UPLOAD_ENV, "1")
+    assert engine.uploads_inputs(client)  # type: ignore[arg-type]
+    monkeypatch.setenv(engine.UPLOAD_ENV, "0")
+    assert not engine.uploads_inputs(client)  # type: ignore[arg-type]
+    monkeypatch.setenv(engine.UPLOAD_ENV, "yes")
     with pytest.raises(ConfigError, match="XDB_DOCKER_UPLOAD must be 1"):
-        container.uploads_inputs(client)  # type: ignore[arg-type]
+        engine.uploads_inputs(client)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------------
