@@ -20,16 +20,24 @@ ROOT = Path(__file__).resolve().parent.parent
 # The last revision whose README was the whole manual.
 BEFORE_THE_MOVE = "6430aa9f1803d9b8d0fb674a88556aea94a0f945"
 
-# Facts reworded by the move, each with the words that now carry it (normalised).
-REWORDED = {
-    "python -m builder publish … # see Publishing below": (
-        "python -m builder publish … # see publishing.md"
-    ),
-    "python -m builder deploy init|check|render … # see Deploying below": (
-        "python -m builder deploy init|check|render … # see deploying.md"
-    ),
-    "(see Day two below)": "(see Day two)",
-}
+# What changed since the move, as pairs of earlier and present words.
+REWORDED_FILE = Path(__file__).resolve().parent / "reworded.txt"
+
+
+def reworded(path: Path = REWORDED_FILE) -> list[tuple[str, str]]:
+    """The (earlier words, present words) pairs of ``path``: a ``-`` line, then a ``+`` line."""
+    pairs: list[tuple[str, str]] = []
+    earlier: str | None = None
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.startswith("- "):
+            earlier = line[2:]
+        elif line.startswith("+ ") and earlier is not None:
+            pairs.append((earlier, line[2:]))
+            earlier = None
+        elif line.strip() and not line.startswith("#"):
+            raise ValueError(f"{path}:{number}: expected '- earlier words' then '+ present words'")
+    return pairs
+
 
 _LINK = re.compile(r"\[([^\]]+)\]\([^)]+\)")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z`(\"*])")
@@ -84,12 +92,13 @@ def corpus(root: Path = ROOT) -> str:
 def missing(earlier: str, today: str) -> list[str]:
     """The facts of ``earlier`` that ``today`` does not hold, in their reworded form too."""
     lost = []
+    pairs = reworded()
     for fact in units(earlier):
-        reworded = fact
-        for old, new in REWORDED.items():
-            reworded = reworded.replace(old, new)
-        if reworded not in today:
-            lost.append(reworded)
+        changed = fact
+        for old, new in pairs:
+            changed = changed.replace(old, new)
+        if changed not in today:
+            lost.append(changed)
     return lost
 
 

@@ -48,6 +48,12 @@ def test_the_check_notices_a_sentence_that_was_lost() -> None:
     assert moved.missing(earlier, today.replace(sentence, "")) == [sentence]
 
 
+def test_each_rewording_names_words_the_earlier_readme_had() -> None:
+    earlier = moved.normalise(moved.earlier_readme())
+    for old, _new in moved.reworded():
+        assert old in earlier, old
+
+
 def test_the_readme_is_a_front_door_whose_links_lead_somewhere() -> None:
     readme = (ROOT / "README.md").read_text()
     assert len(readme.splitlines()) <= 250
