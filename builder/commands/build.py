@@ -166,7 +166,7 @@ def _steps(args: argparse.Namespace) -> list[BuildStep]:
     # Imported here: every command's start-up pays for what cli.py imports.
     from builder.builds.plan import plan, refuse_unbuildable
     from builder.inputs import kernels
-    from builder.specs import load_registry
+    from builder.registry import load_registry
 
     registry = load_registry(args.specs)
     targets = registry.targets_named(args.targets)

@@ -17,7 +17,7 @@ from builder.deploy.pool import EXAMPLE_POOL, Pool, load_pool
 from builder.deploy.render import RenderedFile, render_pool, write_files
 from builder.deploy.repo import Package, RepoUnreachable, read_packages
 from builder.errors import ConfigError, DeployError
-from builder.specs import load_registry
+from builder.registry import load_registry
 
 DESCRIPTION = """\
 Render everything needed to put a dual-primary DRBD device under an LVM storage repository

@@ -118,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
             return 0
     from builder.commands.common import fetch_settings
     from builder.inputs.kernel import KernelInputs, prepare_kernel
-    from builder.specs import SourceKind, load_registry
+    from builder.registry import load_registry
+    from builder.specs import SourceKind
 
     registry = load_registry(args.specs)
     target = registry.target(args.target)

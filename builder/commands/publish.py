@@ -9,7 +9,8 @@ from pathlib import Path
 from builder import log
 from builder.errors import ConfigError
 from builder.publish import layout, publisher, sign
-from builder.specs import Consumer, Registry, load_registry
+from builder.registry import load_registry
+from builder.specs import Consumer, Registry
 
 DESCRIPTION = """\
 Sign every new RPM under --artifacts with rpmsign, make yum metadata with createrepo_c,

@@ -7,7 +7,8 @@ import json
 from typing import Any
 
 from builder.builds.recipes import describe_families
-from builder.specs import Registry, Target, load_registry
+from builder.registry import load_registry
+from builder.specs import Registry, Target
 
 NOT_CHECKED = "not yet built against a real kernel tree of this generation"
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from builder import proc
-from builder.specs import load_registry
+from builder.registry import load_registry
 from tests.deploy_support import pool_data, render_pool
 from tests.support.dom0pair import (
     SPLIT_BRAIN_LINE,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.specs import load_registry
+from builder.registry import load_registry
 from tests import rpmfactory
 from tests.integration.conftest import Utils
 from tests.support.http import serve

@@ -24,7 +24,7 @@ import pytest
 
 from builder.builds.recipes import KMP_MACROS
 from builder.inputs.kernels import build_name, release_suffix
-from builder.specs import load_registry
+from builder.registry import load_registry
 from tests import rpmfactory
 from tests.deploy_support import pool_data, write_pool
 from tests.faults.publishing import kill_agents

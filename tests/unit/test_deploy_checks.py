@@ -11,7 +11,7 @@ from builder.cli import main
 from builder.deploy.checks import CHECK_IDS, Finding, Severity, kernel_module_package, run_checks
 from builder.deploy.pool import Pool, parse_pool
 from builder.deploy.repo import Package, RepoUnreachable
-from builder.specs import load_registry
+from builder.registry import load_registry
 from tests.deploy_support import pool_data, write_pool
 
 KM = "drbd-km-2.6.32.12_0.7.1.xs1.4.90.530.170661xen"

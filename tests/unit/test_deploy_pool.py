@@ -11,7 +11,7 @@ from builder.builds.recipes import Syntax
 from builder.cli import main
 from builder.deploy.pool import EXAMPLE_POOL, Fencing, Guard, load_pool, parse_pool, syntax_of
 from builder.errors import ConfigError
-from builder.specs import load_registry
+from builder.registry import load_registry
 from tests.deploy_support import pool_data, write_pool
 
 

@@ -20,7 +20,8 @@ from builder.inputs import kernels
 from builder.inputs.fetch import FetchSettings
 from builder.inputs.kernel import KernelInputs
 from builder.inputs.yumsource import RepoPackage
-from builder.specs import DrbdFamily, load_registry
+from builder.registry import load_registry
+from builder.specs import DrbdFamily
 from tests.unit.test_pipeline import Fakes
 
 # newest first, as builder.inputs.kernels.packages lists them

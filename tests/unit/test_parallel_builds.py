@@ -15,7 +15,8 @@ from builder.builds.drbdbuild import Built, DrbdBuild, _environment
 from builder.builds.plan import plan
 from builder.errors import BuildError, BuildsFailed, CheckError
 from builder.inputs.kernel import KernelTree
-from builder.specs import NO_ADJUSTMENTS, load_registry
+from builder.registry import load_registry
+from builder.specs import NO_ADJUSTMENTS
 from tests.unit.test_pipeline import Fakes, options
 
 

@@ -24,7 +24,8 @@ from builder.errors import BuildError, CheckError, ConfigError, InputError, Lock
 from builder.inputs.checksums import PINNED, Vouched
 from builder.inputs.fetch import Fetched, FetchSettings
 from builder.inputs.kernel import KernelInputs, KernelTree
-from builder.specs import Tarball, load_registry
+from builder.registry import load_registry
+from builder.specs import Tarball
 
 
 class Fakes:

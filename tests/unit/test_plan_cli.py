@@ -8,7 +8,7 @@ import pytest
 
 from builder.builds.plan import plan
 from builder.cli import main
-from builder.specs import load_registry
+from builder.registry import load_registry
 
 
 def test_plan_is_the_cross_product_in_order_without_duplicates(tmp_path: Path) -> None:

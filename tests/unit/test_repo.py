@@ -16,7 +16,8 @@ from builder.errors import CommandError, ConfigError, InputError, LockedError, P
 from builder.files import sha256_file
 from builder.publish import changes, store
 from builder.publish.layout import family_path, served_repo_file
-from builder.specs import Consumer, load_registry
+from builder.registry import load_registry
+from builder.specs import Consumer
 
 FPR = "8491801EA5E36A6613E10D71C5E71C6396DBB809"
 

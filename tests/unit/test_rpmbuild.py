@@ -9,7 +9,8 @@ import pytest
 
 from builder.builds import recipes, rpmbuild
 from builder.errors import ConfigError, InputError
-from builder.specs import Adjustments, DrbdFamily, load_registry
+from builder.registry import load_registry
+from builder.specs import Adjustments, DrbdFamily
 
 REPO = Path(__file__).resolve().parents[2]
 RELEASE = "2.6.32.12-0.7.1.xs1.4.90.530.170661xen"

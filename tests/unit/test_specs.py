@@ -7,7 +7,8 @@ import pytest
 from builder import resources
 from builder.errors import ConfigError
 from builder.inputs.checksums import lock_for
-from builder.specs import Consumer, DrbdFamily, SourceKind, load_registry
+from builder.registry import load_registry
+from builder.specs import Consumer, DrbdFamily, SourceKind
 
 
 def write(directory: Path, name: str, text: str) -> Path:

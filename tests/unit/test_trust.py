@@ -14,7 +14,7 @@ from builder import cli, resources
 from builder.errors import ChecksumError, ConfigError, StateError
 from builder.inputs.checksums import ChecksumLock, lock_for
 from builder.inputs.fetch import FetchSettings, Input, fetch
-from builder.specs import load_registry
+from builder.registry import load_registry
 
 KEY = "http://downloads.example/binpkg.iso"
 
