@@ -1,7 +1,7 @@
 """The runbook's day-two steps: status, guard, split-brain, master-change, boot and upgrade.
 
 The steps are shell functions appended to each host's ``runbook.sh``.  They use only the
-variables that ``render.render_runbook`` assigns (the one place where pool values are quoted
+variables that ``runbook.render_runbook`` assigns (the one place where pool values are quoted
 for the shell), so nothing here interpolates a pool value into shell text.  What differs by
 DRBD configuration syntax (8.3, 8.4, 9) or by the dom0's init system (sysvinit on XCP 1.x and
 XenServer 6.x, systemd on XCP-ng 8.x) is chosen here, once, as whole shell functions.

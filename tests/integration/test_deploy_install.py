@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.deploy.render import REPO_FILE_WITHOUT_PYGPGME
+from builder.deploy.configs import REPO_FILE_WITHOUT_PYGPGME
 from tests.deploy_support import pool_data, render_pool
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,8 @@ import pytest
 
 from builder import __version__
 from builder.cli import main
-from builder.deploy.render import REPO_FILE_WITHOUT_PYGPGME, RenderedFile, write_files
+from builder.deploy.configs import REPO_FILE_WITHOUT_PYGPGME
+from builder.deploy.render import RenderedFile, write_files
 from tests.deploy_support import pool_data, render_pool, write_pool
 
 HOST_FILES = ("r0.res", "lvm.conf.snippet", "xcp-drbd-builder.repo", "runbook.sh")
