@@ -138,7 +138,8 @@ def _build(tmp_path: Path, drbd: Path, utils: Path, utils_version: str) -> drbdb
     )
 
 
-def test_the_build_reads_each_source_once_and_checks_it_from_the_value(tmp_path: Path) -> None:
+def _module_and_utils(tmp_path: Path) -> tuple[Path, Path]:
+    """A DRBD 8.4.11 module tarball and a drbd-utils 9.22.0 one, as a late-8.4 build pairs them."""
     drbd = write_tarball(
         tmp_path / "drbd-8.4.11-1.tar.gz", {"drbd-8.4.11-1/drbd-km.spec": KM_SPEC.encode()}
     )
@@ -146,6 +147,11 @@ def test_the_build_reads_each_source_once_and_checks_it_from_the_value(tmp_path:
         tmp_path / "drbd-utils-9.22.0.tar.gz",
         {"drbd-utils-9.22.0/configure": b"", "drbd-utils-9.22.0/drbd.spec.in": b""},
     )
+    return drbd, utils
+
+
+def test_the_build_reads_each_source_once_and_checks_it_from_the_value(tmp_path: Path) -> None:
+    drbd, utils = _module_and_utils(tmp_path)
     inputs = drbdbuild.read_inputs(_build(tmp_path, drbd, utils, "9.22.0"))
     assert (inputs.drbd.path, inputs.drbd.sha256) == (drbd, "d" * 64)
     assert (inputs.userland.top_dir, inputs.userland.sha256) == ("drbd-utils-9.22.0", "u" * 64)
@@ -163,13 +169,7 @@ def test_the_build_reads_each_source_once_and_checks_it_from_the_value(tmp_path:
 
 
 def test_a_missing_kernel_tree_is_refused_before_any_container(tmp_path: Path) -> None:
-    drbd = write_tarball(
-        tmp_path / "drbd-8.4.11-1.tar.gz", {"drbd-8.4.11-1/drbd-km.spec": KM_SPEC.encode()}
-    )
-    utils = write_tarball(
-        tmp_path / "drbd-utils-9.22.0.tar.gz",
-        {"drbd-utils-9.22.0/configure": b"", "drbd-utils-9.22.0/drbd.spec.in": b""},
-    )
+    drbd, utils = _module_and_utils(tmp_path)
     build = _build(tmp_path, drbd, utils, "9.22.0")
     gone = replace(build, kernel=replace(build.kernel, build_dir=tmp_path / "gone"))
     with pytest.raises(InputError, match=r"Kernel build directory .*gone does not exist"):
