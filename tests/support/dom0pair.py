@@ -52,7 +52,10 @@ def healthy_state(*, syntax: str, version: str, kernel: str) -> dict[str, Any]:
             "cstate": "Connected",
             "disk": "UpToDate",
             "role": "Primary",
-            "gi": f"{'8C2D5D6B3E1F2A4' + str(index)}:0000000000000000:A1B2C3D4E5F60718:0:1:1:1:1",
+            # `get-gi` as DRBD 8.4 prints it: current, bitmap and two history UUIDs, then
+            # consistent, up-to-date, primary, connected, full sync, peer outdated, crashed
+            "gi": f"8C2D5D6B3E1F2A4{index}:0000000000000000:A1B2C3D4E5F60718:0000000000000004"
+            ":1:1:1:1:0:0:0",
             "kernel_log": [],
             "installed": version,
             "loaded": version,

@@ -28,6 +28,48 @@ STATE = Path(os.environ.get("FAKE_STATE", "/nonexistent"))
 RESYNC_LOOKS = 2  # how many looks at dstate a resync takes
 
 
+# `drbdadm show-gi` of DRBD 8.4 (drbd-utils' drbdsetup-84), as the lab's real pair printed it on
+# a split brain: the generation identifiers (`get-gi`: four UUIDs, then seven flags) under a
+# diagram, then the device's state.  Other versions' forms were not seen running: the fake
+# prints their identifiers alone.
+SHOW_GI_84_HEAD = (
+    "",
+    "       +--<  Current data generation UUID  >-",
+    "       |               +--<  Bitmap's base data generation UUID  >-",
+    "       |               |                 +--<  younger history UUID  >-",
+    "       |               |                 |         +-<  older history  >-",
+    "       V               V                 V         V",
+)
+SHOW_GI_84_LEGEND = (
+    "                                                                    ^ ^ ^ ^ ^ ^ ^",
+    "                                      -<  Data consistency flag  >--+ | | | | | |",
+    "                             -<  Data was/is currently up-to-date  >--+ | | | | |",
+    "                                  -<  Node was/is currently primary  >--+ | | | |",
+    "                                  -<  Node was/is currently connected  >--+ | | |",
+    "         -<  Node was in the progress of setting all bits in the bitmap  >--+ | |",
+    "                        -<  The peer's disk was out-dated or inconsistent  >--+ |",
+    "      -<  This node was a crashed primary, and has not seen its peer since   >--+",
+)
+PEER_OUTDATED_FLAG = 5  # the sixth flag after the UUIDs
+
+
+def show_gi(state: dict[str, Any], me: dict[str, Any]) -> str:
+    if state["syntax"] != "8.4":
+        return str(me["gi"])
+    flags = str(me["gi"]).split(":")[4:]
+    peer = ", peer Outdated" if flags[PEER_OUTDATED_FLAG : PEER_OUTDATED_FLAG + 1] == ["1"] else ""
+    return "\n".join(
+        [
+            *SHOW_GI_84_HEAD,
+            str(me["gi"]),
+            *SHOW_GI_84_LEGEND,
+            "",
+            f"flags: {me['role']}, {me['cstate']}, {me['disk']}{peer}",
+            "meta-data: need apply-al",
+        ]
+    )
+
+
 def load() -> dict[str, Any]:
     data: dict[str, Any] = json.loads(STATE.read_text())
     return data
@@ -213,7 +255,7 @@ def drbdadm(args: list[str]) -> int:
         print(query(state, command))
         return 0
     if command == "show-gi":
-        print(me["gi"])
+        print(show_gi(state, me))
         return 0
     if command == "status":  # DRBD 9's overview
         peer_name = peer_of(state)
