@@ -24,6 +24,9 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     session.run("mypy")
+    # The CI scripts, one at a time: mypy names each script's module __main__.
+    for script in ("ci/scripts/gather", "ci/scripts/gitlab-child"):
+        session.run("mypy", script)
 
 
 @nox.session
