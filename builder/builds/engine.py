@@ -106,10 +106,6 @@ def resolve_endpoint(environ: Mapping[str, str]) -> Endpoint:
     return Endpoint(address, f"Docker context {name}", tls)
 
 
-def engine_address() -> str:
-    return resolve_endpoint(os.environ).address
-
-
 def _probe_unix_socket(address: str, hint: str) -> None:
     path = address.removeprefix("unix://")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

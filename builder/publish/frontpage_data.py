@@ -60,16 +60,17 @@ class Build:
     """One build with published packages, as its provenance statement records it."""
 
     statement: str  # the statement, relative to the repository root
-    target: str
-    build_name: str
-    drbd_version: str
-    kernel_release: str
-    kernel_evr: str
-    image: str
-    source_date_epoch: int | None
-    tool: str
-    inputs: tuple[Input, ...]
     packages: tuple[str, ...]  # file names
+    # What the statement records: left empty when it cannot be read.
+    target: str = ""
+    build_name: str = ""
+    drbd_version: str = ""
+    kernel_release: str = ""
+    kernel_evr: str = ""
+    image: str = ""
+    source_date_epoch: int | None = None
+    tool: str = ""
+    inputs: tuple[Input, ...] = ()
     problem: str = ""  # why the statement could not be read ("" when it could)
 
     @property
@@ -216,21 +217,11 @@ def _field(data: Any, *keys: str) -> str:
 def _build(relative: str, path: Path, covered: Sequence[Entry]) -> Build:
     packages = tuple(entry.path.rsplit("/", 1)[1] for entry in covered)
     # Relative to the store, and to the page as well: REPO/provenance -> packages/provenance.
-    where = relative
     try:
         manifest = provenance.recorded_manifest(path)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return Build(
-            statement=where,
-            target="",
-            build_name="",
-            drbd_version="",
-            kernel_release="",
-            kernel_evr="",
-            image="",
-            source_date_epoch=None,
-            tool="",
-            inputs=(),
+            statement=relative,
             packages=packages,
             problem=f"its statement cannot be read ({exc})",
         )
@@ -244,7 +235,7 @@ def _build(relative: str, path: Path, covered: Sequence[Entry]) -> Build:
     )
     epoch = manifest.get("source_date_epoch")
     return Build(
-        statement=where,
+        statement=relative,
         target=_field(manifest, "target"),
         build_name=_field(manifest, "build_name") or _field(manifest, "drbd_version"),
         drbd_version=_field(manifest, "drbd_version"),
