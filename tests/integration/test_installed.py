@@ -204,6 +204,20 @@ def test_the_installed_wheel_runs_from_anywhere(installed: Venv, tmp_path: Path)
     assert sorted(p.name for p in elsewhere.iterdir()) == []  # a dry run writes nothing
 
 
+def test_the_installed_wheel_renders_a_deployment_with_its_day_two_steps(
+    installed: Venv, tmp_path: Path
+) -> None:
+    # The day-two steps are shell files shipped beside builder/deploy/daytwo.py.
+    assert installed.run("deploy", "init", cwd=tmp_path).returncode == 0
+    render = installed.run(
+        "deploy", "render", "--pool", "pool.yaml", "--no-repo-check", "--output", "out",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert render.returncode == 0, render.stderr
+    runbook = (tmp_path / "out" / "xcp1" / "runbook.sh").read_text()
+    assert "step_split_brain()" in runbook and "boot_enable()" in runbook
+
+
 def snapshot(root: Path) -> dict[str, tuple[int, int, int, str]]:
     """Every path under ``root``: mode, size, mtime and content hash of the files."""
     found: dict[str, tuple[int, int, int, str]] = {}
