@@ -507,7 +507,8 @@ def write(
         for build in page.builds:
             if build.problem:
                 log.warn(f"{build.statement}: {build.problem}; the front page says so")
-        write_atomic(root / layout.FRONT_PAGE, render(page).encode("utf-8"))
+        html = render(page)
+        write_atomic(root / layout.FRONT_PAGE, html.encode("utf-8"))
 
 
 def _target_names(registry: Callable[[], Registry]) -> dict[str, str]:
