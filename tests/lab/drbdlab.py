@@ -2,7 +2,8 @@
 
 The scenarios read like the operator's story (cut the link, write on both, reconnect, heal);
 the machinery is here.  DRBD's state is read from ``/proc/drbd`` by the guest itself in a
-loop (under TCG a ``drbdadm`` call costs a second), and data is compared with ``dd
+loop (under TCG a ``drbdadm`` call costs a second), a bounce is watched through DRBD's own
+event stream (``drbdsetup events2``), and data is compared with ``dd
 iflag=direct | sha256sum`` on each host, never by trusting a read that returned nothing:
 DRBD 8.4 refuses to open its device on a Secondary, and that refusal fails the test.
 """
@@ -140,17 +141,28 @@ def kernel_log(guest: Guest) -> str:
 
 
 def start_watcher(guest: Guest, name: str) -> None:
-    """Record every change of minor 1's line in /proc/drbd, with a timestamp, in the guest."""
+    """Record DRBD's own account of the resource, ``drbdsetup events2 --timestamps``, in the
+    guest: its current state first, then every change, until :func:`stop_watcher`."""
     guest.ok(
-        f"rm -f /tmp/{name}.log; setsid bash -c '"
-        'last=; while :; do now=$(grep -E "^ *' + str(MINOR) + ': " /proc/drbd); '
-        '[ "$now" = "$last" ] || echo "$(date +%s.%N) $now" >> /tmp/' + name + ".log; "
-        "last=$now; sleep 0.2; done' >/dev/null 2>&1 </dev/null & echo $! > /tmp/" + name + ".pid"
+        f"rm -f /tmp/{name}.log; setsid drbdsetup events2 --timestamps {RESOURCE} "
+        f"> /tmp/{name}.log 2>&1 < /dev/null & echo $! > /tmp/{name}.pid"
+    )
+    # The current state comes first and ends with "exists -": from then on nothing is missed.
+    guest.wait_for(
+        f"grep -qx '.*exists -' /tmp/{name}.log", timeout=30, what="drbdsetup events2 to start"
     )
 
 
 def stop_watcher(guest: Guest, name: str) -> list[str]:
     return guest.ok(f"kill $(cat /tmp/{name}.pid); sleep 0.3; cat /tmp/{name}.log").splitlines()
+
+
+CONNECTION = re.compile(r" connection:(\S+)")
+
+
+def connection_states(events: list[str]) -> list[str]:
+    """The connection states in an events2 log, in order (``connection:Connected`` ...)."""
+    return [match.group(1) for line in events for match in [CONNECTION.search(line)] if match]
 
 
 def start_writer(guest: Guest, *, offset_mib: int, seconds: int) -> None:
