@@ -176,7 +176,7 @@ def _publish_locked(
     added: list[Entry] = []
     try:
         added = _add_packages(version, store, signer, createrepo)
-        new_mark = store.append(mark, added)
+        new_mark = store.append_entries(mark, added)
         _assemble(version, signer.public_key)
         frontpage.write(
             version.root,

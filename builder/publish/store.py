@@ -155,7 +155,8 @@ class Store:
         self.verified = self.root / VERIFIED_NAME
         self.settled_file = self.root / SETTLED_NAME
         self.repaired = False  # read() cut off what an interrupted publish had appended
-        self._prefix: tuple[Mark, hashlib._Hash] | None = None  # read()'s digest, for append
+        # check_index()'s digest, which append_entries() carries on.
+        self._prefix: tuple[Mark, hashlib._Hash] | None = None
 
     def family_dir(self, family: str) -> Path:
         return self.root / family
@@ -227,7 +228,7 @@ class Store:
                 "up every build's packages again"
             )
 
-    def append(self, mark: Mark, entries: Sequence[Entry]) -> Mark:
+    def append_entries(self, mark: Mark, entries: Sequence[Entry]) -> Mark:
         """Add ``entries`` after the ``mark`` bytes; durable before the caller goes on.
 
         After :meth:`read` of the same ``mark`` its digest goes on; the index is not read again.
@@ -611,7 +612,7 @@ def adopt_format_1(repo: Path, previous: Path, state: State) -> State:
                 Entry(path, nevra, source_sha, sha256_file(target), target.stat().st_size, "")
             )
         store.index.unlink(missing_ok=True)
-        mark = store.append(EMPTY, entries)
+        mark = store.append_entries(EMPTY, entries)
         store.record(entries)
         write_atomic(
             previous / STATE_FILE_NAME, State(key=state.key, index=mark).to_json().encode()

@@ -25,9 +25,9 @@ def put(root: store.Store, path: str, data: bytes) -> store.Entry:
 def test_an_interrupted_run_is_cut_off_and_its_files_removed(tmp_path: Path) -> None:
     packages = store.Store(tmp_path)
     first = [put(packages, "el7/x86_64/a.rpm", b"a")]
-    live = packages.append(store.EMPTY, first)
+    live = packages.append_entries(store.EMPTY, first)
     stray = put(packages, "el7/x86_64/b.rpm", b"b")
-    packages.append(live, [stray])  # the run died before its version went live
+    packages.append_entries(live, [stray])  # the run died before its version went live
     (packages.root / "el7" / "x86_64" / f"{store.INCOMING_PREFIX}99-c.rpm").write_bytes(b"c")
 
     assert packages.read(live, repair=True) == first
@@ -41,7 +41,7 @@ def test_an_interrupted_run_is_cut_off_and_its_files_removed(tmp_path: Path) -> 
 
 def test_an_index_that_does_not_match_the_live_version_is_refused(tmp_path: Path) -> None:
     packages = store.Store(tmp_path)
-    live = packages.append(store.EMPTY, [put(packages, "el7/x86_64/a.rpm", b"a")])
+    live = packages.append_entries(store.EMPTY, [put(packages, "el7/x86_64/a.rpm", b"a")])
     data = packages.index.read_bytes()
     packages.index.write_bytes(data.replace(b"a.rpm", b"x.rpm"))
     with pytest.raises(PublishError, match="does not match what the live version recorded"):
@@ -53,11 +53,11 @@ def test_an_index_that_does_not_match_the_live_version_is_refused(tmp_path: Path
 
 def test_the_settled_record_holds_only_for_the_index_it_was_written_for(tmp_path: Path) -> None:
     packages = store.Store(tmp_path)
-    live = packages.append(store.EMPTY, [put(packages, "el7/x86_64/a.rpm", b"a")])
+    live = packages.append_entries(store.EMPTY, [put(packages, "el7/x86_64/a.rpm", b"a")])
     assert packages.settled(live) == frozenset()  # nothing recorded yet
     packages.settle(live, ["k1 el7/x86_64", "k2 el7/x86_64", "k1 el7/x86_64"])
     assert packages.settled(live) == {"k1 el7/x86_64", "k2 el7/x86_64"}
-    later = packages.append(live, [put(packages, "el7/x86_64/b.rpm", b"b")])
+    later = packages.append_entries(live, [put(packages, "el7/x86_64/b.rpm", b"b")])
     assert packages.settled(later) == frozenset()  # the index moved on: every build looked up
     assert packages.settled(store.EMPTY) == frozenset()
     for garbage in (b"", b"{", b"[]", b'{"index": null}'):
