@@ -95,9 +95,8 @@ class NewVersion:
 
 
 def publish(options: PublishOptions, registry: Callable[[], Registry]) -> PublishResult:
-    with sign.signer(options.key, options.gnupg_home, options.passphrase_file) as signer:
-        builds = scan(options.artifacts, registry)
-        sign.check_signing_key(signer.key, builds)
+    builds = scan(options.artifacts, registry)
+    with sign.signer(options.key, options.gnupg_home, options.passphrase_file, builds) as signer:
         try:
             options.repo.mkdir(parents=True, exist_ok=True)
             versions = options.repo / "versions"

@@ -631,9 +631,13 @@ class Signer:
 
 
 @contextlib.contextmanager
-def signer(key: str, gnupg_home: Path, passphrase_file: Path | None = None) -> Iterator[Signer]:
-    """The ``Signer`` of the secret key ``key`` names (see :func:`find_key`) while the block
-    runs; what it exported is removed after."""
+def signer(
+    key: str, gnupg_home: Path, passphrase_file: Path | None, builds: Sequence[Manifest]
+) -> Iterator[Signer]:
+    """The ``Signer`` of the secret key ``key`` names (see :func:`find_key`), checked against
+    the consumers of ``builds`` (see :func:`check_signing_key`), while the block runs; what it
+    exported is removed after."""
     found = find_key(key, gnupg_home, passphrase_file)
+    check_signing_key(found, builds)
     with contextlib.ExitStack() as cleanup:
         yield Signer(found, cleanup)
