@@ -286,16 +286,27 @@ def _gpg(
     home: Path, *args: str | os.PathLike[str], input: str | None = None, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
     """The host's gpg on the GnuPG home ``home``, without echo: how publish runs gpg."""
-    return proc.run([gpg(), "--homedir", home, *args], input=input, echo=False, check=check)
+    return _gnupg(gpg(), home, args, input=input, check=check)
 
 
 def _gpg1(
     home: Path, *args: str | os.PathLike[str], input: str | None = None, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
     """GnuPG 1.4 on a GnuPG 1 home of its own, in batch mode, without echo."""
-    return proc.run(
-        [gpg1(), "--homedir", home, "--batch", *args], input=input, echo=False, check=check
-    )
+    return _gnupg(gpg1(), home, ("--batch", *args), input=input, check=check)
+
+
+def _gnupg(
+    program: str,
+    home: Path,
+    args: Sequence[str | os.PathLike[str]],
+    *,
+    input: str | None,
+    check: bool,
+) -> subprocess.CompletedProcess[str]:
+    """gpg or gpg1 on the GnuPG home ``home``, output captured, without echo: the one place
+    where signing runs either."""
+    return proc.run([program, "--homedir", home, *args], input=input, echo=False, check=check)
 
 
 def _pinentry_args(key: SigningKey) -> list[str]:
