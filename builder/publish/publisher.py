@@ -290,7 +290,6 @@ def _sign_into_store(
     incoming = store.incoming(os.getpid())
     try:
         for index, item in enumerate(plan.incoming):
-            store.family_dir(item.family).mkdir(parents=True, exist_ok=True)
             # One folder per package: one name may be new in two families (noarch).
             temp = incoming / str(index) / item.source.name
             temp.parent.mkdir(parents=True)
@@ -305,16 +304,11 @@ def _sign_into_store(
                 f"Sign {len(files)} new {consumer.value} package(s) with {signer.key.key_id}{how}"
             ):
                 signer.sign_packages(files, consumer)
-            for item, temp in pairs:
-                digest = sha256_file(temp)
-                final = store.root / item.path
-                os.replace(temp, final)
-                signed.append((item, final, digest))
+            signed += [(item, temp, sha256_file(temp)) for item, temp in pairs]
+        placed = store.place([(item.path, temp) for item, temp, _ in signed])
     finally:
         shutil.rmtree(incoming, ignore_errors=True)
-    for family in {item.family for item in plan.incoming}:
-        fsync_dir(store.family_dir(family))
-    return signed
+    return [(item, final, digest) for (item, _, digest), final in zip(signed, placed, strict=True)]
 
 
 def _assemble(version: NewVersion, public_key: Path) -> None:

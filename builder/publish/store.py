@@ -259,6 +259,20 @@ class Store:
 
     # --- packages ----------------------------------------------------------------------
 
+    def place(self, files: Sequence[tuple[str, Path]]) -> list[Path]:
+        """Move signed packages in: each file (its path in the store, where it was signed) with
+        one rename, then each family folder made durable. Until the index lists them they are
+        strays (:meth:`strays`), which a publish that fails removes."""
+        placed: list[Path] = []
+        for relative, signed in files:
+            final = self.root / relative
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(signed, final)
+            placed.append(final)
+        for folder in sorted({final.parent for final in placed}):
+            fsync_dir(folder)
+        return placed
+
     def strays(self, entries: Iterable[Entry]) -> list[str]:
         """Files in the store that no entry names: what an interrupted publish left there."""
         known = set()
