@@ -45,6 +45,7 @@ from builder.publish.store import (
     Store,
     fsync_dir,
     link_or_copy,
+    nearly_full,
     new_version_id,
     open_store,
     prune_versions,
@@ -105,7 +106,7 @@ def publish(options: PublishOptions, registry: Callable[[], Registry]) -> Publis
                 return _publish_locked(options, builds, signer, versions, registry)
         except (OSError, BuilderError) as exc:
             # A full disk shows up as whatever failed first: gpg, createrepo_c, a copy.
-            if no_space(exc) or _nearly_full(options.repo):
+            if no_space(exc) or nearly_full(options.repo):
                 raise NoSpaceError(
                     f"No space left on the device holding {options.repo}; nothing was "
                     f"published and {options.repo / 'current'} is unchanged.\n"
@@ -114,17 +115,6 @@ def publish(options: PublishOptions, registry: Callable[[], Registry]) -> Publis
                     "publish again; the next publish removes what this one left.",
                 ) from exc
             raise
-
-
-def _nearly_full(path: Path) -> bool:
-    """Less than 1 MiB free where ``path`` lives (or its nearest existing parent)."""
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    try:
-        info = os.statvfs(path)
-    except OSError:
-        return False
-    return info.f_bavail * info.f_frsize < (1 << 20)
 
 
 def _publish_locked(

@@ -482,6 +482,19 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def nearly_full(repo: Path) -> bool:
+    """Less than 1 MiB free on the device that holds ``repo`` (or its nearest existing
+    parent): a failure there is most likely a full disk, whatever program reported it."""
+    path = repo
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        info = os.statvfs(path)
+    except OSError:
+        return False
+    return info.f_bavail * info.f_frsize < (1 << 20)
+
+
 def new_version_id(versions: Path) -> str:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     candidate = stamp
