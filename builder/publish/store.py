@@ -598,9 +598,9 @@ def open_store(repo: Path, versions: Path) -> Opened:
     store = Store(repo)
     previous = current_version(repo)
     state = State.from_file(previous / STATE_FILE_NAME) if previous else None
-    if state is not None and state.legacy:
-        assert previous is not None  # noqa: S101 - a state comes from a version
-        state = adopt_format_1(repo, previous, state)
+    legacy = previous if state is not None and state.legacy else None
+    if legacy is not None and state is not None:
+        state = adopt_format_1(repo, legacy, state)
     mark = state.index if state else EMPTY
     opened = Opened(
         store=store,
@@ -615,15 +615,19 @@ def open_store(repo: Path, versions: Path) -> Opened:
         # Packages reach the store only while a version is being assembled (*.partial).
         for stray in store.remove_strays(opened.entries):
             log.info(f"removed {stray}, left by an interrupted publish")
+    if legacy is not None and state is not None:
+        # The live version names the store's index only once that index has been checked.
+        write_atomic(legacy / STATE_FILE_NAME, state.to_json().encode())
     return opened
 
 
 def adopt_format_1(repo: Path, previous: Path, state: State) -> State:
-    """Move a repository published before the shared store into it, once.
+    """Move a repository published before the shared store into it, once; the live version's
+    state in the store's format, which :func:`open_store` writes once the index is checked.
 
     The packages of the live version are hard-linked into the store and indexed with their
     digest; the live version keeps its own copies, so clients see no change until the next
-    version goes live.
+    version goes live.  Interrupted before its state is written, the move is made again.
     """
     store = Store(repo)
     with log.step(f"Move the {len(state.legacy)} published package(s) into {store.root}"):
@@ -641,7 +645,4 @@ def adopt_format_1(repo: Path, previous: Path, state: State) -> State:
         store.index.unlink(missing_ok=True)
         mark = store.append_entries(EMPTY, entries)
         store.record(entries)
-        write_atomic(
-            previous / STATE_FILE_NAME, State(key=state.key, index=mark).to_json().encode()
-        )
     return State(key=state.key, index=mark)
