@@ -28,6 +28,7 @@ from builder.artifacts import manifest
 from builder.artifacts.manifest import Manifest, scan
 from builder.errors import BuilderError, CommandError, NoSpaceError, PublishError, no_space
 from builder.files import sha256_file, write_atomic
+from builder.locks import timed_lock
 from builder.publish import frontpage, provenance, sign
 from builder.publish.changes import Changes, Incoming, Published, changes_of, settled_key
 from builder.publish.consumers import profile
@@ -39,8 +40,10 @@ from builder.publish.metadata import (
     metadata_command,
 )
 from builder.publish.store import (
+    LOCK_NAME,
     STATE_FILE_NAME,
     Entry,
+    Opened,
     State,
     Store,
     fsync_dir,
@@ -49,7 +52,6 @@ from builder.publish.store import (
     new_version_id,
     open_store,
     prune_versions,
-    publish_lock,
     replace_symlink,
     stable_links,
 )
@@ -102,8 +104,16 @@ def publish(options: PublishOptions, registry: Callable[[], Registry]) -> Publis
             options.repo.mkdir(parents=True, exist_ok=True)
             versions = options.repo / "versions"
             versions.mkdir(exist_ok=True)
-            with publish_lock(options.repo, options.lock_timeout):
-                return _publish_locked(options, builds, signer, versions, registry)
+            lock = options.repo / LOCK_NAME
+            with timed_lock(
+                lock,
+                timeout=options.lock_timeout,
+                what=f"Another publish (pid {{pid}}) is writing {options.repo}",
+                waiting=f"waiting for another publish (pid {{pid}}) to release {lock}",
+                hint="Wait for it to finish, or pass a longer --lock-timeout.",
+            ):
+                opened = open_store(options.repo, versions)
+                return _publish_locked(options, builds, signer, opened, versions, registry=registry)
         except (OSError, BuilderError) as exc:
             # A full disk shows up as whatever failed first: gpg, createrepo_c, a copy.
             if no_space(exc) or nearly_full(options.repo):
@@ -121,10 +131,11 @@ def _publish_locked(
     options: PublishOptions,
     builds: Sequence[Manifest],
     signer: sign.Signer,
+    opened: Opened,
     versions: Path,
+    *,
     registry: Callable[[], Registry],
 ) -> PublishResult:
-    opened = open_store(options.repo, versions)
     store, previous, state, mark = opened.store, opened.previous, opened.state, opened.mark
     settled = store.settled(mark)
     # Builds of which every package is published already are not looked into again.

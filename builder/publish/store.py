@@ -50,7 +50,6 @@ the builds' output lists; any change to the index makes the whole file stale.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -67,11 +66,11 @@ from builder import log
 from builder.artifacts.manifest import PARTIAL_SUFFIX
 from builder.errors import PublishError
 from builder.files import sha256_file, write_atomic
-from builder.locks import timed_lock
 from builder.publish.layout import FRONT_PAGE, KEY_FILE_NAME, PROVENANCE_DIR, repo_file_name
 from builder.specs import Consumer
 
 STORE_DIR = "packages"
+LOCK_NAME = ".lock"  # held by the one publish writing the tree
 INDEX_NAME = "index.jsonl"
 VERIFIED_NAME = ".verified"
 SETTLED_NAME = ".settled"
@@ -444,17 +443,6 @@ class State:
                 f"The published state {path} is unreadable: {exc}",
                 hint="Publish into a fresh --repo directory, or restore the file.",
             ) from exc
-
-
-def publish_lock(repo: Path, timeout: float) -> contextlib.AbstractContextManager[None]:
-    """Exclusive lock on ``repo/.lock``; wait up to ``timeout`` seconds, then fail clearly."""
-    return timed_lock(
-        repo / ".lock",
-        timeout=timeout,
-        what=f"Another publish (pid {{pid}}) is writing {repo}",
-        waiting=f"waiting for another publish (pid {{pid}}) to release {repo / '.lock'}",
-        hint="Wait for it to finish, or pass a longer --lock-timeout.",
-    )
 
 
 def current_version(repo: Path) -> Path | None:

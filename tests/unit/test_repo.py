@@ -12,7 +12,7 @@ import pytest
 from builder import cli
 from builder.artifacts.manifest import scan
 from builder.commands import publish
-from builder.errors import CommandError, ConfigError, InputError, LockedError, PublishError
+from builder.errors import CommandError, ConfigError, InputError, PublishError
 from builder.files import sha256_file
 from builder.publish import changes, store
 from builder.publish.layout import family_path, served_repo_file
@@ -217,17 +217,6 @@ def test_repo_file_checks_package_and_metadata_signatures() -> None:
         "gpgkey=https://example.org/drbd/RPM-GPG-KEY-xcp-drbd-builder",
         "metadata_expire=1h",
     ]
-
-
-def test_lock_fails_clearly_when_held(tmp_path: Path) -> None:
-    with (
-        store.publish_lock(tmp_path, timeout=0),
-        pytest.raises(LockedError, match=f"pid {os.getpid()}"),
-        store.publish_lock(tmp_path, timeout=0.2),
-    ):
-        pass
-    with store.publish_lock(tmp_path, timeout=0):
-        pass  # released
 
 
 def test_prune_keeps_the_newest_and_the_current(tmp_path: Path) -> None:
