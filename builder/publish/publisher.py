@@ -20,6 +20,7 @@ import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
@@ -49,7 +50,6 @@ from builder.publish.store import (
     fsync_dir,
     link_or_copy,
     nearly_full,
-    new_version_id,
     open_store,
     prune_versions,
     replace_symlink,
@@ -95,6 +95,17 @@ class NewVersion:
         if self.previous is None or not (self.previous / family).is_dir():
             return None
         return self.previous / family
+
+
+def _new_version_id(versions: Path) -> str:
+    """A new version's name: when it was made, in UTC, unique among ``versions``."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    candidate = stamp
+    counter = 1
+    while (versions / candidate).exists():
+        counter += 1
+        candidate = f"{stamp}-{counter}"
+    return candidate
 
 
 def publish(options: PublishOptions, registry: Callable[[], Registry]) -> PublishResult:
@@ -160,7 +171,7 @@ def _publish_locked(
             store.settle(mark, settled | {settled_key(build) for build in builds})
         log.info(f"nothing new: {options.repo / 'current'} stays at {previous.name}")
         return PublishResult(version=None, new_packages=(), total_packages=total)
-    version_id = new_version_id(versions)
+    version_id = _new_version_id(versions)
     version = NewVersion(
         id=version_id,
         root=versions / f"{version_id}{manifest.PARTIAL_SUFFIX}",

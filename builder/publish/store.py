@@ -57,7 +57,6 @@ import shutil
 import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -481,16 +480,6 @@ def nearly_full(repo: Path) -> bool:
     except OSError:
         return False
     return info.f_bavail * info.f_frsize < (1 << 20)
-
-
-def new_version_id(versions: Path) -> str:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-    candidate = stamp
-    counter = 1
-    while (versions / candidate).exists():
-        counter += 1
-        candidate = f"{stamp}-{counter}"
-    return candidate
 
 
 def link_or_copy(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
