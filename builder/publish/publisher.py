@@ -234,15 +234,18 @@ def _add_packages(
     signer: sign.Signer,
     createrepo: Callable[[Consumer], str],
 ) -> list[Entry]:
-    """Sign the new packages into the store, make the changed families' metadata in the new
-    version and sign it, record the builds' provenance, verify every new signature, and check
-    every published package against its signed digest.
+    """Sign the new packages into the store, check every published package against its
+    signed digest, make the changed families' metadata in the new version and sign it, record
+    the builds' provenance and verify every new signature.
 
     createrepo_c runs while the rest is done: it needs only the signed files, and a failure
     on either side stops the whole publish before anything goes live.
     """
     plan, published = version.plan, version.published
     signed = _sign_into_store(store, plan, signer)
+    with log.step(f"Check the {len(published)} published package(s) against their signed digests"):
+        reread = store.check_unchanged(published)
+        log.info(f"{len(published) - reread} unchanged since their last check, {reread} hashed")
     with contextlib.ExitStack() as running:
         metadata: dict[str, tuple[Consumer, Path | None, proc.Started]] = {}
         for family in sorted(plan.changed_families):
@@ -255,11 +258,6 @@ def _add_packages(
             )
             job = running.enter_context(proc.started(cmd, echo=False))
             metadata[family] = (consumer, prior, job)
-        with log.step(
-            f"Check the {len(published)} published package(s) against their signed digests"
-        ):
-            reread = store.check_unchanged(published)
-            log.info(f"{len(published) - reread} unchanged since their last check, {reread} hashed")
         for consumer in sorted({item.consumer for item, _, _ in signed}):
             files = [path for item, path, _ in signed if item.consumer is consumer]
             with log.step(f"Check the signatures of {len(files)} new {consumer.value} package(s)"):
