@@ -1,7 +1,7 @@
 """Publishing built RPMs as signed yum repositories, atomically, at the cost of what is new.
 
-A publish checks every published package against the digest it had when signed (a cheap stat
-check for those unchanged since their last check), signs the new packages into the store,
+A publish signs the new packages into the store, checks every published package against the
+digest it had when signed (a cheap stat check for those unchanged since their last check),
 makes each changed family's metadata in ``versions/<id>.partial`` with ``createrepo_c
 --update`` seeded from the previous version, signs ``repomd.xml`` and verifies every new
 signature.  Only then is the directory renamed and ``current`` switched, so an interrupted
