@@ -244,7 +244,10 @@ step_install() {{
     curl -fsS -o "$KEY_FILE.part" "$GPGKEY_URL"
     mv "$KEY_FILE.part" "$KEY_FILE"
     echo "Compare this fingerprint with the one published with the repository:"
-    gpg --quiet --with-fingerprint "$KEY_FILE" || true
+    # From the machine-readable listing: gpg 2.1 and later print no fingerprint in the
+    # human one when only given a file, whatever --with-fingerprint says.
+    gpg --quiet --with-colons --with-fingerprint "$KEY_FILE" |
+        awk -F: '$1 == "fpr" {{ print "    " $10 }}'
     rpm --import "$KEY_FILE"
     cp "$REPO_SOURCE" "$REPO_FILE"
     # shellcheck disable=SC2086 # PACKAGES is a list
