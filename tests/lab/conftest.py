@@ -17,8 +17,6 @@ from typing import Any
 
 import pytest
 
-from tests.deploy_support import pool_data, render_pool
-
 # The build fixtures of the integration tests (the stand-in target, its kernel-devel, Debian's
 # drbd-utils tarball): the module scenario builds what it installs.
 from tests.integration.conftest import (  # noqa: F401
@@ -33,38 +31,14 @@ from tests.integration.conftest import (  # noqa: F401
     standin_root,
     standin_target,
 )
-from tests.lab import drbdlab, guest, guestfiles, vm
+from tests.lab import drbdlab, guest, vm
+from tests.lab.labpool import HOSTS, lab_pool, render
+
+# The module packages, published for the session, and the root the guests install them into.
+from tests.lab.published import installed_image, published  # noqa: F401
 from tests.support.needs import unavailable
 
 pytestmark = pytest.mark.lab
-
-HOSTS = (
-    vm.GuestSpec("xcp1", 1, ("xenbr0:198.51.100.1/24", "xenbr1:192.0.2.1/24")),
-    vm.GuestSpec("xcp2", 2, ("xenbr0:198.51.100.2/24", "xenbr1:192.0.2.2/24")),
-)
-# Each guest's data disk by its id (QEMU's serial=), as a dom0 operator names it.
-DATA_DISKS = ("/dev/disk/by-id/virtio-xdb-data-1", "/dev/disk/by-id/virtio-xdb-data-2")
-
-
-def lab_pool(**changes: Any) -> dict[str, Any]:
-    """The pool file of the two lab guests: management on xenbr0 (198.51.100.0/24, TEST-NET-2),
-    replication on its own link xenbr1 (192.0.2.0/24, TEST-NET-1), the data disk by its id."""
-    return pool_data(
-        **{
-            "hosts.0.management.address": "198.51.100.1/24",
-            "hosts.1.management.address": "198.51.100.2/24",
-            "hosts.0.replication.address": "192.0.2.1/24",
-            "hosts.1.replication.address": "192.0.2.2/24",
-            "hosts.0.disk": DATA_DISKS[0],
-            "hosts.1.disk": DATA_DISKS[1],
-            "drbd.fence_peer_handler": guestfiles.FENCE_HANDLER,
-            **changes,
-        }
-    )
-
-
-def render(directory: Path, data: dict[str, Any], *overrides: str) -> Path:
-    return render_pool(directory, data, *[a for f in overrides for a in ("--override", f)])
 
 
 @pytest.fixture(scope="session")
@@ -106,22 +80,7 @@ def pair(
         try:
             yield running
         finally:
-            problems = []
-            for host in running:
-                kept = lab_output / module / host.name
-                kept.mkdir(parents=True, exist_ok=True)
-                (kept / "commands.log").write_text("\n\n".join(host.log) + "\n")
-                try:
-                    log = drbdlab.kernel_log(host)
-                except (vm.LabError, AssertionError) as exc:
-                    log = f"(no kernel log: {exc})"
-                (kept / "dmesg.log").write_text(log)
-                problems += [f"{host.name}: {line}" for line in drbdlab.bugs(log)]
-            for host in running:
-                running_console = host.console
-                if running_console.exists():
-                    target = lab_output / module / host.name / "console.log"
-                    target.write_bytes(running_console.read_bytes())
+            problems = drbdlab.keep_output(running, lab_output / module)
             assert not problems, "the kernel reported a bug:\n" + "\n".join(problems)
 
 

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.lab.vm import Guest, Pair, Result
+from tests.lab.vm import Guest, LabError, Pair, Result
 
 DEVICE = "/dev/drbd1"
 MINOR = 1
@@ -65,6 +65,31 @@ def wait_healthy(pair: Pair, *, timeout: float = 120) -> None:
             timeout=timeout,
             what="Connected, Primary/Primary, UpToDate/UpToDate",
         )
+
+
+def events_now(guest: Guest) -> str:
+    """DRBD 9's state of the resource, as ``drbdsetup events2 --now`` lists it (9 has no state
+    lines in /proc/drbd)."""
+    return guest.ok(f"drbdsetup events2 --now {RESOURCE}")
+
+
+def wait_events(guest: Guest, *patterns: str, timeout: float, what: str) -> str:
+    """Wait until ``drbdsetup events2 --now`` has a line matching each extended regex."""
+    checks = " && ".join(f"echo \"$s\" | grep -qE '{pattern}'" for pattern in patterns)
+    return guest.wait_for(
+        f's=$(drbdsetup events2 --now {RESOURCE}) && {checks} && echo "$s"',
+        timeout=timeout,
+        what=what,
+    )
+
+
+# Both Primary, Connected, both disks UpToDate (DRBD 9's events2 words).
+HEALTHY_9 = (
+    "^exists resource .* role:Primary",
+    "^exists connection .* connection:Connected role:Primary",
+    "^exists device .* disk:UpToDate",
+    "^exists peer-device .* replication:Established peer-disk:UpToDate",
+)
 
 
 def put(guest: Guest, path: str, content: bytes, mode: int = 0o644) -> None:
@@ -223,3 +248,22 @@ class Stopwatch:
 
     def seconds(self) -> float:
         return time.monotonic() - self.started
+
+
+def keep_output(pair: Pair, directory: Path) -> list[str]:
+    """Each guest's commands, kernel log and console into ``directory/<host>/``; the kernel's
+    bug reports among them (a test fails on any)."""
+    problems = []
+    for host in pair:
+        kept = directory / host.name
+        kept.mkdir(parents=True, exist_ok=True)
+        (kept / "commands.log").write_text("\n\n".join(host.log) + "\n")
+        try:
+            log = kernel_log(host)
+        except (LabError, AssertionError) as exc:
+            log = f"(no kernel log: {exc})"
+        (kept / "dmesg.log").write_text(log)
+        problems += [f"{host.name}: {line}" for line in bugs(log)]
+        if host.console.exists():
+            (kept / "console.log").write_bytes(host.console.read_bytes())
+    return problems

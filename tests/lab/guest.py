@@ -312,6 +312,47 @@ def guest_image() -> GuestImage:
     return image
 
 
+# What a dom0 runbook's install step calls beyond the base root: yum (Debian's dnf, a real yum
+# consumer, and its Python), curl, gpg and rpm's own helpers (rpm --import runs rpmkeys), as
+# this machine's packages ship them.
+YUM_PACKAGES = (
+    "dnf", "python3-dnf", "dnf-data", "python3-libdnf", "python3-hawkey", "python3-rpm",
+    "python3-gpg", "python3-libcomps", "libdnf2-common", "python3-distutils", "python3",
+    "python3-minimal", "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib",
+    "curl", "gpg", "gpgconf", "gpg-agent", "rpm",
+)  # fmt: skip
+_NOT_NEEDED = (
+    "/usr/share/doc/", "/usr/share/man/", "/usr/share/locale/", "/usr/share/info/",
+    "/usr/share/lintian/", "/usr/share/bash-completion/", "/usr/lib/python3.11/test/",
+)  # fmt: skip
+
+
+def add_yum(root: Path) -> None:
+    """Put ``YUM_PACKAGES``' files (``dpkg -L``) and the libraries they need into ``root``,
+    with ``yum`` naming dnf, as on a dom0."""
+    elf: list[str] = []
+    for package in YUM_PACKAGES:
+        for name in run(["dpkg", "-L", package]).splitlines():
+            path = Path(name)
+            if name.startswith(_NOT_NEEDED) or not (path.is_file() or path.is_symlink()):
+                continue
+            target = root / name.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if path.is_symlink():
+                if not target.is_symlink() and not target.exists():
+                    target.symlink_to(os.readlink(path))
+            else:
+                shutil.copy2(path, target)
+                if _is_dynamic(name):
+                    elf.append(name)
+    for library in library_closure(elf):
+        if not (root / library.lstrip("/")).exists():
+            _copy(library, root)
+    (root / "usr/bin/yum").symlink_to("dnf")
+    # Where a dom0's yum reads its repositories (its CentOS-Base.repo is there).
+    (root / "etc/yum.repos.d").mkdir(parents=True, exist_ok=True)
+
+
 def derived_image(image: GuestImage, directory: Path, change: Callable[[Path], None]) -> GuestImage:
     """The cached root with ``change`` applied to a copy of its tree (packages installed into
     it, as an image builder does), as a new root image in ``directory``."""

@@ -103,6 +103,7 @@ for device in /sys/class/net/eth*; do
     case "$(cat "$device/address")" in
         *:01) ip link set "${device##*/}" name xenbr0 ;;
         *:02) ip link set "${device##*/}" name xenbr1 ;;
+        *:03) ip link set "${device##*/}" name lab-repo ;;
     esac
 done
 for word in $(cat /proc/cmdline); do
@@ -115,6 +116,7 @@ for word in $(cat /proc/cmdline); do
 done
 ip link set xenbr0 up
 ip link set xenbr1 up
+[ ! -e /sys/class/net/lab-repo ] || ip link set lab-repo up
 """
 
 _XAPI = """#!/bin/bash

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.lab import drbdlab
-from tests.lab.conftest import lab_pool, render
+from tests.lab.labpool import lab_pool, render
 from tests.lab.vm import Pair
 
 pytestmark = pytest.mark.lab

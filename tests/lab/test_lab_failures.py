@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.lab import drbdlab, vm
-from tests.lab.conftest import HOSTS
 from tests.lab.guest import GuestImage
+from tests.lab.labpool import HOSTS
 
 pytestmark = pytest.mark.lab
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,7 +106,7 @@ def test_ctrl_c_leaves_no_qemu_behind(lab_image: GuestImage, tmp_path: Path) -> 
         "import sys, time\n"
         "from pathlib import Path\n"
         "from tests.lab import guest, vm\n"
-        "from tests.lab.conftest import HOSTS\n"
+        "from tests.lab.labpool import HOSTS\n"
         f"with vm.running_pair(guest.guest_image(), Path({str(directory)!r}), HOSTS):\n"
         "    print('booted', flush=True)\n"
         "    time.sleep(600)\n"

@@ -1,197 +1,48 @@
 """Our module, built by the tool, published, installed the dom0 way, loaded by a real kernel.
 
-The DRBD 9-shaped test source (its module only has to load and say which it is), or a real
-DRBD 9 release tarball named by ``XDB_LAB_DRBD9_SOURCE`` (with ``XDB_LAB_UTILS_SOURCE``, a
-drbd-utils release it accepts), is built with drbd-utils' real release tarball from Debian's
-source archive for the stand-in target, whose
-kernel-devel is made from the headers of the kernel the guest boots. ``publish`` signs it into
-a repository served on 127.0.0.1; ``deploy render`` writes the ``.repo`` file; dnf, with that
-file (gpgcheck=1, repo_gpgcheck=1), installs the runbook's packages into the guest's root
-before it boots, as an image builder does, so the packages' own files and scriptlets (depmod
-for the module's kernel, not the running one) are what the guest boots with. The kernel
-package of the dom0 is a stand-in that provides what the module requires of it.
+The packages are :mod:`tests.lab.published`'s: the DRBD 9-shaped test source (its module only
+has to load and say which it is) or a real DRBD 9 release, with drbd-utils. One guest, xcp1,
+boots the root with what the dom0 brings (the vendor's kernel package and base, stand-ins
+that provide what our packages require of them; yum, which is Debian's dnf, curl and gpg) and
+reaches the repository through QEMU's user network, whose only way out leads to 127.0.0.1.
+There the runbook's own ``install`` step runs: it fetches the key and shows its fingerprint,
+imports it, installs the ``.repo`` file and the packages with yum (gpgcheck=1,
+repo_gpgcheck=1), whose scriptlets run depmod in the running system, checks the resource file
+with the installed drbdadm and loads the module.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shlex
-import subprocess
-import sys
-import urllib.request
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.deploy_support import pool_data, write_pool
-from tests.integration import buildenv
-from tests.integration.conftest import Utils
 from tests.lab import drbdlab, guest, vm
-from tests.support.http import serve_directory
+from tests.lab.labpool import HOSTS
+from tests.lab.published import REAL_SOURCE, VERSION
 
 pytestmark = [pytest.mark.lab, pytest.mark.docker]
-
-ROOT = Path(__file__).resolve().parents[2]
-# A real DRBD 9 release tarball (LINBIT's, e.g. made with its `make tarball`) replaces the test
-# source when given; CI has none within reach, so by default the test source is built.
-REAL_SOURCE = os.environ.get("XDB_LAB_DRBD9_SOURCE")
-
-
-def _version() -> str:
-    if not REAL_SOURCE:
-        return "9.2.19"
-    match = re.fullmatch(r"drbd-(9\.\d+\.\d+)\.tar\.gz", Path(REAL_SOURCE).name)
-    if match is None:
-        raise pytest.UsageError(
-            f"XDB_LAB_DRBD9_SOURCE={REAL_SOURCE}: expected a file named drbd-9.X.Y.tar.gz"
-        )
-    return match.group(1)
-
-
-VERSION = _version()
-# Its userland: a drbd-utils release tarball new enough for it (DRBD 9.2.18's kmod-drbd requires
-# drbd-utils >= 9.27.0; Debian 12's is 9.22.0). Default: Debian's.
-REAL_UTILS = os.environ.get("XDB_LAB_UTILS_SOURCE")
-
-
-def _utils(debian: Utils) -> Utils:
-    if not REAL_UTILS:
-        return debian
-    match = re.fullmatch(r"drbd-utils-(\d+\.\d+\.\d+)\.tar\.gz", Path(REAL_UTILS).name)
-    if match is None:
-        raise pytest.UsageError(
-            f"XDB_LAB_UTILS_SOURCE={REAL_UTILS}: expected a file named drbd-utils-X.Y.Z.tar.gz"
-        )
-    return Utils(version=match.group(1), tarball=Path(REAL_UTILS).resolve())
-
-
-def tool(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "builder", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=3600, check=False,
-    )  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def published(
-    tmp_path_factory: pytest.TempPathFactory,
-    standin_inputs: buildenv.StandinInputs,
-    debian_drbd_utils: Utils,
-    spatch_base: str,
-) -> Iterator[tuple[Path, str, Path]]:
-    """(the rendered pool directory, the served repository's URL, the build's artifacts)."""
-    work = tmp_path_factory.mktemp("module")
-    if REAL_SOURCE:
-        tarball = Path(REAL_SOURCE).resolve()
-    else:
-        tarball = buildenv.make_kmod_source(work, VERSION)
-    utils = _utils(debian_drbd_utils)
-    specs = standin_inputs.write_specs(
-        work / "specs",
-        spatch_base=spatch_base,
-        drbd=(
-            f'drbd:\n  {VERSION}:\n    family: "9"\n    url: file://{tarball}\n'
-            f"    utils: {utils.version}\n"
-            f"drbd-utils:\n  {utils.version}:\n    url: file://{utils.tarball}\n"
-        ),
-    )
-    artifacts = work / "artifacts"
-    built = tool(
-        "build", "--xcp", "lab", "--drbd", VERSION, "--specs", str(specs),
-        "--cache", str(work / "cache"), "--artifacts", str(artifacts),
-    )  # fmt: skip
-    assert built.returncode == 0, built.stderr[-4000:]
-    home = work / "gnupg"
-    fingerprint = tool("keygen", "--gnupg-home", str(home)).stdout.strip()
-    repo = work / "repo"
-    with serve_directory(repo) as url:
-        done = tool(
-            "publish", "--artifacts", str(artifacts), "--repo", str(repo), "--key", fingerprint,
-            "--gnupg-home", str(home), "--base-url", url,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr[-4000:]
-        pool = write_pool(
-            work / "pool",
-            pool_data(**{"target": "lab", "drbd.version": VERSION, "repo.url": url}),
-        )
-        rendered = work / "pool" / "out"
-        argv = ["deploy", "render", "--pool", str(pool), "--output", str(rendered)]
-        shown = tool(*argv, "--specs", str(specs))
-        assert shown.returncode == 0, shown.stderr[-4000:]
-        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], check=False)
-        yield rendered, url, artifacts / "lab" / VERSION
-
-
-def runbook_variable(runbook: str, name: str) -> str:
-    match = re.search(rf"^{name}=(.*)$", runbook, re.M)
-    assert match, f"the runbook sets no {name}"
-    return shlex.split(match.group(1))[0]
-
-
-def runbook_packages(runbook: Path) -> list[str]:
-    return runbook_variable(runbook.read_text(), "PACKAGES").split()
-
-
-def install_into(tree: Path, rendered: Path, build: Path, work: Path) -> None:
-    """dnf --installroot with the rendered .repo file: the dom0's stand-in kernel package and
-    base, then the runbook's packages from the signed repository."""
-    stand_ins = buildenv.dom0_stand_ins(work, sorted(build.glob("*.rpm")))
-    # XCP-ng 8.3's depmod search order, under which extra/ and the kernel's own drbd.ko rank
-    # alike: the module package's override lines must decide.
-    search = tree / "etc" / "depmod.d" / "00-xcpng-override.conf"
-    search.parent.mkdir(parents=True, exist_ok=True)
-    search.write_text("search override\n")
-    # The install step's key: fetched from GPGKEY_URL to KEY_FILE. dnf runs outside the root
-    # and reads a file:// gpgkey on this machine, so its copy of the .repo file names the key
-    # inside the root; nothing else of the file changes.
-    runbook = (rendered / "xcp1" / "runbook.sh").read_text()
-    key_url, key_file = (runbook_variable(runbook, name) for name in ("GPGKEY_URL", "KEY_FILE"))
-    key = tree / key_file.lstrip("/")
-    key.parent.mkdir(parents=True, exist_ok=True)
-    with urllib.request.urlopen(key_url, timeout=30) as answer:
-        key.write_bytes(answer.read())
-    repos = work / "repos"
-    repos.mkdir()
-    repo_text = (rendered / "xcp1" / "xcp-drbd-builder.repo").read_text()
-    assert f"gpgkey=file://{key_file}" in repo_text
-    (repos / "xcp-drbd-builder.repo").write_text(
-        repo_text.replace(f"gpgkey=file://{key_file}", f"gpgkey=file://{key}")
-    )
-    common = [
-        "dnf", "-y", f"--installroot={tree}", f"--setopt=reposdir={repos}",
-        f"--setopt=cachedir={work / 'cache'}", "--releasever=7",
-        "--setopt=install_weak_deps=False",
-    ]  # fmt: skip
-    for args in (
-        ["install", *map(str, stand_ins)],
-        ["install", *runbook_packages(rendered / "xcp1" / "runbook.sh")],
-    ):
-        done = subprocess.run(
-            [*common, *args], capture_output=True, text=True, timeout=600, check=False
-        )
-        # dnf imports the key with gpg, whose agent would outlive the test.
-        for pubring in (work / "cache").glob("*/pubring"):
-            subprocess.run(["gpgconf", "--homedir", str(pubring), "--kill", "gpg-agent"],
-                           check=False)  # fmt: skip
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
 @pytest.fixture(scope="module")
 def booted(
-    lab_image: guest.GuestImage,
+    installed_image: guest.GuestImage,
     published: tuple[Path, str, Path],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[vm.Guest]:
-    rendered, _url, build = published
-    work = tmp_path_factory.mktemp("module-root")
-    image = guest.derived_image(
-        lab_image, work, lambda tree: install_into(tree, rendered, build, work)
-    )
-    host = vm.Guest(vm.GuestSpec("xcp1", 1, ()), image, work / "xcp1", {})
-    host.accel = vm.accelerator(image, work / "kvm-probe")
-    host.prepare(image.root)
+    _rendered, url, _build = published
+    work = tmp_path_factory.mktemp("module-guest")
+    # xcp1 of the lab's pair, alone: its two links lead nowhere, its third to the repository.
+    spec = vm.GuestSpec("xcp1", 1, (*HOSTS[0].addresses, vm.REPO_GUEST_ADDRESS))
+    ports = vm.free_udp_ports(4)
+    links = {"mgmt": (ports[0], ports[1]), "repl": (ports[2], ports[3])}
+    host = vm.Guest(spec, installed_image, work / "xcp1", links)
+    host.repository = urllib.parse.urlsplit(url).port
+    host.accel = vm.accelerator(installed_image, work / "kvm-probe")
+    host.prepare(installed_image.root)
     try:
         host.start()
         yield host
@@ -199,9 +50,20 @@ def booted(
         host.stop()
 
 
-def test_modprobe_loads_our_module_installed_from_the_published_repository(
-    booted: vm.Guest, lab_output: Path
+def test_the_install_step_installs_from_the_published_repository_and_loads_our_module(
+    booted: vm.Guest, published: tuple[Path, str, Path], lab_output: Path
 ) -> None:
+    rendered, _url, _build = published
+    drbdlab.deploy_files(booted, rendered)
+    install = drbdlab.runbook(booted, "install", timeout=1200)
+    (lab_output / "module-install-step.log").write_text(install.stdout + install.stderr)
+    install.check("xcp1: the runbook's install step")
+    # The key came from the repository, its fingerprint was shown to compare, and that key is
+    # the one rpm now trusts (rpm names it by the fingerprint's last eight digits).
+    shown = re.findall(r"^ +([0-9A-F]{40})$", install.stdout, re.M)
+    assert shown, install.stdout
+    imported = booted.ok("rpm -q gpg-pubkey --qf '%{VERSION}\\n'").split()
+    assert [fingerprint[-8:].lower() for fingerprint in shown] == imported
     release = booted.ok("uname -r").strip()
     ours = f"/lib/modules/{release}/extra/drbd/drbd.ko"
     # The package put it there and its scriptlet indexed it for its kernel.

@@ -3,9 +3,12 @@
 Each guest has a root disk (a copy of the cached root image), a data disk, and two NICs: the
 management link and the replication link.  Each link is a QEMU ``socket`` netdev over UDP on
 127.0.0.1 between the two QEMU processes, so the guests' addresses exist only inside those
-tunnels and no frame leaves them.  The first serial port is the console (kept in a file);
-the second is the command channel (a unix socket; the guest's agent runs one script per line
-and answers with its output and exit status).  QMP, on a third socket, cuts links and resets.
+tunnels and no frame leaves them.  A guest that installs packages has a third NIC on QEMU's
+user network, isolated (``restrict=on``) but for one forwarded address, the package
+repository, which leads to an HTTP server on 127.0.0.1.  The first serial port is the
+console (kept in a file); the second is the command channel (a unix socket; the guest's
+agent runs one script per line and answers with its output and exit status).  QMP, on a third
+socket, cuts links and resets.
 
 Every wait has a timeout.  A guest that does not come up, a lost channel or a command past its
 time raises :class:`LabError` with the console's last lines; the pair's context manager kills
@@ -23,6 +26,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -39,6 +43,11 @@ ACCELERATORS = {
 COMMAND_TIMEOUT = 120.0
 DATA_DISK_BYTES = 64 * 1024 * 1024
 CONSOLE_TAIL = 25
+# The package repository, as a guest given one sees it: QEMU's user network on TEST-NET-3,
+# whose only way out is this address's port 80, carried to the HTTP server on 127.0.0.1.
+REPO_NET = "203.0.113.0/24"
+REPO_ADDRESS = "203.0.113.80"
+REPO_GUEST_ADDRESS = "lab-repo:203.0.113.15/24"
 
 
 class LabError(Exception):
@@ -103,6 +112,7 @@ class Guest:
     boots: int = 0
     log: list[str] = field(default_factory=list)
     accel: str = "tcg"
+    repository: int | None = None  # port on 127.0.0.1 that http://REPO_ADDRESS/ leads to
 
     @property
     def name(self) -> str:
@@ -162,6 +172,14 @@ class Guest:
                 f"socket,id={netdev},udp=127.0.0.1:{peer},localaddr=127.0.0.1:{local}",
                 "-device",
                 f"virtio-net-pci,netdev={netdev},mac=52:54:00:00:{index:02x}:{number:02x}",
+            ]
+        if self.repository is not None:
+            relay = f"{sys.executable} {Path(__file__).with_name('relay.py')} {self.repository}"
+            args += [
+                "-netdev",
+                f"user,id=repo,restrict=on,net={REPO_NET},guestfwd=tcp:{REPO_ADDRESS}:80-cmd:{relay}",
+                "-device",
+                f"virtio-net-pci,netdev=repo,mac=52:54:00:00:{index:02x}:03",
             ]
         args += [
             "-chardev", f"file,id=console,path={self.console}", "-serial", "chardev:console",
@@ -385,7 +403,13 @@ def _short(script: str) -> str:
 class Pair:
     """Two guests joined by a management link (``mgmt``) and a replication link (``repl``)."""
 
-    def __init__(self, image: GuestImage, directory: Path, specs: tuple[GuestSpec, GuestSpec]):
+    def __init__(
+        self,
+        image: GuestImage,
+        directory: Path,
+        specs: tuple[GuestSpec, GuestSpec],
+        repository: int | None = None,
+    ):
         ports = free_udp_ports(4)
         first_links = {"mgmt": (ports[0], ports[1]), "repl": (ports[2], ports[3])}
         second_links = {name: (peer, local) for name, (local, peer) in first_links.items()}
@@ -398,6 +422,7 @@ class Pair:
         accel = accelerator(image, directory / "kvm-probe")
         for guest in self.guests:
             guest.accel = accel
+            guest.repository = repository
 
     def __iter__(self) -> Iterator[Guest]:
         return iter(self.guests)
@@ -423,9 +448,14 @@ class Pair:
 
 @contextlib.contextmanager
 def running_pair(
-    image: GuestImage, directory: Path, specs: tuple[GuestSpec, GuestSpec]
+    image: GuestImage,
+    directory: Path,
+    specs: tuple[GuestSpec, GuestSpec],
+    repository: int | None = None,
 ) -> Iterator[Pair]:
-    pair = Pair(image, directory, specs)
+    """Both guests booted; each reaches the package repository at ``repository`` (a port on
+    127.0.0.1) when given one."""
+    pair = Pair(image, directory, specs, repository)
     try:
         pair.start()
         yield pair
