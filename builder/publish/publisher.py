@@ -306,7 +306,7 @@ def _sign_into_store(
             by_consumer.setdefault(item.consumer, []).append((item, temp))
             shutil.copyfile(item.source, temp)
             os.chmod(temp, 0o644)
-        signed: list[tuple[Incoming, Path, str]] = []
+        ready: list[tuple[Incoming, Path, str]] = []  # signed, checked, not in place yet
         for consumer, pairs in sorted(by_consumer.items()):
             files = [temp for _, temp in pairs]
             how = " (V3 signatures, GnuPG 1.4)" if profile(consumer).v3_signatures else ""
@@ -314,11 +314,11 @@ def _sign_into_store(
                 f"Sign {len(files)} new {consumer.value} package(s) with {signer.key.key_id}{how}"
             ):
                 signer.sign_packages(files, consumer)
-            signed += [(item, temp, sha256_file(temp)) for item, temp in pairs]
-        placed = store.place([(item.path, temp) for item, temp, _ in signed])
+            ready += [(item, temp, sha256_file(temp)) for item, temp in pairs]
+        placed = store.place([(item.path, temp) for item, temp, _ in ready])
     finally:
         shutil.rmtree(incoming, ignore_errors=True)
-    return [(item, final, digest) for (item, _, digest), final in zip(signed, placed, strict=True)]
+    return [(item, final, digest) for (item, _, digest), final in zip(ready, placed, strict=True)]
 
 
 def _assemble(version: NewVersion, public_key: Path) -> None:
