@@ -37,8 +37,17 @@ INIT_SCRIPTS = {
     "drbd": "# chkconfig: - 70 08",
 }
 
+# The flags of `get-gi` on a healthy primary. DRBD 8.4: consistent, up-to-date, primary,
+# connected, full sync, peer outdated, crashed primary. DRBD 9, in the order of the legend the
+# lab's real 9.2 pair printed: consistent, up-to-date, primary, crashed primary, activity log
+# applied, activity log disabled, primary that lost quorum, connected, peer outdated, fencing in
+# use, full sync, backing device seen (the lab saw them after a split brain, where connected is
+# 0 and crashed primary and peer outdated are 1; these healthy values follow from the legend).
+GI_FLAGS = {"8": "1:1:1:1:0:0:0", "9": "1:1:1:0:0:0:0:1:0:1:0:1"}
+
 SPLIT_BRAIN_LINE = {
-    # DRBD 8.4.11's own line, as the lab's split brain printed it (tests/lab/).
+    # DRBD 8.4.11's and DRBD 9.2's own lines, as the lab's split brains printed them
+    # (tests/lab/).
     "8": "block drbd1: Split-Brain detected but unresolved, dropping connection!",
     "9": "drbd r0/0 drbd1 {peer}: Split-Brain detected but unresolved, dropping connection!",
 }
@@ -52,10 +61,9 @@ def healthy_state(*, syntax: str, version: str, kernel: str) -> dict[str, Any]:
             "cstate": "Connected",
             "disk": "UpToDate",
             "role": "Primary",
-            # `get-gi` as DRBD 8.4 prints it: current, bitmap and two history UUIDs, then
-            # consistent, up-to-date, primary, connected, full sync, peer outdated, crashed
+            # `get-gi`: current, bitmap and two history UUIDs, then the flags (GI_FLAGS)
             "gi": f"8C2D5D6B3E1F2A4{index}:0000000000000000:A1B2C3D4E5F60718:0000000000000004"
-            ":1:1:1:1:0:0:0",
+            f":{GI_FLAGS['9' if syntax == '9' else '8']}",
             "kernel_log": [],
             "installed": version,
             "loaded": version,

@@ -28,11 +28,11 @@ STATE = Path(os.environ.get("FAKE_STATE", "/nonexistent"))
 RESYNC_LOOKS = 2  # how many looks at dstate a resync takes
 
 
-# `drbdadm show-gi` of DRBD 8.4 (drbd-utils' drbdsetup-84), as the lab's real pair printed it on
-# a split brain: the generation identifiers (`get-gi`: four UUIDs, then seven flags) under a
-# diagram, then the device's state.  Other versions' forms were not seen running: the fake
-# prints their identifiers alone.
-SHOW_GI_84_HEAD = (
+# `drbdadm show-gi` as the lab's real pairs printed it on a split brain: the generation
+# identifiers (`get-gi`: four UUIDs, then the flags: seven on DRBD 8.4, twelve on DRBD 9) under
+# a diagram and above a legend; DRBD 8.4 then prints the device's state.  DRBD 8.3's form was
+# not seen running: the fake prints its identifiers alone.
+SHOW_GI_HEAD = (
     "",
     "       +--<  Current data generation UUID  >-",
     "       |               +--<  Bitmap's base data generation UUID  >-",
@@ -50,17 +50,34 @@ SHOW_GI_84_LEGEND = (
     "                        -<  The peer's disk was out-dated or inconsistent  >--+ |",
     "      -<  This node was a crashed primary, and has not seen its peer since   >--+",
 )
+SHOW_GI_9_LEGEND = (
+    "                                                                    ^ ^ ^ ^ ^ ^ ^ ^ ^ ^ ^ ^",
+    "                                      -<  Data consistency flag  >--+ | | | | | | | | | | |",
+    "                             -<  Data was/is currently up-to-date  >--+ | | | | | | | | | |",
+    "                                  -<  Node was/is currently primary  >--+ | | | | | | | | |",
+    " -<  This node was a crashed primary, and has not seen its peer since  >--+ | | | | | | | |",
+    "             -<  The activity-log was applied, the disk can be attached  >--+ | | | | | | |",
+    "        -<  The activity-log was disabled, peer is completely out of sync  >--+ | | | | | |",
+    "                              -<  This node was primary when it lost quorum  >--+ | | | | |",
+    "                                          -<  Node was/is currently connected  >--+ | | | |",
+    "                              -<  The peer's disk was out-dated or inconsistent  >--+ | | |",
+    "                                 -<   A fence policy other the dont-care was used  >--+ | |",
+    "                  -<  Node was in the progress of marking all blocks as out of sync  >--+ |",
+    "                     -<  At least once we saw this node with a backing device attached >--+",
+)
 PEER_OUTDATED_FLAG = 5  # the sixth flag after the UUIDs
 
 
 def show_gi(state: dict[str, Any], me: dict[str, Any]) -> str:
+    if state["syntax"] == "9":
+        return "\n".join([*SHOW_GI_HEAD, str(me["gi"]), *SHOW_GI_9_LEGEND, ""])
     if state["syntax"] != "8.4":
         return str(me["gi"])
     flags = str(me["gi"]).split(":")[4:]
     peer = ", peer Outdated" if flags[PEER_OUTDATED_FLAG : PEER_OUTDATED_FLAG + 1] == ["1"] else ""
     return "\n".join(
         [
-            *SHOW_GI_84_HEAD,
+            *SHOW_GI_HEAD,
             str(me["gi"]),
             *SHOW_GI_84_LEGEND,
             "",
