@@ -297,6 +297,8 @@ def _install(page: FrontPage) -> list[str]:
         f'<p>The repository key: <a href="{href(layout.KEY_FILE_NAME)}">'
         f"<code>{text(layout.KEY_FILE_NAME)}</code></a>, fingerprint</p>",
         f'<p><code class="fpr">{text(fingerprint_groups(page.fingerprint))}</code></p>',
+        "<p>The commands below and the runbook's install step print it unspaced: "
+        f'<code class="fpr">{text(page.fingerprint)}</code></p>',
         "<p>Compare it with the fingerprint the repository's owner gave you another way: this "
         "page is served beside the key and cannot vouch for it.</p>",
     ]
@@ -314,8 +316,13 @@ def _install(page: FrontPage) -> list[str]:
         commands = [
             "# as root on the dom0",
             _shell("curl", "-fsS", "-o", layout.INSTALLED_KEY_FILE, key_url),
-            _shell("gpg", "--quiet", "--with-fingerprint", layout.INSTALLED_KEY_FILE)
-            + "   # the fingerprint above",
+            # gpg 2.1 and later print no fingerprint for a key file in the human listing.
+            _shell(
+                "gpg", "--quiet", "--with-colons", "--with-fingerprint", layout.INSTALLED_KEY_FILE
+            )
+            + " | "
+            + _shell("awk", "-F:", '$1 == "fpr" { print $10 }')
+            + "   # prints the fingerprint above",
             _shell("rpm", "--import", layout.INSTALLED_KEY_FILE),
             _shell("curl", "-fsS", "-o", layout.INSTALLED_REPO_FILE, f"{base}/{family.repo_file}"),
         ]

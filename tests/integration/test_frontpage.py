@@ -7,6 +7,7 @@ Screenshots at a phone's width and a desktop's are kept under ``$XDB_TEST_OUTPUT
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -222,6 +223,24 @@ def test_a_browser_at_the_repository_url_sees_every_module_and_no_injected_marku
             assert found.startswith(url), f"{tag} {attribute} refers to {found}"
     # (URLs in the text, such as a kernel source's origin, are what a build recorded.)
     assert "url(" not in dom.all_text and "@import" not in dom.all_text  # the inline style
+
+    # The page's command that shows the key's fingerprint prints it, with this machine's
+    # GnuPG 2.2, exactly as the page writes it unspaced.
+    commands = {
+        html.unescape(line).split("   #")[0]
+        for line in page.read_text().splitlines()
+        if line.startswith("gpg --quiet")
+    }
+    assert len(commands) == 1, commands
+    home = tmp_path / "dom0-gnupg"
+    home.mkdir(mode=0o700)
+    command = commands.pop().replace(layout.INSTALLED_KEY_FILE, str(repo / layout.KEY_FILE_NAME))
+    shown = subprocess.run(
+        ["bash", "-c", command], env={**os.environ, "GNUPGHOME": str(home)},
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert shown.stdout == f"{keys.fingerprint}\n", shown
+    assert f"print it unspaced: {keys.fingerprint}" in dom.all_text
 
     # At a phone's width the page does not scroll sideways: the table scrolls in its box.
     scroll_width, client_width = (int(n) for n in width.split("x"))

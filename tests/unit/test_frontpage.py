@@ -188,6 +188,7 @@ def test_the_page_links_only_below_itself_and_loads_nothing() -> None:
     text = page.all_text
     assert f"curl -fsS -o /etc/yum.repos.d/xcp-drbd-builder.repo {BASE}/xcp-drbd-el5.repo" in text
     assert "8491 801E A5E3 6A66 13E1  0D71 C5E7 1C63 96DB B809" in text
+    assert "print it unspaced: 8491801EA5E36A6613E10D71C5E71C6396DBB809" in text
     assert "python -m builder verify --repo DIR" in text
     assert "import gpgme" in text  # el5's yum needs pygpgme for repo_gpgcheck=1
 
