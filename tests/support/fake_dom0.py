@@ -276,8 +276,11 @@ def drbdadm(args: list[str]) -> int:
         return 0
     if command == "status":  # DRBD 9's overview
         peer_name = peer_of(state)
-        print(f"r0 role:{me['role']}\n  disk:{me['disk']}\n  {peer_name} role:{peer['role']}")
-        print(f"    peer-disk:{peer['disk']} connection:{me['cstate']}")
+        print(f"r0 role:{me['role']}\n  disk:{me['disk']} open:no")
+        if me["cstate"] == "Connected":  # as the lab's real 9.2 pair printed it
+            print(f"  {peer_name} role:{peer['role']}\n    peer-disk:{peer['disk']}\n")
+        else:  # not seen running
+            print(f"  {peer_name} connection:{me['cstate']}\n")
         return 0
     if command == "connect":
         if me["cstate"] != "StandAlone":
