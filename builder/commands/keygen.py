@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from builder import log
-from builder.publish import sign
+from builder.publish import sign, testkey
 from builder.specs import Consumer
 
 
@@ -34,7 +34,7 @@ def register(
     )
     parser.add_argument(
         "--name",
-        default=sign.TEST_KEY_UID,
+        default=testkey.TEST_KEY_UID,
         help="user id of the key (default: %(default)s)",
     )
     parser.set_defaults(func=run)
@@ -43,7 +43,7 @@ def register(
 def run(args: argparse.Namespace) -> int:
     home = (args.gnupg_home or sign.default_gnupg_home()).absolute()
     with log.step(f"Make a test signing key in {home}"):
-        fingerprint = sign.generate_test_key(home, name=args.name)
+        fingerprint = testkey.generate_test_key(home, name=args.name)
         # The same checks publish makes for every consumer: a key made here must pass them.
         key = sign.find_key(fingerprint, home)
         for consumer in Consumer:

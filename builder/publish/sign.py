@@ -45,9 +45,6 @@ from builder.specs import Consumer
 # OpenPGP public-key algorithms rpm 4.4 can verify (RFC 4880: 1 = RSA, 17 = DSA).
 RPM44_KEY_ALGOS = {"1": "RSA", "17": "DSA"}
 GNUPG1_PACKAGE = "gnupg1"
-TEST_KEY_UID = (
-    "xcp-drbd-builder TEST signing key - not for production <test-signing@xcp-drbd-builder.invalid>"
-)
 
 _PGPSIG = re.compile(r"^(?P<algo>[A-Z]+)/(?P<digest>[A-Z0-9]+), .*Key ID (?P<keyid>[0-9a-f]{16})$")
 
@@ -316,41 +313,6 @@ def _pinentry_args(key: SigningKey) -> list[str]:
             raise ConfigError(f"Passphrase file {key.passphrase_file} does not exist.")
         args += ["--passphrase-file", str(key.passphrase_file.absolute())]
     return args
-
-
-def generate_test_key(gnupg_home: Path, *, name: str = TEST_KEY_UID) -> str:
-    """Make an unprotected RSA-2048 signing key for local use and return its fingerprint.
-
-    Every consumer can verify its signatures: an RSA primary key of 2048 bits that signs
-    itself (no subkey) is what rpm 4.4 on EL5 needs, and EL7's rpm takes it as well.
-    """
-    gnupg_home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(gnupg_home, 0o700)
-    proc.run(
-        [
-            gpg(),
-            "--homedir",
-            gnupg_home,
-            "--batch",
-            "--pinentry-mode",
-            "loopback",
-            "--passphrase",
-            "",
-            "--quick-gen-key",
-            name,
-            "rsa2048",
-            "sign",
-            "2y",
-        ],
-        error=CommandError,
-    )
-    result = proc.run(
-        [gpg(), "--homedir", gnupg_home, "--batch", "--with-colons", "--list-secret-keys", name],
-        echo=False,
-    )
-    fingerprints = [line.split(":")[9] for line in result.stdout.splitlines() if line[:4] == "fpr:"]
-    # Several runs with the same user id: the newest key is listed last.
-    return fingerprints[-1]
 
 
 def export_public_key(key: SigningKey) -> str:

@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from builder.publish import sign  # noqa: E402
+from builder.publish import testkey  # noqa: E402
 from tests.rpmfactory import build_rpms, write_build  # noqa: E402
 
 SCALES = (100, 1000, 5000)
@@ -124,7 +124,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="xdb-bench-") as tmp:
         work = Path(tmp)
         home = work / "gnupg"
-        fingerprint = sign.generate_test_key(home)
+        fingerprint = testkey.generate_test_key(home)
         try:
             return measure(work, home, fingerprint)
         finally:
