@@ -15,6 +15,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tests.lab.vm import Guest, LabError, Pair, Result
 
@@ -232,6 +233,35 @@ def bounce_management(guest: Guest, interface: str, *, down_seconds: int) -> Non
 
 def wait_bounce(guest: Guest, *, timeout: float) -> None:
     guest.wait_for("test -e /tmp/bounce.done", timeout=timeout, what="the bounce to end")
+
+
+def bounce_experiment(
+    pair: Pair,
+    figures: dict[str, Any],
+    lab_output: Path,
+    name: str,
+    *,
+    offset_mib: int,
+    down_seconds: int = 8,
+) -> list[str]:
+    """Bounce xenbr0 on both hosts while xcp1 writes at ``offset_mib``; the event log of both
+    connections (each host's kept as ``<name>-<host>.log``), the writes in ``figures``."""
+    first = pair["xcp1"]
+    for host in pair:
+        start_watcher(host, name)
+    start_writer(first, offset_mib=offset_mib, seconds=down_seconds + 17)
+    for host in pair:
+        bounce_management(host, "xenbr0", down_seconds=down_seconds)
+    for host in pair:
+        wait_bounce(host, timeout=down_seconds + 60)
+    writes, longest = wait_writer(first, timeout=down_seconds + 120)
+    events: list[str] = []
+    for host in pair:
+        logged = stop_watcher(host, name)
+        (lab_output / f"{name}-{host.name}.log").write_text("\n".join(logged) + "\n")
+        events += [f"{host.name} {line}" for line in logged]
+    figures[name] = {"writes": writes, "longest_write_ms": longest, "events": events}
+    return events
 
 
 def split_brain_lines(log: str) -> list[str]:

@@ -117,28 +117,6 @@ def test_split_brain_is_detected_reported_and_healed_as_chosen(deployed: Pair) -
     assert drbdlab.runbook(first, "status").returncode == 0
 
 
-def _bounce_experiment(
-    pair: Pair, figures: dict[str, Any], lab_output: Path, name: str, *, down_seconds: int = 8
-) -> list[str]:
-    """Bounce xenbr0 on both hosts while xcp1 writes; the event log of both connections."""
-    first = pair["xcp1"]
-    for host in pair:
-        drbdlab.start_watcher(host, name)
-    drbdlab.start_writer(first, offset_mib=WRITER, seconds=down_seconds + 17)
-    for host in pair:
-        drbdlab.bounce_management(host, "xenbr0", down_seconds=down_seconds)
-    for host in pair:
-        drbdlab.wait_bounce(host, timeout=down_seconds + 60)
-    writes, longest = drbdlab.wait_writer(first, timeout=down_seconds + 120)
-    events: list[str] = []
-    for host in pair:
-        logged = drbdlab.stop_watcher(host, name)
-        (lab_output / f"{name}-{host.name}.log").write_text("\n".join(logged) + "\n")
-        events += [f"{host.name} {line}" for line in logged]
-    figures[name] = {"writes": writes, "longest_write_ms": longest, "events": events}
-    return events
-
-
 def test_a_management_bounce_leaves_replication_on_its_own_link_connected(
     deployed: Pair, figures: dict[str, Any], lab_output: Path
 ) -> None:
@@ -146,7 +124,9 @@ def test_a_management_bounce_leaves_replication_on_its_own_link_connected(
     drbdlab.wait_healthy(deployed)
     for host in deployed:
         drbdlab.runbook(host, "master-change", "pre").check(f"{host.name}: master-change pre")
-    events = _bounce_experiment(deployed, figures, lab_output, "bounce-own-link")
+    events = drbdlab.bounce_experiment(
+        deployed, figures, lab_output, "bounce-own-link", offset_mib=WRITER
+    )
     for host in deployed:
         drbdlab.runbook(host, "master-change", "post").check(f"{host.name}: master-change post")
     states = drbdlab.connection_states(events)
@@ -222,7 +202,9 @@ def test_the_same_bounce_with_replication_on_the_management_link(
     # Two bounces: as long as the one above, and longer than DRBD's ping interval (10 s).
     for down_seconds in (8, 20):
         name = f"bounce-management-link-{down_seconds}s"
-        events = _bounce_experiment(deployed, figures, lab_output, name, down_seconds=down_seconds)
+        events = drbdlab.bounce_experiment(
+            deployed, figures, lab_output, name, offset_mib=WRITER, down_seconds=down_seconds
+        )
         figures[name]["states"] = drbdlab.connection_states(events)
         # post waits until the peer is connected again, so it runs on both hosts at once.
         posts = drbdlab.runbook_on_both(deployed, "master-change", "post")

@@ -5,8 +5,10 @@ tarballs (CI has none within reach; the DRBD 9-shaped test source loads but cann
 Both guests boot the root with what the dom0 brings, install the packages from the published
 repository with the runbook's ``install`` step, and run its steps in the documented order up
 to both Primary.  Then, on that one pair: a pattern written through one host's device reads
-back on the other, both ways; a split brain is made, detected, reported and healed as chosen.
-DRBD 9's state is read from ``drbdsetup events2 --now`` (9 has no state lines in /proc/drbd).
+back on the other, both ways; the management interfaces bounce while one host writes, and
+replication on its own link does not notice; a split brain is made, detected, reported and
+healed as chosen.  DRBD 9's state is read from ``drbdsetup events2 --now`` (9 has no state
+lines in /proc/drbd).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ pytestmark = [
 REPLICATED = 40
 REVERSE = 44
 SPLIT = 48
+WRITER = 52
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +125,23 @@ def test_dual_primary_replicates_both_ways(deployed9: vm.Pair) -> None:
     assert drbdlab.read_sum(second, offset_mib=REPLICATED, size_mib=4) == written
     back = drbdlab.write_pattern(second, offset_mib=REVERSE, size_mib=4)
     assert drbdlab.read_sum(first, offset_mib=REVERSE, size_mib=4) == back
+    assert drbdlab.device_sum(first) == drbdlab.device_sum(second)
+
+
+def test_a_management_bounce_leaves_replication_on_its_own_link_connected(
+    deployed9: vm.Pair, figures: dict[str, Any], lab_output: Path
+) -> None:
+    first, second = deployed9
+    for host in deployed9:
+        drbdlab.runbook(host, "master-change", "pre").check(f"{host.name}: master-change pre")
+    events = drbdlab.bounce_experiment(
+        deployed9, figures, lab_output, "drbd9-bounce-own-link", offset_mib=WRITER
+    )
+    for host in deployed9:
+        drbdlab.runbook(host, "master-change", "post").check(f"{host.name}: master-change post")
+    states = drbdlab.connection_states(events)
+    assert states and set(states) == {"Connected"}, events
+    assert not [line for line in events if " connection name:" in line and " exists " not in line]
     assert drbdlab.device_sum(first) == drbdlab.device_sum(second)
 
 
