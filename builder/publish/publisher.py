@@ -1,13 +1,14 @@
 """Publishing built RPMs as signed yum repositories, atomically, at the cost of what is new.
 
-A publish signs the new packages into the store, checks every published package against the
-digest it had when signed (a cheap stat check for those unchanged since their last check),
-makes each changed family's metadata in ``versions/<id>.partial`` with ``createrepo_c
---update`` seeded from the previous version, signs ``repomd.xml`` and verifies every new
-signature.  Only then is the directory renamed and ``current`` switched, so an interrupted
-publish leaves the served tree exactly as it was; its leftovers in the store are removed by the
-next publish.  Nothing is done per unchanged package but a ``stat``, and a publish whose
-builds are all published already (``.settled``) reads neither the index nor their outputs.
+A publish signs the new packages into the store, makes each changed family's metadata in
+``versions/<id>.partial`` with ``createrepo_c --update`` seeded from the previous version,
+checks every published package against the digest it had when signed while that runs (a
+cheap stat check for those unchanged since their last check), signs ``repomd.xml`` and
+verifies every new signature.  Only then is the directory renamed and ``current`` switched,
+so an interrupted publish leaves the served tree exactly as it was; its leftovers in the
+store are removed by the next publish.  Nothing is done per unchanged package but a
+``stat``, and a publish whose builds are all published already (``.settled``) reads neither
+the index nor their outputs.
 
 The steps hand one value along: the :class:`NewVersion` being assembled, which says what is
 new and on top of what; :mod:`builder.publish.store` describes the tree they write into.
@@ -234,18 +235,15 @@ def _add_packages(
     signer: sign.Signer,
     createrepo: Callable[[Consumer], str],
 ) -> list[Entry]:
-    """Sign the new packages into the store, check every published package against its
-    signed digest, make the changed families' metadata in the new version and sign it, record
-    the builds' provenance and verify every new signature.
+    """Sign the new packages into the store, make the changed families' metadata in the new
+    version and sign it, check every published package against its signed digest, record the
+    builds' provenance and verify every new signature.
 
     createrepo_c runs while the rest is done: it needs only the signed files, and a failure
     on either side stops the whole publish before anything goes live.
     """
     plan, published = version.plan, version.published
     signed = _sign_into_store(store, plan, signer)
-    with log.step(f"Check the {len(published)} published package(s) against their signed digests"):
-        reread = store.check_unchanged(published)
-        log.info(f"{len(published) - reread} unchanged since their last check, {reread} hashed")
     with contextlib.ExitStack() as running:
         metadata: dict[str, tuple[Consumer, Path | None, proc.Started]] = {}
         for family in sorted(plan.changed_families):
@@ -258,6 +256,11 @@ def _add_packages(
             )
             job = running.enter_context(proc.started(cmd, echo=False))
             metadata[family] = (consumer, prior, job)
+        with log.step(
+            f"Check the {len(published)} published package(s) against their signed digests"
+        ):
+            reread = store.check_unchanged(published)
+            log.info(f"{len(published) - reread} unchanged since their last check, {reread} hashed")
         for consumer in sorted({item.consumer for item, _, _ in signed}):
             files = [path for item, path, _ in signed if item.consumer is consumer]
             with log.step(f"Check the signatures of {len(files)} new {consumer.value} package(s)"):
