@@ -68,12 +68,6 @@ def wait_healthy(pair: Pair, *, timeout: float = 120) -> None:
         )
 
 
-def events_now(guest: Guest) -> str:
-    """DRBD 9's state of the resource, as ``drbdsetup events2 --now`` lists it (9 has no state
-    lines in /proc/drbd)."""
-    return guest.ok(f"drbdsetup events2 --now {RESOURCE}")
-
-
 def wait_events(guest: Guest, *patterns: str, timeout: float, what: str) -> str:
     """Wait until ``drbdsetup events2 --now`` has a line matching each extended regex."""
     checks = " && ".join(f"echo \"$s\" | grep -qE '{pattern}'" for pattern in patterns)
@@ -262,6 +256,25 @@ def bounce_experiment(
         events += [f"{host.name} {line}" for line in logged]
     figures[name] = {"writes": writes, "longest_write_ms": longest, "events": events}
     return events
+
+
+def bounce_around_master_change(
+    pair: Pair, figures: dict[str, Any], lab_output: Path, name: str, *, offset_mib: int
+) -> None:
+    """The bounce of :func:`bounce_experiment` between ``master-change pre`` and ``post`` on
+    both hosts, with replication on its own link: DRBD's connection must not notice at all,
+    and both devices hold the same data after."""
+    for host in pair:
+        runbook(host, "master-change", "pre").check(f"{host.name}: master-change pre")
+    events = bounce_experiment(pair, figures, lab_output, name, offset_mib=offset_mib)
+    for host in pair:
+        runbook(host, "master-change", "post").check(f"{host.name}: master-change post")
+    states = connection_states(events)
+    assert states and set(states) == {"Connected"}, events
+    # Nothing of the connection changed at all: its only events are the initial "exists".
+    assert not [line for line in events if " connection name:" in line and " exists " not in line]
+    first, second = pair
+    assert device_sum(first) == device_sum(second)
 
 
 def split_brain_lines(log: str) -> list[str]:

@@ -36,11 +36,11 @@ def booted(
     _rendered, url, _build = published
     work = tmp_path_factory.mktemp("module-guest")
     # xcp1 of the lab's pair, alone: its two links lead nowhere, its third to the repository.
-    spec = vm.GuestSpec("xcp1", 1, (*HOSTS[0].addresses, vm.REPO_GUEST_ADDRESS))
     ports = vm.free_udp_ports(4)
     links = {"mgmt": (ports[0], ports[1]), "repl": (ports[2], ports[3])}
-    host = vm.Guest(spec, installed_image, work / "xcp1", links)
-    host.repository = urllib.parse.urlsplit(url).port
+    host = vm.Guest(
+        HOSTS[0], installed_image, work / "xcp1", links, repository=urllib.parse.urlsplit(url).port
+    )
     host.accel = vm.accelerator(installed_image, work / "kvm-probe")
     host.prepare(installed_image.root)
     try:

@@ -47,7 +47,7 @@ CONSOLE_TAIL = 25
 # whose only way out is this address's port 80, carried to the HTTP server on 127.0.0.1.
 REPO_NET = "203.0.113.0/24"
 REPO_ADDRESS = "203.0.113.80"
-REPO_GUEST_ADDRESS = "lab-repo:203.0.113.15/24"
+REPO_GUEST_ADDRESS = "lab-repo:203.0.113.15/24"  # every guest's own: each has its own network
 
 
 class LabError(Exception):
@@ -152,6 +152,9 @@ class Guest:
 
     def argv(self) -> list[str]:
         index = self.spec.index
+        addresses = self.spec.addresses
+        if self.repository is not None:
+            addresses = (*addresses, REPO_GUEST_ADDRESS)
         args = [
             "qemu-system-x86_64", "-name", self.name, "-machine", "pc",
             *ACCELERATORS[self.accel], "-smp", "1", "-m", "512",
@@ -159,7 +162,7 @@ class Guest:
             "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
             "-append", (
                 f"console=ttyS0 panic=-1 lab.host={self.name} "
-                f"lab.addr={','.join(self.spec.addresses)}"
+                f"lab.addr={','.join(addresses)}"
             ),
             "-drive", f"file={self.directory / 'root.ext4'},if=none,id=root,format=raw",
             "-device", "virtio-blk-pci,drive=root,serial=xdb-root",
@@ -414,15 +417,14 @@ class Pair:
         first_links = {"mgmt": (ports[0], ports[1]), "repl": (ports[2], ports[3])}
         second_links = {name: (peer, local) for name, (local, peer) in first_links.items()}
         self.guests = (
-            Guest(specs[0], image, directory / specs[0].name, first_links),
-            Guest(specs[1], image, directory / specs[1].name, second_links),
+            Guest(specs[0], image, directory / specs[0].name, first_links, repository=repository),
+            Guest(specs[1], image, directory / specs[1].name, second_links, repository=repository),
         )
         self.image = image
         self.boot_seconds = 0.0
         accel = accelerator(image, directory / "kvm-probe")
         for guest in self.guests:
             guest.accel = accel
-            guest.repository = repository
 
     def __iter__(self) -> Iterator[Guest]:
         return iter(self.guests)

@@ -65,7 +65,7 @@ SHOW_GI_9_LEGEND = (
     "                  -<  Node was in the progress of marking all blocks as out of sync  >--+ |",
     "                     -<  At least once we saw this node with a backing device attached >--+",
 )
-PEER_OUTDATED_FLAG = 5  # the sixth flag after the UUIDs
+PEER_OUTDATED_FLAG = 5  # on DRBD 8.4, the sixth flag after the UUIDs
 
 
 def show_gi(state: dict[str, Any], me: dict[str, Any]) -> str:
