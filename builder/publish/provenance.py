@@ -100,32 +100,30 @@ class Statement:
 
 
 def write_statements(
-    store_root: Path, signed: Sequence[tuple[Incoming, Path, str]], signer: sign.Signer
-) -> dict[int, str]:
-    """One signed statement per build with new packages (``signed``: each new package, its
-    file in the store and that file's sha256), under ``store_root``; where each is, by build.
-
-    Each statement is read back with the repository's public key before it is relied on.
+    store_root: Path, signed: Sequence[tuple[Incoming, Path, str]], key: sign.SigningKey
+) -> tuple[dict[int, str], list[sign.Detached]]:
+    """One statement per build with new packages (``signed``: each new package, its file in
+    the store and that file's sha256), under ``store_root``: where each is, by build, and the
+    files to sign apart with ``key`` before anything relies on them.
     """
     by_build: dict[int, list[tuple[Incoming, str]]] = {}
     for item, _, digest in signed:
         by_build.setdefault(id(item.build), []).append((item, digest))
     where: dict[int, str] = {}
-    with log.step(f"Sign the provenance of {len(by_build)} build(s)"):
+    unsigned: list[sign.Detached] = []
+    with log.step(f"Write the provenance of {len(by_build)} build(s)"):
         for build_id, items in by_build.items():
             build = items[0][0].build
             subjects = [(item.source.name, digest) for item, digest in items]
-            body = statement(build.manifest, subjects, signer.key.fingerprint)
+            body = statement(build.manifest, subjects, key.fingerprint)
             relative = relative_path(build.target, build.drbd_version, body)
             path = store_root / relative
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(body)
             os.chmod(path, 0o644)
-            consumer = signature_consumer(signer.key)
-            signature = signer.sign_file(path, consumer, check_as=Consumer.EL7)
-            os.chmod(signature, 0o644)
+            unsigned.append(sign.Detached(path, signature_consumer(key), Consumer.EL7))
             where[build_id] = relative
-    return where
+    return where, unsigned
 
 
 def read(path: Path, public_key: Path) -> Statement:

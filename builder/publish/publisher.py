@@ -3,8 +3,9 @@
 A publish signs the new packages into the store, makes each changed family's metadata in
 ``versions/<id>.partial`` with ``createrepo_c --update`` seeded from the previous version,
 checks every published package against the digest it had when signed while that runs (a
-cheap stat check for those unchanged since their last check), signs ``repomd.xml`` and
-verifies every new signature.  Only then is the directory renamed and ``current`` switched,
+cheap stat check for those unchanged since their last check), writes the builds' statements
+and the front page meanwhile, then signs the statements and ``repomd.xml`` and verifies every
+new signature.  Only then is the directory renamed and ``current`` switched,
 so an interrupted publish leaves the served tree exactly as it was; its leftovers in the
 store are removed by the next publish.  Nothing is done per unchanged package but a
 ``stat``, and a publish whose builds are all published already (``.settled``) reads neither
@@ -187,19 +188,9 @@ def _publish_locked(
     )
     added: list[Entry] = []
     try:
-        added = _add_packages(version, store, signer, createrepo)
+        added = _add_packages(version, store, signer, createrepo, registry)
         new_mark = store.append_entries(mark, added)
         _assemble(version, signer.public_key)
-        frontpage.write(
-            version.root,
-            entries=[*entries, *added],
-            store_root=store.root,
-            families=plan.families,
-            fingerprint=signer.key.fingerprint,
-            version=version.id,
-            base_url=version.base_url,
-            registry=registry,
-        )
         new_state = State(key=signer.key.fingerprint, index=new_mark)
         write_atomic(version.root / STATE_FILE_NAME, new_state.to_json().encode())
         final = versions / version.id
@@ -234,10 +225,12 @@ def _add_packages(
     store: Store,
     signer: sign.Signer,
     createrepo: Callable[[Consumer], str],
+    registry: Callable[[], Registry],
 ) -> list[Entry]:
     """Sign the new packages into the store, make the changed families' metadata in the new
-    version and sign it, check every published package against its signed digest, record the
-    builds' provenance and verify every new signature.
+    version, check every published package against its signed digest, record the builds'
+    provenance, write the front page, then sign apart and verify the statements and each
+    changed family's ``repomd.xml``.
 
     createrepo_c runs while the rest is done: it needs only the signed files, and a failure
     on either side stops the whole publish before anything goes live.
@@ -245,7 +238,7 @@ def _add_packages(
     plan, published = version.plan, version.published
     signed = _sign_into_store(store, plan, signer)
     with contextlib.ExitStack() as running:
-        metadata: dict[str, tuple[Consumer, Path | None, proc.Started]] = {}
+        metadata: dict[str, tuple[Path | None, proc.Started]] = {}
         for family in sorted(plan.changed_families):
             consumer = plan.families[family]
             folder = version.root / family
@@ -255,7 +248,7 @@ def _add_packages(
                 store.family_dir(family), folder, consumer, prior, createrepo(consumer)
             )
             job = running.enter_context(proc.started(cmd, echo=False))
-            metadata[family] = (consumer, prior, job)
+            metadata[family] = (prior, job)
         with log.step(
             f"Check the {len(published)} published package(s) against their signed digests"
         ):
@@ -265,8 +258,29 @@ def _add_packages(
             files = [path for item, path, _ in signed if item.consumer is consumer]
             with log.step(f"Check the signatures of {len(files)} new {consumer.value} package(s)"):
                 signer.verify_packages(files)
-        statements = provenance.write_statements(store.root, signed, signer)
-        for family, (consumer, prior, job) in metadata.items():
+        statements, unsigned = provenance.write_statements(store.root, signed, signer.key)
+        added = [
+            Entry(
+                item.path,
+                item.nevra,
+                item.source_sha256,
+                digest,
+                path.stat().st_size,
+                statements[id(item.build)],
+            )
+            for item, path, digest in signed
+        ]
+        frontpage.write(
+            version.root,
+            entries=[*published, *added],
+            store_root=store.root,
+            families=plan.families,
+            fingerprint=signer.key.fingerprint,
+            version=version.id,
+            base_url=version.base_url,
+            registry=registry,
+        )
+        for family, (prior, job) in metadata.items():
             folder = version.root / family
             with log.step(f"Make metadata for {family}"):
                 try:
@@ -276,19 +290,15 @@ def _add_packages(
                         f"createrepo_c failed for {store.family_dir(family)}.\n{exc.message}"
                     ) from exc
                 keep_previous_metadata(folder, prior)
-            with log.step(f"Sign and verify {family}/repodata/repomd.xml"):
-                signer.sign_file(folder / "repodata" / "repomd.xml", consumer, check_as=consumer)
-    return [
-        Entry(
-            item.path,
-            item.nevra,
-            item.source_sha256,
-            digest,
-            path.stat().st_size,
-            statements[id(item.build)],
-        )
-        for item, path, digest in signed
-    ]
+            consumer = plan.families[family]
+            repomd = folder / "repodata" / "repomd.xml"
+            unsigned.append(sign.Detached(repomd, consumer, consumer))
+        repomds = ", ".join(f"{family}/repodata/repomd.xml" for family in metadata)
+        with log.step(
+            f"Sign and verify {repomds} and the statements of {len(statements)} build(s)"
+        ):
+            signer.sign_files(unsigned)
+    return added
 
 
 def _sign_into_store(

@@ -28,6 +28,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import NamedTuple
 
 from builder import log, proc
 from builder.artifacts.manifest import Manifest
@@ -522,6 +523,7 @@ def detach_sign(file: Path, key: SigningKey, consumer: Consumer) -> Path:
     except CommandError as exc:
         partial.unlink(missing_ok=True)
         raise SigningError(f"gpg could not sign {file}.\n{exc.message}") from exc
+    os.chmod(partial, 0o644)  # served beside the file it signs, whatever the umask
     os.replace(partial, target)
     return target
 
@@ -569,12 +571,21 @@ def verify_detached_gnupg1(file: Path, signature: Path, public_key: Path) -> Non
             )
 
 
+class Detached(NamedTuple):
+    """A file to sign apart (``FILE.asc``): with the digest ``digest_of``'s clients read, and
+    verified as ``check_as``'s client verifies it."""
+
+    file: Path
+    digest_of: Consumer
+    check_as: Consumer
+
+
 class Signer:
     """The signing of one publish: its key, the public half exported once, and every signature
     read back against that public key alone before anything relies on it.
 
-    Each call takes a whole batch (the new packages of one consumer family, one file), so a
-    publish enters the signing code once per thing it signs or checks.
+    Each call takes a whole batch (the new packages of one consumer family, every file signed
+    apart), so a publish enters the signing code once per thing it signs or checks.
     """
 
     def __init__(self, key: SigningKey, cleanup: contextlib.ExitStack) -> None:
@@ -596,11 +607,11 @@ class Signer:
         """rpm's own verdict on ``files``, with only the repository's key known."""
         verify_rpms(files, self.public_key)
 
-    def sign_file(self, file: Path, consumer: Consumer, *, check_as: Consumer) -> Path:
-        """``FILE.asc`` made with ``consumer``'s digest, verified as ``check_as``'s client."""
-        signature = detach_sign(file, self.key, consumer)
-        verify_detached(file, signature, self.public_key, check_as)
-        return signature
+    def sign_files(self, files: Sequence[Detached]) -> None:
+        """``FILE.asc`` beside each of ``files``, each verified before the next is signed."""
+        for file, digest_of, check_as in files:
+            signature = detach_sign(file, self.key, digest_of)
+            verify_detached(file, signature, self.public_key, check_as)
 
 
 @contextlib.contextmanager
