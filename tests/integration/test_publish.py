@@ -236,6 +236,25 @@ def test_repo_files_and_key_sit_next_to_the_repos(published: tuple[Path, Path]) 
     ]
 
 
+def test_signatures_are_readable_by_the_web_server_under_a_private_umask(
+    tmp_path: Path, keys: Keys, rpms: Rpms
+) -> None:
+    artifacts = make_artifacts(tmp_path, rpms)
+    target = tmp_path / "repo"
+    result = subprocess.run(
+        publish_cmd(artifacts, target, keys),
+        cwd=ROOT, capture_output=True, text=True, check=False, timeout=300,
+        preexec_fn=lambda: os.umask(0o077),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    signatures = [
+        *(target / "current").glob("*/*/repodata/repomd.xml.asc"),
+        *(target / "packages" / "provenance").rglob("*.asc"),
+    ]
+    assert len(signatures) == 4  # two families' metadata, two builds' statements
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in signatures} == {"0o644"}
+
+
 def test_el5_repo_has_what_rpm_44_and_yum_3_need(published: tuple[Path, Path]) -> None:
     _, target = published
     el5 = target / "el5" / "i386"
