@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 READ_CHUNK = 1 << 20  # bytes per read of a file being hashed, copied or downloaded
@@ -29,6 +30,21 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+@contextlib.contextmanager
+def readable_by_all() -> Iterator[None]:
+    """While the block runs, what this process and its children make is readable by all, and
+    folders searchable, whatever the umask; who may write to them still follows it.
+
+    The umask belongs to the whole process: a command sets it, not code threads may share.
+    """
+    mask = os.umask(0o022)
+    os.umask(mask & 0o022)
+    try:
+        yield
+    finally:
+        os.umask(mask)
 
 
 def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:

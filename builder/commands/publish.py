@@ -8,6 +8,7 @@ from pathlib import Path
 
 from builder import log
 from builder.errors import ConfigError
+from builder.files import readable_by_all
 from builder.publish import layout, publisher, sign
 from builder.registry import load_registry
 from builder.specs import Consumer, Registry
@@ -28,7 +29,8 @@ against the digest it had when it was signed (one stat per package unchanged sin
 check, a full read of any other); a changed one stops the publish (exit 11). Metadata
 versions live in REPO/versions/, REPO/current points at the live one, the previous --keep
 versions stay. Build directories without manifest.json, or named *.partial, are skipped with a
-warning. `python -m builder verify --repo REPO` audits the whole published tree.
+warning. Everything under REPO is readable by all whatever the umask, which still decides
+who may write there. `python -m builder verify --repo REPO` audits the whole published tree.
 
 Signing happens on this host only; the key is chosen by fingerprint and used without a
 prompt (loopback pinentry; --passphrase-file for a protected key). For el5, the primary key
@@ -185,7 +187,8 @@ def run(args: argparse.Namespace) -> int:
             cached.append(load_registry(options.specs))
         return cached[0]
 
-    with log.step(f"Publish {options.artifacts} to {options.repo}"):
+    # The tree is served by a web server, which is not the user that publishes.
+    with log.step(f"Publish {options.artifacts} to {options.repo}"), readable_by_all():
         result = publisher.publish(options, registry)
     if result.version is None:
         print(f"{options.repo}: unchanged, {result.total_packages} package(s)")

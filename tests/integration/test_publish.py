@@ -236,7 +236,7 @@ def test_repo_files_and_key_sit_next_to_the_repos(published: tuple[Path, Path]) 
     ]
 
 
-def test_signatures_are_readable_by_the_web_server_under_a_private_umask(
+def test_the_tree_is_readable_by_a_web_server_under_a_private_umask(
     tmp_path: Path, keys: Keys, rpms: Rpms
 ) -> None:
     artifacts = make_artifacts(tmp_path, rpms)
@@ -247,12 +247,12 @@ def test_signatures_are_readable_by_the_web_server_under_a_private_umask(
         preexec_fn=lambda: os.umask(0o077),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    signatures = [
-        *(target / "current").glob("*/*/repodata/repomd.xml.asc"),
-        *(target / "packages" / "provenance").rglob("*.asc"),
-    ]
-    assert len(signatures) == 4  # two families' metadata, two builds' statements
-    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in signatures} == {"0o644"}
+    made = [target, *(p for p in target.rglob("*") if not p.is_symlink())]
+    assert len([p for p in made if p.name.endswith(".asc")]) == 4  # 2 repomd.xml, 2 statements
+    for path in made:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        wanted = 0o755 if path.is_dir() else 0o644
+        assert mode == wanted, f"{path.relative_to(target)} is {mode:o}, not {wanted:o}"
 
 
 def test_el5_repo_has_what_rpm_44_and_yum_3_need(published: tuple[Path, Path]) -> None:
