@@ -530,14 +530,14 @@ def detach_sign(file: Path, key: SigningKey, consumer: Consumer) -> Path:
 
 def verify_detached(file: Path, signature: Path, public_key: Path, consumer: Consumer) -> None:
     """``gpgv`` with a keyring that holds only ``public_key``; where the consumer's yum checks
-    through pygpgme (EL5), also GnuPG 1.4's verdict."""
+    through pygpgme (EL5), GnuPG 1.4's verdict first, since it is the one that yum gives."""
+    if profile(consumer).metadata_check_needs_pygpgme:
+        verify_detached_gnupg1(file, signature, public_key)
     verdict = check_detached(file, signature, public_key)
     if not verdict.good:
         raise SigningError(
             f"The signature {signature.name} does not verify {file}:\n{verdict.detail}"
         )
-    if profile(consumer).metadata_check_needs_pygpgme:
-        verify_detached_gnupg1(file, signature, public_key)
 
 
 def verify_detached_gnupg1(file: Path, signature: Path, public_key: Path) -> None:

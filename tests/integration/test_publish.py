@@ -851,6 +851,15 @@ def test_el5_repomd_signature_satisfies_gnupg_1_4_as_yum_3_uses_it(
         sign.verify_detached_gnupg1(
             tampered, repodata / "repomd.xml.asc", target / layout.KEY_FILE_NAME
         )
+    # Checked for an EL5 client, the refusal an operator reads is the one that client's yum gives.
+    for consumer, said in (
+        (Consumer.EL5, "GnuPG 1.4, which yum"),
+        (Consumer.EL7, "does not verify"),
+    ):
+        with pytest.raises(SigningError, match=said):
+            sign.verify_detached(
+                tampered, repodata / "repomd.xml.asc", target / layout.KEY_FILE_NAME, consumer
+            )
 
 
 def _path_without_gpg1(tmp_path: Path) -> str:
