@@ -5,11 +5,11 @@ A publish signs the new packages into the store, makes each changed family's met
 checks every published package against the digest it had when signed while that runs (a
 cheap stat check for those unchanged since their last check), writes the builds' statements
 and the front page meanwhile, then signs the statements and ``repomd.xml`` and verifies every
-new signature.  Only then is the directory renamed and ``current`` switched,
-so an interrupted publish leaves the served tree exactly as it was; its leftovers in the
-store are removed by the next publish.  Nothing is done per unchanged package but a
-``stat``, and a publish whose builds are all published already (``.settled``) reads neither
-the index nor their outputs.
+new signature.  Only then is the directory renamed and ``current`` switched, so an
+interrupted publish leaves the served tree exactly as it was; its leftovers in the store are
+removed by the next publish.  Nothing is done per unchanged package but a ``stat``, and a
+publish whose builds are all published already (``.settled``) reads neither the index nor
+their outputs.
 
 The steps hand one value along: the :class:`NewVersion` being assembled, which says what is
 new and on top of what; :mod:`builder.publish.store` describes the tree they write into.
@@ -232,8 +232,9 @@ def _add_packages(
     provenance, write the front page, then sign apart and verify the statements and each
     changed family's ``repomd.xml``.
 
-    createrepo_c runs while the rest is done: it needs only the signed files, and a failure
-    on either side stops the whole publish before anything goes live.
+    createrepo_c runs while the checks, the statements and the front page are done: it needs
+    only the signed files, and a failure on either side stops the whole publish before
+    anything goes live.  What is signed apart waits for it: ``repomd.xml`` is its output.
     """
     plan, published = version.plan, version.published
     signed = _sign_into_store(store, plan, signer)
